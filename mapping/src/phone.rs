@@ -1,0 +1,87 @@
+//! Phone numbers normalised to E.164 with `phonenumber` (libphonenumber metadata).
+//!
+//! Hospital data holds numbers in every shape (`(11) 98765-4321`, `0044 7700 900123`, `+1 555...`). We
+//! parse with the site's default region and keep only numbers libphonenumber considers valid. An
+//! unusable number becomes a reason to skip the patient, never a crash, and the reason never repeats
+//! the number.
+
+use phonenumber::{Mode, country};
+use std::str::FromStr;
+
+/// Why a number cannot be used. Carries no digits of the number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneError {
+    #[error("phone number is empty")]
+    Empty,
+    #[error("phone number could not be parsed")]
+    Unparsable,
+    #[error("phone number is not a valid number for its region")]
+    Invalid,
+    #[error("unknown default region code in configuration")]
+    UnknownRegion,
+}
+
+/// Validates a default region (ISO 3166 alpha-2, e.g. `BR`) at config load time.
+pub fn check_region(region: &str) -> Result<(), PhoneError> {
+    country::Id::from_str(&region.to_ascii_uppercase())
+        .map(|_| ())
+        .map_err(|_| PhoneError::UnknownRegion)
+}
+
+/// Normalises `raw` to E.164, reading national numbers in `default_region`.
+pub fn normalize_e164(raw: &str, default_region: &str) -> Result<String, PhoneError> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(PhoneError::Empty);
+    }
+    let region = country::Id::from_str(&default_region.to_ascii_uppercase())
+        .map_err(|_| PhoneError::UnknownRegion)?;
+    // "00" international prefix is common in European exports.
+    let candidate = match trimmed.strip_prefix("00") {
+        Some(rest) if !trimmed.starts_with("000") => format!("+{rest}"),
+        _ => trimmed.to_string(),
+    };
+    let parsed =
+        phonenumber::parse(Some(region), &candidate).map_err(|_| PhoneError::Unparsable)?;
+    if !phonenumber::is_valid(&parsed) {
+        return Err(PhoneError::Invalid);
+    }
+    Ok(parsed.format().mode(Mode::E164).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn national_and_international_forms_normalise() {
+        assert_eq!(
+            normalize_e164("(11) 98765-4321", "BR").unwrap(),
+            "+5511987654321"
+        );
+        assert_eq!(
+            normalize_e164("+55 11 98765-4321", "US").unwrap(),
+            "+5511987654321"
+        );
+        assert_eq!(
+            normalize_e164("0044 7700 900123", "BR").unwrap(),
+            "+447700900123"
+        );
+        assert_eq!(
+            normalize_e164("(212) 736-5000", "us").unwrap(),
+            "+12127365000"
+        );
+    }
+
+    #[test]
+    fn unusable_numbers_are_errors_without_digits() {
+        assert_eq!(normalize_e164("  ", "BR"), Err(PhoneError::Empty));
+        let err = normalize_e164("12", "BR").unwrap_err();
+        assert!(!err.to_string().contains("12"));
+        assert!(normalize_e164("not a phone", "BR").is_err());
+        assert_eq!(
+            normalize_e164("+5511987654321", "XX"),
+            Err(PhoneError::UnknownRegion)
+        );
+    }
+}
