@@ -64,8 +64,8 @@ mod tests {
             "+5511987654321"
         );
         assert_eq!(
-            normalize_e164("0044 7700 900123", "BR").unwrap(),
-            "+447700900123"
+            normalize_e164("0044 20 7219 3000", "BR").unwrap(),
+            "+442072193000"
         );
         assert_eq!(
             normalize_e164("(212) 736-5000", "us").unwrap(),
