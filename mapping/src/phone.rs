@@ -41,8 +41,10 @@ pub fn normalize_e164(raw: &str, default_region: &str) -> Result<String, PhoneEr
         Some(rest) if !trimmed.starts_with("000") => format!("+{rest}"),
         _ => trimmed.to_string(),
     };
-    let parsed =
-        phonenumber::parse(Some(region), &candidate).map_err(|_| PhoneError::Unparsable)?;
+    // An international number is parsed without a region: phonenumber 0.3 otherwise strips the default
+    // region's national prefix from it (`+55 11 9...` read with region US loses the `11`).
+    let region = (!candidate.starts_with('+')).then_some(region);
+    let parsed = phonenumber::parse(region, &candidate).map_err(|_| PhoneError::Unparsable)?;
     if !phonenumber::is_valid(&parsed) {
         return Err(PhoneError::Invalid);
     }
@@ -70,6 +72,15 @@ mod tests {
         assert_eq!(
             normalize_e164("(212) 736-5000", "us").unwrap(),
             "+12127365000"
+        );
+    }
+
+    #[test]
+    fn international_number_keeps_its_area_code_whatever_the_default_region() {
+        // Regression: phonenumber 0.3 stripped `11` (read as the US national prefix) from `+55 11 ...`.
+        assert_eq!(
+            normalize_e164("+55 11 98765-4321", "US").unwrap(),
+            "+5511987654321"
         );
     }
 
