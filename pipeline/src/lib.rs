@@ -1,1 +1,23 @@
+//! medrelay's runtime: everything between a connector handing over an appointment and a WhatsApp
+//! message going out (and a patient's answer going back).
+//!
+//! - [`store`]: the durable store (SQLite), the only place with SQL.
+//! - [`ingest`]: the door for connectors; returns only after a commit.
+//! - [`schedule`]: plans message steps into the outbox.
+//! - [`send`]: sends due steps, re-checking validity and consent at send time.
+//! - [`whatsapp`]: Cloud API bodies, error taxonomy, webhooks and the built-in simulator.
+//! - [`inbound`]: statuses, taps, STOP/START, emergency phrases, staff queue.
+//! - [`writeback`]: answers back to the EHR, exactly once.
+//! - [`service`]: one object wiring them, with a `tick` the CLI's loops call.
 
+pub mod clock;
+pub mod config;
+pub mod inbound;
+pub mod ingest;
+pub mod keys;
+pub mod schedule;
+pub mod send;
+pub mod service;
+pub mod store;
+pub mod whatsapp;
+pub mod writeback;

@@ -1,0 +1,441 @@
+//! The CSV profile: how one EHR's export maps onto the canonical appointment.
+//!
+//! Every export differs (delimiter, encoding, header names, date formats, status vocabulary), so the
+//! layout is configuration, loaded from TOML by the cli and checked once by [`CsvProfile::validate`]
+//! before any file is read. Nothing here ever holds a cell value.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use jiff::civil::{Date, DateTime, Time};
+use jiff::fmt::strtime;
+use jiff::tz::TimeZone;
+use medrelay_mapping::AppointmentStatus;
+use serde::Deserialize;
+
+/// How one EHR export is laid out: delimiter, encoding, which header holds which field, and how to
+/// read dates, statuses and opt-in flags.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvProfile {
+    /// Field separator (`,` in most locales, `;` in European ones). Must be ASCII.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    /// Quote character. Must be ASCII.
+    #[serde(default = "default_quote")]
+    pub quote: char,
+    /// Character encoding of the file: hospital exports are often Windows-1252.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// Canonical field -> header text.
+    pub columns: ColumnMap,
+    /// `jiff` strptime format of date-only columns (`start_date`, `end_date`).
+    #[serde(default = "default_date_format")]
+    pub date_format: String,
+    /// `jiff` strptime format of time-only columns (`start_time`, `end_time`).
+    #[serde(default = "default_time_format")]
+    pub time_format: String,
+    /// `jiff` strptime format of single datetime columns (`start`, `end`).
+    #[serde(default = "default_datetime_format")]
+    pub datetime_format: String,
+    /// Format of the `updated_at` column; when unset, RFC 3339 is tried, then `datetime_format`.
+    #[serde(default)]
+    pub updated_at_format: Option<String>,
+    /// IANA zone the export's civil times are in; when unset, the site's zone is used.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Source status value (trimmed, case-insensitive) -> FHIR status code. An unmapped non-empty
+    /// value is a bad row, so a new status in the EHR is noticed instead of guessed.
+    #[serde(default)]
+    pub status_map: BTreeMap<String, String>,
+    /// FHIR status used when there is no status column or the cell is empty.
+    #[serde(default = "default_status")]
+    pub default_status: String,
+    /// Opt-in cell values meaning "yes" (case-insensitive).
+    #[serde(default = "default_opt_in_yes")]
+    pub opt_in_yes: Vec<String>,
+    /// Opt-in cell values meaning "no" (case-insensitive). Any other value is no signal.
+    #[serde(default = "default_opt_in_no")]
+    pub opt_in_no: Vec<String>,
+}
+
+/// The character encodings exports come in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum Encoding {
+    /// UTF-8; a leading byte order mark is stripped. Invalid bytes make the row bad.
+    #[default]
+    #[serde(rename = "utf-8")]
+    Utf8,
+    /// Windows-1252 (what Excel on Windows writes in Western locales).
+    #[serde(rename = "windows-1252")]
+    Windows1252,
+    /// ISO-8859-1: every byte is the code point of the same value.
+    #[serde(rename = "latin-1")]
+    Latin1,
+}
+
+/// How a single full-name column is split.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameOrder {
+    /// `Family, Given` (split at the first comma; no comma means the whole text is the given name).
+    #[default]
+    FamilyCommaGiven,
+    /// `Given Family` (the first word is the given name, the rest the family name).
+    GivenFamily,
+}
+
+/// Canonical field -> header name (exact header text after decoding and trimming).
+///
+/// Only `filler_id` and a start (`start`, or `start_date` + `start_time`) are required.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnMap {
+    /// The appointment id assigned by the scheduling system: the key of every event.
+    pub filler_id: String,
+    /// The placer's (order) id, kept as an alias.
+    #[serde(default)]
+    pub placer_id: Option<String>,
+    /// Status column, read through `status_map`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// A single start datetime column (`datetime_format`).
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Start date column (`date_format`), with `start_time`.
+    #[serde(default)]
+    pub start_date: Option<String>,
+    /// Start time column (`time_format`), with `start_date`.
+    #[serde(default)]
+    pub start_time: Option<String>,
+    /// A single end datetime column.
+    #[serde(default)]
+    pub end: Option<String>,
+    /// End date column; needs `end_time`.
+    #[serde(default)]
+    pub end_date: Option<String>,
+    /// End time column; alone, it is on the start's date.
+    #[serde(default)]
+    pub end_time: Option<String>,
+    /// Duration in whole minutes, when the export gives no end.
+    #[serde(default)]
+    pub duration_minutes: Option<String>,
+    /// The patient's identifier (MRN), for write-back matching.
+    #[serde(default)]
+    pub patient_id: Option<String>,
+    /// Given (first) name column.
+    #[serde(default)]
+    pub given_name: Option<String>,
+    /// Family (last) name column.
+    #[serde(default)]
+    pub family_name: Option<String>,
+    /// One column holding the whole name, split per `full_name_order`; fills whichever of given and
+    /// family name is still empty.
+    #[serde(default)]
+    pub full_name: Option<String>,
+    /// How `full_name` is written.
+    #[serde(default)]
+    pub full_name_order: NameOrder,
+    /// Phone columns, preferred first (rank 1, 2, ...), used as "other" numbers.
+    #[serde(default)]
+    pub phones: Vec<String>,
+    /// A column known to hold a mobile number: preferred over every `phones` column (rank 0).
+    #[serde(default)]
+    pub mobile_phone: Option<String>,
+    /// BCP-47 language tag column.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Location display name column.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// Practitioner display name column.
+    #[serde(default)]
+    pub practitioner: Option<String>,
+    /// Appointment type column (sensitive: kept as PHI).
+    #[serde(default)]
+    pub service_type: Option<String>,
+    /// A comment / diagnosis column: kept as PHI only to be filtered, never rendered.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// WhatsApp opt-in column, read through `opt_in_yes` / `opt_in_no`.
+    #[serde(default)]
+    pub opt_in: Option<String>,
+    /// Last-updated column, the event's source version.
+    #[serde(default)]
+    pub updated_at: Option<String>,
+    /// Site name column, overriding the configured site when not empty.
+    #[serde(default)]
+    pub site: Option<String>,
+}
+
+fn default_delimiter() -> char {
+    ','
+}
+fn default_quote() -> char {
+    '"'
+}
+fn default_date_format() -> String {
+    "%Y-%m-%d".to_string()
+}
+fn default_time_format() -> String {
+    "%H:%M".to_string()
+}
+fn default_datetime_format() -> String {
+    "%Y-%m-%d %H:%M".to_string()
+}
+fn default_status() -> String {
+    "booked".to_string()
+}
+fn default_opt_in_yes() -> Vec<String> {
+    ["y", "yes", "1", "true", "sim", "si", "oui"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_opt_in_no() -> Vec<String> {
+    ["n", "no", "0", "false", "nao", "não"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Parses an instant in `fmt`: an offset in the text wins, otherwise the civil time is placed in `tz`
+/// with compatible disambiguation (a gap moves forward, a fold takes the earlier instant).
+pub(crate) fn parse_instant(fmt: &str, s: &str, tz: &TimeZone) -> Option<Timestamp> {
+    let tm = strtime::parse(fmt, s).ok()?;
+    if tm.offset().is_some() {
+        return tm.to_timestamp().ok();
+    }
+    civil_to_instant(tm.to_datetime().ok()?, tz)
+}
+
+/// Places a civil datetime in `tz` with compatible disambiguation.
+pub(crate) fn civil_to_instant(dt: DateTime, tz: &TimeZone) -> Option<Timestamp> {
+    tz.to_ambiguous_zoned(dt)
+        .compatible()
+        .ok()
+        .map(|z| z.timestamp())
+}
+
+/// Parses a date-only value.
+pub(crate) fn parse_date(fmt: &str, s: &str) -> Option<Date> {
+    Date::strptime(fmt, s).ok()
+}
+
+/// Parses a time-only value.
+pub(crate) fn parse_time(fmt: &str, s: &str) -> Option<Time> {
+    Time::strptime(fmt, s).ok()
+}
+
+impl CsvProfile {
+    /// Checks everything that can be checked without a file, so a typo in the profile fails at
+    /// startup with every problem listed rather than as thousands of bad rows.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        let c = &self.columns;
+
+        if !self.delimiter.is_ascii() {
+            errs.push("delimiter must be an ASCII character".to_string());
+        }
+        if !self.quote.is_ascii() {
+            errs.push("quote must be an ASCII character".to_string());
+        }
+        if self.delimiter == self.quote {
+            errs.push("delimiter and quote must differ".to_string());
+        }
+        if matches!(self.delimiter, '\r' | '\n') || matches!(self.quote, '\r' | '\n') {
+            errs.push("delimiter and quote cannot be line terminators".to_string());
+        }
+        if c.filler_id.trim().is_empty() {
+            errs.push("columns.filler_id must name a header".to_string());
+        }
+
+        // Start: exactly one of `start` or `start_date` + `start_time`.
+        let split_start = c.start_date.is_some() || c.start_time.is_some();
+        match (c.start.is_some(), split_start) {
+            (true, true) => errs
+                .push("columns: use either start or start_date + start_time, not both".to_string()),
+            (false, false) => {
+                errs.push("columns: start (or start_date + start_time) is required".to_string())
+            }
+            (false, true) if c.start_date.is_none() || c.start_time.is_none() => {
+                errs.push("columns: start_date and start_time go together".to_string())
+            }
+            _ => {}
+        }
+        // End: at most one way.
+        let end_ways = [
+            c.end.is_some(),
+            c.end_date.is_some() || c.end_time.is_some(),
+            c.duration_minutes.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if end_ways > 1 {
+            errs.push(
+                "columns: use only one of end, end_date/end_time, duration_minutes".to_string(),
+            );
+        }
+        if c.end_date.is_some() && c.end_time.is_none() {
+            errs.push("columns: end_date needs end_time".to_string());
+        }
+        if c.end_time.is_some() && c.end_date.is_none() && c.start_date.is_none() {
+            errs.push(
+                "columns: end_time without end_date needs start_date + start_time".to_string(),
+            );
+        }
+
+        // Formats: format a fixed instant and parse it back, which proves both directives and
+        // completeness (a date format without a day cannot be read back).
+        let sample = jiff::civil::date(2026, 12, 31)
+            .at(13, 45, 0, 0)
+            .to_zoned(TimeZone::UTC)
+            .expect("fixed sample datetime is valid in UTC");
+        let uses_datetime = c.start.is_some() || c.end.is_some();
+        let uses_date = c.start_date.is_some() || c.end_date.is_some();
+        let uses_time = c.start_time.is_some() || c.end_time.is_some();
+        let mut check = |name: &str, fmt: &str, kind: u8| {
+            let text = match strtime::format(fmt, &sample) {
+                Ok(t) => t,
+                Err(_) => {
+                    errs.push(format!("{name} \"{fmt}\" is not a valid strftime format"));
+                    return;
+                }
+            };
+            let ok = match kind {
+                0 => parse_instant(fmt, &text, &TimeZone::UTC).is_some(),
+                1 => parse_date(fmt, &text).is_some(),
+                _ => parse_time(fmt, &text).is_some(),
+            };
+            if !ok {
+                errs.push(format!(
+                    "{name} \"{fmt}\" cannot be read back (is a field missing?)"
+                ));
+            }
+        };
+        if uses_datetime {
+            check("datetime_format", &self.datetime_format, 0);
+        }
+        if uses_date {
+            check("date_format", &self.date_format, 1);
+        }
+        if uses_time {
+            check("time_format", &self.time_format, 2);
+        }
+        if let Some(f) = &self.updated_at_format {
+            check("updated_at_format", f, 0);
+        }
+
+        if let Some(tz) = &self.time_zone
+            && TimeZone::get(tz).is_err()
+        {
+            errs.push(format!("time_zone \"{tz}\" is not a known IANA time zone"));
+        }
+
+        if AppointmentStatus::from_code(&self.default_status).is_none() {
+            errs.push(format!(
+                "default_status \"{}\" is not a FHIR appointment status",
+                self.default_status
+            ));
+        }
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for (k, v) in &self.status_map {
+            if AppointmentStatus::from_code(v).is_none() {
+                errs.push(format!(
+                    "status_map: \"{v}\" is not a FHIR appointment status"
+                ));
+            }
+            let key = k.trim().to_lowercase();
+            if let Some(prev) = seen.insert(key, v)
+                && prev != v
+            {
+                errs.push(format!(
+                    "status_map: \"{k}\" is mapped twice (keys are case-insensitive)"
+                ));
+            }
+        }
+
+        let yes: Vec<String> = self
+            .opt_in_yes
+            .iter()
+            .map(|s| s.trim().to_lowercase())
+            .collect();
+        for n in &self.opt_in_no {
+            if yes.contains(&n.trim().to_lowercase()) {
+                errs.push(format!("opt_in: \"{n}\" is both a yes and a no value"));
+            }
+        }
+
+        if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> CsvProfile {
+        toml::from_str(
+            r#"
+            columns = { filler_id = "id", start = "when" }
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let p = minimal();
+        assert_eq!(p.delimiter, ',');
+        assert_eq!(p.quote, '"');
+        assert_eq!(p.encoding, Encoding::Utf8);
+        assert_eq!(p.default_status, "booked");
+        assert!(p.opt_in_no.contains(&"não".to_string()));
+        p.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let r: Result<CsvProfile, _> =
+            toml::from_str("delimter = ';'\ncolumns = { filler_id = \"id\", start = \"s\" }");
+        assert!(r.is_err());
+        let r: Result<CsvProfile, _> =
+            toml::from_str("columns = { filler_id = \"id\", start = \"s\", strat = \"x\" }");
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn validate_lists_every_problem() {
+        let mut p = minimal();
+        p.delimiter = '§';
+        p.columns.start_date = Some("d".into());
+        p.datetime_format = "%Y-%m".into();
+        p.time_zone = Some("Mars/Olympus_Mons".into());
+        p.status_map.insert("X".into(), "canceled".into());
+        p.default_status = "nope".into();
+        p.columns.end_date = Some("e".into());
+        let errs = p.validate().unwrap_err();
+        let all = errs.join("\n");
+        for needle in [
+            "delimiter must be an ASCII",
+            "either start or start_date",
+            "datetime_format",
+            "Mars/Olympus_Mons",
+            "\"canceled\" is not a FHIR",
+            "default_status",
+            "end_date needs end_time",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in {all}");
+        }
+    }
+
+    #[test]
+    fn formats_are_checked_by_round_trip() {
+        let mut p = minimal();
+        p.datetime_format = "%m/%d/%Y %I:%M %p".into();
+        p.validate().unwrap();
+        p.datetime_format = "%Q%!".into();
+        assert!(p.validate().is_err());
+        p.datetime_format = "%H:%M".into();
+        assert!(p.validate().is_err());
+    }
+}

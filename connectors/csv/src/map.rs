@@ -1,0 +1,522 @@
+//! One CSV row -> one canonical [`Appointment`].
+//!
+//! Civil dates and times are placed in the profile's (or site's) zone with jiff's compatible
+//! disambiguation: a time in a spring-forward gap moves forward by the gap (02:30 -> 03:30), a time in a
+//! fall-back fold takes the earlier instant. Error reasons name the column and what was expected,
+//! never the cell value.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use csv::ByteRecord;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use medrelay_mapping::model::EhrConsent;
+use medrelay_mapping::phone::normalize_e164;
+use medrelay_mapping::{
+    Appointment, AppointmentKey, AppointmentStatus, ContactPhone, Patient, Phi, PhoneUse,
+};
+
+use crate::config::{
+    CsvProfile, Encoding, NameOrder, civil_to_instant, parse_date, parse_instant, parse_time,
+};
+use crate::source::{CsvError, ImportOptions};
+
+/// Why a row cannot be mapped: the header of the offending column and the reason, no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CellError {
+    pub column: Option<String>,
+    pub reason: String,
+}
+
+/// Decodes one field in the profile's encoding; `None` when the bytes are not valid in it.
+pub(crate) fn decode(encoding: Encoding, bytes: &[u8]) -> Option<Cow<'_, str>> {
+    match encoding {
+        Encoding::Utf8 => std::str::from_utf8(bytes).ok().map(Cow::Borrowed),
+        Encoding::Windows1252 => {
+            encoding_rs::WINDOWS_1252.decode_without_bom_handling_and_without_replacement(bytes)
+        }
+        Encoding::Latin1 => Some(match std::str::from_utf8(bytes) {
+            // ASCII-only text is the same in both: skip the copy.
+            Ok(s) if s.is_ascii() => Cow::Borrowed(s),
+            _ => Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()),
+        }),
+    }
+}
+
+/// A resolved column: its position in the row and its header text (for error messages).
+#[derive(Clone, Debug)]
+struct Col {
+    idx: usize,
+    header: String,
+}
+
+/// How the start (or end) instant is read.
+#[derive(Clone, Debug)]
+enum When {
+    DateTime(Col),
+    Split { date: Col, time: Col },
+}
+
+/// How the end is read.
+#[derive(Clone, Debug)]
+enum End {
+    None,
+    DateTime(Col),
+    Split {
+        date: Col,
+        time: Col,
+    },
+    /// An end time on the start's date.
+    TimeOnly(Col),
+    Duration(Col),
+}
+
+/// The profile compiled against one file's header row.
+#[derive(Debug)]
+pub(crate) struct Mapper {
+    encoding: Encoding,
+    options: ImportOptions,
+    tz: TimeZone,
+    tz_name: String,
+    date_format: String,
+    time_format: String,
+    datetime_format: String,
+    updated_at_format: Option<String>,
+    status_map: BTreeMap<String, AppointmentStatus>,
+    default_status: AppointmentStatus,
+    yes: Vec<String>,
+    no: Vec<String>,
+    name_order: NameOrder,
+
+    filler_id: Col,
+    placer_id: Option<Col>,
+    status: Option<Col>,
+    start: When,
+    end: End,
+    patient_id: Option<Col>,
+    given_name: Option<Col>,
+    family_name: Option<Col>,
+    full_name: Option<Col>,
+    phones: Vec<(Col, PhoneUse, u32)>,
+    language: Option<Col>,
+    location: Option<Col>,
+    practitioner: Option<Col>,
+    service_type: Option<Col>,
+    reason: Option<Col>,
+    opt_in: Option<Col>,
+    updated_at: Option<Col>,
+    site: Option<Col>,
+}
+
+impl Mapper {
+    /// Resolves every mapped header against the file's header row (decoded and trimmed).
+    pub(crate) fn new(
+        profile: &CsvProfile,
+        headers: &[String],
+        options: ImportOptions,
+    ) -> Result<Self, CsvError> {
+        let find = |name: &str| -> Result<Col, CsvError> {
+            headers
+                .iter()
+                .position(|h| h == name.trim())
+                .map(|idx| Col {
+                    idx,
+                    header: name.trim().to_string(),
+                })
+                .ok_or_else(|| CsvError::MissingHeader {
+                    header: name.trim().to_string(),
+                })
+        };
+        let opt = |name: &Option<String>| -> Result<Option<Col>, CsvError> {
+            name.as_deref().map(find).transpose()
+        };
+        let c = &profile.columns;
+
+        let start = match (&c.start, &c.start_date, &c.start_time) {
+            (Some(s), _, _) => When::DateTime(find(s)?),
+            (None, Some(d), Some(t)) => When::Split {
+                date: find(d)?,
+                time: find(t)?,
+            },
+            _ => {
+                return Err(CsvError::Profile(vec![
+                    "columns: start (or start_date + start_time) is required".into(),
+                ]));
+            }
+        };
+        let end = match (&c.end, &c.end_date, &c.end_time, &c.duration_minutes) {
+            (Some(e), _, _, _) => End::DateTime(find(e)?),
+            (None, Some(d), Some(t), _) => End::Split {
+                date: find(d)?,
+                time: find(t)?,
+            },
+            (None, None, Some(t), _) => End::TimeOnly(find(t)?),
+            (None, None, None, Some(m)) => End::Duration(find(m)?),
+            _ => End::None,
+        };
+
+        let mut phones = Vec::new();
+        if let Some(m) = &c.mobile_phone {
+            phones.push((find(m)?, PhoneUse::Mobile, 0));
+        }
+        for (i, p) in c.phones.iter().enumerate() {
+            phones.push((find(p)?, PhoneUse::Other, i as u32 + 1));
+        }
+
+        let tz_name = profile
+            .time_zone
+            .clone()
+            .unwrap_or_else(|| options.site_time_zone.clone());
+        let tz = TimeZone::get(&tz_name)
+            .map_err(|_| CsvError::Profile(vec![format!("unknown time zone \"{tz_name}\"")]))?;
+
+        let mut status_map = BTreeMap::new();
+        for (k, v) in &profile.status_map {
+            let s = AppointmentStatus::from_code(v).ok_or_else(|| {
+                CsvError::Profile(vec![format!("status_map: \"{v}\" is not a FHIR status")])
+            })?;
+            status_map.insert(k.trim().to_lowercase(), s);
+        }
+        let default_status = AppointmentStatus::from_code(&profile.default_status)
+            .ok_or_else(|| CsvError::Profile(vec!["default_status is not a FHIR status".into()]))?;
+        let norm = |v: &Vec<String>| v.iter().map(|s| s.trim().to_lowercase()).collect();
+
+        Ok(Mapper {
+            encoding: profile.encoding,
+            tz,
+            tz_name,
+            date_format: profile.date_format.clone(),
+            time_format: profile.time_format.clone(),
+            datetime_format: profile.datetime_format.clone(),
+            updated_at_format: profile.updated_at_format.clone(),
+            status_map,
+            default_status,
+            yes: norm(&profile.opt_in_yes),
+            no: norm(&profile.opt_in_no),
+            name_order: c.full_name_order,
+            filler_id: find(&c.filler_id)?,
+            placer_id: opt(&c.placer_id)?,
+            status: opt(&c.status)?,
+            start,
+            end,
+            patient_id: opt(&c.patient_id)?,
+            given_name: opt(&c.given_name)?,
+            family_name: opt(&c.family_name)?,
+            full_name: opt(&c.full_name)?,
+            phones,
+            language: opt(&c.language)?,
+            location: opt(&c.location)?,
+            practitioner: opt(&c.practitioner)?,
+            service_type: opt(&c.service_type)?,
+            reason: opt(&c.reason)?,
+            opt_in: opt(&c.opt_in)?,
+            updated_at: opt(&c.updated_at)?,
+            site: opt(&c.site)?,
+            options,
+        })
+    }
+
+    /// The options this file is imported with.
+    pub(crate) fn options(&self) -> &ImportOptions {
+        &self.options
+    }
+
+    /// The trimmed cell of `col`; `Ok(None)` when empty or past the end of a short row.
+    fn cell(&self, rec: &ByteRecord, col: &Col) -> Result<Option<String>, CellError> {
+        let Some(bytes) = rec.get(col.idx) else {
+            return Ok(None);
+        };
+        let text = decode(self.encoding, bytes).ok_or_else(|| CellError {
+            column: Some(col.header.clone()),
+            reason: match self.encoding {
+                Encoding::Utf8 => "value is not valid UTF-8".to_string(),
+                _ => "value cannot be decoded in the configured encoding".to_string(),
+            },
+        })?;
+        let t = text.trim();
+        Ok((!t.is_empty()).then(|| t.to_string()))
+    }
+
+    fn opt_cell(&self, rec: &ByteRecord, col: &Option<Col>) -> Result<Option<String>, CellError> {
+        match col {
+            Some(c) => self.cell(rec, c),
+            None => Ok(None),
+        }
+    }
+
+    fn required(&self, rec: &ByteRecord, col: &Col) -> Result<String, CellError> {
+        self.cell(rec, col)?.ok_or_else(|| CellError {
+            column: Some(col.header.clone()),
+            reason: "required value is empty".to_string(),
+        })
+    }
+
+    /// The filler id if that cell is readable and not empty, for snapshot sweeps of bad rows.
+    pub(crate) fn filler_id(&self, rec: &ByteRecord) -> Option<String> {
+        self.cell(rec, &self.filler_id).ok().flatten()
+    }
+
+    fn bad_format(col: &Col, what: &str, fmt: &str) -> CellError {
+        CellError {
+            column: Some(col.header.clone()),
+            reason: format!("value does not match {what} format {fmt}"),
+        }
+    }
+
+    fn read_datetime(&self, rec: &ByteRecord, col: &Col) -> Result<Option<Timestamp>, CellError> {
+        let Some(v) = self.cell(rec, col)? else {
+            return Ok(None);
+        };
+        parse_instant(&self.datetime_format, &v, &self.tz)
+            .map(Some)
+            .ok_or_else(|| Self::bad_format(col, "datetime", &self.datetime_format))
+    }
+
+    fn read_date(
+        &self,
+        rec: &ByteRecord,
+        col: &Col,
+    ) -> Result<Option<jiff::civil::Date>, CellError> {
+        let Some(v) = self.cell(rec, col)? else {
+            return Ok(None);
+        };
+        parse_date(&self.date_format, &v)
+            .map(Some)
+            .ok_or_else(|| Self::bad_format(col, "date", &self.date_format))
+    }
+
+    fn read_time(
+        &self,
+        rec: &ByteRecord,
+        col: &Col,
+    ) -> Result<Option<jiff::civil::Time>, CellError> {
+        let Some(v) = self.cell(rec, col)? else {
+            return Ok(None);
+        };
+        parse_time(&self.time_format, &v)
+            .map(Some)
+            .ok_or_else(|| Self::bad_format(col, "time", &self.time_format))
+    }
+
+    fn place(&self, dt: jiff::civil::DateTime, col: &Col) -> Result<Timestamp, CellError> {
+        civil_to_instant(dt, &self.tz).ok_or_else(|| CellError {
+            column: Some(col.header.clone()),
+            reason: "date and time are out of range in the time zone".to_string(),
+        })
+    }
+
+    fn missing(col: &Col) -> CellError {
+        CellError {
+            column: Some(col.header.clone()),
+            reason: "required value is empty".to_string(),
+        }
+    }
+
+    /// Maps one record. Errors name the first offending column.
+    pub(crate) fn map(&self, rec: &ByteRecord) -> Result<Appointment, CellError> {
+        let filler_id = self.required(rec, &self.filler_id)?;
+        let placer_id = self.opt_cell(rec, &self.placer_id)?;
+
+        let status = match &self.status {
+            None => self.default_status,
+            Some(col) => match self.cell(rec, col)? {
+                None => self.default_status,
+                Some(v) => *self
+                    .status_map
+                    .get(&v.to_lowercase())
+                    .ok_or_else(|| CellError {
+                        column: Some(col.header.clone()),
+                        reason: "value is not in status_map".to_string(),
+                    })?,
+            },
+        };
+
+        let (start, start_date) = match &self.start {
+            When::DateTime(col) => (
+                self.read_datetime(rec, col)?
+                    .ok_or_else(|| Self::missing(col))?,
+                None,
+            ),
+            When::Split { date, time } => {
+                let d = self
+                    .read_date(rec, date)?
+                    .ok_or_else(|| Self::missing(date))?;
+                let t = self
+                    .read_time(rec, time)?
+                    .ok_or_else(|| Self::missing(time))?;
+                (self.place(d.to_datetime(t), time)?, Some(d))
+            }
+        };
+
+        let end = match &self.end {
+            End::None => None,
+            End::DateTime(col) => self.read_datetime(rec, col)?,
+            End::Split { date, time } => {
+                match (self.read_date(rec, date)?, self.read_time(rec, time)?) {
+                    (Some(d), Some(t)) => Some(self.place(d.to_datetime(t), time)?),
+                    (None, None) => None,
+                    (None, Some(_)) => return Err(Self::missing(date)),
+                    (Some(_), None) => return Err(Self::missing(time)),
+                }
+            }
+            End::TimeOnly(col) => match (self.read_time(rec, col)?, start_date) {
+                (Some(t), Some(d)) => Some(self.place(d.to_datetime(t), col)?),
+                _ => None,
+            },
+            End::Duration(col) => match self.cell(rec, col)? {
+                None => None,
+                Some(v) => {
+                    let mins: u32 = v.parse().map_err(|_| CellError {
+                        column: Some(col.header.clone()),
+                        reason: "value is not a whole number of minutes".to_string(),
+                    })?;
+                    Some(
+                        start
+                            .checked_add(SignedDuration::from_mins(i64::from(mins)))
+                            .map_err(|_| CellError {
+                                column: Some(col.header.clone()),
+                                reason: "duration is out of range".to_string(),
+                            })?,
+                    )
+                }
+            },
+        };
+
+        let mut given = self.opt_cell(rec, &self.given_name)?;
+        let mut family = self.opt_cell(rec, &self.family_name)?;
+        if let Some(full) = self.opt_cell(rec, &self.full_name)? {
+            let (g, f) = split_name(&full, self.name_order);
+            given = given.or(g);
+            family = family.or(f);
+        }
+
+        let mut phones = Vec::new();
+        for (col, use_, rank) in &self.phones {
+            let Some(raw) = self.cell(rec, col)? else {
+                continue;
+            };
+            phones.push(match normalize_e164(&raw, &self.options.default_region) {
+                Ok(e164) => ContactPhone {
+                    e164: Some(Phi::new(e164)),
+                    unusable: None,
+                    use_: *use_,
+                    rank: *rank,
+                },
+                Err(e) => ContactPhone {
+                    e164: None,
+                    unusable: Some(e.to_string()),
+                    use_: *use_,
+                    rank: *rank,
+                },
+            });
+        }
+
+        let ehr_consent = match self.opt_cell(rec, &self.opt_in)? {
+            None => None,
+            Some(v) => {
+                let v = v.to_lowercase();
+                if self.yes.contains(&v) {
+                    Some(EhrConsent::OptIn)
+                } else if self.no.contains(&v) {
+                    Some(EhrConsent::OptOut)
+                } else {
+                    None
+                }
+            }
+        };
+
+        Ok(Appointment {
+            key: AppointmentKey {
+                source: self.options.source.clone(),
+                id: filler_id,
+            },
+            placer_id,
+            status,
+            start,
+            end,
+            site: self
+                .opt_cell(rec, &self.site)?
+                .unwrap_or_else(|| self.options.site.clone()),
+            time_zone: self.tz_name.clone(),
+            location: self.opt_cell(rec, &self.location)?,
+            practitioner: self.opt_cell(rec, &self.practitioner)?,
+            service_type: self.opt_cell(rec, &self.service_type)?.map(Phi::new),
+            reason: self.opt_cell(rec, &self.reason)?.map(Phi::new),
+            patient: Patient {
+                id: self.opt_cell(rec, &self.patient_id)?.map(Phi::new),
+                given_name: given.map(Phi::new),
+                family_name: family.map(Phi::new),
+                phones,
+                preferred_language: self.opt_cell(rec, &self.language)?,
+                protected: false,
+            },
+            ehr_consent,
+        })
+    }
+
+    /// The row's own version time, when an `updated_at` column is configured and readable.
+    pub(crate) fn updated_at(&self, rec: &ByteRecord) -> Option<Timestamp> {
+        let v = self.opt_cell(rec, &self.updated_at).ok()??;
+        match &self.updated_at_format {
+            Some(f) => parse_instant(f, &v, &self.tz),
+            None => v
+                .parse::<Timestamp>()
+                .ok()
+                .or_else(|| parse_instant(&self.datetime_format, &v, &self.tz)),
+        }
+    }
+}
+
+/// Splits a full name per the profile's order; empty parts are `None`.
+pub(crate) fn split_name(full: &str, order: NameOrder) -> (Option<String>, Option<String>) {
+    let clean = |s: &str| {
+        let t = s.trim();
+        (!t.is_empty()).then(|| t.to_string())
+    };
+    match order {
+        NameOrder::FamilyCommaGiven => match full.split_once(',') {
+            Some((family, given)) => (clean(given), clean(family)),
+            None => (clean(full), None),
+        },
+        NameOrder::GivenFamily => {
+            let t = full.trim();
+            match t.split_once(char::is_whitespace) {
+                Some((given, family)) => (clean(given), clean(family)),
+                None => (clean(t), None),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_per_order() {
+        assert_eq!(
+            split_name(" Gonçalves , João Pedro ", NameOrder::FamilyCommaGiven),
+            (Some("João Pedro".into()), Some("Gonçalves".into()))
+        );
+        assert_eq!(
+            split_name("Madonna", NameOrder::FamilyCommaGiven),
+            (Some("Madonna".into()), None)
+        );
+        assert_eq!(
+            split_name("Inês  da Silva", NameOrder::GivenFamily),
+            (Some("Inês".into()), Some("da Silva".into()))
+        );
+        assert_eq!(split_name(" , ", NameOrder::FamilyCommaGiven), (None, None));
+    }
+
+    #[test]
+    fn decoding_per_encoding() {
+        assert_eq!(decode(Encoding::Utf8, "João".as_bytes()).unwrap(), "João");
+        assert!(decode(Encoding::Utf8, b"Jo\xe3o").is_none());
+        assert_eq!(decode(Encoding::Windows1252, b"Jo\xe3o").unwrap(), "João");
+        assert_eq!(decode(Encoding::Windows1252, b"\x80").unwrap(), "€");
+        assert_eq!(decode(Encoding::Latin1, b"Jo\xe3o").unwrap(), "João");
+        assert_eq!(decode(Encoding::Latin1, b"\x80").unwrap(), "\u{80}");
+    }
+}

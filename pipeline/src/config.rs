@@ -1,0 +1,458 @@
+//! Pipeline configuration: sites, consent policy, the reminder plan and the templates.
+//!
+//! Deserialised from the `[sites]`, `[consent]`, `[[plan.steps]]` and `[templates]` tables of
+//! `medrelay.toml` (the cli owns the file). [`PipelineConfig::compile`] validates everything without
+//! touching the network and produces the [`Compiled`] form the runtime uses; every problem is reported,
+//! not just the first.
+
+use std::collections::BTreeMap;
+
+use jiff::SignedDuration;
+use jiff::civil::Time;
+use jiff::tz::TimeZone;
+use medrelay_mapping::plan::{PlanPolicy, QuietHours, StepKind, StepSpec, parse_duration};
+use medrelay_mapping::reply::ReplyAction;
+use medrelay_mapping::template::{PhiLevel, SiteFacts, TemplateField};
+use serde::Deserialize;
+
+/// One site (a hospital or clinic): its zone, region and message policy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// IANA zone, e.g. `America/Sao_Paulo`.
+    pub time_zone: String,
+    /// ISO 3166 region used to read national phone numbers, e.g. `BR`.
+    pub default_region: String,
+    /// Public phone number of the site (renderable as `site_phone`).
+    #[serde(default)]
+    pub phone: Option<String>,
+    #[serde(default = "default_date_format")]
+    pub date_format: String,
+    #[serde(default = "default_time_format")]
+    pub time_format: String,
+    /// How much a message may reveal.
+    #[serde(default)]
+    pub phi_level: PhiLevel,
+    /// Local quiet hours such as `21:00-08:00`.
+    #[serde(default)]
+    pub quiet_hours: Option<String>,
+    /// Reminders arriving closer than this to the start are dropped (default `30m`).
+    #[serde(default = "default_min_lead")]
+    pub min_lead: String,
+    /// WhatsApp template languages to try when the patient's language has no template (in order).
+    #[serde(default = "default_languages")]
+    pub fallback_languages: Vec<String>,
+}
+
+fn default_date_format() -> String {
+    "%d/%m/%Y".into()
+}
+fn default_time_format() -> String {
+    "%H:%M".into()
+}
+fn default_min_lead() -> String {
+    "30m".into()
+}
+fn default_languages() -> Vec<String> {
+    vec!["en_US".into()]
+}
+
+/// Consent policy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentConfig {
+    /// No recorded opt-in means no message (the default, as GDPR/LGPD and Meta expect).
+    #[serde(default = "yes")]
+    pub opt_in_required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        ConsentConfig {
+            opt_in_required: true,
+        }
+    }
+}
+
+/// One step of the reminder plan.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepConfig {
+    pub name: String,
+    pub kind: StepKind,
+    /// `48h` before the start for reminders, after the end for follow-ups.
+    #[serde(default)]
+    pub offset: Option<String>,
+    /// Key into `[templates]`.
+    pub template: String,
+}
+
+/// The reminder plan.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    pub steps: Vec<StepConfig>,
+}
+
+/// A WhatsApp template as approved in the WhatsApp Business Account.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateConfig {
+    /// The template name in WhatsApp Manager.
+    pub name: String,
+    /// Languages it is approved in (`en_US`, `pt_BR`, `es`).
+    pub languages: Vec<String>,
+    /// Body parameters, in order, from the allow-list.
+    #[serde(default)]
+    pub body: Vec<String>,
+    /// Parameter names when the template uses `parameter_format: NAMED` (same order as `body`).
+    #[serde(default)]
+    pub parameter_names: Option<Vec<String>>,
+    /// Quick-reply buttons, in order.
+    #[serde(default)]
+    pub buttons: Vec<ReplyAction>,
+}
+
+/// Texts medrelay itself sends inside the 24 h service window (never template-only content).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyTexts {
+    #[serde(default = "default_stale")]
+    pub stale: String,
+    #[serde(default = "default_emergency")]
+    pub emergency: String,
+    #[serde(default = "default_stopped")]
+    pub stopped: String,
+    #[serde(default = "default_started")]
+    pub started: String,
+}
+
+fn default_stale() -> String {
+    "This appointment has changed since that message. Please check your latest message from us or call the clinic.".into()
+}
+fn default_emergency() -> String {
+    "If this is an emergency, call your local emergency number now. This chat is not monitored for emergencies.".into()
+}
+fn default_stopped() -> String {
+    "You will no longer receive appointment messages on WhatsApp. Reply START to receive them again.".into()
+}
+fn default_started() -> String {
+    "You will receive appointment messages on WhatsApp again. Reply STOP to stop.".into()
+}
+
+impl Default for ReplyTexts {
+    fn default() -> Self {
+        ReplyTexts {
+            stale: default_stale(),
+            emergency: default_emergency(),
+            stopped: default_stopped(),
+            started: default_started(),
+        }
+    }
+}
+
+/// Everything the pipeline needs from `medrelay.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    pub sites: BTreeMap<String, SiteConfig>,
+    #[serde(default)]
+    pub consent: ConsentConfig,
+    pub plan: PlanConfig,
+    pub templates: BTreeMap<String, TemplateConfig>,
+    #[serde(default)]
+    pub reply_texts: ReplyTexts,
+}
+
+/// A site, validated.
+#[derive(Clone, Debug)]
+pub struct CompiledSite {
+    pub name: String,
+    pub zone: TimeZone,
+    pub time_zone: String,
+    pub default_region: String,
+    pub facts: SiteFacts,
+    pub phi_level: PhiLevel,
+    pub plan_policy: PlanPolicy,
+    pub fallback_languages: Vec<String>,
+}
+
+/// A template, validated against the allow-list.
+#[derive(Clone, Debug)]
+pub struct CompiledTemplate {
+    pub key: String,
+    pub name: String,
+    pub languages: Vec<String>,
+    pub body: Vec<TemplateField>,
+    pub parameter_names: Option<Vec<String>>,
+    pub buttons: Vec<ReplyAction>,
+}
+
+impl CompiledTemplate {
+    /// Picks the template language: the patient's language (`pt-BR` matches `pt_BR`, then `pt`), then
+    /// the site's fallback chain, then the template's first language.
+    pub fn choose_language(&self, patient: Option<&str>, fallback: &[String]) -> String {
+        let normal = |s: &str| s.replace('-', "_").to_ascii_lowercase();
+        let has = |want: &str| {
+            self.languages
+                .iter()
+                .find(|l| normal(l) == normal(want))
+                .cloned()
+        };
+        if let Some(p) = patient.filter(|p| !p.trim().is_empty()) {
+            if let Some(l) = has(p) {
+                return l;
+            }
+            let base = normal(p).split('_').next().unwrap_or_default().to_string();
+            if let Some(l) = self
+                .languages
+                .iter()
+                .find(|l| normal(l) == base || normal(l).starts_with(&format!("{base}_")))
+            {
+                return l.clone();
+            }
+        }
+        fallback
+            .iter()
+            .find_map(|f| has(f))
+            .unwrap_or_else(|| self.languages[0].clone())
+    }
+}
+
+/// The validated configuration the runtime uses.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    pub sites: BTreeMap<String, CompiledSite>,
+    pub opt_in_required: bool,
+    pub steps: Vec<StepSpec>,
+    pub templates: BTreeMap<String, CompiledTemplate>,
+    pub reply_texts: ReplyTexts,
+}
+
+fn parse_quiet(s: &str) -> Option<QuietHours> {
+    let (a, b) = s.split_once('-')?;
+    let t = |x: &str| Time::strptime("%H:%M", x.trim()).ok();
+    Some(QuietHours {
+        start: t(a)?,
+        end: t(b)?,
+    })
+}
+
+impl PipelineConfig {
+    /// Validates and compiles. Pure: no network, no files.
+    pub fn compile(&self) -> Result<Compiled, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut sites = BTreeMap::new();
+        if self.sites.is_empty() {
+            errors.push("at least one [sites.<name>] table is required".to_string());
+        }
+        let mut levels = Vec::new();
+        for (name, s) in &self.sites {
+            let zone = match TimeZone::get(&s.time_zone) {
+                Ok(z) => z,
+                Err(_) => {
+                    errors.push(format!(
+                        "sites.{name}.time_zone: unknown IANA zone `{}`",
+                        s.time_zone
+                    ));
+                    continue;
+                }
+            };
+            if medrelay_mapping::phone::check_region(&s.default_region).is_err() {
+                errors.push(format!(
+                    "sites.{name}.default_region: unknown region `{}`",
+                    s.default_region
+                ));
+            }
+            let probe = jiff::Timestamp::UNIX_EPOCH.to_zoned(zone.clone());
+            for (field, f) in [("date_format", &s.date_format), ("time_format", &s.time_format)] {
+                if jiff::fmt::strtime::format(f.as_str(), &probe).is_err() {
+                    errors.push(format!("sites.{name}.{field}: invalid format `{f}`"));
+                }
+            }
+            let quiet_hours = match &s.quiet_hours {
+                None => None,
+                Some(q) => match parse_quiet(q) {
+                    Some(q) => Some(q),
+                    None => {
+                        errors.push(format!(
+                            "sites.{name}.quiet_hours: expected `HH:MM-HH:MM`, got `{q}`"
+                        ));
+                        None
+                    }
+                },
+            };
+            let min_lead = parse_duration(&s.min_lead).unwrap_or_else(|| {
+                errors.push(format!(
+                    "sites.{name}.min_lead: expected a duration like `30m`, got `{}`",
+                    s.min_lead
+                ));
+                SignedDuration::from_mins(30)
+            });
+            levels.push(s.phi_level);
+            sites.insert(
+                name.clone(),
+                CompiledSite {
+                    name: name.clone(),
+                    zone,
+                    time_zone: s.time_zone.clone(),
+                    default_region: s.default_region.to_ascii_uppercase(),
+                    facts: SiteFacts {
+                        phone: s.phone.clone(),
+                        date_format: s.date_format.clone(),
+                        time_format: s.time_format.clone(),
+                    },
+                    phi_level: s.phi_level,
+                    plan_policy: PlanPolicy {
+                        quiet_hours,
+                        min_lead,
+                        ..PlanPolicy::default()
+                    },
+                    fallback_languages: s.fallback_languages.clone(),
+                },
+            );
+        }
+        // A template is shared by every site, so it must fit the most restrictive one.
+        let level = if levels.contains(&PhiLevel::Minimal) || levels.is_empty() {
+            PhiLevel::Minimal
+        } else {
+            PhiLevel::Standard
+        };
+        let mut templates = BTreeMap::new();
+        for (key, t) in &self.templates {
+            if t.languages.is_empty() {
+                errors.push(format!("templates.{key}.languages: at least one language"));
+                continue;
+            }
+            let mut body = Vec::new();
+            for f in &t.body {
+                match TemplateField::parse(f, level) {
+                    Ok(field) => body.push(field),
+                    Err(e) => errors.push(format!("templates.{key}.body: {e}")),
+                }
+            }
+            if let Some(names) = &t.parameter_names
+                && names.len() != t.body.len()
+            {
+                errors.push(format!(
+                    "templates.{key}.parameter_names: {} names for {} body parameters",
+                    names.len(),
+                    t.body.len()
+                ));
+            }
+            templates.insert(
+                key.clone(),
+                CompiledTemplate {
+                    key: key.clone(),
+                    name: t.name.clone(),
+                    languages: t.languages.clone(),
+                    body,
+                    parameter_names: t.parameter_names.clone(),
+                    buttons: t.buttons.clone(),
+                },
+            );
+        }
+        let mut steps = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        if self.plan.steps.is_empty() {
+            errors.push("plan.steps: at least one step".to_string());
+        }
+        for s in &self.plan.steps {
+            if !names.insert(s.name.clone()) {
+                errors.push(format!("plan.steps: duplicate step name `{}`", s.name));
+            }
+            if !self.templates.contains_key(&s.template) {
+                errors.push(format!(
+                    "plan.steps.{}: unknown template `{}` (not in [templates])",
+                    s.name, s.template
+                ));
+            }
+            let offset = match (&s.offset, s.kind) {
+                (None, StepKind::Confirmation) => SignedDuration::ZERO,
+                (None, _) => {
+                    errors.push(format!("plan.steps.{}: `offset` is required", s.name));
+                    SignedDuration::ZERO
+                }
+                (Some(o), _) => parse_duration(o).unwrap_or_else(|| {
+                    errors.push(format!(
+                        "plan.steps.{}: offset `{o}` is not a duration like `48h`",
+                        s.name
+                    ));
+                    SignedDuration::ZERO
+                }),
+            };
+            steps.push(StepSpec {
+                name: s.name.clone(),
+                kind: s.kind,
+                offset,
+                template: s.template.clone(),
+            });
+        }
+        if errors.is_empty() {
+            Ok(Compiled {
+                sites,
+                opt_in_required: self.consent.opt_in_required,
+                steps,
+                templates,
+                reply_texts: self.reply_texts.clone(),
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra_body: &str) -> PipelineConfig {
+        toml::from_str(&format!(
+            r#"
+            [sites.main]
+            time_zone = "America/Sao_Paulo"
+            default_region = "BR"
+            quiet_hours = "21:00-08:00"
+            [[plan.steps]]
+            name = "reminder_48h"
+            kind = "reminder"
+            offset = "48h"
+            template = "reminder"
+            [templates.reminder]
+            name = "appt_reminder"
+            languages = ["pt_BR", "en_US"]
+            body = ["given_name", "local_date"{extra_body}]
+            buttons = ["confirm", "cancel"]
+            "#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_valid_config_compiles() {
+        let c = config("").compile().unwrap();
+        assert_eq!(c.steps[0].offset, SignedDuration::from_hours(48));
+        assert_eq!(c.templates["reminder"].body.len(), 2);
+    }
+
+    #[test]
+    fn a_template_that_renders_a_diagnosis_is_rejected_at_load_time() {
+        let errors = config(r#", "diagnosis""#).compile().unwrap_err();
+        assert!(errors[0].contains("can never be rendered"), "{errors:?}");
+    }
+
+    #[test]
+    fn language_choice_follows_patient_then_fallback() {
+        let c = config("").compile().unwrap();
+        let t = &c.templates["reminder"];
+        let fb = vec!["en_US".to_string()];
+        assert_eq!(t.choose_language(Some("pt-BR"), &fb), "pt_BR");
+        assert_eq!(t.choose_language(Some("pt"), &fb), "pt_BR");
+        assert_eq!(t.choose_language(Some("fr"), &fb), "en_US");
+        assert_eq!(t.choose_language(None, &fb), "en_US");
+    }
+}

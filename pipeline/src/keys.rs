@@ -1,0 +1,78 @@
+//! Keys derived from the one installation secret.
+//!
+//! The secret (`MEDRELAY_SECRET`, or the key file `medrelay init` writes) never appears in config or
+//! logs. From it we derive one key per use, so that a contact hash cannot be turned into a valid button
+//! signature and vice versa.
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+/// The per-use keys.
+#[derive(Clone)]
+pub struct Keys {
+    contact: Vec<u8>,
+    button: Vec<u8>,
+    content: Vec<u8>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(<secret>)")
+    }
+}
+
+fn derive(secret: &[u8], label: &str) -> Vec<u8> {
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("any key length");
+    m.update(label.as_bytes());
+    m.finalize().into_bytes().to_vec()
+}
+
+/// Keyed hash, hex, truncated to 128 bits (enough for correlation, not reversible without the key).
+fn keyed(key: &[u8], data: &[u8]) -> String {
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+    m.update(data);
+    hex::encode(&m.finalize().into_bytes()[..16])
+}
+
+impl Keys {
+    /// Derives the keys from the installation secret.
+    pub fn from_secret(secret: &[u8]) -> Self {
+        Keys {
+            contact: derive(secret, "medrelay/contact-hash/v1"),
+            button: derive(secret, "medrelay/button-payload/v1"),
+            content: derive(secret, "medrelay/content-hash/v1"),
+        }
+    }
+
+    /// The keyed hash of a contact (E.164 number or WhatsApp id, `+` and non-digits ignored): the only
+    /// form in which a patient may appear in logs, metrics, consent and audit records.
+    pub fn contact_hash(&self, phone: &str) -> String {
+        let digits: String = phone.chars().filter(|c| c.is_ascii_digit()).collect();
+        format!("c_{}", keyed(&self.contact, digits.as_bytes()))
+    }
+
+    /// Key for signing quick-reply payloads.
+    pub fn button_key(&self) -> &[u8] {
+        &self.button
+    }
+
+    /// Keyed hash of an appointment's content, to tell a real change from a repeat.
+    pub fn content_hash(&self, data: &[u8]) -> String {
+        keyed(&self.content, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_hash_ignores_formatting_and_hides_the_number() {
+        let k = Keys::from_secret(b"s");
+        let h = k.contact_hash("+55 11 98765-4321");
+        assert_eq!(h, k.contact_hash("5511987654321"));
+        assert!(!h.contains("98765"));
+        assert_ne!(h, Keys::from_secret(b"t").contact_hash("5511987654321"));
+        assert!(!format!("{k:?}").contains('s'.to_string().repeat(2).as_str()));
+    }
+}

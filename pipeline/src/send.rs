@@ -1,0 +1,314 @@
+//! The sender: claims due steps, re-checks everything at send time, renders the template from the
+//! allow-list and hands the body to the WhatsApp transport.
+//!
+//! Send-time checks are the last line of defence: the appointment must still be booked at the same
+//! slot, the step must not have expired, and consent is decided again from the ledger (a STOP that
+//! arrived a second ago wins).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use jiff::{SignedDuration, Timestamp};
+use medrelay_mapping::AppointmentStatus;
+use medrelay_mapping::consent::{ConsentFacts, ConsentSignal, ConsentSource, decide};
+use medrelay_mapping::model::EhrConsent;
+use medrelay_mapping::plan::StepKind;
+use medrelay_mapping::reply::ButtonPayload;
+use medrelay_mapping::template::render_parameters;
+use tracing::{info, warn};
+
+use crate::clock::Clock;
+use crate::config::Compiled;
+use crate::store::outbox::{AppointmentRecord, ClaimedJob, JobOutcome};
+use crate::store::{Store, StoreResult};
+use crate::whatsapp::{BodyParameter, SendError, TemplateMessage, WhatsAppTransport};
+
+/// What a sending pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendReport {
+    pub claimed: u64,
+    pub sent: u64,
+    pub skipped: u64,
+    pub retried: u64,
+    pub failed: u64,
+    /// Sending stopped because the account cannot send (an alert was raised).
+    pub halted: bool,
+}
+
+#[derive(Default)]
+struct Halts {
+    all: Option<String>,
+    templates: HashSet<String>,
+}
+
+/// Sends due steps through a transport.
+pub struct Sender {
+    store: Store,
+    config: Arc<Compiled>,
+    transport: Arc<dyn WhatsAppTransport>,
+    clock: Arc<dyn Clock>,
+    halts: Mutex<Halts>,
+}
+
+/// Retry delay for attempt `n` (1-based): 30 s doubling to a 1 h cap, with ±20 % deterministic jitter
+/// per job so that retries of a burst do not line up.
+pub fn backoff(job_id: i64, attempt: i64) -> SignedDuration {
+    let base = 30i64.saturating_mul(1i64 << attempt.clamp(1, 8).saturating_sub(1)).min(3600);
+    let spread = (job_id.wrapping_mul(2654435761).wrapping_add(attempt) % 41 - 20).abs() - 10;
+    SignedDuration::from_secs(base + base * spread / 50)
+}
+
+fn kind_of(job: &ClaimedJob) -> StepKind {
+    match job.kind.as_str() {
+        "confirmation" => StepKind::Confirmation,
+        "follow_up" => StepKind::FollowUp,
+        _ => StepKind::Reminder,
+    }
+}
+
+/// Why a step can no longer be sent, judged at send time (None: still valid).
+fn still_valid(job: &ClaimedJob, rec: &AppointmentRecord, now: Timestamp) -> Option<(&'static str, String)> {
+    let a = &rec.appointment;
+    if now >= job.expires {
+        return Some(("dropped", "expired before it could be sent (outage or backlog)".into()));
+    }
+    if kind_of(job) == StepKind::FollowUp {
+        if a.status.is_withdrawn() {
+            return Some(("withdrawn", format!("appointment is now {}", a.status.as_str())));
+        }
+        return None;
+    }
+    if rec.patient_cancelled {
+        return Some(("withdrawn", "the patient cancelled on WhatsApp".into()));
+    }
+    if a.status != AppointmentStatus::Booked {
+        return Some(("withdrawn", format!("appointment is now {}", a.status.as_str())));
+    }
+    if a.start != job.slot_start {
+        return Some(("withdrawn", "appointment was rescheduled".into()));
+    }
+    None
+}
+
+impl Sender {
+    /// A sender over `transport`.
+    pub fn new(
+        store: Store,
+        config: Arc<Compiled>,
+        transport: Arc<dyn WhatsAppTransport>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Sender {
+            store,
+            config,
+            transport,
+            clock,
+            halts: Mutex::new(Halts::default()),
+        }
+    }
+
+    /// Whether all sending is halted, and why.
+    pub fn halted(&self) -> Option<String> {
+        self.halts.lock().expect("halts lock").all.clone()
+    }
+
+    /// Sends up to `limit` due steps.
+    pub async fn send_due(&self, limit: i64) -> StoreResult<SendReport> {
+        let mut report = SendReport::default();
+        if self.halted().is_some() {
+            report.halted = true;
+            return Ok(report);
+        }
+        let now = self.clock.now();
+        let jobs = self.store.claim_due(now, limit).await?;
+        report.claimed = jobs.len() as u64;
+        for job in jobs {
+            let outcome = self.attempt(&job).await?;
+            let now = self.clock.now();
+            match &outcome {
+                JobOutcome::Sent { contact_hash, .. } => {
+                    report.sent += 1;
+                    info!(job = job.id, step = %job.step, contact = %contact_hash, "message accepted by WhatsApp");
+                }
+                JobOutcome::Retry { reason, .. } => {
+                    report.retried += 1;
+                    warn!(job = job.id, step = %job.step, %reason, "send will be retried");
+                }
+                JobOutcome::Final { state, reason } => {
+                    if *state == "failed" {
+                        report.failed += 1;
+                        warn!(job = job.id, step = %job.step, %reason, "send failed");
+                    } else {
+                        report.skipped += 1;
+                        info!(job = job.id, step = %job.step, state = %state, %reason, "step not sent");
+                    }
+                }
+            }
+            self.store.finish_job(&job, &outcome, now).await?;
+            if self.halted().is_some() {
+                report.halted = true;
+                // Put back whatever this pass claimed but did not attempt.
+                self.store.release_stale_sending(now + SignedDuration::from_secs(1)).await?;
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn attempt(&self, job: &ClaimedJob) -> StoreResult<JobOutcome> {
+        let now = self.clock.now();
+        let final_ = |state: &'static str, reason: String| Ok(JobOutcome::Final { state, reason });
+        let Some(rec) = self.store.load_appointment(job.appointment_id).await? else {
+            return final_("failed", "appointment no longer exists".into());
+        };
+        if let Some((state, reason)) = still_valid(job, &rec, now) {
+            return final_(state, reason);
+        }
+        let (Some(phone), Some(contact_hash)) = (rec.appointment.patient.best_phone(), rec.contact_hash.clone()) else {
+            return final_(
+                "skipped",
+                rec.phone_problem.clone().unwrap_or_else(|| "no usable phone number".into()),
+            );
+        };
+        let purpose = kind_of(job).purpose();
+        let mut signals = self.store.consent_signals(&contact_hash, purpose).await?;
+        if let Some(c) = rec.appointment.ehr_consent {
+            signals.push(ConsentSignal {
+                source: ConsentSource::Ehr,
+                granted: c == EhrConsent::OptIn,
+                at: rec.ehr_consent_at,
+            });
+        }
+        let decision = decide(
+            &ConsentFacts {
+                protected: rec.appointment.patient.protected,
+                signals,
+            },
+            self.config.opt_in_required,
+        );
+        if !decision.permits() {
+            return final_("skipped", format!("no consent: {}", decision.reason()));
+        }
+        let Some(template) = self.config.templates.get(&job.template) else {
+            return final_("failed", format!("template `{}` is not configured", job.template));
+        };
+        if self.halts.lock().expect("halts lock").templates.contains(&template.key) {
+            return Ok(JobOutcome::Retry {
+                at: now + SignedDuration::from_hours(1),
+                reason: format!("template `{}` is halted after a template error", template.key),
+            });
+        }
+        let Some(site) = self
+            .config
+            .sites
+            .get(&rec.appointment.site)
+            .or_else(|| self.config.sites.values().next())
+        else {
+            return final_("failed", "no site configured".into());
+        };
+        let params = match render_parameters(&template.body, &rec.appointment, &site.facts) {
+            Ok(p) => p,
+            Err(e) => return final_("failed", format!("cannot render template: {e}")),
+        };
+        let language = template.choose_language(
+            rec.appointment.patient.preferred_language.as_deref(),
+            &site.fallback_languages,
+        );
+        let key = self.store.keys().button_key();
+        let quick_replies = template
+            .buttons
+            .iter()
+            .map(|action| {
+                ButtonPayload {
+                    job_id: job.id,
+                    action: *action,
+                    expires: rec.appointment.start,
+                }
+                .sign(key)
+            })
+            .collect();
+        let message = TemplateMessage {
+            to: phone.expose().trim_start_matches('+').to_string(),
+            template: template.name.clone(),
+            language,
+            body: params
+                .into_iter()
+                .enumerate()
+                .map(|(i, text)| BodyParameter {
+                    name: template.parameter_names.as_ref().map(|n| n[i].clone()),
+                    text,
+                })
+                .collect(),
+            quick_replies,
+            callback: format!("job:{}", job.id),
+        };
+        let body = message.to_json();
+        match self.transport.send(&body).await {
+            Ok(accepted) => Ok(JobOutcome::Sent {
+                wamid: accepted.wamid,
+                body: body.to_string(),
+                contact_hash,
+            }),
+            Err(e) => Ok(self.on_error(job, e, now).await?),
+        }
+    }
+
+    async fn on_error(&self, job: &ClaimedJob, e: SendError, now: Timestamp) -> StoreResult<JobOutcome> {
+        let retry = |delay: SignedDuration, reason: String| {
+            let at = now + delay;
+            if at >= job.expires {
+                JobOutcome::Final {
+                    state: "dropped",
+                    reason: format!("expired while retrying ({reason})"),
+                }
+            } else {
+                JobOutcome::Retry { at, reason }
+            }
+        };
+        Ok(match e {
+            SendError::Retry { .. } => retry(backoff(job.id, job.attempts), e.to_string()),
+            SendError::RecipientBusy { .. } => {
+                let secs = 6i64.saturating_mul(4i64.saturating_pow(job.attempts.clamp(1, 5) as u32 - 1));
+                retry(SignedDuration::from_secs(secs), e.to_string())
+            }
+            SendError::Permanent { .. } => JobOutcome::Final {
+                state: "failed",
+                reason: e.to_string(),
+            },
+            SendError::HaltTemplate { .. } => {
+                self.halts.lock().expect("halts lock").templates.insert(job.template.clone());
+                self.store
+                    .raise_alert("template_halted", &format!("template `{}` halted: {e}", job.template), now)
+                    .await?;
+                JobOutcome::Retry {
+                    at: now + SignedDuration::from_hours(1),
+                    reason: e.to_string(),
+                }
+            }
+            SendError::HaltAll { .. } => {
+                self.halts.lock().expect("halts lock").all = Some(e.to_string());
+                self.store.raise_alert("sending_halted", &format!("all sending halted: {e}"), now).await?;
+                JobOutcome::Retry {
+                    at: now + SignedDuration::from_mins(5),
+                    reason: e.to_string(),
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let d1 = backoff(7, 1).as_secs();
+        let d3 = backoff(7, 3).as_secs();
+        assert!((24..=36).contains(&d1), "{d1}");
+        assert!((96..=144).contains(&d3), "{d3}");
+        assert!(backoff(7, 30).as_secs() <= 3600 * 12 / 10);
+        let spread: HashSet<i64> = (1..50).map(|j| backoff(j, 2).as_secs()).collect();
+        assert!(spread.len() > 5, "jitter spreads retries");
+    }
+}

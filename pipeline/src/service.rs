@@ -1,0 +1,88 @@
+//! Wiring: the pipeline's parts around one store, and the `tick` that advances all of them.
+
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::config::Compiled;
+use crate::inbound::{Inbound, InboundReport};
+use crate::ingest::Ingest;
+use crate::schedule::{PlanReport, Scheduler};
+use crate::send::{SendReport, Sender};
+use crate::store::{Store, StoreResult};
+use crate::whatsapp::WhatsAppTransport;
+use crate::whatsapp::simulator::Simulator;
+use crate::writeback::{WriteBackReport, WriteBackWorker};
+use medrelay_mapping::ports::WriteBack;
+
+/// What one tick did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickReport {
+    pub plan: PlanReport,
+    pub send: SendReport,
+    pub inbound: InboundReport,
+    pub writeback: WriteBackReport,
+}
+
+impl TickReport {
+    /// Whether the tick did anything at all (loops run until a tick is idle).
+    pub fn is_idle(&self) -> bool {
+        self.plan.appointments == 0
+            && self.send.claimed == 0
+            && self.inbound.webhooks == 0
+            && self.writeback.batches == 0
+    }
+}
+
+/// The assembled pipeline.
+pub struct Service {
+    pub store: Store,
+    pub ingest: Ingest,
+    pub scheduler: Scheduler,
+    pub sender: Sender,
+    pub inbound: Inbound,
+    pub writeback: WriteBackWorker,
+    /// Present when WhatsApp is the built-in simulator: its webhooks are delivered in-process.
+    pub simulator: Option<Arc<Simulator>>,
+}
+
+impl Service {
+    /// Wires the parts. With `simulator`, it is also the transport.
+    pub fn new(
+        store: Store,
+        config: Arc<Compiled>,
+        transport: Arc<dyn WhatsAppTransport>,
+        simulator: Option<Arc<Simulator>>,
+        write_back: Vec<(String, Arc<dyn WriteBack>)>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Service {
+            ingest: Ingest::new(store.clone(), clock.clone()),
+            scheduler: Scheduler::new(store.clone(), config.clone(), clock.clone()),
+            sender: Sender::new(store.clone(), config.clone(), transport.clone(), clock.clone()),
+            inbound: Inbound::new(store.clone(), config, transport, clock.clone()),
+            writeback: WriteBackWorker::new(store.clone(), write_back, clock),
+            store,
+            simulator,
+        }
+    }
+
+    /// Plans, sends due steps (in batches of `send_batch`), delivers the simulator's webhooks,
+    /// processes stored webhooks, and writes back.
+    pub async fn tick(&self, send_batch: i64) -> StoreResult<TickReport> {
+        let plan = self.scheduler.plan_pending().await?;
+        let send = self.sender.send_due(send_batch).await?;
+        if let Some(sim) = &self.simulator {
+            for wh in sim.take_webhooks() {
+                self.inbound.receive(&wh.body).await?;
+            }
+        }
+        let inbound = self.inbound.process_pending().await?;
+        let writeback = self.writeback.run_once().await?;
+        Ok(TickReport {
+            plan,
+            send,
+            inbound,
+            writeback,
+        })
+    }
+}

@@ -1,0 +1,127 @@
+//! Consent ledger SQL.
+
+use jiff::Timestamp;
+use medrelay_mapping::consent::{ConsentSignal, ConsentSource, Purpose};
+use serde_json::json;
+use sqlx::Row;
+
+use super::{Store, StoreResult, audit, secs, ts};
+
+/// One ledger entry as shown by `medrelay consent show`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LedgerEntry {
+    pub purpose: String,
+    pub granted: bool,
+    pub source: String,
+    pub actor: String,
+    pub reason: String,
+    pub at: Timestamp,
+}
+
+impl Store {
+    /// Ledger signals for a contact and purpose.
+    pub async fn consent_signals(
+        &self,
+        contact_hash: &str,
+        purpose: Purpose,
+    ) -> StoreResult<Vec<ConsentSignal>> {
+        let rows = sqlx::query(
+            "SELECT granted, source, at FROM consent_ledger WHERE contact_hash = ? AND purpose = ?",
+        )
+        .bind(contact_hash)
+        .bind(purpose.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(ConsentSignal {
+                    source: ConsentSource::parse(r.get("source"))?,
+                    granted: r.get::<i64, _>("granted") != 0,
+                    at: ts(r.get("at")),
+                })
+            })
+            .collect())
+    }
+
+    /// Full ledger for a contact.
+    pub async fn consent_ledger(&self, contact_hash: &str) -> StoreResult<Vec<LedgerEntry>> {
+        let rows = sqlx::query(
+            "SELECT purpose, granted, source, actor, reason, at FROM consent_ledger WHERE contact_hash = ? ORDER BY at, id",
+        )
+        .bind(contact_hash)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| LedgerEntry {
+                purpose: r.get("purpose"),
+                granted: r.get::<i64, _>("granted") != 0,
+                source: r.get("source"),
+                actor: r.get("actor"),
+                reason: r.get("reason"),
+                at: ts(r.get("at")),
+            })
+            .collect())
+    }
+
+    /// Records a grant or revocation for the given purposes. A revocation withdraws the contact's
+    /// pending steps for those purposes in the same transaction (and consent is re-checked at send
+    /// time anyway, for steps already being sent).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_consent(
+        &self,
+        contact_hash: &str,
+        purposes: &[Purpose],
+        granted: bool,
+        source: ConsentSource,
+        actor: &str,
+        reason: &str,
+        at: Timestamp,
+    ) -> StoreResult<u64> {
+        let mut tx = self.write_tx().await?;
+        let mut withdrawn = 0;
+        for p in purposes {
+            sqlx::query(
+                "INSERT INTO consent_ledger (contact_hash, purpose, granted, source, actor, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(contact_hash)
+            .bind(p.as_str())
+            .bind(granted)
+            .bind(source.as_str())
+            .bind(actor)
+            .bind(reason)
+            .bind(secs(at))
+            .execute(&mut *tx)
+            .await?;
+            if !granted {
+                let kinds = match p {
+                    Purpose::Logistics => "('confirmation', 'reminder')",
+                    Purpose::FollowUp => "('follow_up')",
+                };
+                withdrawn += sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE outbox SET state = 'skipped', state_reason = 'consent revoked ({})', updated_at = ?1 \
+                     WHERE state = 'pending' AND kind IN {kinds} \
+                     AND appointment_id IN (SELECT id FROM appointments WHERE contact_hash = ?2)",
+                    source.as_str()
+                )))
+                .bind(secs(at))
+                .bind(contact_hash)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+        }
+        audit::append(
+            &mut tx,
+            at,
+            actor,
+            if granted { "consent_grant" } else { "consent_revoke" },
+            contact_hash,
+            json!({"source": source.as_str(), "purposes": purposes.iter().map(|p| p.as_str()).collect::<Vec<_>>(), "reason": reason, "pending_steps_withdrawn": withdrawn}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(withdrawn)
+    }
+}

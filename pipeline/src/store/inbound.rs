@@ -1,0 +1,239 @@
+//! Inbound SQL: raw webhook storage, delivery statuses, replies and alerts.
+
+use jiff::Timestamp;
+use serde_json::json;
+use sqlx::Row;
+
+use super::{Store, StoreResult, audit, secs, ts};
+
+/// A reply to store. `wa_message_id` makes re-deliveries idempotent.
+#[derive(Debug, Clone)]
+pub struct NewReply {
+    pub wa_message_id: String,
+    pub contact_hash: String,
+    pub context_wamid: Option<String>,
+    pub job_id: Option<i64>,
+    pub appointment_id: Option<i64>,
+    pub kind: &'static str,
+    pub action: Option<String>,
+    pub outcome: &'static str,
+    /// Free text for the staff queue (PHI).
+    pub text: Option<String>,
+    pub received_at: Timestamp,
+}
+
+/// What a job looks like to the inbound side.
+#[derive(Debug, Clone)]
+pub struct JobRef {
+    pub id: i64,
+    pub appointment_id: i64,
+    pub slot_start: Timestamp,
+    pub state: String,
+    pub wamid: Option<String>,
+}
+
+/// The rank of a delivery status: statuses only move forward.
+pub fn status_rank(status: &str) -> Option<i64> {
+    match status {
+        "accepted" => Some(0),
+        "sent" => Some(1),
+        "delivered" => Some(2),
+        "read" => Some(3),
+        "failed" => Some(4),
+        _ => None,
+    }
+}
+
+impl Store {
+    /// Stores a raw webhook body; returns its id once committed (the moment a 200 may be given).
+    pub async fn store_webhook(&self, body: &[u8], now: Timestamp) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO webhook_inbox (received_at, body) VALUES (?, ?) RETURNING id",
+        )
+        .bind(secs(now))
+        .bind(body)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Marks a stored webhook processed (with the error, if processing failed; no PHI in it).
+    pub async fn mark_webhook(
+        &self,
+        id: i64,
+        error: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE webhook_inbox SET processed_at = ?, error = ? WHERE id = ?")
+            .bind(secs(now))
+            .bind(error)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Stored webhooks not yet processed (after a crash), oldest first.
+    pub async fn unprocessed_webhooks(&self) -> StoreResult<Vec<(i64, Vec<u8>)>> {
+        let rows = sqlx::query(
+            "SELECT id, body FROM webhook_inbox WHERE processed_at IS NULL ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(|r| (r.get("id"), r.get("body"))).collect())
+    }
+
+    /// Merges a delivery status monotonically. Returns true if it changed anything. A status for an
+    /// unknown message that carries our job id (`biz_opaque_callback_data`) reconciles a job whose send
+    /// was interrupted after WhatsApp accepted it.
+    pub async fn apply_status(
+        &self,
+        wamid: &str,
+        status: &str,
+        at: Timestamp,
+        error_code: Option<i64>,
+        callback_job: Option<i64>,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        let Some(rank) = status_rank(status) else {
+            return Ok(false);
+        };
+        let mut tx = self.write_tx().await?;
+        let known: Option<i64> = sqlx::query_scalar("SELECT job_id FROM messages WHERE wamid = ?")
+            .bind(wamid)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if known.is_none()
+            && let Some(job) = callback_job
+        {
+            let reconciled = sqlx::query(
+                "UPDATE outbox SET state = 'sent', wamid = ?, state_reason = 'reconciled from a status webhook', updated_at = ? \
+                 WHERE id = ? AND state IN ('sending', 'pending')",
+            )
+            .bind(wamid)
+            .bind(secs(now))
+            .bind(job)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if reconciled > 0 {
+                sqlx::query(
+                    "INSERT INTO messages (job_id, wamid, contact_hash, body, sent_at, status, status_rank) \
+                     SELECT o.id, ?, COALESCE(a.contact_hash, ''), NULL, ?, 'accepted', 0 FROM outbox o \
+                     JOIN appointments a ON a.id = o.appointment_id WHERE o.id = ?",
+                )
+                .bind(wamid)
+                .bind(secs(now))
+                .bind(job)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let changed = sqlx::query(
+            "UPDATE messages SET status = ?, status_rank = ?, status_at = ?, error_code = COALESCE(?, error_code) \
+             WHERE wamid = ? AND status_rank < ?",
+        )
+        .bind(status)
+        .bind(rank)
+        .bind(secs(at))
+        .bind(error_code)
+        .bind(wamid)
+        .bind(rank)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if changed {
+            audit::append(
+                &mut tx,
+                now,
+                "whatsapp",
+                "status",
+                wamid,
+                json!({"status": status, "error_code": error_code}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// The job a message or payload refers to.
+    pub async fn job_ref(&self, job_id: i64) -> StoreResult<Option<JobRef>> {
+        let row = sqlx::query(
+            "SELECT id, appointment_id, slot_start, state, wamid FROM outbox WHERE id = ?",
+        )
+        .bind(job_id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|r| JobRef {
+            id: r.get("id"),
+            appointment_id: r.get("appointment_id"),
+            slot_start: ts(r.get("slot_start")),
+            state: r.get("state"),
+            wamid: r.get("wamid"),
+        }))
+    }
+
+    /// Stores a reply. Returns false if this WhatsApp message was already stored (a re-delivery).
+    /// A patient Cancel also marks the appointment, which withdraws its pending steps (trigger).
+    pub async fn insert_reply(&self, reply: &NewReply, now: Timestamp) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO replies (wa_message_id, contact_hash, context_wamid, job_id, appointment_id, kind, action, outcome, text, received_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (wa_message_id) DO NOTHING",
+        )
+        .bind(&reply.wa_message_id)
+        .bind(&reply.contact_hash)
+        .bind(&reply.context_wamid)
+        .bind(reply.job_id)
+        .bind(reply.appointment_id)
+        .bind(reply.kind)
+        .bind(&reply.action)
+        .bind(reply.outcome)
+        .bind(&reply.text)
+        .bind(secs(reply.received_at))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if inserted {
+            if reply.outcome == "accepted"
+                && reply.action.as_deref() == Some("cancel")
+                && let Some(a) = reply.appointment_id
+            {
+                sqlx::query(
+                    "UPDATE appointments SET patient_cancelled_at = ?1, updated_at = ?1 WHERE id = ?2 AND patient_cancelled_at IS NULL",
+                )
+                .bind(secs(now))
+                .bind(a)
+                .execute(&mut *tx)
+                .await?;
+            }
+            audit::append(
+                &mut tx,
+                now,
+                "whatsapp",
+                "reply",
+                &reply.contact_hash,
+                json!({"wa_message_id": reply.wa_message_id, "job": reply.job_id, "kind": reply.kind, "action": reply.action, "outcome": reply.outcome}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Raises an alert for staff (no PHI in `detail`).
+    pub async fn raise_alert(&self, kind: &str, detail: &str, now: Timestamp) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("INSERT INTO alerts (at, kind, detail) VALUES (?, ?, ?)")
+            .bind(secs(now))
+            .bind(kind)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await?;
+        audit::append(&mut tx, now, "system", "alert", kind, json!({"detail": detail})).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

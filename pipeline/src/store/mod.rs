@@ -1,0 +1,95 @@
+//! The durable store. All SQL lives under this module, so that a PostgreSQL backend is an addition
+//! (a second implementation of these methods with its own migrations), not a rewrite.
+//!
+//! SQLite is opened in WAL mode with `synchronous = FULL` (a committed batch survives power loss: the
+//! promise behind every ACK) and a busy timeout; read-then-write transactions use `BEGIN IMMEDIATE`.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::keys::Keys;
+
+pub mod audit;
+pub mod consent;
+pub mod inbound;
+pub mod ingest;
+pub mod outbox;
+pub mod status;
+pub mod writeback;
+
+/// A store failure. Carries database error text (table and column names), never row values.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    keys: Keys,
+}
+
+/// Seconds since the epoch, the storage form of an instant.
+pub(crate) fn secs(t: Timestamp) -> i64 {
+    t.as_second()
+}
+
+/// Back from storage.
+pub(crate) fn ts(s: i64) -> Timestamp {
+    Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and applies the embedded migrations.
+    pub async fn open(path: &Path, keys: Keys) -> StoreResult<Store> {
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-16000");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store { pool, keys })
+    }
+
+    /// The derived keys (contact hashes, button signatures).
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The pool, for this module's submodules only.
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Starts a write transaction that takes the write lock at once (no SQLITE_BUSY on upgrade).
+    pub(crate) async fn write_tx(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Closes the pool (checkpointing the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,362 @@
+//! Outbox SQL: planned steps, claiming due jobs, and recording how each send ended.
+
+use jiff::Timestamp;
+use medrelay_mapping::model::{
+    Appointment, AppointmentKey, AppointmentStatus, ContactPhone, EhrConsent, Patient, PhoneUse,
+};
+use medrelay_mapping::phi::Phi;
+use serde_json::json;
+use sqlx::{QueryBuilder, Row};
+
+use super::{Store, StoreResult, audit, secs, ts};
+
+/// An appointment whose plan must be (re)computed.
+#[derive(Debug, Clone)]
+pub struct PlanInput {
+    pub appointment_id: i64,
+    pub revision: i64,
+    pub status: AppointmentStatus,
+    pub start: Timestamp,
+    pub end: Option<Timestamp>,
+    pub site: String,
+    pub time_zone: String,
+    pub patient_cancelled: bool,
+}
+
+/// One planned step to store.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub appointment_id: i64,
+    pub revision: i64,
+    pub step: String,
+    pub kind: &'static str,
+    pub slot_start: Timestamp,
+    pub lane: i64,
+    pub template: String,
+    pub due: Timestamp,
+    pub expires: Timestamp,
+    /// `pending` or `dropped`.
+    pub state: &'static str,
+    pub state_reason: Option<String>,
+    pub plan_note: Option<String>,
+}
+
+/// A job claimed for sending (now in state `sending`).
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub appointment_id: i64,
+    pub step: String,
+    pub kind: String,
+    pub slot_start: Timestamp,
+    pub template: String,
+    pub expires: Timestamp,
+    pub attempts: i64,
+}
+
+/// The stored appointment, rebuilt for rendering and checks.
+#[derive(Debug, Clone)]
+pub struct AppointmentRecord {
+    pub id: i64,
+    pub revision: i64,
+    pub appointment: Appointment,
+    pub contact_hash: Option<String>,
+    pub phone_problem: Option<String>,
+    pub ehr_consent_at: Timestamp,
+    pub patient_cancelled: bool,
+}
+
+/// How a send attempt ended.
+#[derive(Debug, Clone)]
+pub enum JobOutcome {
+    /// Accepted by WhatsApp.
+    Sent {
+        wamid: String,
+        body: String,
+        contact_hash: String,
+    },
+    /// Try again at `at`.
+    Retry { at: Timestamp, reason: String },
+    /// Final, with the state (`failed`, `skipped`, `withdrawn`, `dropped`) and the reason.
+    Final { state: &'static str, reason: String },
+}
+
+fn status_of(s: &str) -> AppointmentStatus {
+    AppointmentStatus::from_code(s).unwrap_or(AppointmentStatus::EnteredInError)
+}
+
+impl Store {
+    /// Appointments whose plan is out of date, oldest first.
+    pub async fn appointments_to_plan(&self, limit: i64) -> StoreResult<Vec<PlanInput>> {
+        let rows = sqlx::query(
+            "SELECT id, revision, status, start_at, end_at, site, time_zone, patient_cancelled_at \
+             FROM appointments WHERE needs_plan = 1 ORDER BY id LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| PlanInput {
+                appointment_id: r.get("id"),
+                revision: r.get("revision"),
+                status: status_of(r.get("status")),
+                start: ts(r.get("start_at")),
+                end: r.get::<Option<i64>, _>("end_at").map(ts),
+                site: r.get("site"),
+                time_zone: r.get("time_zone"),
+                patient_cancelled: r.get::<Option<i64>, _>("patient_cancelled_at").is_some(),
+            })
+            .collect())
+    }
+
+    /// Stores planned steps and marks the planned revisions as done, in one transaction. A step that
+    /// already exists for the same slot is left alone (no duplicate message), unless it had been
+    /// withdrawn (an appointment moved away and back), in which case it is re-armed.
+    pub async fn save_plan(
+        &self,
+        planned: &[(i64, i64)],
+        jobs: &[NewJob],
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let now_s = secs(now);
+        let mut tx = self.write_tx().await?;
+        let mut created = 0;
+        for chunk in jobs.chunks(500) {
+            let mut q = QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO outbox (appointment_id, step, kind, slot_start, revision, lane, template, due_at, expires_at, \
+                 next_attempt_at, state, state_reason, plan_note, created_at, updated_at) ",
+            );
+            q.push_values(chunk, |mut b, j| {
+                b.push_bind(j.appointment_id)
+                    .push_bind(j.step.clone())
+                    .push_bind(j.kind)
+                    .push_bind(secs(j.slot_start))
+                    .push_bind(j.revision)
+                    .push_bind(j.lane)
+                    .push_bind(j.template.clone())
+                    .push_bind(secs(j.due))
+                    .push_bind(secs(j.expires))
+                    .push_bind(secs(j.due))
+                    .push_bind(j.state)
+                    .push_bind(j.state_reason.clone())
+                    .push_bind(j.plan_note.clone())
+                    .push_bind(now_s)
+                    .push_bind(now_s);
+            });
+            q.push(
+                " ON CONFLICT (appointment_id, step, slot_start) DO UPDATE SET \
+                 revision = excluded.revision, due_at = excluded.due_at, expires_at = excluded.expires_at, \
+                 next_attempt_at = excluded.next_attempt_at, state = excluded.state, \
+                 state_reason = excluded.state_reason, plan_note = excluded.plan_note, updated_at = excluded.updated_at \
+                 WHERE outbox.state = 'withdrawn'",
+            );
+            created += q.build().execute(&mut *tx).await?.rows_affected();
+        }
+        for chunk in planned.chunks(400) {
+            let pairs: Vec<[i64; 2]> = chunk.iter().map(|(a, r)| [*a, *r]).collect();
+            sqlx::query(
+                "UPDATE appointments SET needs_plan = 0 WHERE needs_plan = 1 AND (id, revision) IN \
+                 (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+            )
+            .bind(serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !planned.is_empty() {
+            audit::append(
+                &mut tx,
+                now,
+                "scheduler",
+                "plan",
+                &format!("appointments:{}", planned.len()),
+                json!({"steps_stored": created}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    /// Claims up to `limit` due jobs (nearest-term lanes first) by moving them to `sending`.
+    pub async fn claim_due(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<ClaimedJob>> {
+        let rows = sqlx::query(
+            "UPDATE outbox SET state = 'sending', sending_since = ?1, attempts = attempts + 1, updated_at = ?1 \
+             WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= ?1 AND next_attempt_at <= ?1 \
+                          ORDER BY lane, due_at, id LIMIT ?2) \
+             RETURNING id, appointment_id, step, kind, slot_start, template, expires_at, attempts",
+        )
+        .bind(secs(now))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        let mut jobs: Vec<ClaimedJob> = rows
+            .iter()
+            .map(|r| ClaimedJob {
+                id: r.get("id"),
+                appointment_id: r.get("appointment_id"),
+                step: r.get("step"),
+                kind: r.get("kind"),
+                slot_start: ts(r.get("slot_start")),
+                template: r.get("template"),
+                expires: ts(r.get("expires_at")),
+                attempts: r.get("attempts"),
+            })
+            .collect();
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    /// Puts jobs left in `sending` for longer than `older_than` back to pending (after a crash). The
+    /// WhatsApp layer narrows the duplicate window further by reconciling status webhooks first.
+    pub async fn release_stale_sending(&self, older_than: Timestamp) -> StoreResult<u64> {
+        Ok(sqlx::query(
+            "UPDATE outbox SET state = 'pending', state_reason = 'released after an interrupted send', \
+             next_attempt_at = ?1 WHERE state = 'sending' AND sending_since < ?1",
+        )
+        .bind(secs(older_than))
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+
+    /// Loads an appointment for rendering and send-time checks.
+    pub async fn load_appointment(&self, id: i64) -> StoreResult<Option<AppointmentRecord>> {
+        let Some(r) = sqlx::query("SELECT * FROM appointments WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let phi = |col: &str| r.get::<Option<String>, _>(col).map(Phi::new);
+        let phone: Option<String> = r.get("phone_e164");
+        let appointment = Appointment {
+            key: AppointmentKey {
+                source: r.get("source"),
+                id: r.get("filler_id"),
+            },
+            placer_id: r.get("placer_id"),
+            status: status_of(r.get("status")),
+            start: ts(r.get("start_at")),
+            end: r.get::<Option<i64>, _>("end_at").map(ts),
+            site: r.get("site"),
+            time_zone: r.get("time_zone"),
+            location: r.get("location"),
+            practitioner: r.get("practitioner"),
+            service_type: phi("service_type"),
+            reason: phi("reason"),
+            patient: Patient {
+                id: phi("patient_ref"),
+                given_name: phi("given_name"),
+                family_name: phi("family_name"),
+                phones: phone
+                    .map(|p| ContactPhone {
+                        e164: Some(Phi::new(p)),
+                        unusable: None,
+                        use_: PhoneUse::Mobile,
+                        rank: 0,
+                    })
+                    .into_iter()
+                    .collect(),
+                preferred_language: r.get("language"),
+                protected: r.get::<i64, _>("protected") != 0,
+            },
+            ehr_consent: match r.get::<Option<&str>, _>("ehr_consent") {
+                Some("opt_in") => Some(EhrConsent::OptIn),
+                Some("opt_out") => Some(EhrConsent::OptOut),
+                _ => None,
+            },
+        };
+        Ok(Some(AppointmentRecord {
+            id,
+            revision: r.get("revision"),
+            appointment,
+            contact_hash: r.get("contact_hash"),
+            phone_problem: r.get("phone_problem"),
+            ehr_consent_at: Timestamp::from_microsecond(r.get("sv_at_us"))
+                .unwrap_or(Timestamp::UNIX_EPOCH),
+            patient_cancelled: r.get::<Option<i64>, _>("patient_cancelled_at").is_some(),
+        }))
+    }
+
+    /// Records how a claimed job ended (and the message, when sent), with an audit record.
+    pub async fn finish_job(
+        &self,
+        job: &ClaimedJob,
+        outcome: &JobOutcome,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let now_s = secs(now);
+        let mut tx = self.write_tx().await?;
+        match outcome {
+            JobOutcome::Sent {
+                wamid,
+                body,
+                contact_hash,
+            } => {
+                sqlx::query(
+                    "UPDATE outbox SET state = 'sent', wamid = ?, state_reason = NULL, updated_at = ? WHERE id = ?",
+                )
+                .bind(wamid)
+                .bind(now_s)
+                .bind(job.id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO messages (job_id, wamid, contact_hash, body, sent_at, status, status_rank) \
+                     VALUES (?, ?, ?, ?, ?, 'accepted', 0) ON CONFLICT (wamid) DO NOTHING",
+                )
+                .bind(job.id)
+                .bind(wamid)
+                .bind(contact_hash)
+                .bind(body)
+                .bind(now_s)
+                .execute(&mut *tx)
+                .await?;
+                audit::append(
+                    &mut tx,
+                    now,
+                    "sender",
+                    "send",
+                    &format!("job:{}", job.id),
+                    json!({"wamid": wamid, "contact": contact_hash, "step": job.step, "template": job.template}),
+                )
+                .await?;
+            }
+            JobOutcome::Retry { at, reason } => {
+                sqlx::query(
+                    "UPDATE outbox SET state = 'pending', next_attempt_at = ?, state_reason = ?, updated_at = ? WHERE id = ?",
+                )
+                .bind(secs(*at))
+                .bind(reason)
+                .bind(now_s)
+                .bind(job.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            JobOutcome::Final { state, reason } => {
+                sqlx::query(
+                    "UPDATE outbox SET state = ?, state_reason = ?, updated_at = ? WHERE id = ?",
+                )
+                .bind(*state)
+                .bind(reason)
+                .bind(now_s)
+                .bind(job.id)
+                .execute(&mut *tx)
+                .await?;
+                audit::append(
+                    &mut tx,
+                    now,
+                    "sender",
+                    state,
+                    &format!("job:{}", job.id),
+                    json!({"reason": reason, "step": job.step}),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,176 @@
+//! Counts for `medrelay status` and `medrelay explain`.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Store, StoreResult, ts};
+
+/// The service at a glance.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StatusSummary {
+    pub appointments_by_status: BTreeMap<String, i64>,
+    pub jobs_by_state: BTreeMap<String, i64>,
+    pub messages_by_status: BTreeMap<String, i64>,
+    pub replies_by_outcome: BTreeMap<String, i64>,
+    pub oldest_due_pending: Option<Timestamp>,
+    pub quarantined: i64,
+    pub writeback_pending: i64,
+    pub open_alerts: Vec<(Timestamp, String, String)>,
+    pub last_imports: Vec<ImportLine>,
+}
+
+/// One import, for the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportLine {
+    pub id: i64,
+    pub source: String,
+    pub input_name: String,
+    pub mode: String,
+    pub rows_ok: i64,
+    pub rows_bad: i64,
+    pub rows_applied: i64,
+    pub swept: i64,
+}
+
+/// One step of an appointment's plan, for `medrelay explain` and `medrelay plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepLine {
+    pub job_id: i64,
+    pub step: String,
+    pub slot_start: Timestamp,
+    pub due: Timestamp,
+    pub expires: Timestamp,
+    pub state: String,
+    pub reason: Option<String>,
+    pub plan_note: Option<String>,
+    pub attempts: i64,
+    pub message_status: Option<String>,
+}
+
+async fn group(store: &Store, sql: &'static str) -> StoreResult<BTreeMap<String, i64>> {
+    let rows = sqlx::query(sql).fetch_all(store.pool()).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+        .collect())
+}
+
+impl Store {
+    /// Counts by state, the oldest due job, errors.
+    pub async fn status_summary(&self, now: Timestamp) -> StoreResult<StatusSummary> {
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(due_at) FROM outbox WHERE state = 'pending' AND due_at <= ?",
+        )
+        .bind(now.as_second())
+        .fetch_one(self.pool())
+        .await?;
+        let alerts = sqlx::query(
+            "SELECT at, kind, detail FROM alerts WHERE resolved_at IS NULL ORDER BY id DESC LIMIT 20",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let imports = sqlx::query(
+            "SELECT id, source, input_name, mode, rows_ok, rows_bad, rows_applied, swept FROM imports ORDER BY id DESC LIMIT 5",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(StatusSummary {
+            appointments_by_status: group(
+                self,
+                "SELECT status, COUNT(*) FROM appointments GROUP BY status",
+            )
+            .await?,
+            jobs_by_state: group(self, "SELECT state, COUNT(*) FROM outbox GROUP BY state").await?,
+            messages_by_status: group(self, "SELECT status, COUNT(*) FROM messages GROUP BY status")
+                .await?,
+            replies_by_outcome: group(
+                self,
+                "SELECT outcome || COALESCE(':' || action, ''), COUNT(*) FROM replies GROUP BY 1",
+            )
+            .await?,
+            oldest_due_pending: oldest.map(ts),
+            quarantined: sqlx::query_scalar("SELECT COUNT(*) FROM quarantine")
+                .fetch_one(self.pool())
+                .await?,
+            writeback_pending: sqlx::query_scalar(
+                "SELECT COUNT(*) FROM replies WHERE outcome = 'accepted' AND (writeback_batch IS NULL \
+                 OR writeback_batch IN (SELECT id FROM writeback_batches WHERE completed_at IS NULL))",
+            )
+            .fetch_one(self.pool())
+            .await?,
+            open_alerts: alerts
+                .iter()
+                .map(|r| (ts(r.get("at")), r.get("kind"), r.get("detail")))
+                .collect(),
+            last_imports: imports
+                .iter()
+                .map(|r| ImportLine {
+                    id: r.get("id"),
+                    source: r.get("source"),
+                    input_name: r.get("input_name"),
+                    mode: r.get("mode"),
+                    rows_ok: r.get("rows_ok"),
+                    rows_bad: r.get("rows_bad"),
+                    rows_applied: r.get("rows_applied"),
+                    swept: r.get("swept"),
+                })
+                .collect(),
+        })
+    }
+
+    /// Finds an appointment id by `source/filler_id` or by filler id alone.
+    pub async fn find_appointment(&self, reference: &str) -> StoreResult<Option<i64>> {
+        let (source, id) = reference.split_once('/').unwrap_or(("", reference));
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM appointments WHERE filler_id = ?1 AND (?2 = '' OR source = ?2) ORDER BY id LIMIT 1",
+        )
+        .bind(id)
+        .bind(source)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Every step ever planned for an appointment, with its message status.
+    pub async fn steps_of(&self, appointment_id: i64) -> StoreResult<Vec<StepLine>> {
+        let rows = sqlx::query(
+            "SELECT o.id, o.step, o.slot_start, o.due_at, o.expires_at, o.state, o.state_reason, o.plan_note, o.attempts, m.status AS mstatus \
+             FROM outbox o LEFT JOIN messages m ON m.wamid = o.wamid WHERE o.appointment_id = ? ORDER BY o.slot_start, o.due_at, o.id",
+        )
+        .bind(appointment_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| StepLine {
+                job_id: r.get("id"),
+                step: r.get("step"),
+                slot_start: ts(r.get("slot_start")),
+                due: ts(r.get("due_at")),
+                expires: ts(r.get("expires_at")),
+                state: r.get("state"),
+                reason: r.get("state_reason"),
+                plan_note: r.get("plan_note"),
+                attempts: r.get("attempts"),
+                message_status: r.get("mstatus"),
+            })
+            .collect())
+    }
+
+    /// Appointment ids with a start in `[from, to)`.
+    pub async fn appointments_between(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> StoreResult<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM appointments WHERE start_at >= ? AND start_at < ? ORDER BY start_at, id",
+        )
+        .bind(from.as_second())
+        .bind(to.as_second())
+        .fetch_all(self.pool())
+        .await?)
+    }
+}

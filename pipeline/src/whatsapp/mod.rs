@@ -1,0 +1,217 @@
+//! WhatsApp Business Cloud API: message bodies, the transport port, the error taxonomy, and the
+//! built-in simulator.
+//!
+//! Bodies are built as the exact JSON the Cloud API takes (`POST /{version}/{phone-number-id}/messages`);
+//! a transport only moves them. Errors are classified from the response's `error.code` into what the
+//! outbox must do next (retry, delay one recipient, give up on one message, halt a template, halt all).
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+pub mod simulator;
+pub mod webhook;
+
+/// A body parameter: its text and, for `parameter_format: NAMED` templates, its name.
+#[derive(Clone, Debug)]
+pub struct BodyParameter {
+    pub name: Option<String>,
+    /// PHI: rendered from the allow-list only.
+    pub text: String,
+}
+
+/// A template message to one recipient.
+#[derive(Clone, Debug)]
+pub struct TemplateMessage {
+    /// Recipient, E.164 digits (the form WhatsApp uses for `wa_id`).
+    pub to: String,
+    pub template: String,
+    pub language: String,
+    pub body: Vec<BodyParameter>,
+    /// Quick-reply payloads, by button index.
+    pub quick_replies: Vec<String>,
+    /// Echoed back on status webhooks: our job id, for reconciliation. Never PHI.
+    pub callback: String,
+}
+
+impl TemplateMessage {
+    /// The Cloud API request body.
+    pub fn to_json(&self) -> Value {
+        let mut components = Vec::new();
+        if !self.body.is_empty() {
+            let params: Vec<Value> = self
+                .body
+                .iter()
+                .map(|p| match &p.name {
+                    Some(n) => json!({"type": "text", "parameter_name": n, "text": p.text}),
+                    None => json!({"type": "text", "text": p.text}),
+                })
+                .collect();
+            components.push(json!({"type": "body", "parameters": params}));
+        }
+        for (i, payload) in self.quick_replies.iter().enumerate() {
+            components.push(json!({
+                "type": "button",
+                "sub_type": "quick_reply",
+                "index": i.to_string(),
+                "parameters": [{"type": "payload", "payload": payload}]
+            }));
+        }
+        json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": self.to,
+            "type": "template",
+            "biz_opaque_callback_data": self.callback,
+            "template": {
+                "name": self.template,
+                "language": {"code": self.language},
+                "components": components
+            }
+        })
+    }
+}
+
+/// A free-form text body (only inside the 24 h customer service window, i.e. as an answer).
+pub fn text_message(to: &str, body: &str, context_wamid: Option<&str>) -> Value {
+    let mut v = json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": "text",
+        "text": {"preview_url": false, "body": body}
+    });
+    if let Some(id) = context_wamid {
+        v["context"] = json!({"message_id": id});
+    }
+    v
+}
+
+/// What WhatsApp said when it accepted a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub wamid: String,
+}
+
+/// Why a send failed, classified for the outbox. Carries codes, never PHI.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Try again later with backoff (130429 throughput, 131057 upgrade, 5xx, timeouts).
+    #[error("temporary failure (code {code:?}): {detail}")]
+    Retry { code: Option<i64>, detail: String },
+    /// Too many messages to this recipient (131056): delay this recipient only.
+    #[error("pair rate limit for this recipient (code {code})")]
+    RecipientBusy { code: i64 },
+    /// This message can never be delivered (131026, 131050, 131047...).
+    #[error("permanent failure (code {code}): {detail}")]
+    Permanent { code: i64, detail: String },
+    /// The template is wrong (132000 parameter count, 132001 missing): stop it and alert.
+    #[error("template problem (code {code}): {detail}")]
+    HaltTemplate { code: i64, detail: String },
+    /// The account cannot send (368 blocked, 131048 spam limit, 190 token expired): stop everything.
+    #[error("account problem (code {code}): {detail}")]
+    HaltAll { code: i64, detail: String },
+}
+
+/// Classifies a Cloud API error response (`http_status`, `error.code`).
+pub fn classify(http_status: u16, code: Option<i64>) -> SendError {
+    let describe = |c: i64| -> &'static str {
+        match c {
+            130429 => "throughput limit reached",
+            131057 => "throughput upgrade in progress",
+            131056 => "pair rate limit",
+            131026 => "message undeliverable to this number",
+            131050 => "user stopped marketing messages",
+            131047 => "re-engagement window closed",
+            131049 => "Meta chose not to deliver",
+            132000 => "number of parameters does not match the template",
+            132001 => "template does not exist in this name and language",
+            368 => "account temporarily blocked for policy violations",
+            131048 => "spam rate limit hit",
+            190 => "access token expired or invalid",
+            _ => "unclassified error",
+        }
+    };
+    match code {
+        Some(c @ (130429 | 131057)) => SendError::Retry {
+            code: Some(c),
+            detail: describe(c).into(),
+        },
+        Some(131056) => SendError::RecipientBusy { code: 131056 },
+        Some(c @ (131026 | 131050 | 131047 | 131049)) => SendError::Permanent {
+            code: c,
+            detail: describe(c).into(),
+        },
+        Some(c @ (132000 | 132001)) => SendError::HaltTemplate {
+            code: c,
+            detail: describe(c).into(),
+        },
+        Some(c @ (368 | 131048 | 190)) => SendError::HaltAll {
+            code: c,
+            detail: describe(c).into(),
+        },
+        _ if http_status >= 500 || http_status == 429 => SendError::Retry {
+            code,
+            detail: format!("HTTP {http_status}"),
+        },
+        Some(c) => SendError::Permanent {
+            code: c,
+            detail: describe(c).into(),
+        },
+        None => SendError::Retry {
+            code: None,
+            detail: format!("HTTP {http_status} without an error code"),
+        },
+    }
+}
+
+/// Moves a Cloud API request body to WhatsApp (or to the simulator).
+#[async_trait]
+pub trait WhatsAppTransport: Send + Sync {
+    /// Sends one message body; returns the WhatsApp message id once accepted.
+    async fn send(&self, body: &Value) -> Result<Accepted, SendError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_body_has_the_cloud_api_shape() {
+        let m = TemplateMessage {
+            to: "5511987654321".into(),
+            template: "appt_reminder".into(),
+            language: "pt_BR".into(),
+            body: vec![BodyParameter {
+                name: None,
+                text: "Ana".into(),
+            }],
+            quick_replies: vec!["v1.1.confirm.0.ab".into()],
+            callback: "job:1".into(),
+        };
+        let v = m.to_json();
+        assert_eq!(v["messaging_product"], "whatsapp");
+        assert_eq!(v["template"]["language"]["code"], "pt_BR");
+        assert_eq!(v["template"]["components"][0]["type"], "body");
+        assert_eq!(v["template"]["components"][1]["index"], "0");
+        assert_eq!(v["template"]["components"][1]["sub_type"], "quick_reply");
+        assert_eq!(v["biz_opaque_callback_data"], "job:1");
+    }
+
+    #[test]
+    fn error_codes_map_to_the_documented_treatment() {
+        assert!(matches!(classify(429, Some(130429)), SendError::Retry { .. }));
+        assert!(matches!(classify(400, Some(131057)), SendError::Retry { .. }));
+        assert!(matches!(classify(400, Some(131056)), SendError::RecipientBusy { .. }));
+        for c in [131026, 131050, 131047] {
+            assert!(matches!(classify(400, Some(c)), SendError::Permanent { .. }));
+        }
+        for c in [132000, 132001] {
+            assert!(matches!(classify(400, Some(c)), SendError::HaltTemplate { .. }));
+        }
+        for c in [368, 131048, 190] {
+            assert!(matches!(classify(400, Some(c)), SendError::HaltAll { .. }));
+        }
+        assert!(matches!(classify(503, None), SendError::Retry { .. }));
+        assert!(matches!(classify(500, Some(1)), SendError::Retry { .. }));
+    }
+}

@@ -1,0 +1,319 @@
+//! The built-in WhatsApp Cloud API simulator, so the whole loop runs without a Meta account.
+//!
+//! It validates requests against the configured template registry like the Cloud API does (132001 for
+//! an unknown template or language, 132000 for a wrong parameter count), answers with the same success
+//! and error JSON, and produces the webhooks Meta would send: `sent`/`delivered`/`read` statuses (or
+//! `failed` with 131026 for a blocklisted number) and, playing the patient, a quick-reply tap chosen by
+//! a script or a deterministic reply mix. Webhook bodies are signed with `X-Hub-Signature-256`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::webhook::{
+    BusinessNumber, InboundContent, InboundMessage, StatusUpdate, message_webhook, sign,
+    status_webhook,
+};
+use super::{Accepted, SendError, WhatsAppTransport, classify};
+use crate::clock::Clock;
+
+/// How simulated patients answer, in percent (the rest do not answer).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyMix {
+    #[serde(default = "sixty")]
+    pub confirm: u32,
+    #[serde(default = "fifteen")]
+    pub cancel: u32,
+    #[serde(default)]
+    pub reschedule: u32,
+}
+
+fn sixty() -> u32 {
+    60
+}
+fn fifteen() -> u32 {
+    15
+}
+
+impl Default for ReplyMix {
+    fn default() -> Self {
+        ReplyMix {
+            confirm: 60,
+            cancel: 15,
+            reschedule: 0,
+        }
+    }
+}
+
+/// Simulator settings (`[whatsapp.simulator]`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorConfig {
+    /// Numbers (E.164 or digits) that are "not on WhatsApp": their messages fail with 131026.
+    #[serde(default)]
+    pub blocklist: Vec<String>,
+    #[serde(default)]
+    pub reply_mix: ReplyMix,
+}
+
+/// A template as the simulator's registry knows it.
+#[derive(Clone, Debug)]
+pub struct SimTemplate {
+    pub languages: Vec<String>,
+    pub body_parameters: usize,
+    /// Button labels by index (`confirm`, `cancel`...): how the simulated patient finds a button.
+    pub buttons: Vec<String>,
+}
+
+/// What a scripted patient does with the next template message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PatientAction {
+    /// Tap the quick-reply button with this label.
+    Tap(String),
+    /// Send this text.
+    Text(String),
+    /// Do nothing.
+    Ignore,
+}
+
+/// A webhook ready to POST: body and its signature header.
+#[derive(Clone, Debug)]
+pub struct SignedWebhook {
+    pub body: Vec<u8>,
+    pub signature: String,
+}
+
+#[derive(Default)]
+struct State {
+    seq: u64,
+    sent: Vec<Value>,
+    webhooks: VecDeque<Value>,
+    scripted: HashMap<String, VecDeque<PatientAction>>,
+}
+
+/// The simulator. Thread-safe; use one per test or demo.
+pub struct Simulator {
+    config: SimulatorConfig,
+    templates: BTreeMap<String, SimTemplate>,
+    business: BusinessNumber,
+    app_secret: Vec<u8>,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+}
+
+fn digits(s: &str) -> String {
+    s.chars().filter(|c| c.is_ascii_digit()).collect()
+}
+
+fn error_body(code: i64, message: &str, details: &str) -> Value {
+    json!({"error": {
+        "message": format!("(#{code}) {message}"),
+        "type": "OAuthException",
+        "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": details},
+        "fbtrace_id": "ASimulatedTraceId"
+    }})
+}
+
+/// FNV-1a: a stable hash so the reply mix is reproducible run after run.
+fn stable_bucket(s: &str) -> u32 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % 100) as u32
+}
+
+impl Simulator {
+    /// A simulator with a template registry, signing its webhooks with `app_secret`.
+    pub fn new(
+        config: SimulatorConfig,
+        templates: BTreeMap<String, SimTemplate>,
+        business: BusinessNumber,
+        app_secret: &[u8],
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Simulator {
+            config,
+            templates,
+            business,
+            app_secret: app_secret.to_vec(),
+            clock,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Queues what the patient at `to` does with the next template messages, in order.
+    pub fn script(&self, to: &str, actions: impl IntoIterator<Item = PatientAction>) {
+        let mut st = self.state.lock().expect("simulator lock");
+        st.scripted
+            .entry(digits(to))
+            .or_default()
+            .extend(actions);
+    }
+
+    /// Every request body accepted so far, exactly as received.
+    pub fn sent(&self) -> Vec<Value> {
+        self.state.lock().expect("simulator lock").sent.clone()
+    }
+
+    /// Queues an inbound text from a patient (as if typed on the phone).
+    pub fn patient_texts(&self, from: &str, body: &str) {
+        let mut st = self.state.lock().expect("simulator lock");
+        st.seq += 1;
+        let msg = InboundMessage {
+            id: format!("wamid.SIMIN{:012}", st.seq),
+            from: digits(from),
+            timestamp: self.clock.now().as_second(),
+            context_id: None,
+            content: InboundContent::Text { body: body.into() },
+        };
+        let wh = message_webhook(&self.business, &msg);
+        st.webhooks.push_back(wh);
+    }
+
+    /// Takes the webhooks produced so far, signed, in the order Meta would send them.
+    pub fn take_webhooks(&self) -> Vec<SignedWebhook> {
+        let mut st = self.state.lock().expect("simulator lock");
+        st.webhooks
+            .drain(..)
+            .map(|v| {
+                let body = v.to_string().into_bytes();
+                SignedWebhook {
+                    signature: sign(&self.app_secret, &body),
+                    body,
+                }
+            })
+            .collect()
+    }
+
+    /// Handles one `POST /messages` body: the success JSON, or the HTTP status and error JSON.
+    pub fn handle_send(&self, body: &Value) -> Result<Value, (u16, Value)> {
+        if body["messaging_product"] != "whatsapp" {
+            return Err((400, error_body(100, "Invalid parameter", "messaging_product must be whatsapp")));
+        }
+        let Some(to) = body["to"].as_str().map(digits).filter(|d| d.len() >= 7) else {
+            return Err((400, error_body(100, "Invalid parameter", "to is required")));
+        };
+        let mut tap_labels = Vec::new();
+        match body["type"].as_str() {
+            Some("template") => {
+                let name = body["template"]["name"].as_str().unwrap_or_default();
+                let lang = body["template"]["language"]["code"].as_str().unwrap_or_default();
+                let Some(t) = self.templates.get(name) else {
+                    return Err((404, error_body(132001, "Template name does not exist in the translation", &format!("template name ({name}) does not exist in {lang}"))));
+                };
+                if !t.languages.iter().any(|l| l == lang) {
+                    return Err((404, error_body(132001, "Template name does not exist in the translation", &format!("template name ({name}) does not exist in {lang}"))));
+                }
+                let components = body["template"]["components"].as_array().cloned().unwrap_or_default();
+                let body_params = components
+                    .iter()
+                    .filter(|c| c["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case("body")))
+                    .map(|c| c["parameters"].as_array().map_or(0, Vec::len))
+                    .sum::<usize>();
+                if body_params != t.body_parameters {
+                    return Err((400, error_body(132000, "Number of parameters does not match the expected number of params", &format!("body: number of localizable_params ({body_params}) does not match the expected number of params ({})", t.body_parameters))));
+                }
+                for (i, label) in t.buttons.iter().enumerate() {
+                    let payload = components.iter().find(|c| {
+                        c["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case("button"))
+                            && (c["index"] == json!(i.to_string()) || c["index"] == json!(i))
+                    }).and_then(|c| c["parameters"][0]["payload"].as_str());
+                    if let Some(p) = payload {
+                        tap_labels.push((label.clone(), p.to_string()));
+                    }
+                }
+            }
+            Some("text") => {
+                if body["text"]["body"].as_str().is_none_or(str::is_empty) {
+                    return Err((400, error_body(100, "Invalid parameter", "text.body is required")));
+                }
+            }
+            _ => return Err((400, error_body(100, "Invalid parameter", "unsupported message type"))),
+        }
+        let now = self.clock.now().as_second();
+        let mut st = self.state.lock().expect("simulator lock");
+        st.seq += 1;
+        let wamid = format!("wamid.SIM{:012}", st.seq);
+        st.sent.push(body.clone());
+        let callback = body["biz_opaque_callback_data"].as_str().map(str::to_string);
+        let status = |status: &str, at: i64, error_code: Option<i64>| StatusUpdate {
+            wamid: wamid.clone(),
+            status: status.into(),
+            timestamp: at,
+            recipient_id: to.clone(),
+            error_code,
+            callback: callback.clone(),
+        };
+        if self.config.blocklist.iter().any(|b| digits(b) == to) {
+            let wh = status_webhook(&self.business, &status("failed", now, Some(131026)));
+            st.webhooks.push_back(wh);
+        } else {
+            for (s, dt) in [("sent", 0), ("delivered", 1), ("read", 5)] {
+                let wh = status_webhook(&self.business, &status(s, now + dt, None));
+                st.webhooks.push_back(wh);
+            }
+            if body["type"] == "template" && !tap_labels.is_empty() {
+                let action = match st.scripted.get_mut(&to).and_then(VecDeque::pop_front) {
+                    Some(a) => a,
+                    None => {
+                        let mix = &self.config.reply_mix;
+                        let bucket = stable_bucket(callback.as_deref().unwrap_or(&wamid));
+                        if bucket < mix.confirm {
+                            PatientAction::Tap("confirm".into())
+                        } else if bucket < mix.confirm + mix.cancel {
+                            PatientAction::Tap("cancel".into())
+                        } else if bucket < mix.confirm + mix.cancel + mix.reschedule {
+                            PatientAction::Tap("reschedule".into())
+                        } else {
+                            PatientAction::Ignore
+                        }
+                    }
+                };
+                let content = match action {
+                    PatientAction::Tap(label) => tap_labels
+                        .iter()
+                        .find(|(l, _)| *l == label)
+                        .map(|(_, p)| InboundContent::Button { payload: p.clone() }),
+                    PatientAction::Text(body) => Some(InboundContent::Text { body }),
+                    PatientAction::Ignore => None,
+                };
+                if let Some(content) = content {
+                    st.seq += 1;
+                    let msg = InboundMessage {
+                        id: format!("wamid.SIMIN{:012}", st.seq),
+                        from: to.clone(),
+                        timestamp: now + 60,
+                        context_id: Some(wamid.clone()),
+                        content,
+                    };
+                    let wh = message_webhook(&self.business, &msg);
+                    st.webhooks.push_back(wh);
+                }
+            }
+        }
+        Ok(json!({
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": body["to"], "wa_id": to}],
+            "messages": [{"id": wamid, "message_status": "accepted"}]
+        }))
+    }
+}
+
+#[async_trait]
+impl WhatsAppTransport for Simulator {
+    async fn send(&self, body: &Value) -> Result<Accepted, SendError> {
+        match self.handle_send(body) {
+            Ok(v) => Ok(Accepted {
+                wamid: v["messages"][0]["id"].as_str().unwrap_or_default().to_string(),
+            }),
+            Err((status, err)) => Err(classify(status, err["error"]["code"].as_i64())),
+        }
+    }
+}

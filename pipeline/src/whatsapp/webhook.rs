@@ -1,0 +1,300 @@
+//! Cloud API webhooks: tolerant parsing, `X-Hub-Signature-256` signing and verification, and builders
+//! (used by the simulator) that produce the same JSON shapes Meta sends.
+//!
+//! Parsing walks `entry[].changes[].value` and takes only what we use; unknown fields and unknown
+//! message types are kept as [`InboundContent::Other`], never an error.
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+/// A delivery status update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusUpdate {
+    pub wamid: String,
+    pub status: String,
+    pub timestamp: i64,
+    /// WhatsApp id (digits) of the recipient: PHI.
+    pub recipient_id: String,
+    pub error_code: Option<i64>,
+    /// Our `biz_opaque_callback_data`, echoed back.
+    pub callback: Option<String>,
+}
+
+/// What a patient sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InboundContent {
+    /// A template quick-reply tap: our payload comes back.
+    Button { payload: String },
+    /// An interactive button or list reply: our id comes back.
+    Interactive { id: String },
+    /// Free text (PHI).
+    Text { body: String },
+    /// Anything else (image, location, reaction, a type added later).
+    Other { kind: String },
+}
+
+/// One inbound message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundMessage {
+    pub id: String,
+    /// Sender WhatsApp id (digits): PHI.
+    pub from: String,
+    pub timestamp: i64,
+    /// The message being answered (`context.id`).
+    pub context_id: Option<String>,
+    pub content: InboundContent,
+}
+
+/// A parsed webhook delivery.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Webhook {
+    pub statuses: Vec<StatusUpdate>,
+    pub messages: Vec<InboundMessage>,
+}
+
+/// Why a webhook body could not be read at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookError {
+    #[error("webhook body is not JSON")]
+    NotJson,
+    #[error("webhook body is not a WhatsApp Business Account notification")]
+    NotWhatsApp,
+}
+
+fn num(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| v.as_str()?.parse().ok())
+}
+
+fn string(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+/// Parses a webhook body.
+pub fn parse(body: &[u8]) -> Result<Webhook, WebhookError> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| WebhookError::NotJson)?;
+    if v.get("object").and_then(Value::as_str) != Some("whatsapp_business_account") {
+        return Err(WebhookError::NotWhatsApp);
+    }
+    let mut out = Webhook::default();
+    let empty = Vec::new();
+    for entry in v["entry"].as_array().unwrap_or(&empty) {
+        for change in entry["changes"].as_array().unwrap_or(&empty) {
+            let value = &change["value"];
+            for s in value["statuses"].as_array().unwrap_or(&empty) {
+                let (Some(wamid), Some(status)) = (string(&s["id"]), string(&s["status"])) else {
+                    continue;
+                };
+                out.statuses.push(StatusUpdate {
+                    wamid,
+                    status,
+                    timestamp: num(&s["timestamp"]).unwrap_or(0),
+                    recipient_id: string(&s["recipient_id"]).unwrap_or_default(),
+                    error_code: s["errors"]
+                        .as_array()
+                        .and_then(|e| e.first())
+                        .and_then(|e| num(&e["code"])),
+                    callback: string(&s["biz_opaque_callback_data"]),
+                });
+            }
+            for m in value["messages"].as_array().unwrap_or(&empty) {
+                let (Some(id), Some(from)) = (string(&m["id"]), string(&m["from"])) else {
+                    continue;
+                };
+                let kind = m["type"].as_str().unwrap_or("unknown");
+                let content = match kind {
+                    "button" => string(&m["button"]["payload"])
+                        .map(|payload| InboundContent::Button { payload }),
+                    "interactive" => {
+                        let i = &m["interactive"];
+                        string(&i["button_reply"]["id"])
+                            .or_else(|| string(&i["list_reply"]["id"]))
+                            .map(|id| InboundContent::Interactive { id })
+                    }
+                    "text" => string(&m["text"]["body"]).map(|body| InboundContent::Text { body }),
+                    _ => None,
+                }
+                .unwrap_or_else(|| InboundContent::Other {
+                    kind: kind.chars().take(32).collect(),
+                });
+                out.messages.push(InboundMessage {
+                    id,
+                    from,
+                    timestamp: num(&m["timestamp"]).unwrap_or(0),
+                    context_id: string(&m["context"]["id"]),
+                    content,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn mac(secret: &[u8]) -> Hmac<Sha256> {
+    <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length")
+}
+
+/// The `X-Hub-Signature-256` header value for a raw body.
+pub fn sign(app_secret: &[u8], body: &[u8]) -> String {
+    let mut m = mac(app_secret);
+    m.update(body);
+    format!("sha256={}", hex::encode(m.finalize().into_bytes()))
+}
+
+/// Checks an `X-Hub-Signature-256` header against the raw body, in constant time.
+pub fn verify(app_secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex_sig) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let mut m = mac(app_secret);
+    m.update(body);
+    m.verify_slice(&sig).is_ok()
+}
+
+/// Identity of the business number in webhook metadata.
+#[derive(Clone, Debug)]
+pub struct BusinessNumber {
+    pub waba_id: String,
+    pub phone_number_id: String,
+    pub display_phone_number: String,
+}
+
+fn envelope(business: &BusinessNumber, value: Value) -> Value {
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{
+            "id": business.waba_id,
+            "changes": [{"value": value, "field": "messages"}]
+        }]
+    })
+}
+
+fn metadata(business: &BusinessNumber) -> Value {
+    json!({"display_phone_number": business.display_phone_number, "phone_number_id": business.phone_number_id})
+}
+
+/// A status webhook as Meta sends it.
+pub fn status_webhook(business: &BusinessNumber, update: &StatusUpdate) -> Value {
+    let mut s = json!({
+        "id": update.wamid,
+        "status": update.status,
+        "timestamp": update.timestamp.to_string(),
+        "recipient_id": update.recipient_id,
+    });
+    if update.status != "failed" {
+        s["conversation"] = json!({"id": format!("conv-{}", update.recipient_id.len()), "origin": {"type": "utility"}});
+        s["pricing"] = json!({"billable": true, "pricing_model": "PMP", "category": "utility"});
+    }
+    if let Some(c) = update.error_code {
+        s["errors"] = json!([{"code": c, "title": "Message failed", "message": "Message failed", "error_data": {"details": "Simulated failure"}}]);
+    }
+    if let Some(cb) = &update.callback {
+        s["biz_opaque_callback_data"] = json!(cb);
+    }
+    envelope(
+        business,
+        json!({"messaging_product": "whatsapp", "metadata": metadata(business), "statuses": [s]}),
+    )
+}
+
+/// An inbound message webhook as Meta sends it (`contacts` + `messages`).
+pub fn message_webhook(business: &BusinessNumber, message: &InboundMessage) -> Value {
+    let mut m = json!({
+        "from": message.from,
+        "id": message.id,
+        "timestamp": message.timestamp.to_string(),
+    });
+    if let Some(ctx) = &message.context_id {
+        m["context"] = json!({"from": business.display_phone_number, "id": ctx});
+    }
+    match &message.content {
+        InboundContent::Button { payload } => {
+            m["type"] = json!("button");
+            m["button"] = json!({"payload": payload, "text": payload.split('.').nth(2).unwrap_or("")});
+        }
+        InboundContent::Interactive { id } => {
+            m["type"] = json!("interactive");
+            m["interactive"] = json!({"type": "button_reply", "button_reply": {"id": id, "title": "Reply"}});
+        }
+        InboundContent::Text { body } => {
+            m["type"] = json!("text");
+            m["text"] = json!({"body": body});
+        }
+        InboundContent::Other { kind } => {
+            m["type"] = json!(kind);
+        }
+    }
+    envelope(
+        business,
+        json!({
+            "messaging_product": "whatsapp",
+            "metadata": metadata(business),
+            "contacts": [{"profile": {"name": "Simulated patient"}, "wa_id": message.from}],
+            "messages": [m]
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_round_trip_and_rejections() {
+        let body = br#"{"object":"whatsapp_business_account"}"#;
+        let sig = sign(b"secret", body);
+        assert!(verify(b"secret", body, Some(&sig)));
+        assert!(!verify(b"other", body, Some(&sig)));
+        assert!(!verify(b"secret", b"{}", Some(&sig)));
+        assert!(!verify(b"secret", body, None));
+        assert!(!verify(b"secret", body, Some("sha256=zz")));
+        assert!(!verify(b"secret", body, Some(&sig[7..])));
+    }
+
+    #[test]
+    fn builders_round_trip_through_the_parser() {
+        let b = BusinessNumber {
+            waba_id: "1".into(),
+            phone_number_id: "2".into(),
+            display_phone_number: "3".into(),
+        };
+        let st = StatusUpdate {
+            wamid: "wamid.A".into(),
+            status: "failed".into(),
+            timestamp: 10,
+            recipient_id: "5511".into(),
+            error_code: Some(131026),
+            callback: Some("job:7".into()),
+        };
+        let parsed = parse(status_webhook(&b, &st).to_string().as_bytes()).unwrap();
+        assert_eq!(parsed.statuses, vec![st]);
+        let msg = InboundMessage {
+            id: "wamid.B".into(),
+            from: "5511".into(),
+            timestamp: 11,
+            context_id: Some("wamid.A".into()),
+            content: InboundContent::Button {
+                payload: "v1.7.confirm.1.ab".into(),
+            },
+        };
+        let parsed = parse(message_webhook(&b, &msg).to_string().as_bytes()).unwrap();
+        assert_eq!(parsed.messages, vec![msg]);
+    }
+
+    #[test]
+    fn unknown_types_and_fields_are_ignored_not_errors() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{"new_field":1,"messages":[{"id":"w","from":"1","timestamp":"2","type":"hologram","hologram":{}}]}}]}]}"#;
+        let parsed = parse(body).unwrap();
+        assert_eq!(
+            parsed.messages[0].content,
+            InboundContent::Other {
+                kind: "hologram".into()
+            }
+        );
+        assert_eq!(parse(b"not json"), Err(WebhookError::NotJson));
+        assert_eq!(parse(b"{}"), Err(WebhookError::NotWhatsApp));
+    }
+}
