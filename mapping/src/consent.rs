@@ -126,7 +126,9 @@ pub fn decide(facts: &ConsentFacts, opt_in_required: bool) -> ConsentDecision {
     // A patient STOP is lifted only by a later patient START or a later staff grant.
     if let Some(stop) = latest(&|s| s.source == ConsentSource::Patient && !s.granted) {
         let lifted = facts.signals.iter().any(|s| {
-            s.granted && s.at > stop.at && matches!(s.source, ConsentSource::Patient | ConsentSource::Staff)
+            s.granted
+                && s.at > stop.at
+                && matches!(s.source, ConsentSource::Patient | ConsentSource::Staff)
         });
         if !lifted {
             return ConsentDecision::Deny("patient opted out on WhatsApp (STOP)");

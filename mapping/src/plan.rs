@@ -378,7 +378,10 @@ mod tests {
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("48h"), Some(SignedDuration::from_hours(48)));
-        assert_eq!(parse_duration("2h30m"), Some(SignedDuration::from_mins(150)));
+        assert_eq!(
+            parse_duration("2h30m"),
+            Some(SignedDuration::from_mins(150))
+        );
         assert_eq!(parse_duration("1d"), Some(SignedDuration::from_hours(24)));
         assert_eq!(parse_duration("h"), None);
         assert_eq!(parse_duration("5x"), None);

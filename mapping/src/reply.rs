@@ -135,31 +135,84 @@ pub enum TextIntent {
 }
 
 const STOP_WORDS: &[&str] = &[
-    "stop", "unsubscribe", "cancel messages", "opt out", "optout", // en
-    "parar", "pare", "sair", "cancelar mensagens", // pt
-    "baja", "detener", "no más mensajes", "no mas mensajes", // es
-    "arrêt", "arret", "stopper", "désabonner", "desabonner", // fr
-    "basta", "annulla iscrizione", "disiscrivi", // it
-    "توقف", "إلغاء", "الغاء", // ar
+    "stop",
+    "unsubscribe",
+    "cancel messages",
+    "opt out",
+    "optout", // en
+    "parar",
+    "pare",
+    "sair",
+    "cancelar mensagens", // pt
+    "baja",
+    "detener",
+    "no más mensajes",
+    "no mas mensajes", // es
+    "arrêt",
+    "arret",
+    "stopper",
+    "désabonner",
+    "desabonner", // fr
+    "basta",
+    "annulla iscrizione",
+    "disiscrivi", // it
+    "توقف",
+    "إلغاء",
+    "الغاء", // ar
 ];
 
 const START_WORDS: &[&str] = &[
-    "start", "subscribe", "unstop", "opt in", "optin", // en
-    "começar", "comecar", "voltar", "iniciar", // pt
-    "alta", "empezar", "reanudar", // es
-    "démarrer", "demarrer", "commencer", "reprendre", // fr
-    "inizia", "riattiva", "ricomincia", // it
-    "ابدأ", "اشتراك", // ar
+    "start",
+    "subscribe",
+    "unstop",
+    "opt in",
+    "optin", // en
+    "começar",
+    "comecar",
+    "voltar",
+    "iniciar", // pt
+    "alta",
+    "empezar",
+    "reanudar", // es
+    "démarrer",
+    "demarrer",
+    "commencer",
+    "reprendre", // fr
+    "inizia",
+    "riattiva",
+    "ricomincia", // it
+    "ابدأ",
+    "اشتراك", // ar
 ];
 
 const EMERGENCY_PHRASES: &[&str] = &[
-    "chest pain", "can't breathe", "cant breathe", "cannot breathe", "suicide", "kill myself",
-    "overdose", "stroke", "unconscious", "bleeding heavily", "heart attack", // en
-    "dor no peito", "não consigo respirar", "nao consigo respirar", "suicídio", "infarto", // pt
-    "dolor de pecho", "dolor en el pecho", "no puedo respirar", "suicidio", // es
-    "douleur thoracique", "douleur à la poitrine", "je ne peux pas respirer", // fr
-    "dolore al petto", "non riesco a respirare", // it
-    "ألم في الصدر", "لا أستطيع التنفس", // ar
+    "chest pain",
+    "can't breathe",
+    "cant breathe",
+    "cannot breathe",
+    "suicide",
+    "kill myself",
+    "overdose",
+    "stroke",
+    "unconscious",
+    "bleeding heavily",
+    "heart attack", // en
+    "dor no peito",
+    "não consigo respirar",
+    "nao consigo respirar",
+    "suicídio",
+    "infarto", // pt
+    "dolor de pecho",
+    "dolor en el pecho",
+    "no puedo respirar",
+    "suicidio", // es
+    "douleur thoracique",
+    "douleur à la poitrine",
+    "je ne peux pas respirer", // fr
+    "dolore al petto",
+    "non riesco a respirare", // it
+    "ألم في الصدر",
+    "لا أستطيع التنفس", // ar
 ];
 
 /// Classifies free text. Emergency phrases are looked for anywhere in the text; STOP/START must be the

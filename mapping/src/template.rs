@@ -134,17 +134,15 @@ pub fn render_parameters(
                 .map(|n| n.expose().trim().to_string())
                 .filter(|n| !n.is_empty())
                 .ok_or(RenderError::Missing("given name")),
-            TemplateField::LocalDate => {
-                format_local(appointment.start, &zone, &site.date_format)
-            }
-            TemplateField::LocalTime => {
-                format_local(appointment.start, &zone, &site.time_format)
-            }
+            TemplateField::LocalDate => format_local(appointment.start, &zone, &site.date_format),
+            TemplateField::LocalTime => format_local(appointment.start, &zone, &site.time_format),
             TemplateField::Location => appointment
                 .location
                 .clone()
                 .ok_or(RenderError::Missing("location")),
-            TemplateField::SitePhone => site.phone.clone().ok_or(RenderError::Missing("site phone")),
+            TemplateField::SitePhone => {
+                site.phone.clone().ok_or(RenderError::Missing("site phone"))
+            }
             TemplateField::Practitioner => appointment
                 .practitioner
                 .clone()
@@ -235,7 +233,13 @@ mod tests {
         .unwrap();
         assert_eq!(
             params,
-            ["Ana", "08/03/2026", "06:30", "Main Street Clinic", "+1 555 0100"]
+            [
+                "Ana",
+                "08/03/2026",
+                "06:30",
+                "Main Street Clinic",
+                "+1 555 0100"
+            ]
         );
     }
 }

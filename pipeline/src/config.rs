@@ -269,7 +269,10 @@ impl PipelineConfig {
                 ));
             }
             let probe = jiff::Timestamp::UNIX_EPOCH.to_zoned(zone.clone());
-            for (field, f) in [("date_format", &s.date_format), ("time_format", &s.time_format)] {
+            for (field, f) in [
+                ("date_format", &s.date_format),
+                ("time_format", &s.time_format),
+            ] {
                 if jiff::fmt::strtime::format(f.as_str(), &probe).is_err() {
                     errors.push(format!("sites.{name}.{field}: invalid format `{f}`"));
                 }

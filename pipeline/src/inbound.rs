@@ -9,7 +9,9 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use medrelay_mapping::AppointmentStatus;
 use medrelay_mapping::consent::{ConsentSource, Purpose};
-use medrelay_mapping::reply::{ButtonPayload, PayloadError, ReplyAction, TextIntent, classify_text};
+use medrelay_mapping::reply::{
+    ButtonPayload, PayloadError, ReplyAction, TextIntent, classify_text,
+};
 use tracing::{info, warn};
 
 use crate::clock::Clock;
@@ -74,7 +76,14 @@ impl Inbound {
                         let at = Timestamp::from_second(s.timestamp).unwrap_or(self.clock.now());
                         if self
                             .store
-                            .apply_status(&s.wamid, &s.status, at, s.error_code, job, self.clock.now())
+                            .apply_status(
+                                &s.wamid,
+                                &s.status,
+                                at,
+                                s.error_code,
+                                job,
+                                self.clock.now(),
+                            )
                             .await?
                         {
                             report.statuses_applied += 1;
@@ -92,7 +101,9 @@ impl Inbound {
                 Err(e) => {
                     report.unreadable += 1;
                     warn!(webhook = id, error = %e, "stored webhook could not be read; kept for review");
-                    self.store.mark_webhook(id, Some(&e.to_string()), self.clock.now()).await?;
+                    self.store
+                        .mark_webhook(id, Some(&e.to_string()), self.clock.now())
+                        .await?;
                 }
             }
         }
@@ -106,7 +117,11 @@ impl Inbound {
     }
 
     async fn answer(&self, to: &str, text: &str, context: &str) {
-        if let Err(e) = self.transport.send(&text_message(to, text, Some(context))).await {
+        if let Err(e) = self
+            .transport
+            .send(&text_message(to, text, Some(context)))
+            .await
+        {
             warn!(error = %e, "service reply could not be sent");
         }
     }

@@ -234,7 +234,8 @@ impl Ingest {
         mut progress: impl FnMut(Progress),
     ) -> StoreResult<ImportSummary> {
         let import_id = self.begin_import(&info).await?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<AppointmentEvent>, Vec<Rejected>, u64)>(2);
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<(Vec<AppointmentEvent>, Vec<Rejected>, u64)>(2);
         let reader = tokio::task::spawn_blocking(move || {
             let mut events = Vec::with_capacity(batch_size);
             let mut rejected = Vec::new();
@@ -284,9 +285,9 @@ impl Ingest {
                 position,
             });
         }
-        reader
-            .await
-            .map_err(|e| crate::store::StoreError::Inconsistent(format!("reader task failed: {e}")))?;
+        reader.await.map_err(|e| {
+            crate::store::StoreError::Inconsistent(format!("reader task failed: {e}"))
+        })?;
         if snapshot {
             if unreadable_ids > 0 {
                 summary.sweep_note = Some(format!(

@@ -9,9 +9,11 @@
 //! - [`inbound`]: statuses, taps, STOP/START, emergency phrases, staff queue.
 //! - [`writeback`]: answers back to the EHR, exactly once.
 //! - [`service`]: one object wiring them, with a `tick` the CLI's loops call.
+//! - [`http`]: the webhook endpoint and the HTTP face of the simulator (`medrelay simulate`).
 
 pub mod clock;
 pub mod config;
+pub mod http;
 pub mod inbound;
 pub mod ingest;
 pub mod keys;

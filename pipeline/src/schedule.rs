@@ -66,13 +66,20 @@ impl Scheduler {
                 if a.patient_cancelled {
                     continue;
                 }
-                let Some(site) = self.config.sites.get(&a.site).or_else(|| self.config.sites.values().next()) else {
+                let Some(site) = self
+                    .config
+                    .sites
+                    .get(&a.site)
+                    .or_else(|| self.config.sites.values().next())
+                else {
                     continue;
                 };
                 let zone = TimeZone::get(&a.time_zone).unwrap_or_else(|_| site.zone.clone());
                 for spec in &self.config.steps {
                     let wanted = match spec.kind {
-                        StepKind::Confirmation | StepKind::Reminder => a.status == AppointmentStatus::Booked,
+                        StepKind::Confirmation | StepKind::Reminder => {
+                            a.status == AppointmentStatus::Booked
+                        }
                         StepKind::FollowUp => matches!(
                             a.status,
                             AppointmentStatus::Booked
@@ -86,8 +93,12 @@ impl Scheduler {
                     }
                     let (due, expires, state, reason, note) =
                         match plan_step(spec, a.start, a.end, &zone, now, &site.plan_policy) {
-                            StepOutcome::Due { due, expires, note } => (due, expires, "pending", None, note),
-                            StepOutcome::Dropped(reason) => (now, now, "dropped", Some(reason), None),
+                            StepOutcome::Due { due, expires, note } => {
+                                (due, expires, "pending", None, note)
+                            }
+                            StepOutcome::Dropped(reason) => {
+                                (now, now, "dropped", Some(reason), None)
+                            }
                         };
                     jobs.push(NewJob {
                         appointment_id: a.appointment_id,

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use medrelay_mapping::AppointmentStatus;
@@ -15,12 +16,13 @@ use medrelay_mapping::model::EhrConsent;
 use medrelay_mapping::plan::StepKind;
 use medrelay_mapping::reply::ButtonPayload;
 use medrelay_mapping::template::render_parameters;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::config::Compiled;
 use crate::store::outbox::{AppointmentRecord, ClaimedJob, JobOutcome};
 use crate::store::{Store, StoreResult};
+use crate::whatsapp::pacing::Pacing;
 use crate::whatsapp::{BodyParameter, SendError, TemplateMessage, WhatsAppTransport};
 
 /// What a sending pass did.
@@ -31,6 +33,9 @@ pub struct SendReport {
     pub skipped: u64,
     pub retried: u64,
     pub failed: u64,
+    /// Jobs put back because their recipient's pair limit was not ready (not an error; counted apart
+    /// from `retried`).
+    pub paced: u64,
     /// Sending stopped because the account cannot send (an alert was raised).
     pub halted: bool,
 }
@@ -48,14 +53,42 @@ pub struct Sender {
     transport: Arc<dyn WhatsAppTransport>,
     clock: Arc<dyn Clock>,
     halts: Mutex<Halts>,
+    pacer: Option<Arc<dyn Pacing>>,
+}
+
+/// How one attempt ended, before it is recorded.
+enum Attempt {
+    Done(JobOutcome),
+    /// The recipient's pair limit is not ready: back to pending for then.
+    Paced(JobOutcome),
 }
 
 /// Retry delay for attempt `n` (1-based): 30 s doubling to a 1 h cap, with ±20 % deterministic jitter
 /// per job so that retries of a burst do not line up.
 pub fn backoff(job_id: i64, attempt: i64) -> SignedDuration {
-    let base = 30i64.saturating_mul(1i64 << attempt.clamp(1, 8).saturating_sub(1)).min(3600);
+    let base = 30i64
+        .saturating_mul(1i64 << attempt.clamp(1, 8).saturating_sub(1))
+        .min(3600);
     let spread = (job_id.wrapping_mul(2654435761).wrapping_add(attempt) % 41 - 20).abs() - 10;
     SignedDuration::from_secs(base + base * spread / 50)
+}
+
+/// The outbox keeps whole seconds: round the pair-limit wait up so the job is ready when claimed.
+fn paced_outcome(job: &ClaimedJob, now: Timestamp, wait: Duration) -> JobOutcome {
+    let secs =
+        i64::try_from(wait.as_secs()).unwrap_or(i64::MAX / 2) + i64::from(wait.subsec_nanos() > 0);
+    let at = now + SignedDuration::from_secs(secs.max(1));
+    if at >= job.expires {
+        JobOutcome::Final {
+            state: "dropped",
+            reason: "expired while waiting for the recipient's pair limit".into(),
+        }
+    } else {
+        JobOutcome::Retry {
+            at,
+            reason: format!("paced: the pair limit allows this recipient again in {secs} s"),
+        }
+    }
 }
 
 fn kind_of(job: &ClaimedJob) -> StepKind {
@@ -67,14 +100,24 @@ fn kind_of(job: &ClaimedJob) -> StepKind {
 }
 
 /// Why a step can no longer be sent, judged at send time (None: still valid).
-fn still_valid(job: &ClaimedJob, rec: &AppointmentRecord, now: Timestamp) -> Option<(&'static str, String)> {
+fn still_valid(
+    job: &ClaimedJob,
+    rec: &AppointmentRecord,
+    now: Timestamp,
+) -> Option<(&'static str, String)> {
     let a = &rec.appointment;
     if now >= job.expires {
-        return Some(("dropped", "expired before it could be sent (outage or backlog)".into()));
+        return Some((
+            "dropped",
+            "expired before it could be sent (outage or backlog)".into(),
+        ));
     }
     if kind_of(job) == StepKind::FollowUp {
         if a.status.is_withdrawn() {
-            return Some(("withdrawn", format!("appointment is now {}", a.status.as_str())));
+            return Some((
+                "withdrawn",
+                format!("appointment is now {}", a.status.as_str()),
+            ));
         }
         return None;
     }
@@ -82,7 +125,10 @@ fn still_valid(job: &ClaimedJob, rec: &AppointmentRecord, now: Timestamp) -> Opt
         return Some(("withdrawn", "the patient cancelled on WhatsApp".into()));
     }
     if a.status != AppointmentStatus::Booked {
-        return Some(("withdrawn", format!("appointment is now {}", a.status.as_str())));
+        return Some((
+            "withdrawn",
+            format!("appointment is now {}", a.status.as_str()),
+        ));
     }
     if a.start != job.slot_start {
         return Some(("withdrawn", "appointment was rescheduled".into()));
@@ -104,7 +150,23 @@ impl Sender {
             transport,
             clock,
             halts: Mutex::new(Halts::default()),
+            pacer: None,
         }
+    }
+
+    /// A sender that paces sends: the business number's throughput (waits) and each recipient's pair
+    /// limit (a recipient that is not ready is deferred, never waited for). `transport` should be the
+    /// bare transport, not a [`crate::whatsapp::pacing::PacedTransport`] (that would take two slots).
+    pub fn with_pacer(
+        store: Store,
+        config: Arc<Compiled>,
+        transport: Arc<dyn WhatsAppTransport>,
+        clock: Arc<dyn Clock>,
+        pacer: Arc<dyn Pacing>,
+    ) -> Self {
+        let mut s = Sender::new(store, config, transport, clock);
+        s.pacer = Some(pacer);
+        s
     }
 
     /// Whether all sending is halted, and why.
@@ -123,7 +185,15 @@ impl Sender {
         let jobs = self.store.claim_due(now, limit).await?;
         report.claimed = jobs.len() as u64;
         for job in jobs {
-            let outcome = self.attempt(&job).await?;
+            let outcome = match self.attempt(&job).await? {
+                Attempt::Done(o) => o,
+                Attempt::Paced(o) => {
+                    report.paced += 1;
+                    debug!(job = job.id, step = %job.step, "recipient not ready (pair limit): deferred");
+                    self.store.finish_job(&job, &o, self.clock.now()).await?;
+                    continue;
+                }
+            };
             let now = self.clock.now();
             match &outcome {
                 JobOutcome::Sent { contact_hash, .. } => {
@@ -148,26 +218,38 @@ impl Sender {
             if self.halted().is_some() {
                 report.halted = true;
                 // Put back whatever this pass claimed but did not attempt.
-                self.store.release_stale_sending(now + SignedDuration::from_secs(1)).await?;
+                self.store
+                    .release_stale_sending(now + SignedDuration::from_secs(1))
+                    .await?;
                 break;
             }
+        }
+        if let Some(p) = &self.pacer {
+            p.housekeeping();
         }
         Ok(report)
     }
 
-    async fn attempt(&self, job: &ClaimedJob) -> StoreResult<JobOutcome> {
+    async fn attempt(&self, job: &ClaimedJob) -> StoreResult<Attempt> {
         let now = self.clock.now();
-        let final_ = |state: &'static str, reason: String| Ok(JobOutcome::Final { state, reason });
+        let final_ = |state: &'static str, reason: String| {
+            Ok(Attempt::Done(JobOutcome::Final { state, reason }))
+        };
         let Some(rec) = self.store.load_appointment(job.appointment_id).await? else {
             return final_("failed", "appointment no longer exists".into());
         };
         if let Some((state, reason)) = still_valid(job, &rec, now) {
             return final_(state, reason);
         }
-        let (Some(phone), Some(contact_hash)) = (rec.appointment.patient.best_phone(), rec.contact_hash.clone()) else {
+        let (Some(phone), Some(contact_hash)) = (
+            rec.appointment.patient.best_phone(),
+            rec.contact_hash.clone(),
+        ) else {
             return final_(
                 "skipped",
-                rec.phone_problem.clone().unwrap_or_else(|| "no usable phone number".into()),
+                rec.phone_problem
+                    .clone()
+                    .unwrap_or_else(|| "no usable phone number".into()),
             );
         };
         let purpose = kind_of(job).purpose();
@@ -190,13 +272,25 @@ impl Sender {
             return final_("skipped", format!("no consent: {}", decision.reason()));
         }
         let Some(template) = self.config.templates.get(&job.template) else {
-            return final_("failed", format!("template `{}` is not configured", job.template));
+            return final_(
+                "failed",
+                format!("template `{}` is not configured", job.template),
+            );
         };
-        if self.halts.lock().expect("halts lock").templates.contains(&template.key) {
-            return Ok(JobOutcome::Retry {
+        if self
+            .halts
+            .lock()
+            .expect("halts lock")
+            .templates
+            .contains(&template.key)
+        {
+            return Ok(Attempt::Done(JobOutcome::Retry {
                 at: now + SignedDuration::from_hours(1),
-                reason: format!("template `{}` is halted after a template error", template.key),
-            });
+                reason: format!(
+                    "template `{}` is halted after a template error",
+                    template.key
+                ),
+            }));
         }
         let Some(site) = self
             .config
@@ -243,17 +337,33 @@ impl Sender {
             callback: format!("job:{}", job.id),
         };
         let body = message.to_json();
+        if let Some(pacer) = &self.pacer {
+            if let Err(wait) = pacer.recipient_ready(&contact_hash) {
+                return Ok(match paced_outcome(job, now, wait) {
+                    o @ JobOutcome::Retry { .. } => Attempt::Paced(o),
+                    o => Attempt::Done(o),
+                });
+            }
+            pacer.until_ready().await;
+        }
+        // The pacer may have waited: judge the outcome at the time of the send.
+        let now = self.clock.now();
         match self.transport.send(&body).await {
-            Ok(accepted) => Ok(JobOutcome::Sent {
+            Ok(accepted) => Ok(Attempt::Done(JobOutcome::Sent {
                 wamid: accepted.wamid,
                 body: body.to_string(),
                 contact_hash,
-            }),
-            Err(e) => Ok(self.on_error(job, e, now).await?),
+            })),
+            Err(e) => Ok(Attempt::Done(self.on_error(job, e, now).await?)),
         }
     }
 
-    async fn on_error(&self, job: &ClaimedJob, e: SendError, now: Timestamp) -> StoreResult<JobOutcome> {
+    async fn on_error(
+        &self,
+        job: &ClaimedJob,
+        e: SendError,
+        now: Timestamp,
+    ) -> StoreResult<JobOutcome> {
         let retry = |delay: SignedDuration, reason: String| {
             let at = now + delay;
             if at >= job.expires {
@@ -268,7 +378,8 @@ impl Sender {
         Ok(match e {
             SendError::Retry { .. } => retry(backoff(job.id, job.attempts), e.to_string()),
             SendError::RecipientBusy { .. } => {
-                let secs = 6i64.saturating_mul(4i64.saturating_pow(job.attempts.clamp(1, 5) as u32 - 1));
+                let secs =
+                    6i64.saturating_mul(4i64.saturating_pow(job.attempts.clamp(1, 5) as u32 - 1));
                 retry(SignedDuration::from_secs(secs), e.to_string())
             }
             SendError::Permanent { .. } => JobOutcome::Final {
@@ -276,9 +387,17 @@ impl Sender {
                 reason: e.to_string(),
             },
             SendError::HaltTemplate { .. } => {
-                self.halts.lock().expect("halts lock").templates.insert(job.template.clone());
+                self.halts
+                    .lock()
+                    .expect("halts lock")
+                    .templates
+                    .insert(job.template.clone());
                 self.store
-                    .raise_alert("template_halted", &format!("template `{}` halted: {e}", job.template), now)
+                    .raise_alert(
+                        "template_halted",
+                        &format!("template `{}` halted: {e}", job.template),
+                        now,
+                    )
                     .await?;
                 JobOutcome::Retry {
                     at: now + SignedDuration::from_hours(1),
@@ -287,7 +406,9 @@ impl Sender {
             }
             SendError::HaltAll { .. } => {
                 self.halts.lock().expect("halts lock").all = Some(e.to_string());
-                self.store.raise_alert("sending_halted", &format!("all sending halted: {e}"), now).await?;
+                self.store
+                    .raise_alert("sending_halted", &format!("all sending halted: {e}"), now)
+                    .await?;
                 JobOutcome::Retry {
                     at: now + SignedDuration::from_mins(5),
                     reason: e.to_string(),

@@ -10,6 +10,7 @@ use crate::schedule::{PlanReport, Scheduler};
 use crate::send::{SendReport, Sender};
 use crate::store::{Store, StoreResult};
 use crate::whatsapp::WhatsAppTransport;
+use crate::whatsapp::pacing::{PacedTransport, Pacing};
 use crate::whatsapp::simulator::Simulator;
 use crate::writeback::{WriteBackReport, WriteBackWorker};
 use medrelay_mapping::ports::WriteBack;
@@ -58,8 +59,43 @@ impl Service {
         Service {
             ingest: Ingest::new(store.clone(), clock.clone()),
             scheduler: Scheduler::new(store.clone(), config.clone(), clock.clone()),
-            sender: Sender::new(store.clone(), config.clone(), transport.clone(), clock.clone()),
+            sender: Sender::new(
+                store.clone(),
+                config.clone(),
+                transport.clone(),
+                clock.clone(),
+            ),
             inbound: Inbound::new(store.clone(), config, transport, clock.clone()),
+            writeback: WriteBackWorker::new(store.clone(), write_back, clock),
+            store,
+            simulator,
+        }
+    }
+
+    /// Like [`Service::new`], with sends paced for a real business number: outbox jobs respect the
+    /// throughput and pair limits, and service replies to patients take a throughput slot too.
+    pub fn new_with_pacer(
+        store: Store,
+        config: Arc<Compiled>,
+        transport: Arc<dyn WhatsAppTransport>,
+        simulator: Option<Arc<Simulator>>,
+        write_back: Vec<(String, Arc<dyn WriteBack>)>,
+        clock: Arc<dyn Clock>,
+        pacer: Arc<dyn Pacing>,
+    ) -> Self {
+        let paced: Arc<dyn WhatsAppTransport> =
+            Arc::new(PacedTransport::new(transport.clone(), pacer.clone()));
+        Service {
+            ingest: Ingest::new(store.clone(), clock.clone()),
+            scheduler: Scheduler::new(store.clone(), config.clone(), clock.clone()),
+            sender: Sender::with_pacer(
+                store.clone(),
+                config.clone(),
+                transport,
+                clock.clone(),
+                pacer,
+            ),
+            inbound: Inbound::new(store.clone(), config, paced, clock.clone()),
             writeback: WriteBackWorker::new(store.clone(), write_back, clock),
             store,
             simulator,

@@ -266,12 +266,15 @@ impl WriteBack for CsvReturnFile {
                 location: path.display().to_string(),
             });
         }
-        write_atomic(&path, &bytes).map_err(|e| {
-            WriteBackError::Retryable(format!(
-                "cannot write return file in {}: {e}",
-                self.config.dir.display()
-            ))
-        })?;
+        // The EHR's pick-up folder may not exist yet on a fresh install.
+        fs::create_dir_all(&self.config.dir)
+            .and_then(|()| write_atomic(&path, &bytes))
+            .map_err(|e| {
+                WriteBackError::Retryable(format!(
+                    "cannot write return file in {}: {e}",
+                    self.config.dir.display()
+                ))
+            })?;
         Ok(WriteReceipt {
             location: path.display().to_string(),
         })
@@ -371,10 +374,27 @@ mod tests {
     }
 
     #[test]
+    fn missing_pickup_folder_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.dir = dir.path().join("not/yet/there");
+        let target = CsvReturnFile::new(cfg).unwrap();
+        let receipt = target
+            .write_batch(&WriteBackBatch {
+                batch_id: 1,
+                items: vec![confirmation(9, ReplyAction::Confirm)],
+            })
+            .unwrap();
+        assert!(std::path::Path::new(&receipt.location).is_file());
+    }
+
+    #[test]
     fn unwritable_directory_is_retryable_without_phi() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config(dir.path());
-        cfg.dir = dir.path().join("missing");
+        // A regular file where the folder should be: neither creatable nor writable.
+        std::fs::write(dir.path().join("blocked"), b"").unwrap();
+        cfg.dir = dir.path().join("blocked");
         let target = CsvReturnFile::new(cfg).unwrap();
         let err = target
             .write_batch(&WriteBackBatch {

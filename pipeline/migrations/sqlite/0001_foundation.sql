@@ -49,6 +49,7 @@ CREATE TABLE appointments (
     needs_plan     INTEGER NOT NULL DEFAULT 1,
     seen_as_of_us  INTEGER NOT NULL,        -- last snapshot (or delta) this appointment appeared in
     patient_cancelled_at INTEGER,           -- the patient tapped Cancel: no more reminders
+    change_token   INTEGER NOT NULL,        -- which ingest batch last changed the content
     created_at     INTEGER NOT NULL,
     updated_at     INTEGER NOT NULL,
     UNIQUE (source, filler_id)
@@ -56,6 +57,13 @@ CREATE TABLE appointments (
 CREATE INDEX appointments_needs_plan ON appointments (id) WHERE needs_plan = 1;
 CREATE INDEX appointments_contact ON appointments (contact_hash);
 CREATE INDEX appointments_start ON appointments (start_at);
+
+-- One row per committed ingest batch: its id tags the appointments the batch changed.
+CREATE TABLE ingest_batches (
+    id           INTEGER PRIMARY KEY,
+    import_id    INTEGER,
+    committed_at INTEGER NOT NULL
+);
 
 -- Every accepted event (one per source version). Re-delivery of the same version is ignored.
 CREATE TABLE events (

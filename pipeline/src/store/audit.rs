@@ -27,7 +27,14 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
-fn chain_hash(prev: &str, at: i64, actor: &str, action: &str, subject: &str, detail: &str) -> String {
+fn chain_hash(
+    prev: &str,
+    at: i64,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    detail: &str,
+) -> String {
     let mut h = Sha256::new();
     for part in [prev, &at.to_string(), actor, action, subject, detail] {
         h.update(part.as_bytes());
@@ -45,9 +52,10 @@ pub(crate) async fn append(
     subject: &str,
     detail: serde_json::Value,
 ) -> StoreResult<()> {
-    let prev: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
+    let prev: Option<String> =
+        sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
     let prev = prev.unwrap_or_else(|| GENESIS.to_string());
     let detail = detail.to_string();
     let hash = chain_hash(&prev, secs(at), actor, action, subject, &detail);
@@ -106,13 +114,20 @@ impl Store {
             if stored_prev != prev {
                 return Ok(AuditVerification {
                     records: rows.len() as i64,
-                    broken: Some((id, "previous hash does not match: a record before it was changed or deleted".into())),
+                    broken: Some((
+                        id,
+                        "previous hash does not match: a record before it was changed or deleted"
+                            .into(),
+                    )),
                 });
             }
             if id != last_id + 1 {
                 return Ok(AuditVerification {
                     records: rows.len() as i64,
-                    broken: Some((id, format!("record ids jump from {last_id} to {id}: records were deleted"))),
+                    broken: Some((
+                        id,
+                        format!("record ids jump from {last_id} to {id}: records were deleted"),
+                    )),
                 });
             }
             let expected = chain_hash(
@@ -126,7 +141,10 @@ impl Store {
             if expected != hash {
                 return Ok(AuditVerification {
                     records: rows.len() as i64,
-                    broken: Some((id, "record content does not match its hash: it was edited".into())),
+                    broken: Some((
+                        id,
+                        "record content does not match its hash: it was edited".into(),
+                    )),
                 });
             }
             prev = hash;

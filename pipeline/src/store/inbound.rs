@@ -232,7 +232,15 @@ impl Store {
             .bind(detail)
             .execute(&mut *tx)
             .await?;
-        audit::append(&mut tx, now, "system", "alert", kind, json!({"detail": detail})).await?;
+        audit::append(
+            &mut tx,
+            now,
+            "system",
+            "alert",
+            kind,
+            json!({"detail": detail}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

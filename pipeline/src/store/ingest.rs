@@ -74,12 +74,19 @@ impl Store {
         let as_of_us = as_of.as_microsecond();
         let mut tx = self.write_tx().await?;
         let mut applied = 0u64;
+        let token: i64 = sqlx::query_scalar(
+            "INSERT INTO ingest_batches (import_id, committed_at) VALUES (?, ?) RETURNING id",
+        )
+        .bind(import_id)
+        .bind(now_s)
+        .fetch_one(&mut *tx)
+        .await?;
         for chunk in rows.chunks(CHUNK) {
             let mut q = QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO appointments (source, filler_id, placer_id, sv_at_us, sv_seq, status, start_at, end_at, \
                  site, time_zone, location, practitioner, service_type, reason, patient_ref, given_name, family_name, \
                  phone_e164, phone_problem, contact_hash, language, protected, ehr_consent, content_hash, \
-                 seen_as_of_us, created_at, updated_at) ",
+                 seen_as_of_us, created_at, updated_at, change_token) ",
             );
             q.push_values(chunk, |mut b, r| {
                 b.push_bind(r.source.clone())
@@ -108,7 +115,8 @@ impl Store {
                     .push_bind(r.content_hash.clone())
                     .push_bind(as_of_us)
                     .push_bind(now_s)
-                    .push_bind(now_s);
+                    .push_bind(now_s)
+                    .push_bind(token);
             });
             q.push(
                 " ON CONFLICT (source, filler_id) DO UPDATE SET \
@@ -124,11 +132,16 @@ impl Store {
                  needs_plan = CASE WHEN excluded.content_hash <> appointments.content_hash THEN 1 ELSE appointments.needs_plan END, \
                  patient_cancelled_at = CASE WHEN excluded.start_at <> appointments.start_at THEN NULL ELSE appointments.patient_cancelled_at END, \
                  updated_at = CASE WHEN excluded.content_hash <> appointments.content_hash THEN excluded.updated_at ELSE appointments.updated_at END, \
+                 change_token = CASE WHEN excluded.content_hash <> appointments.content_hash THEN excluded.change_token ELSE appointments.change_token END, \
                  content_hash = excluded.content_hash, \
                  seen_as_of_us = MAX(appointments.seen_as_of_us, excluded.seen_as_of_us) \
-                 WHERE (excluded.sv_at_us, excluded.sv_seq) > (appointments.sv_at_us, appointments.sv_seq)",
+                 WHERE (excluded.sv_at_us, excluded.sv_seq) > (appointments.sv_at_us, appointments.sv_seq) \
+                 RETURNING change_token",
             );
-            applied += q.build().execute(&mut *tx).await?.rows_affected();
+            // Rows returned were inserted or moved to a newer version; only those whose content
+            // changed carry this batch's token.
+            let tokens: Vec<i64> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+            applied += tokens.iter().filter(|t| **t == token).count() as u64;
 
             let mut e = QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO events (source, filler_id, sv_at_us, sv_seq, import_id, raw_ref, content_hash, received_at) ",

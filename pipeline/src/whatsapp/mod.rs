@@ -8,6 +8,8 @@
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+pub mod cloud;
+pub mod pacing;
 pub mod simulator;
 pub mod webhook;
 
@@ -199,14 +201,29 @@ mod tests {
 
     #[test]
     fn error_codes_map_to_the_documented_treatment() {
-        assert!(matches!(classify(429, Some(130429)), SendError::Retry { .. }));
-        assert!(matches!(classify(400, Some(131057)), SendError::Retry { .. }));
-        assert!(matches!(classify(400, Some(131056)), SendError::RecipientBusy { .. }));
+        assert!(matches!(
+            classify(429, Some(130429)),
+            SendError::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(400, Some(131057)),
+            SendError::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(400, Some(131056)),
+            SendError::RecipientBusy { .. }
+        ));
         for c in [131026, 131050, 131047] {
-            assert!(matches!(classify(400, Some(c)), SendError::Permanent { .. }));
+            assert!(matches!(
+                classify(400, Some(c)),
+                SendError::Permanent { .. }
+            ));
         }
         for c in [132000, 132001] {
-            assert!(matches!(classify(400, Some(c)), SendError::HaltTemplate { .. }));
+            assert!(matches!(
+                classify(400, Some(c)),
+                SendError::HaltTemplate { .. }
+            ));
         }
         for c in [368, 131048, 190] {
             assert!(matches!(classify(400, Some(c)), SendError::HaltAll { .. }));

@@ -93,6 +93,40 @@ struct State {
     sent: Vec<Value>,
     webhooks: VecDeque<Value>,
     scripted: HashMap<String, VecDeque<PatientAction>>,
+    fail_with: HashMap<String, i64>,
+}
+
+/// Codes Meta reports on the `failed` status webhook after accepting the send (not synchronously).
+const ASYNC_FAILURES: [i64; 3] = [131026, 131049, 131050];
+
+/// The HTTP status the Cloud API pairs with an error code.
+pub fn http_status_for(code: i64) -> u16 {
+    match code {
+        130429 => 429,
+        190 => 401,
+        131000 | 131016 => 503,
+        _ => 400,
+    }
+}
+
+/// A short description for a simulated error code (what Meta's `message` says, roughly).
+fn describe_code(code: i64) -> &'static str {
+    match code {
+        130429 => "Rate limit hit",
+        131056 => "(Business Account, Consumer Account) pair rate limit hit",
+        131026 => "Message undeliverable",
+        132000 => "Number of parameters does not match the expected number of params",
+        132001 => "Template name does not exist in the translation",
+        368 => "Temporarily blocked for policies violations",
+        131048 => "Spam rate limit hit",
+        190 => "Access token has expired",
+        _ => "Simulated error",
+    }
+}
+
+/// The Cloud API error JSON for `code` (used by the HTTP simulator's limits too).
+pub fn error_json(code: i64, details: &str) -> Value {
+    error_body(code, describe_code(code), details)
 }
 
 /// The simulator. Thread-safe; use one per test or demo.
@@ -151,10 +185,25 @@ impl Simulator {
     /// Queues what the patient at `to` does with the next template messages, in order.
     pub fn script(&self, to: &str, actions: impl IntoIterator<Item = PatientAction>) {
         let mut st = self.state.lock().expect("simulator lock");
-        st.scripted
-            .entry(digits(to))
-            .or_default()
-            .extend(actions);
+        st.scripted.entry(digits(to)).or_default().extend(actions);
+    }
+
+    /// Makes every later send to `to` fail with `code`: synchronously with the Cloud API error JSON
+    /// and HTTP status, or, for codes Meta reports after accepting (131026, 131049, 131050), through a
+    /// `failed` status webhook. For tests and `medrelay simulate` scenarios.
+    pub fn fail_with(&self, to: &str, code: i64) {
+        let mut st = self.state.lock().expect("simulator lock");
+        st.fail_with.insert(digits(to), code);
+    }
+
+    /// The template registry the simulator validates against (served by the HTTP simulator).
+    pub fn registry(&self) -> &BTreeMap<String, SimTemplate> {
+        &self.templates
+    }
+
+    /// The business number the simulator plays.
+    pub fn business(&self) -> &BusinessNumber {
+        &self.business
     }
 
     /// Every request body accepted so far, exactly as received.
@@ -195,36 +244,91 @@ impl Simulator {
     /// Handles one `POST /messages` body: the success JSON, or the HTTP status and error JSON.
     pub fn handle_send(&self, body: &Value) -> Result<Value, (u16, Value)> {
         if body["messaging_product"] != "whatsapp" {
-            return Err((400, error_body(100, "Invalid parameter", "messaging_product must be whatsapp")));
+            return Err((
+                400,
+                error_body(
+                    100,
+                    "Invalid parameter",
+                    "messaging_product must be whatsapp",
+                ),
+            ));
         }
         let Some(to) = body["to"].as_str().map(digits).filter(|d| d.len() >= 7) else {
             return Err((400, error_body(100, "Invalid parameter", "to is required")));
         };
+        let injected = self
+            .state
+            .lock()
+            .expect("simulator lock")
+            .fail_with
+            .get(&to)
+            .copied();
+        if let Some(code) = injected.filter(|c| !ASYNC_FAILURES.contains(c)) {
+            return Err((http_status_for(code), error_json(code, "simulated failure")));
+        }
         let mut tap_labels = Vec::new();
         match body["type"].as_str() {
             Some("template") => {
                 let name = body["template"]["name"].as_str().unwrap_or_default();
-                let lang = body["template"]["language"]["code"].as_str().unwrap_or_default();
+                let lang = body["template"]["language"]["code"]
+                    .as_str()
+                    .unwrap_or_default();
                 let Some(t) = self.templates.get(name) else {
-                    return Err((404, error_body(132001, "Template name does not exist in the translation", &format!("template name ({name}) does not exist in {lang}"))));
+                    return Err((
+                        404,
+                        error_body(
+                            132001,
+                            "Template name does not exist in the translation",
+                            &format!("template name ({name}) does not exist in {lang}"),
+                        ),
+                    ));
                 };
                 if !t.languages.iter().any(|l| l == lang) {
-                    return Err((404, error_body(132001, "Template name does not exist in the translation", &format!("template name ({name}) does not exist in {lang}"))));
+                    return Err((
+                        404,
+                        error_body(
+                            132001,
+                            "Template name does not exist in the translation",
+                            &format!("template name ({name}) does not exist in {lang}"),
+                        ),
+                    ));
                 }
-                let components = body["template"]["components"].as_array().cloned().unwrap_or_default();
+                let components = body["template"]["components"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 let body_params = components
                     .iter()
-                    .filter(|c| c["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case("body")))
+                    .filter(|c| {
+                        c["type"]
+                            .as_str()
+                            .is_some_and(|t| t.eq_ignore_ascii_case("body"))
+                    })
                     .map(|c| c["parameters"].as_array().map_or(0, Vec::len))
                     .sum::<usize>();
                 if body_params != t.body_parameters {
-                    return Err((400, error_body(132000, "Number of parameters does not match the expected number of params", &format!("body: number of localizable_params ({body_params}) does not match the expected number of params ({})", t.body_parameters))));
+                    return Err((
+                        400,
+                        error_body(
+                            132000,
+                            "Number of parameters does not match the expected number of params",
+                            &format!(
+                                "body: number of localizable_params ({body_params}) does not match the expected number of params ({})",
+                                t.body_parameters
+                            ),
+                        ),
+                    ));
                 }
                 for (i, label) in t.buttons.iter().enumerate() {
-                    let payload = components.iter().find(|c| {
-                        c["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case("button"))
-                            && (c["index"] == json!(i.to_string()) || c["index"] == json!(i))
-                    }).and_then(|c| c["parameters"][0]["payload"].as_str());
+                    let payload = components
+                        .iter()
+                        .find(|c| {
+                            c["type"]
+                                .as_str()
+                                .is_some_and(|t| t.eq_ignore_ascii_case("button"))
+                                && (c["index"] == json!(i.to_string()) || c["index"] == json!(i))
+                        })
+                        .and_then(|c| c["parameters"][0]["payload"].as_str());
                     if let Some(p) = payload {
                         tap_labels.push((label.clone(), p.to_string()));
                     }
@@ -232,17 +336,27 @@ impl Simulator {
             }
             Some("text") => {
                 if body["text"]["body"].as_str().is_none_or(str::is_empty) {
-                    return Err((400, error_body(100, "Invalid parameter", "text.body is required")));
+                    return Err((
+                        400,
+                        error_body(100, "Invalid parameter", "text.body is required"),
+                    ));
                 }
             }
-            _ => return Err((400, error_body(100, "Invalid parameter", "unsupported message type"))),
+            _ => {
+                return Err((
+                    400,
+                    error_body(100, "Invalid parameter", "unsupported message type"),
+                ));
+            }
         }
         let now = self.clock.now().as_second();
         let mut st = self.state.lock().expect("simulator lock");
         st.seq += 1;
         let wamid = format!("wamid.SIM{:012}", st.seq);
         st.sent.push(body.clone());
-        let callback = body["biz_opaque_callback_data"].as_str().map(str::to_string);
+        let callback = body["biz_opaque_callback_data"]
+            .as_str()
+            .map(str::to_string);
         let status = |status: &str, at: i64, error_code: Option<i64>| StatusUpdate {
             wamid: wamid.clone(),
             status: status.into(),
@@ -251,8 +365,15 @@ impl Simulator {
             error_code,
             callback: callback.clone(),
         };
-        if self.config.blocklist.iter().any(|b| digits(b) == to) {
-            let wh = status_webhook(&self.business, &status("failed", now, Some(131026)));
+        let async_failure = injected.filter(|c| ASYNC_FAILURES.contains(c)).or_else(|| {
+            self.config
+                .blocklist
+                .iter()
+                .any(|b| digits(b) == to)
+                .then_some(131026)
+        });
+        if let Some(code) = async_failure {
+            let wh = status_webhook(&self.business, &status("failed", now, Some(code)));
             st.webhooks.push_back(wh);
         } else {
             for (s, dt) in [("sent", 0), ("delivered", 1), ("read", 5)] {
@@ -311,7 +432,10 @@ impl WhatsAppTransport for Simulator {
     async fn send(&self, body: &Value) -> Result<Accepted, SendError> {
         match self.handle_send(body) {
             Ok(v) => Ok(Accepted {
-                wamid: v["messages"][0]["id"].as_str().unwrap_or_default().to_string(),
+                wamid: v["messages"][0]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
             }),
             Err((status, err)) => Err(classify(status, err["error"]["code"].as_i64())),
         }

@@ -213,11 +213,13 @@ pub fn message_webhook(business: &BusinessNumber, message: &InboundMessage) -> V
     match &message.content {
         InboundContent::Button { payload } => {
             m["type"] = json!("button");
-            m["button"] = json!({"payload": payload, "text": payload.split('.').nth(2).unwrap_or("")});
+            m["button"] =
+                json!({"payload": payload, "text": payload.split('.').nth(2).unwrap_or("")});
         }
         InboundContent::Interactive { id } => {
             m["type"] = json!("interactive");
-            m["interactive"] = json!({"type": "button_reply", "button_reply": {"id": id, "title": "Reply"}});
+            m["interactive"] =
+                json!({"type": "button_reply", "button_reply": {"id": id, "title": "Reply"}});
         }
         InboundContent::Text { body } => {
             m["type"] = json!("text");

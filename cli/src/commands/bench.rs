@@ -1,0 +1,159 @@
+//! `medrelay bench csv` and `medrelay bench plan`: throughput on this machine, with peak memory.
+//!
+//! Build with `--release`; numbers are recorded in BENCHMARKS.md. Synthetic rows are generated into a
+//! temporary file first (streamed, never held in memory), so the measurement is the import alone.
+
+use std::io::{BufWriter, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use medrelay_pipeline::clock::{ManualClock, SystemClock};
+
+use crate::config::load_str;
+use crate::wiring::{build_service, import_csv, open_store};
+use crate::{Output, exit};
+
+/// `medrelay bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Import N synthetic OpenEMR-style rows into a fresh SQLite database.
+    Csv(BenchArgs),
+    /// Import N appointments, then time planning them (plan + outbox rows).
+    Plan(BenchArgs),
+}
+
+/// Arguments of the benchmarks.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Number of rows / appointments.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows: u64,
+}
+
+/// Peak resident set size of this process so far (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+const FIRST: &[&str] = &[
+    "Alice", "Bruno", "Chen", "Dara", "Emeka", "Fatima", "Goran", "Hana",
+];
+const LAST: &[&str] = &[
+    "Example",
+    "Sample",
+    "Fixture",
+    "Mock",
+    "Demo",
+    "Synthetic",
+    "Placeholder",
+];
+
+/// Writes `rows` synthetic rows in the sample OpenEMR layout.
+pub fn generate(path: &std::path::Path, rows: u64) -> std::io::Result<()> {
+    let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    writeln!(
+        w,
+        "pat_id,first_name,last_name,middle_name,birth_date,startdate,enddate,location,comment,Apt Type,Resource Last Name,Resource First Name,NPI,Phone,WC Apt ID,Status,Opt In"
+    )?;
+    for i in 0..rows {
+        let day = 1 + (i % 28);
+        let month = 1 + (i / 28) % 12;
+        let hour = 8 + (i % 9);
+        let (h12, ampm) = if hour > 12 {
+            (hour - 12, "PM")
+        } else {
+            (hour, if hour == 12 { "PM" } else { "AM" })
+        };
+        let min = (i % 4) * 15;
+        writeln!(
+            w,
+            "{pid},{f},{l},,01/01/1980,{month:02}/{day:02}/2027 {h12:02}:{min:02} {ampm},{month:02}/{day:02}/2027 {h12:02}:{min2:02} {ampm},Midtown Demo Clinic,FAKE DATA,Office Visit,Placeholder,Jane,1234567893,(212) 736-{ph:04},{id},-,Y",
+            pid = 100000 + i % 400000,
+            f = FIRST[(i % 8) as usize],
+            l = LAST[(i % 7) as usize],
+            min2 = min + 10,
+            ph = i % 10000,
+            id = 9_000_000 + i,
+        )?;
+    }
+    w.flush()
+}
+
+/// Runs a benchmark.
+pub async fn run(command: BenchCommand, o: &mut Output<'_>) -> anyhow::Result<u8> {
+    let (args, plan) = match command {
+        BenchCommand::Csv(a) => (a, false),
+        BenchCommand::Plan(a) => (a, true),
+    };
+    let dir = tempfile::tempdir()?;
+    let config_path = dir.path().join("medrelay.toml");
+    std::fs::write(&config_path, super::init::STARTER_CONFIG)?;
+    std::fs::write(
+        dir.path().join("profiles.toml"),
+        super::init::STARTER_PROFILES,
+    )?;
+    super::init::write_secret(&dir.path().join("medrelay.key"))?;
+    let loaded = load_str(super::init::STARTER_CONFIG, &config_path)?;
+    let file = dir.path().join("bench.csv");
+    let t = Instant::now();
+    generate(&file, args.rows)?;
+    let size = std::fs::metadata(&file)?.len();
+    o.line(format!(
+        "generated {} rows ({:.1} MiB) in {:.1} s",
+        args.rows,
+        size as f64 / 1048576.0,
+        t.elapsed().as_secs_f64()
+    ));
+    let rss_before = peak_rss_mib();
+    let store = open_store(&loaded).await?;
+    // Plan as if it were the start of 2027, so every reminder is in the future.
+    let clock: Arc<dyn medrelay_pipeline::clock::Clock> = if plan {
+        Arc::new(ManualClock::new("2026-12-31T00:00:00Z".parse()?))
+    } else {
+        Arc::new(SystemClock)
+    };
+    let service = build_service(&loaded, store.clone(), clock)?;
+    let connector = loaded
+        .csv_connector(Some("legacy"))
+        .map_err(anyhow::Error::msg)?;
+    let t = Instant::now();
+    let r = import_csv(&service, &loaded, connector, &file, None, |_| {}).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let rss = peak_rss_mib();
+    let mut result = serde_json::json!({
+        "rows": r.summary.rows_ok, "rejected": r.summary.rows_bad,
+        "import_seconds": secs, "rows_per_second": r.summary.rows_ok as f64 / secs,
+        "peak_rss_mib": rss, "peak_rss_mib_before_import": rss_before,
+    });
+    o.line(format!(
+        "imported {} rows in {:.2} s ({:.0} rows/s), {} rejected; peak RSS {:.1} MiB",
+        r.summary.rows_ok,
+        secs,
+        r.summary.rows_ok as f64 / secs,
+        r.summary.rows_bad,
+        rss.unwrap_or(f64::NAN)
+    ));
+    if plan {
+        let t = Instant::now();
+        let p = service.scheduler.plan_pending().await?;
+        let secs = t.elapsed().as_secs_f64();
+        o.line(format!(
+            "planned {} appointments ({} outbox rows) in {:.2} s; peak RSS {:.1} MiB",
+            p.appointments,
+            p.steps_stored,
+            secs,
+            peak_rss_mib().unwrap_or(f64::NAN)
+        ));
+        result["plan_seconds"] = serde_json::json!(secs);
+        result["outbox_rows"] = serde_json::json!(p.steps_stored);
+    }
+    if o.json {
+        o.json(&result);
+    }
+    store.close().await;
+    Ok(exit::OK)
+}

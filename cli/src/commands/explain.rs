@@ -1,0 +1,235 @@
+//! `medrelay plan` and `medrelay explain`: what will be sent when, and why.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use clap::Args;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use medrelay_mapping::consent::{ConsentFacts, ConsentSignal, ConsentSource, Purpose, decide};
+use medrelay_mapping::model::EhrConsent;
+use medrelay_mapping::template::render_parameters;
+use medrelay_pipeline::store::Store;
+use serde_json::json;
+
+use super::load_config;
+use crate::config::Loaded;
+use crate::wiring::open_store;
+use crate::{Failure, Output, exit};
+
+/// Arguments of `medrelay explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Appointment: `connector/filler-id` or just the filler id.
+    pub appointment: String,
+}
+
+/// Arguments of `medrelay plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// One appointment: `connector/filler-id` or the filler id.
+    #[arg(long, conflicts_with = "date")]
+    pub appointment: Option<String>,
+    /// Every appointment starting on this local date (YYYY-MM-DD).
+    #[arg(long)]
+    pub date: Option<Date>,
+    /// Show patient data in the rendered text (only allowed on a terminal).
+    #[arg(long)]
+    pub show_phi: bool,
+}
+
+fn mask(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => format!("{first}{}", "*".repeat(c.count().min(6))),
+        None => String::new(),
+    }
+}
+
+fn local(t: Timestamp, zone: &str) -> String {
+    let tz = TimeZone::get(zone).unwrap_or(TimeZone::UTC);
+    t.to_zoned(tz).strftime("%Y-%m-%d %H:%M %Z").to_string()
+}
+
+async fn describe(
+    store: &Store,
+    loaded: &Loaded,
+    id: i64,
+    show_phi: bool,
+    o: &mut Output<'_>,
+) -> anyhow::Result<()> {
+    let Some(rec) = store.load_appointment(id).await? else {
+        return Ok(());
+    };
+    let a = &rec.appointment;
+    let steps = store.steps_of(id).await?;
+    let mut consent = Vec::new();
+    for purpose in [Purpose::Logistics, Purpose::FollowUp] {
+        let mut signals = match &rec.contact_hash {
+            Some(h) => store.consent_signals(h, purpose).await?,
+            None => Vec::new(),
+        };
+        if let Some(c) = a.ehr_consent {
+            signals.push(ConsentSignal {
+                source: ConsentSource::Ehr,
+                granted: c == EhrConsent::OptIn,
+                at: rec.ehr_consent_at,
+            });
+        }
+        let d = decide(
+            &ConsentFacts {
+                protected: a.patient.protected,
+                signals,
+            },
+            loaded.compiled.opt_in_required,
+        );
+        consent.push((purpose.as_str(), d.permits(), d.reason()));
+    }
+    let site = loaded.compiled.sites.get(&a.site);
+    let rendered: Vec<(String, String)> = steps
+        .iter()
+        .map(|s| {
+            let text = loaded
+                .compiled
+                .steps
+                .iter()
+                .find(|p| p.name == s.step)
+                .and_then(|p| loaded.compiled.templates.get(&p.template))
+                .zip(site)
+                .and_then(|(t, site)| {
+                    let params = render_parameters(&t.body, a, &site.facts).ok()?;
+                    let given = a.patient.given_name.as_ref().map(|g| g.expose().clone());
+                    let params: Vec<String> = params
+                        .into_iter()
+                        .map(|p| match &given {
+                            Some(g) if !show_phi && p == *g => mask(&p),
+                            _ => p,
+                        })
+                        .collect();
+                    Some(format!("{}({})", t.name, params.join(" | ")))
+                })
+                .unwrap_or_default();
+            (s.step.clone(), text)
+        })
+        .collect();
+    if o.json {
+        o.json(&json!({
+            "appointment": a.key.to_string(),
+            "status": a.status.as_str(),
+            "start": a.start,
+            "time_zone": a.time_zone,
+            "phone": if rec.contact_hash.is_some() { "usable" } else { "unusable" },
+            "phone_problem": rec.phone_problem,
+            "contact": rec.contact_hash,
+            "consent": consent.iter().map(|(p, ok, r)| json!({"purpose": p, "permitted": ok, "reason": r})).collect::<Vec<_>>(),
+            "steps": serde_json::to_value(&steps)?,
+        }));
+        return Ok(());
+    }
+    o.line(format!(
+        "{}  {}  starts {}",
+        a.key,
+        a.status.as_str(),
+        local(a.start, &a.time_zone)
+    ));
+    match (&rec.contact_hash, &rec.phone_problem) {
+        (Some(h), _) => o.line(format!("  contact {h}")),
+        (None, p) => o.line(format!(
+            "  no usable phone: {}",
+            p.as_deref().unwrap_or("none on record")
+        )),
+    }
+    for (p, ok, reason) in &consent {
+        o.line(format!(
+            "  consent {p}: {} ({reason})",
+            if *ok { "permitted" } else { "denied" }
+        ));
+    }
+    if steps.is_empty() {
+        o.line("  no steps planned (the appointment is not booked, or planning has not run yet)");
+    }
+    for (s, (_, text)) in steps.iter().zip(&rendered) {
+        let mut line = format!(
+            "  {:<22} {:<9} due {}",
+            s.step,
+            s.state,
+            local(s.due, &a.time_zone)
+        );
+        if s.slot_start != a.start {
+            line.push_str(&format!(
+                " (for the old slot {})",
+                local(s.slot_start, &a.time_zone)
+            ));
+        }
+        if let Some(m) = &s.message_status {
+            line.push_str(&format!(", WhatsApp: {m}"));
+        }
+        o.line(line);
+        if let Some(n) = &s.plan_note {
+            o.line(format!("      moved: {n}"));
+        }
+        if let Some(r) = &s.reason {
+            o.line(format!("      why: {r}"));
+        }
+        if s.state == "pending" && !text.is_empty() {
+            o.line(format!("      text: {text}"));
+        }
+    }
+    Ok(())
+}
+
+/// `medrelay explain ID`.
+pub async fn explain(config: &Path, args: ExplainArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
+    let loaded = load_config(config)?;
+    let store = open_store(&loaded).await?;
+    let Some(id) = store.find_appointment(&args.appointment).await? else {
+        return Err(Failure::usage(format!(
+            "no appointment `{}`",
+            args.appointment
+        )));
+    };
+    describe(&store, &loaded, id, false, o).await?;
+    store.close().await;
+    Ok(exit::OK)
+}
+
+/// `medrelay plan`.
+pub async fn plan(config: &Path, args: PlanArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
+    if args.show_phi && !std::io::stdout().is_terminal() {
+        return Err(Failure::usage(
+            "--show-phi is only allowed when output goes to a terminal",
+        ));
+    }
+    let loaded = load_config(config)?;
+    let store = open_store(&loaded).await?;
+    let ids = match (&args.appointment, args.date) {
+        (Some(a), _) => match store.find_appointment(a).await? {
+            Some(id) => vec![id],
+            None => return Err(Failure::usage(format!("no appointment `{a}`"))),
+        },
+        (None, Some(d)) => {
+            // Local dates differ per site: take a wide UTC window, then keep the local-date matches.
+            let from = d.to_zoned(TimeZone::UTC)?.timestamp() - SignedDuration::from_hours(14);
+            let to = from + SignedDuration::from_hours(14 + 24 + 14);
+            let mut ids = Vec::new();
+            for id in store.appointments_between(from, to).await? {
+                if let Some(rec) = store.load_appointment(id).await? {
+                    let tz = TimeZone::get(&rec.appointment.time_zone).unwrap_or(TimeZone::UTC);
+                    if rec.appointment.start.to_zoned(tz).date() == d {
+                        ids.push(id);
+                    }
+                }
+            }
+            ids
+        }
+        (None, None) => {
+            return Err(Failure::usage("give --appointment ID or --date YYYY-MM-DD"));
+        }
+    };
+    for id in ids {
+        describe(&store, &loaded, id, args.show_phi, o).await?;
+    }
+    store.close().await;
+    Ok(exit::OK)
+}

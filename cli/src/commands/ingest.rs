@@ -1,0 +1,126 @@
+//! `medrelay ingest csv FILE...`: one-shot import, for nightly batch jobs.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use jiff::Timestamp;
+use medrelay_pipeline::clock::SystemClock;
+
+use super::load_config;
+use crate::wiring::{CsvImportResult, build_service, import_csv, open_store};
+use crate::{Failure, Output, exit};
+
+/// `medrelay ingest ...`
+#[derive(Debug, Subcommand)]
+pub enum IngestCommand {
+    /// Import CSV exports through a CSV connector.
+    Csv(CsvArgs),
+}
+
+/// Arguments of `medrelay ingest csv`.
+#[derive(Debug, Args)]
+pub struct CsvArgs {
+    /// The CSV connector (required when several are configured).
+    #[arg(long)]
+    pub connector: Option<String>,
+    /// The moment the export describes (RFC 3339); defaults to each file's modification time.
+    #[arg(long)]
+    pub as_of: Option<Timestamp>,
+    /// Files to import, in order.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// Prints one file's result.
+pub fn print_result(o: &mut Output<'_>, r: &CsvImportResult) {
+    let s = &r.summary;
+    if o.json {
+        o.json(&serde_json::json!({
+            "file": r.file, "import_id": s.import_id, "rows_ok": s.rows_ok, "rows_bad": s.rows_bad,
+            "applied": s.applied, "unchanged": s.unchanged, "cancelled_absent": s.swept,
+            "sweep_note": s.sweep_note, "report": r.report,
+        }));
+        return;
+    }
+    o.line(format!(
+        "{}: {} rows imported ({} new or changed, {} unchanged), {} rejected",
+        r.file.display(),
+        s.rows_ok,
+        s.applied,
+        s.unchanged,
+        s.rows_bad
+    ));
+    if s.swept > 0 {
+        o.line(format!(
+            "  {} appointment(s) absent from this snapshot were cancelled",
+            s.swept
+        ));
+    }
+    if let Some(note) = &s.sweep_note {
+        o.line(format!("  note: {note}"));
+    }
+    if let Some(report) = &r.report {
+        o.line(format!(
+            "  rejected rows are listed in {}",
+            report.display()
+        ));
+    }
+}
+
+/// Progress: a bar on a terminal, nothing otherwise (the summary line has the counts).
+pub fn progress_bar(file: &Path, json: bool) -> ProgressBar {
+    let len = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    if json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(
+        file.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+    );
+    bar
+}
+
+/// Imports the files, plans messages for what changed, and returns 3 if any row was rejected.
+pub async fn run(config: &Path, command: IngestCommand, o: &mut Output<'_>) -> anyhow::Result<u8> {
+    let IngestCommand::Csv(args) = command;
+    let loaded = load_config(config)?;
+    let connector = loaded
+        .csv_connector(args.connector.as_deref())
+        .map_err(Failure::usage)?
+        .clone();
+    let store = open_store(&loaded).await?;
+    let service = build_service(&loaded, store.clone(), Arc::new(SystemClock))?;
+    let mut any_bad = false;
+    for file in &args.files {
+        if !file.is_file() {
+            return Err(Failure::usage(format!("{}: no such file", file.display())));
+        }
+        let bar = progress_bar(file, o.json);
+        let result = import_csv(&service, &loaded, &connector, file, args.as_of, |p| {
+            bar.set_position(p.position);
+        })
+        .await?;
+        bar.finish_and_clear();
+        any_bad |= result.summary.rows_bad > 0;
+        print_result(o, &result);
+    }
+    let plan = service.scheduler.plan_pending().await?;
+    if !o.json {
+        o.line(format!(
+            "planned messages for {} appointment(s)",
+            plan.appointments
+        ));
+    }
+    store.close().await;
+    Ok(if any_bad { exit::PARTIAL } else { exit::OK })
+}

@@ -1,0 +1,27 @@
+//! One module per command.
+
+pub mod audit;
+pub mod bench;
+pub mod check;
+pub mod consent;
+pub mod demo;
+pub mod explain;
+pub mod ingest;
+pub mod init;
+pub mod run;
+pub mod status;
+
+use std::path::Path;
+
+use crate::config::{Loaded, load};
+
+/// Loads the configuration, turning a missing file into a usage error with a hint.
+pub(crate) fn load_config(path: &Path) -> anyhow::Result<Loaded> {
+    if !path.exists() {
+        return Err(crate::Failure::usage(format!(
+            "configuration file {} not found: create one with `medrelay init`, or pass --config",
+            path.display()
+        )));
+    }
+    Ok(load(path)?)
+}

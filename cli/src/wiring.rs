@@ -1,0 +1,263 @@
+//! Building the running pieces from a loaded configuration: the store, the WhatsApp transport, the
+//! service, and the per-connector import and write-back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, anyhow};
+use jiff::Timestamp;
+use medrelay_connector_csv::{CsvReturnFile, ImportOptions, RowReport, RowResult};
+use medrelay_mapping::ports::WriteBack;
+use medrelay_pipeline::clock::Clock;
+use medrelay_pipeline::ingest::{
+    ImportInfo, ImportMode, ImportSummary, ItemSource, Rejected, SourceItem,
+};
+use medrelay_pipeline::keys::Keys;
+use medrelay_pipeline::service::Service;
+use medrelay_pipeline::store::Store;
+use medrelay_pipeline::whatsapp::WhatsAppTransport;
+use medrelay_pipeline::whatsapp::simulator::{SimTemplate, Simulator};
+use medrelay_pipeline::whatsapp::webhook::BusinessNumber;
+use sha2::{Digest, Sha256};
+
+use crate::config::{ConnectorConfig, CsvConnectorConfig, CsvMode, Loaded};
+
+/// Environment variable holding the installation secret (overrides the key file).
+pub const SECRET_ENV: &str = "MEDRELAY_SECRET";
+
+/// Reads the installation secret: `MEDRELAY_SECRET`, else the key file.
+pub fn load_secret(loaded: &Loaded) -> anyhow::Result<Vec<u8>> {
+    if let Ok(s) = std::env::var(SECRET_ENV)
+        && s.len() >= 16
+    {
+        return Ok(s.into_bytes());
+    }
+    let file = loaded.resolve(&loaded.config.store.secret_file);
+    let bytes = std::fs::read(&file).with_context(|| {
+        format!(
+            "no installation secret: set {SECRET_ENV} or create {} with `medrelay init`",
+            file.display()
+        )
+    })?;
+    let trimmed = String::from_utf8_lossy(&bytes).trim().to_string();
+    if trimmed.len() < 32 {
+        return Err(anyhow!(
+            "{} is too short to be a secret (need 32+ characters)",
+            file.display()
+        ));
+    }
+    Ok(trimmed.into_bytes())
+}
+
+/// A fresh random secret (hex of 32 random bytes) for `medrelay init` and the demo.
+pub fn new_secret() -> String {
+    let a = uuid::Uuid::new_v4();
+    let b = uuid::Uuid::new_v4();
+    format!("{}{}", a.simple(), b.simple())
+}
+
+/// Opens the store the config names.
+pub async fn open_store(loaded: &Loaded) -> anyhow::Result<Store> {
+    let secret = load_secret(loaded)?;
+    let path = loaded.resolve(&loaded.config.store.path);
+    Store::open(&path, Keys::from_secret(&secret))
+        .await
+        .with_context(|| format!("cannot open database {}", path.display()))
+}
+
+/// The simulator's template registry, from the configured templates.
+pub fn simulator_registry(loaded: &Loaded) -> BTreeMap<String, SimTemplate> {
+    loaded
+        .compiled
+        .templates
+        .values()
+        .map(|t| {
+            (
+                t.name.clone(),
+                SimTemplate {
+                    languages: t.languages.clone(),
+                    body_parameters: t.body.len(),
+                    buttons: t.buttons.iter().map(|b| b.as_str().to_string()).collect(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Builds the service with the built-in simulator as WhatsApp.
+pub fn build_service(
+    loaded: &Loaded,
+    store: Store,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Service> {
+    let wa = &loaded.config.whatsapp;
+    let business = BusinessNumber {
+        waba_id: wa.waba_id.clone(),
+        phone_number_id: wa.phone_number_id.clone(),
+        display_phone_number: wa.display_phone_number.clone(),
+    };
+    let app_secret =
+        std::env::var("WHATSAPP_APP_SECRET").unwrap_or_else(|_| "simulator-app-secret".into());
+    let simulator = Arc::new(Simulator::new(
+        wa.simulator.clone(),
+        simulator_registry(loaded),
+        business,
+        app_secret.as_bytes(),
+        clock.clone(),
+    ));
+    let transport: Arc<dyn WhatsAppTransport> = simulator.clone();
+    let mut targets: Vec<(String, Arc<dyn WriteBack>)> = Vec::new();
+    for c in &loaded.config.connectors {
+        let ConnectorConfig::Csv(c) = c;
+        if let Some(rf) = &c.return_file {
+            let mut rf = rf.clone();
+            rf.dir = loaded.resolve(&rf.dir);
+            let target = CsvReturnFile::new(rf)
+                .map_err(|e| anyhow!("connector `{}` return_file: {}", c.name, e.join("; ")))?;
+            targets.push((c.name.clone(), Arc::new(target)));
+        }
+    }
+    Ok(Service::new(
+        store,
+        Arc::new(loaded.compiled.clone()),
+        transport,
+        Some(simulator),
+        targets,
+        clock,
+    ))
+}
+
+/// Adapts the CSV reader to the pipeline's item source, writing the row report as it goes.
+struct CsvItems {
+    rows: medrelay_connector_csv::CsvRows,
+    report: Arc<Mutex<Option<RowReport>>>,
+    file_name: String,
+}
+
+impl ItemSource for CsvItems {
+    fn next_item(&mut self) -> Option<SourceItem> {
+        match self.rows.next()? {
+            RowResult::Event(e) => Some(SourceItem::Event(Box::new(e))),
+            RowResult::Bad(bad) => {
+                if let Some(r) = self.report.lock().expect("report lock").as_mut() {
+                    r.record(&bad);
+                }
+                Some(SourceItem::Rejected(Rejected {
+                    location: format!("{}:{}", self.file_name, bad.line),
+                    column: bad.column,
+                    reason: bad.reason,
+                    raw: bad.raw,
+                    filler_id: bad.filler_id,
+                }))
+            }
+        }
+    }
+
+    fn position(&self) -> u64 {
+        self.rows.bytes_read()
+    }
+}
+
+/// The result of importing one CSV file.
+#[derive(Debug, Clone)]
+pub struct CsvImportResult {
+    pub file: PathBuf,
+    pub summary: ImportSummary,
+    pub report: Option<PathBuf>,
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Imports one CSV file through a connector. `as_of` defaults to the file's modification time.
+pub async fn import_csv(
+    service: &Service,
+    loaded: &Loaded,
+    connector: &CsvConnectorConfig,
+    file: &Path,
+    as_of: Option<Timestamp>,
+    progress: impl FnMut(medrelay_pipeline::ingest::Progress),
+) -> anyhow::Result<CsvImportResult> {
+    let site = &loaded.compiled.sites[&connector.site];
+    let profile = &loaded.profiles[&connector.profile];
+    let as_of = match as_of {
+        Some(t) => t,
+        None => std::fs::metadata(file)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| Timestamp::try_from(t).ok())
+            .unwrap_or_else(Timestamp::now),
+    };
+    let rows = medrelay_connector_csv::open(
+        file,
+        profile,
+        ImportOptions {
+            source: connector.name.clone(),
+            site: site.name.clone(),
+            site_time_zone: site.time_zone.clone(),
+            default_region: site.default_region.clone(),
+            as_of,
+        },
+    )
+    .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    let file_name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let report = Arc::new(Mutex::new(Some(RowReport::new(file))));
+    let info = ImportInfo {
+        source: connector.name.clone(),
+        input_name: file_name.clone(),
+        input_sha256: sha256_file(file).ok(),
+        mode: match connector.mode {
+            CsvMode::Delta => ImportMode::Delta,
+            CsvMode::Snapshot => ImportMode::Snapshot,
+        },
+        as_of,
+    };
+    let horizon = connector
+        .snapshot_horizon
+        .as_deref()
+        .and_then(medrelay_mapping::plan::parse_duration);
+    let summary = service
+        .ingest
+        .import_stream(
+            info,
+            CsvItems {
+                rows,
+                report: report.clone(),
+                file_name,
+            },
+            1000,
+            horizon,
+            progress,
+        )
+        .await
+        .context("import failed; nothing after the last committed batch was imported")?;
+    let report_file = report
+        .lock()
+        .expect("report lock")
+        .take()
+        .map(RowReport::finish)
+        .transpose()
+        .context("cannot write the row report")?
+        .flatten();
+    Ok(CsvImportResult {
+        file: file.to_path_buf(),
+        summary,
+        report: report_file,
+    })
+}

@@ -1,0 +1,48 @@
+//! Shared helpers for the end-to-end tests: a demo configuration in a temporary folder, with the
+//! simulator's random reply mix turned off so that tests script each patient's answer.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use medrelay::config::{Loaded, load};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes the sample configuration (reply mix off, blocklist as given) and a secret into `dir`.
+pub fn demo_config(dir: &Path, blocklist: &[&str]) -> Loaded {
+    let text = std::fs::read_to_string(root().join("samples/medrelay.toml")).unwrap();
+    let list = blocklist
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = text
+        .replace(
+            "reply_mix = { confirm = 60, cancel = 15, reschedule = 0 }",
+            "reply_mix = { confirm = 0, cancel = 0, reschedule = 0 }",
+        )
+        .replace(
+            "blocklist = [\"+1 212 736 5012\"]",
+            &format!("blocklist = [{list}]"),
+        );
+    std::fs::write(dir.join("medrelay.toml"), text).unwrap();
+    std::fs::copy(
+        root().join("samples/profiles.toml"),
+        dir.join("profiles.toml"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("medrelay.key"), "k".repeat(48)).unwrap();
+    load(&dir.join("medrelay.toml")).unwrap()
+}
+
+/// Copies a sample into `dir` and returns its path there.
+pub fn copy_sample(dir: &Path, relative: &str) -> PathBuf {
+    let from = root().join(relative);
+    let to = dir.join(from.file_name().unwrap());
+    std::fs::copy(&from, &to).unwrap();
+    to
+}
