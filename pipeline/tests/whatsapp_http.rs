@@ -35,7 +35,7 @@ use medrelay_pipeline::whatsapp::webhook::{
     BusinessNumber, StatusUpdate, parse, sign, status_webhook,
 };
 use medrelay_pipeline::whatsapp::{BodyParameter, SendError, TemplateMessage};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -162,7 +162,7 @@ where
 #[tokio::test]
 async fn the_client_maps_every_error_class_from_the_simulator_server() {
     let (server, url) = sim_server(SimServerConfig {
-        token: Some(TOKEN.into()),
+        token: Some(ApiToken::new(TOKEN)),
         ..SimServerConfig::default()
     })
     .await;
@@ -635,7 +635,6 @@ async fn duplicate_and_out_of_order_webhooks_merge_monotonically() {
     assert_eq!(inbound.process_pending().await.unwrap().statuses_applied, 0);
     let s = d.store.status_summary(t0()).await.unwrap();
     assert_eq!(s.messages_by_status.get("read"), Some(&1));
-    let _ = json!({});
 }
 
 /// A paced sender defers a recipient that is not ready and still sends to the others.

@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use crate::whatsapp::cloud::ApiToken;
 use crate::whatsapp::simulator::{Simulator, error_json, http_status_for};
 
 fn eighty() -> u32 {
@@ -68,7 +69,7 @@ pub struct SimServerConfig {
     /// When set, requests must carry `Authorization: Bearer <token>` (else 401, code 190). Set in code
     /// from the environment, never from a file.
     #[serde(skip)]
-    pub token: Option<String>,
+    pub token: Option<ApiToken>,
 }
 
 impl Default for SimServerConfig {
@@ -174,11 +175,11 @@ impl SimServer {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|got| got.as_bytes() == want.as_bytes())
+            .is_some_and(|got| got.as_bytes() == want.expose().as_bytes())
     }
 
-    /// Applies the throughput and pair limits to one request; `Err` is the refusal to send back.
-    fn admit(&self, to: Option<&str>) -> Result<(), Response> {
+    /// Applies the throughput and pair limits to one request; `Err` is the error code to answer.
+    fn admit(&self, to: Option<&str>) -> Result<(), i64> {
         let now = Instant::now();
         let cfg = &self.inner.config;
         let mut l = self.inner.limits.lock().expect("limits lock");
@@ -191,10 +192,7 @@ impl SimServer {
         }
         if l.window.len() >= cfg.per_second.max(1) as usize {
             l.stats.throughput_rejections += 1;
-            return Err(error(
-                130429,
-                "Message failed to send because there were too many messages sent from this phone number in a short period of time",
-            ));
+            return Err(130429);
         }
         l.window.push_back(now);
         l.stats.max_per_second = l.stats.max_per_second.max(l.window.len() as u64);
@@ -205,10 +203,7 @@ impl SimServer {
                 .is_some_and(|last| now.duration_since(*last) < interval)
             {
                 l.stats.pair_rejections += 1;
-                return Err(error(
-                    131056,
-                    "Message failed to send because there were too many messages sent from this phone number to the same phone number in a short period of time",
-                ));
+                return Err(131056);
             }
             l.last_to.insert(to.to_string(), now);
             if l.last_to.len() > 100_000 {
@@ -312,8 +307,13 @@ async fn messages(
         return error(100, "Invalid JSON body");
     };
     let to = json["to"].as_str().map(digits).filter(|d| !d.is_empty());
-    if let Err(refusal) = server.admit(to.as_deref()) {
-        return refusal;
+    if let Err(code) = server.admit(to.as_deref()) {
+        let details = if code == 130429 {
+            "Message failed to send because there were too many messages sent from this phone number in a short period of time"
+        } else {
+            "Message failed to send because there were too many messages sent from this phone number to the same phone number in a short period of time"
+        };
+        return error(code, details);
     }
     match server.inner.sim.handle_send(&json) {
         Ok(ok) => {

@@ -174,3 +174,37 @@ impl Store {
         .await?)
     }
 }
+
+/// One quarantined input, without its raw bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineLine {
+    pub id: i64,
+    pub source: String,
+    pub location: String,
+    pub column: Option<String>,
+    pub reason: String,
+    pub received_at: Timestamp,
+}
+
+impl Store {
+    /// The newest quarantined inputs (location, column, reason: never the raw bytes).
+    pub async fn quarantine_lines(&self, limit: i64) -> StoreResult<Vec<QuarantineLine>> {
+        let rows = sqlx::query(
+            "SELECT id, source, location, column_name, reason, received_at FROM quarantine ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| QuarantineLine {
+                id: r.get("id"),
+                source: r.get("source"),
+                location: r.get("location"),
+                column: r.get("column_name"),
+                reason: r.get("reason"),
+                received_at: ts(r.get("received_at")),
+            })
+            .collect())
+    }
+}

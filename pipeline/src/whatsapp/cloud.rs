@@ -49,6 +49,7 @@ pub struct CloudApiConfig {
     /// Graph API root; the simulator's address in tests and `medrelay simulate`.
     #[serde(default = "default_base_url")]
     pub base_url: String,
+    /// Graph API version in the path (`v23.0`); pinned so a Meta default change cannot surprise us.
     #[serde(default = "default_graph_version")]
     pub graph_version: String,
     /// The business phone number's id (not the number itself).
@@ -115,7 +116,8 @@ impl ApiToken {
         }
     }
 
-    fn expose(&self) -> &str {
+    /// The token itself: only for the `Authorization` header (and comparing it in the simulator).
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -182,13 +184,17 @@ impl fmt::Debug for CloudApiClient {
 /// A message template as the registry (`GET /{waba_id}/message_templates`) describes it.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct RemoteTemplate {
+    /// Meta's template id (for support tickets).
     #[serde(default)]
     pub id: Option<String>,
+    /// The name sends use (`template.name`).
     pub name: String,
+    /// The language code sends use (`template.language.code`), e.g. `pt_BR`.
     pub language: String,
     /// APPROVED, PENDING, REJECTED, PAUSED, DISABLED...
     #[serde(default)]
     pub status: String,
+    /// UTILITY, MARKETING or AUTHENTICATION: reminders must stay UTILITY.
     #[serde(default)]
     pub category: Option<String>,
     /// POSITIONAL (`{{1}}`) or NAMED (`{{name}}`); absent means positional.
@@ -201,10 +207,13 @@ pub struct RemoteTemplate {
 /// One component of a registry template (HEADER, BODY, FOOTER, BUTTONS).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 pub struct RemoteComponent {
+    /// HEADER, BODY, FOOTER or BUTTONS.
     #[serde(rename = "type", default)]
     pub kind: String,
+    /// The text with its `{{..}}` placeholders (HEADER, BODY, FOOTER).
     #[serde(default)]
     pub text: Option<String>,
+    /// The buttons of a BUTTONS component.
     #[serde(default)]
     pub buttons: Vec<RemoteButton>,
 }
@@ -215,6 +224,7 @@ pub struct RemoteButton {
     /// QUICK_REPLY, URL, PHONE_NUMBER, COPY_CODE, FLOW...
     #[serde(rename = "type", default)]
     pub kind: String,
+    /// The label the patient sees.
     #[serde(default)]
     pub text: Option<String>,
 }
@@ -429,7 +439,9 @@ pub struct TemplateProblem {
     pub key: String,
     /// Template name in WhatsApp Manager.
     pub name: String,
+    /// The configured language that has the problem.
     pub language: String,
+    /// What is wrong.
     pub issue: TemplateIssue,
 }
 

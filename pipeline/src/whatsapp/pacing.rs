@@ -103,7 +103,8 @@ impl Pacer<DefaultClock> {
 }
 
 impl Pacer<FakeRelativeClock> {
-    /// A pacer on a clock the test moves (`clock.advance(..)`); see [`Pacer::clock`].
+    /// A pacer on a clock the test moves (`clock.advance(..)`); see [`Pacer::clock`]. Its
+    /// [`Pacing::until_ready`] only returns once the test has advanced the clock far enough.
     pub fn fake(limits: PacingLimits) -> Self {
         Pacer::with_clock(limits, FakeRelativeClock::default())
     }

@@ -1,0 +1,242 @@
+//! PHI canary: unique values in every patient field of the input are followed through the import
+//! (good and bad rows), planning, sending (accepted and failed), replies (taps, free text, STOP),
+//! unreadable webhooks and the CLI's own output. No canary may appear in any log line, quarantine
+//! reason, row report, alert, audit record or command output; in outbound bodies only the allow-listed
+//! given name may appear, and only as a template parameter.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use clap::Parser;
+use medrelay::wiring::{build_service, open_store};
+use medrelay_pipeline::clock::{Clock, ManualClock};
+use medrelay_pipeline::whatsapp::simulator::PatientAction;
+
+/// Every canary in `tests/fixtures/canary_export.csv`, plus the text the patient types.
+const CANARIES: &[&str] = &[
+    "Zebulonqx",
+    "Quattrocanary",
+    "Yolandaqx",
+    "Pentacanary",
+    "Xavierqx",
+    "Hexacanary",
+    "Wilmaqx",
+    "Septacanary",
+    "Vincentqx",
+    "Octacanary",
+    "Ursulaqx",
+    "Nonacanary",
+    "MRNCANARY",
+    "CANARYREASON",
+    "CANARYNOTE",
+    "CANARYBADROW",
+    "CANARYSTATUS",
+    "CANARYPHONE",
+    "CANARYTYPE",
+    "CANARYTEXT",
+    "psychiatric",
+    "Psychiatry",
+    "hiv",
+    "7369917",
+    "7369918",
+    "7369919",
+    "7369920",
+    "736-99",
+    "736 99",
+];
+/// The given names that may legitimately appear inside an outbound template body.
+const ALLOWED_IN_BODY: &[&str] = &["Zebulonqx", "Yolandaqx", "Wilmaqx", "Vincentqx"];
+
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures every log line of this test binary, at debug level for every crate.
+fn logs() -> &'static Buffer {
+    static LOGS: OnceLock<Buffer> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        buffer
+    })
+}
+
+fn assert_clean(what: &str, text: &str) {
+    let lower = text.to_lowercase();
+    for c in CANARIES {
+        assert!(
+            !lower.contains(&c.to_lowercase()),
+            "canary `{c}` leaked into {what}:\n{}",
+            text.lines()
+                .filter(|l| l.to_lowercase().contains(&c.to_lowercase()))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+async fn cli(args: &[&str]) -> (u8, String) {
+    let mut out = Vec::new();
+    let code = medrelay::run(medrelay::Cli::parse_from(args), &mut out)
+        .await
+        .unwrap_or_else(|e| medrelay::exit_code_of(&e));
+    (code, String::from_utf8(out).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_canary_escapes_through_any_path() {
+    let logs = logs();
+    let dir = tempfile::tempdir().unwrap();
+    // C-2's number is "not on WhatsApp": its message fails with 131026 by status webhook.
+    let loaded = common::demo_config(dir.path(), &["+1 212 736 9918"]);
+    let config = dir.path().join("medrelay.toml");
+    let config = config.to_str().unwrap();
+    let file = dir.path().join("canary_export.csv");
+    std::fs::copy(
+        common::root().join("tests/fixtures/canary_export.csv"),
+        &file,
+    )
+    .unwrap();
+
+    // 1. The nightly batch job, through the real CLI: bad rows make it exit 3.
+    let (code, out) = cli(&[
+        "medrelay",
+        "--config",
+        config,
+        "ingest",
+        "csv",
+        "--connector",
+        "legacy",
+        "--as-of",
+        "2026-11-29T13:00:00Z",
+        file.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, medrelay::exit::PARTIAL, "{out}");
+    assert_clean("`ingest csv` output", &out);
+    let report = std::fs::read_to_string(dir.path().join("canary_export.csv.report.csv")).unwrap();
+    assert!(report.lines().count() >= 3, "{report}");
+    assert_clean("the row report", &report);
+
+    // 2. The service with a simulated clock: sends, a failed send, a tap, free text, an unreadable
+    //    webhook, a STOP.
+    let store = open_store(&loaded).await.unwrap();
+    let clock = Arc::new(ManualClock::new("2026-11-29T14:00:00Z".parse().unwrap()));
+    let service = build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let sim = service.simulator.clone().unwrap();
+    sim.script("+12127369917", [PatientAction::Tap("confirm".into())]);
+    while !service.tick(50).await.unwrap().is_idle() {}
+    sim.patient_texts("+12127369917", "CANARYTEXT Zebulonqx here, please call me");
+    sim.patient_texts("+12127369920", "STOP");
+    service
+        .inbound
+        .deliver(b"{\"object\": \"whatsapp_business_account\", \"entry\": CANARYTEXT Zebulonqx")
+        .await
+        .unwrap();
+    clock.set("2026-12-01T14:00:00Z".parse().unwrap());
+    while !service.tick(50).await.unwrap().is_idle() {}
+
+    let sent = sim.sent();
+    assert!(
+        sent.iter()
+            .any(|b| b["to"] == "12127369917" && b["type"] == "template"),
+        "the canary patient was messaged (so the send path ran)"
+    );
+    assert!(
+        sent.iter().any(|b| b["to"] == "12127369918"),
+        "the blocklisted patient was attempted (so the failure path ran)"
+    );
+    for body in &sent {
+        let mut scrubbed = body.clone();
+        scrubbed["to"] = serde_json::json!("");
+        if let Some(components) = scrubbed["template"]["components"].as_array_mut() {
+            for c in components.iter_mut().filter(|c| c["type"] == "body") {
+                for p in c["parameters"].as_array_mut().unwrap() {
+                    let text = p["text"].as_str().unwrap().to_string();
+                    let allowed = ALLOWED_IN_BODY.contains(&text.as_str())
+                        || !CANARIES
+                            .iter()
+                            .any(|c| text.to_lowercase().contains(&c.to_lowercase()));
+                    assert!(allowed, "parameter `{text}` is not allow-listed");
+                    p["text"] = serde_json::json!("");
+                }
+            }
+        }
+        assert_clean(
+            "an outbound body outside its allow-listed parameters",
+            &scrubbed.to_string(),
+        );
+    }
+
+    // 3. Everything the service recorded about those events.
+    let status = store.status_summary(clock.now()).await.unwrap();
+    assert_clean("status", &serde_json::to_string(&status).unwrap());
+    assert!(
+        status
+            .messages_by_status
+            .get("failed")
+            .copied()
+            .unwrap_or(0)
+            >= 1,
+        "{status:?}"
+    );
+    assert!(
+        status
+            .replies_by_outcome
+            .contains_key("staff_queue:free_text"),
+        "{status:?}"
+    );
+    let quarantine = store.quarantine_lines(100).await.unwrap();
+    assert!(quarantine.len() >= 3);
+    assert_clean(
+        "quarantine reasons",
+        &serde_json::to_string(&quarantine).unwrap(),
+    );
+    let audit = store
+        .audit_since(jiff::Timestamp::UNIX_EPOCH)
+        .await
+        .unwrap();
+    assert_clean("the audit trail", &serde_json::to_string(&audit).unwrap());
+    store.close().await;
+
+    // 4. The operator's commands.
+    for args in [
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["explain", "legacy/C-1"],
+        vec!["explain", "legacy/C-2", "--json"],
+        vec!["plan", "--date", "2026-12-01"],
+        vec!["audit", "export"],
+        vec!["consent", "show", "--phone", "(212) 736-9920"],
+    ] {
+        let mut full = vec!["medrelay", "--config", config];
+        full.extend(args.iter().copied());
+        let (code, out) = cli(&full).await;
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert_clean(&format!("`medrelay {}`", args.join(" ")), &out);
+    }
+
+    let captured = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        captured.contains("message accepted by WhatsApp"),
+        "logging was captured"
+    );
+    assert_clean("the logs", &captured);
+}
