@@ -67,6 +67,34 @@ impl Default for ServiceConfig {
     }
 }
 
+/// `[retention]`: how long raw inputs and patient data are kept.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Raw payloads (quarantined rows, webhook bodies, sent message bodies, free-text replies).
+    #[serde(default = "default_raw_days")]
+    pub raw_days: u32,
+    /// Patient data of appointments that ended this many days ago.
+    #[serde(default = "default_phi_days")]
+    pub phi_days: u32,
+}
+
+fn default_raw_days() -> u32 {
+    30
+}
+fn default_phi_days() -> u32 {
+    90
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            raw_days: default_raw_days(),
+            phi_days: default_phi_days(),
+        }
+    }
+}
+
 /// Which WhatsApp the service talks to.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -153,6 +181,8 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub service: ServiceConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     pub whatsapp: WhatsAppConfig,
     pub sites: BTreeMap<String, SiteConfig>,
     #[serde(default)]

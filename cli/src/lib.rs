@@ -89,6 +89,8 @@ pub enum Command {
     /// Verify or export the hash-chained audit trail.
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
+    /// Apply the retention policy now: prune raw inputs and old patient data (the audit chain stays).
+    Prune,
     /// Run the bundled samples end to end on a temporary database with the WhatsApp simulator.
     Demo(commands::demo::DemoArgs),
     /// Measure throughput (build with --release for meaningful numbers).
@@ -149,6 +151,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Explain(a) => commands::explain::explain(&cli.config, a, &mut o).await,
         Command::Consent(c) => commands::consent::run(&cli.config, c, &mut o).await,
         Command::Audit(c) => commands::audit::run(&cli.config, c, &mut o).await,
+        Command::Prune => commands::prune::run(&cli.config, &mut o).await,
         Command::Demo(a) => commands::demo::run(a, &mut o).await,
         Command::Bench(c) => commands::bench::run(c, &mut o).await,
     }

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod explain;
 pub mod ingest;
 pub mod init;
+pub mod prune;
 pub mod run;
 pub mod status;
 

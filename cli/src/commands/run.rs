@@ -145,7 +145,15 @@ pub async fn run(config: &Path, args: RunArgs, o: &mut Output<'_>) -> anyhow::Re
             woken.notify_one();
         });
     }
+    let mut last_prune: Option<jiff::Timestamp> = None;
     while !stop.load(Ordering::SeqCst) {
+        if last_prune
+            .is_none_or(|t| clock.now().duration_since(t) >= SignedDuration::from_hours(24))
+        {
+            let r = super::prune::prune_now(&store, &loaded, clock.now()).await?;
+            info!(?r, "retention applied");
+            last_prune = Some(clock.now());
+        }
         pass(&service, &loaded, clock.as_ref(), &stop).await?;
         if args.once {
             break;
