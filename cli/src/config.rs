@@ -192,6 +192,8 @@ pub struct Config {
     #[serde(default)]
     pub reply_texts: ReplyTexts,
     #[serde(default)]
+    pub sensitive: medrelay_mapping::policy::SensitivePolicy,
+    #[serde(default)]
     pub csv: CsvSection,
     #[serde(default)]
     pub connectors: Vec<ConnectorConfig>,
@@ -281,6 +283,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         plan: config.plan.clone(),
         templates: config.templates.clone(),
         reply_texts: config.reply_texts.clone(),
+        sensitive: config.sensitive.clone(),
     };
     let compiled = pipeline.compile().map_err(|e| errors.extend(e)).ok();
     let mut profiles = config.csv.profiles.clone();

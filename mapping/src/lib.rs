@@ -9,6 +9,7 @@
 //! - [`phone`]: E.164 normalisation; an unusable number is a skip reason, never a crash.
 //! - [`template`]: the allow-list of fields a WhatsApp template may render.
 //! - [`consent`]: how consent signals from every source combine into one decision.
+//! - [`policy`]: the sensitive-services deny-list.
 //! - [`plan`]: reminder steps, quiet hours and time-to-live in the site's time zone.
 //! - [`reply`]: signed quick-reply payloads and the actions a patient can take.
 //! - [`ports`]: the traits adapters implement (write-back).
@@ -18,6 +19,7 @@ pub mod model;
 pub mod phi;
 pub mod phone;
 pub mod plan;
+pub mod policy;
 pub mod ports;
 pub mod reply;
 pub mod template;

@@ -11,6 +11,7 @@ use jiff::SignedDuration;
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
 use medrelay_mapping::plan::{PlanPolicy, QuietHours, StepKind, StepSpec, parse_duration};
+use medrelay_mapping::policy::{NEUTRAL_FIELDS, SensitiveAction, SensitivePolicy};
 use medrelay_mapping::reply::ReplyAction;
 use medrelay_mapping::template::{PhiLevel, SiteFacts, TemplateField};
 use serde::Deserialize;
@@ -166,6 +167,9 @@ pub struct PipelineConfig {
     pub templates: BTreeMap<String, TemplateConfig>,
     #[serde(default)]
     pub reply_texts: ReplyTexts,
+    /// Sensitive services: no message, or only a neutral template.
+    #[serde(default)]
+    pub sensitive: SensitivePolicy,
 }
 
 /// A site, validated.
@@ -231,6 +235,7 @@ pub struct Compiled {
     pub steps: Vec<StepSpec>,
     pub templates: BTreeMap<String, CompiledTemplate>,
     pub reply_texts: ReplyTexts,
+    pub sensitive: SensitivePolicy,
 }
 
 fn parse_quiet(s: &str) -> Option<QuietHours> {
@@ -395,6 +400,30 @@ impl PipelineConfig {
                 template: s.template.clone(),
             });
         }
+        if self.sensitive.action == SensitiveAction::Neutral {
+            match self
+                .sensitive
+                .neutral_template
+                .as_ref()
+                .map(|k| (k, templates.get(k)))
+            {
+                None => errors.push(
+                    "sensitive.neutral_template: required when action = \"neutral\"".to_string(),
+                ),
+                Some((k, None)) => errors.push(format!(
+                    "sensitive.neutral_template: unknown template `{k}` (not in [templates])"
+                )),
+                Some((k, Some(t))) => {
+                    for f in &t.body {
+                        if !NEUTRAL_FIELDS.contains(f) {
+                            errors.push(format!(
+                                "templates.{k}: a neutral template may render only given_name, local_date, local_time and site_phone (it names {f:?})"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(Compiled {
                 sites,
@@ -402,6 +431,7 @@ impl PipelineConfig {
                 steps,
                 templates,
                 reply_texts: self.reply_texts.clone(),
+                sensitive: self.sensitive.clone(),
             })
         } else {
             Err(errors)

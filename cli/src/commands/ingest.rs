@@ -106,8 +106,20 @@ pub async fn run(config: &Path, command: IngestCommand, o: &mut Output<'_>) -> a
             return Err(Failure::usage(format!("{}: no such file", file.display())));
         }
         let bar = progress_bar(file, o.json);
+        // Without a terminal (cron, CI), plain counts every 100,000 rows on stderr instead of a bar.
+        let plain = bar.is_hidden() && !o.json;
+        let mut next_report = 100_000;
         let result = import_csv(&service, &loaded, &connector, file, args.as_of, |p| {
             bar.set_position(p.position);
+            if plain && p.rows + p.bad >= next_report {
+                eprintln!(
+                    "{}: {} rows read, {} rejected",
+                    file.display(),
+                    p.rows + p.bad,
+                    p.bad
+                );
+                next_report += 100_000;
+            }
         })
         .await?;
         bar.finish_and_clear();
