@@ -94,11 +94,24 @@ impl Store {
             .bind(secs(at))
             .execute(&mut *tx)
             .await?;
-            if !granted {
-                let kinds = match p {
-                    Purpose::Logistics => "('confirmation', 'reminder')",
-                    Purpose::FollowUp => "('follow_up')",
-                };
+            let kinds = match p {
+                Purpose::Logistics => "('confirmation', 'reminder')",
+                Purpose::FollowUp => "('follow_up')",
+            };
+            if granted {
+                // Steps withdrawn by an earlier revocation come back if they can still be useful;
+                // the sender re-checks everything (including the combined consent) before sending.
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE outbox SET state = 'pending', state_reason = 'consent granted again', \
+                     next_attempt_at = MAX(due_at, ?1), updated_at = ?1 \
+                     WHERE state = 'skipped' AND (state_reason LIKE 'consent revoked%' OR state_reason LIKE 'no consent:%') AND kind IN {kinds} \
+                     AND expires_at > ?1 AND appointment_id IN (SELECT id FROM appointments WHERE contact_hash = ?2)"
+                )))
+                .bind(secs(at))
+                .bind(contact_hash)
+                .execute(&mut *tx)
+                .await?;
+            } else {
                 withdrawn += sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE outbox SET state = 'skipped', state_reason = 'consent revoked ({})', updated_at = ?1 \
                      WHERE state = 'pending' AND kind IN {kinds} \
