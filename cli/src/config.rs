@@ -131,7 +131,14 @@ pub enum CsvMode {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsvConnectorConfig {
+    /// The feed's name: how imports, quarantine and the audit trail name it.
     pub name: String,
+    /// The scheduling system whose appointment ids this feed carries (default: `name`). Feeds of one
+    /// system (say an HL7 interface and the nightly CSV of the same EHR) share appointments: the
+    /// same id from both is one appointment, messaged once.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// Configured site the appointments belong to.
     pub site: String,
     /// Name of a profile in `[csv.profiles]` or the profiles file.
     pub profile: String,
@@ -154,11 +161,32 @@ pub enum ConnectorConfig {
     Csv(CsvConnectorConfig),
 }
 
+impl CsvConnectorConfig {
+    /// The system whose ids the feed carries: the `source` half of every appointment key.
+    pub fn system(&self) -> &str {
+        self.system.as_deref().unwrap_or(&self.name)
+    }
+}
+
 impl ConnectorConfig {
-    /// The connector's name (its source id).
+    /// The connector's name (the feed).
     pub fn name(&self) -> &str {
         match self {
             ConnectorConfig::Csv(c) => &c.name,
+        }
+    }
+
+    /// The system whose appointment ids the connector carries (the appointment key's source).
+    pub fn system(&self) -> &str {
+        match self {
+            ConnectorConfig::Csv(c) => c.system(),
+        }
+    }
+
+    /// Where replies for this connector's appointments go back to the EHR, if anywhere.
+    pub fn return_file(&self) -> Option<&ReturnFileConfig> {
+        match self {
+            ConnectorConfig::Csv(c) => c.return_file.as_ref(),
         }
     }
 }
@@ -226,6 +254,28 @@ impl Loaded {
         } else {
             self.base.join(p)
         }
+    }
+
+    /// The system a connector name stands for (`legacy` -> `openemr` when it carries OpenEMR ids);
+    /// any other name is returned as is (it may already be a system).
+    pub fn system_of<'a>(&'a self, name: &'a str) -> &'a str {
+        self.config
+            .connectors
+            .iter()
+            .find(|c| c.name() == name)
+            .map_or(name, ConnectorConfig::system)
+    }
+
+    /// One write-back target per system: the first connector of the system that has a
+    /// `return_file`. Feeds of one system share appointments, so each reply must be written once.
+    pub fn write_back_targets(&self) -> Vec<(&str, &ConnectorConfig)> {
+        let mut out: Vec<(&str, &ConnectorConfig)> = Vec::new();
+        for c in &self.config.connectors {
+            if c.return_file().is_some() && !out.iter().any(|(s, _)| *s == c.system()) {
+                out.push((c.system(), c));
+            }
+        }
+        out
     }
 
     /// The CSV connector called `name`.
@@ -324,6 +374,15 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
                 c.name, c.profile
             ));
         }
+        if c.system
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty() || s.contains('/'))
+        {
+            errors.push(format!(
+                "connector `{}`: system must be a non-empty name without `/`",
+                c.name
+            ));
+        }
         if let Some(h) = &c.snapshot_horizon
             && parse_duration(h).is_none()
         {
@@ -376,6 +435,14 @@ mod tests {
         assert!(loaded.profiles.contains_key("clinica"));
         assert!(loaded.csv_connector(Some("openemr")).is_ok());
         assert!(loaded.csv_connector(None).is_err());
+        // `legacy` carries OpenEMR ids: one system, one write-back target (openemr's).
+        assert_eq!(loaded.system_of("legacy"), "openemr");
+        let targets: Vec<(&str, &str)> = loaded
+            .write_back_targets()
+            .into_iter()
+            .map(|(s, c)| (s, c.name()))
+            .collect();
+        assert_eq!(targets, [("openemr", "openemr"), ("clinica", "clinica")]);
     }
 
     #[test]

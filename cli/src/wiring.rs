@@ -107,15 +107,17 @@ pub fn build_service(
         clock.clone(),
     ));
     let transport: Arc<dyn WhatsAppTransport> = simulator.clone();
+    // Replies are written per system (the appointments' source), once: the first connector of the
+    // system with a return file is its target.
     let mut targets: Vec<(String, Arc<dyn WriteBack>)> = Vec::new();
-    for c in &loaded.config.connectors {
+    for (system, c) in loaded.write_back_targets() {
         let ConnectorConfig::Csv(c) = c;
         if let Some(rf) = &c.return_file {
             let mut rf = rf.clone();
             rf.dir = loaded.resolve(&rf.dir);
             let target = CsvReturnFile::new(rf)
                 .map_err(|e| anyhow!("connector `{}` return_file: {}", c.name, e.join("; ")))?;
-            targets.push((c.name.clone(), Arc::new(target)));
+            targets.push((system.to_string(), Arc::new(target)));
         }
     }
     Ok(Service::new(
@@ -205,7 +207,9 @@ pub async fn import_csv(
         file,
         profile,
         ImportOptions {
-            source: connector.name.clone(),
+            // Appointments are keyed by the system their ids belong to; the import itself (and its
+            // snapshot sweep) by the feed.
+            source: connector.system().to_string(),
             site: site.name.clone(),
             site_time_zone: site.time_zone.clone(),
             default_region: site.default_region.clone(),

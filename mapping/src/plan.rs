@@ -10,6 +10,7 @@ use jiff::{SignedDuration, Timestamp, ToSpan};
 use serde::{Deserialize, Serialize};
 
 use crate::consent::Purpose;
+use crate::model::AppointmentStatus;
 
 /// The kinds of step a plan can contain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -21,15 +22,59 @@ pub enum StepKind {
     Reminder,
     /// Sent `offset` after the end.
     FollowUp,
+    /// Sent `offset` after the end of a missed appointment, once the EHR marks it a no-show (to offer
+    /// a new slot); withdrawn if the status changes again.
+    NoShow,
 }
 
 impl StepKind {
-    /// The consent purpose a step of this kind needs.
+    /// The consent purpose a step of this kind needs. A no-show follow-up is about rebooking the
+    /// missed slot: logistics, not care follow-up.
     pub fn purpose(self) -> Purpose {
         match self {
-            Self::Confirmation | Self::Reminder => Purpose::Logistics,
+            Self::Confirmation | Self::Reminder | Self::NoShow => Purpose::Logistics,
             Self::FollowUp => Purpose::FollowUp,
         }
+    }
+
+    /// The stored name (the outbox `kind` column), so that sender and scheduler agree on it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirmation => "confirmation",
+            Self::Reminder => "reminder",
+            Self::FollowUp => "follow_up",
+            Self::NoShow => "no_show",
+        }
+    }
+
+    /// Back from the stored name; `None` for a name this build does not know.
+    pub fn from_name(s: &str) -> Option<StepKind> {
+        Some(match s {
+            "confirmation" => Self::Confirmation,
+            "reminder" => Self::Reminder,
+            "follow_up" => Self::FollowUp,
+            "no_show" => Self::NoShow,
+            _ => return None,
+        })
+    }
+
+    /// Whether an appointment in `status` should get (or still get) a step of this kind. The one
+    /// rule the scheduler plans by and the sender re-checks at send time, so they cannot disagree.
+    pub fn wanted_for(self, status: AppointmentStatus) -> bool {
+        use AppointmentStatus as S;
+        match self {
+            Self::Confirmation | Self::Reminder => status == S::Booked,
+            Self::FollowUp => {
+                matches!(status, S::Booked | S::Arrived | S::CheckedIn | S::Fulfilled)
+            }
+            Self::NoShow => status == S::Noshow,
+        }
+    }
+
+    /// Whether the step is timed from the end of the visit (it is about a visit that happened or
+    /// was missed, so "the appointment has already started" is no reason to drop it).
+    pub fn after_the_visit(self) -> bool {
+        matches!(self, Self::FollowUp | Self::NoShow)
     }
 }
 
@@ -38,28 +83,62 @@ impl StepKind {
 pub struct StepSpec {
     /// Unique step name, e.g. `reminder_48h`; part of the idempotency key of its message.
     pub name: String,
+    /// What the step is about, which decides its timing and the statuses it is sent for.
     pub kind: StepKind,
     /// Before the start (reminders) or after the end (follow-ups); ignored for confirmations.
     pub offset: SignedDuration,
     /// Configured template key.
     pub template: String,
+    /// Only appointments of these sites get the step (empty: every site). Plans differ per site.
+    pub sites: Vec<String>,
+    /// Only appointments whose service type is one of these (compared case-insensitively; empty:
+    /// every appointment). Stored lower-case. The service type is PHI: never log what matched.
+    pub service_types: Vec<String>,
 }
 
 impl StepSpec {
+    /// A step for every site and appointment type (filters are added with struct update syntax).
+    pub fn new(name: &str, kind: StepKind, offset: SignedDuration, template: &str) -> Self {
+        StepSpec {
+            name: name.to_string(),
+            kind,
+            offset,
+            template: template.to_string(),
+            sites: Vec::new(),
+            service_types: Vec::new(),
+        }
+    }
+
     /// Priority lane under a backlog: nearer-term messages first (lower is sooner).
     pub fn lane(&self) -> i64 {
         match self.kind {
             StepKind::Reminder => (self.offset.as_secs() / 60).clamp(0, 1_000_000),
             StepKind::Confirmation => 1_000_001,
-            StepKind::FollowUp => 1_000_002,
+            StepKind::NoShow => 1_000_002,
+            StepKind::FollowUp => 1_000_003,
         }
+    }
+
+    /// Whether this step belongs to the plan of an appointment at `site` with `service_type`
+    /// (per-site and per-appointment-type plans). An appointment without a service type matches
+    /// only steps without a service-type filter.
+    pub fn applies_to(&self, site: &str, service_type: Option<&str>) -> bool {
+        let site_ok = self.sites.is_empty() || self.sites.iter().any(|s| s == site);
+        let type_ok = self.service_types.is_empty()
+            || service_type.is_some_and(|t| {
+                let t = t.trim().to_lowercase();
+                self.service_types.iter().any(|w| w.to_lowercase() == t)
+            });
+        site_ok && type_ok
     }
 }
 
 /// Local quiet hours, e.g. 21:00-08:00 (may wrap midnight).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuietHours {
+    /// Local time the quiet window begins (inclusive).
     pub start: Time,
+    /// Local time it ends (exclusive); earlier than `start` when the window wraps midnight.
     pub end: Time,
 }
 
@@ -76,6 +155,7 @@ impl QuietHours {
 /// Site policy for planning.
 #[derive(Clone, Debug)]
 pub struct PlanPolicy {
+    /// Local hours in which no message is sent (patients asleep); `None`: any time.
     pub quiet_hours: Option<QuietHours>,
     /// A reminder must arrive at least this long before the start, or it is dropped.
     pub min_lead: SignedDuration,
@@ -126,9 +206,16 @@ pub fn plan_step(
             let due = end + spec.offset;
             (due, due + SignedDuration::from_hours(24))
         }
+        StepKind::NoShow => {
+            // The EHR often records a no-show hours after the slot: within the day after the
+            // intended moment, the message still helps the patient rebook, so it goes now.
+            let due = end + spec.offset;
+            let expires = due + SignedDuration::from_hours(24);
+            (if now < expires { due.max(now) } else { due }, expires)
+        }
     };
     let useful = |t: Timestamp| t >= now - policy.late_grace && t < expires;
-    if spec.kind != StepKind::FollowUp && now >= start {
+    if !spec.kind.after_the_visit() && now >= start {
         return StepOutcome::Dropped("the appointment has already started".into());
     }
     if !useful(intended) {
@@ -254,11 +341,230 @@ mod tests {
     }
 
     fn reminder(h: i64) -> StepSpec {
-        StepSpec {
-            name: format!("reminder_{h}h"),
-            kind: StepKind::Reminder,
-            offset: SignedDuration::from_hours(h),
-            template: "reminder".into(),
+        StepSpec::new(
+            &format!("reminder_{h}h"),
+            StepKind::Reminder,
+            SignedDuration::from_hours(h),
+            "reminder",
+        )
+    }
+
+    fn due_of(out: StepOutcome) -> (Timestamp, Option<String>) {
+        match out {
+            StepOutcome::Due { due, note, .. } => (due, note),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ny() -> TimeZone {
+        TimeZone::get("America/New_York").unwrap()
+    }
+
+    #[test]
+    fn a_0230_appointment_on_the_spring_forward_day_is_0330_and_reminded_exactly() {
+        // 2026-03-08 02:30 does not exist in New York (02:00 EST jumps to 03:00 EDT): the civil
+        // time resolves to 03:30 EDT = 07:30Z, as the connectors read it.
+        let start = jiff::civil::datetime(2026, 3, 8, 2, 30, 0, 0)
+            .to_zoned(ny())
+            .unwrap()
+            .timestamp();
+        assert_eq!(start, ts("2026-03-08T07:30:00Z"));
+        assert_eq!(start.to_zoned(ny()).time(), Time::constant(3, 30, 0, 0));
+        let now = ts("2026-03-01T00:00:00Z");
+        // Without quiet hours the 2 h reminder is two real hours earlier: 00:30 EST.
+        let (due, note) = due_of(plan_step(
+            &reminder(2),
+            start,
+            None,
+            &ny(),
+            now,
+            &PlanPolicy::default(),
+        ));
+        assert_eq!(due, ts("2026-03-08T05:30:00Z"));
+        assert_eq!(due.to_zoned(ny()).time(), Time::constant(0, 30, 0, 0));
+        assert!(note.is_none());
+        // With 21:00-08:00 quiet hours, 00:30 is quiet; 08:00 EDT is after the start, so the
+        // reminder moves to 20:59 EST the evening before.
+        let (due, note) = due_of(plan_step(
+            &reminder(2),
+            start,
+            None,
+            &ny(),
+            now,
+            &quiet_policy(),
+        ));
+        assert_eq!(due, ts("2026-03-08T01:59:00Z"));
+        assert_eq!(due.to_zoned(ny()).time(), Time::constant(20, 59, 0, 0));
+        assert!(note.unwrap().contains("before quiet hours"));
+        // The 48 h reminder is 48 real hours earlier: 02:30 EST on 6 March, quiet; 08:00 EST that
+        // morning is nearer than 20:59 the evening before.
+        let (due, _) = due_of(plan_step(
+            &reminder(48),
+            start,
+            None,
+            &ny(),
+            now,
+            &quiet_policy(),
+        ));
+        assert_eq!(due, ts("2026-03-06T13:00:00Z"));
+        assert_eq!(due.to_zoned(ny()).time(), Time::constant(8, 0, 0, 0));
+    }
+
+    #[test]
+    fn reminder_48h_is_exact_hours_across_spring_forward() {
+        // 10:00 EDT on 9 March (14:00Z); 48 real hours earlier is 09:00 EST on the 7th.
+        let out = plan_step(
+            &reminder(48),
+            ts("2026-03-09T14:00:00Z"),
+            None,
+            &ny(),
+            ts("2026-03-01T00:00:00Z"),
+            &quiet_policy(),
+        );
+        let (due, note) = due_of(out);
+        assert_eq!(due, ts("2026-03-07T14:00:00Z"));
+        assert_eq!(due.to_zoned(ny()).time(), Time::constant(9, 0, 0, 0));
+        assert!(note.is_none());
+    }
+
+    #[test]
+    fn quiet_hours_end_at_local_0800_on_the_spring_forward_day() {
+        // The quiet night of 7-8 March starts at 21:00 EST (02:00Z) and ends at 08:00 EDT (12:00Z):
+        // 10 real hours. A 5 h reminder for 10:00 EDT (14:00Z) is due 05:00 EDT (09:00Z), quiet;
+        // it moves to 08:00 EDT, which is 12:00Z (not 13:00Z as with the winter offset).
+        let (due, note) = due_of(plan_step(
+            &reminder(5),
+            ts("2026-03-08T14:00:00Z"),
+            None,
+            &ny(),
+            ts("2026-03-01T00:00:00Z"),
+            &quiet_policy(),
+        ));
+        assert_eq!(due, ts("2026-03-08T12:00:00Z"));
+        assert_eq!(due.to_zoned(ny()).time(), Time::constant(8, 0, 0, 0));
+        assert!(note.unwrap().contains("after quiet hours"));
+        // An 8 h reminder (06:00Z = 01:00 EST) is nearer to 20:59 EST the evening before (01:59Z).
+        let (due, _) = due_of(plan_step(
+            &reminder(8),
+            ts("2026-03-08T14:00:00Z"),
+            None,
+            &ny(),
+            ts("2026-03-01T00:00:00Z"),
+            &quiet_policy(),
+        ));
+        assert_eq!(due, ts("2026-03-08T01:59:00Z"));
+        assert_eq!(due.to_zoned(ny()).time(), Time::constant(20, 59, 0, 0));
+    }
+
+    #[test]
+    fn quiet_hours_on_the_fall_back_day() {
+        // 1 November: 02:00 EDT falls back to 01:00 EST at 06:00Z; the quiet night of 31 Oct - 1
+        // Nov runs 21:00 EDT (01:00Z) to 08:00 EST (13:00Z): 12 real hours.
+        let start = ts("2026-11-01T15:00:00Z"); // 10:00 EST
+        // 9 h before is 06:00Z = 01:00 EST (the second 01:00): nearer to 20:59 EDT (00:59Z).
+        let (due, _) = due_of(plan_step(
+            &reminder(9),
+            start,
+            None,
+            &ny(),
+            ts("2026-10-20T00:00:00Z"),
+            &quiet_policy(),
+        ));
+        assert_eq!(due, ts("2026-11-01T00:59:00Z"));
+        assert_eq!(due.to_zoned(ny()).time(), Time::constant(20, 59, 0, 0));
+        // 5 h before is 10:00Z = 05:00 EST: moved to 08:00 EST = 13:00Z (not 12:00Z).
+        let (due, note) = due_of(plan_step(
+            &reminder(5),
+            start,
+            None,
+            &ny(),
+            ts("2026-10-20T00:00:00Z"),
+            &quiet_policy(),
+        ));
+        assert_eq!(due, ts("2026-11-01T13:00:00Z"));
+        assert_eq!(due.to_zoned(ny()).time(), Time::constant(8, 0, 0, 0));
+        assert!(note.unwrap().contains("after quiet hours"));
+        // An ambiguous 01:30 appointment (the first, EDT one = 05:30Z): its 2 h reminder at
+        // 03:30Z = 23:30 EDT is quiet; 08:00 is after the start, so 20:59 EDT (00:59Z).
+        let start = jiff::civil::datetime(2026, 11, 1, 1, 30, 0, 0)
+            .to_zoned(ny())
+            .unwrap()
+            .timestamp();
+        assert_eq!(start, ts("2026-11-01T05:30:00Z"));
+        let (due, _) = due_of(plan_step(
+            &reminder(2),
+            start,
+            None,
+            &ny(),
+            ts("2026-10-20T00:00:00Z"),
+            &quiet_policy(),
+        ));
+        assert_eq!(due, ts("2026-11-01T00:59:00Z"));
+    }
+
+    #[test]
+    fn a_no_show_follow_up_is_timed_from_the_end_and_survives_a_late_status() {
+        let spec = StepSpec::new(
+            "no_show_2h",
+            StepKind::NoShow,
+            SignedDuration::from_hours(2),
+            "rebook",
+        );
+        let start = ts("2026-06-10T14:00:00Z");
+        let end = Some(ts("2026-06-10T14:30:00Z"));
+        // Marked a no-show right after the visit: due 2 h after the end.
+        let (due, _) = due_of(plan_step(
+            &spec,
+            start,
+            end,
+            &TimeZone::UTC,
+            ts("2026-06-10T15:00:00Z"),
+            &PlanPolicy::default(),
+        ));
+        assert_eq!(due, ts("2026-06-10T16:30:00Z"));
+        // Marked the next morning: sent now, not dropped.
+        let now = ts("2026-06-11T09:00:00Z");
+        let (due, _) = due_of(plan_step(
+            &spec,
+            start,
+            end,
+            &TimeZone::UTC,
+            now,
+            &PlanPolicy::default(),
+        ));
+        assert_eq!(due, now);
+        // Two days later it is no use any more.
+        let out = plan_step(
+            &spec,
+            start,
+            end,
+            &TimeZone::UTC,
+            ts("2026-06-13T09:00:00Z"),
+            &PlanPolicy::default(),
+        );
+        assert!(matches!(out, StepOutcome::Dropped(_)), "{out:?}");
+        assert!(StepKind::NoShow.wanted_for(AppointmentStatus::Noshow));
+        assert!(!StepKind::NoShow.wanted_for(AppointmentStatus::Booked));
+        assert!(!StepKind::Reminder.wanted_for(AppointmentStatus::Noshow));
+    }
+
+    #[test]
+    fn step_filters_match_site_and_service_type_case_insensitively() {
+        let mut s = reminder(2);
+        assert!(s.applies_to("any", None));
+        s.sites = vec!["newyork".into()];
+        s.service_types = vec!["telehealth".into()];
+        assert!(s.applies_to("newyork", Some(" TeleHealth ")));
+        assert!(!s.applies_to("newyork", Some("Office Visit")));
+        assert!(!s.applies_to("newyork", None));
+        assert!(!s.applies_to("saopaulo", Some("telehealth")));
+        for k in [
+            StepKind::Confirmation,
+            StepKind::Reminder,
+            StepKind::FollowUp,
+            StepKind::NoShow,
+        ] {
+            assert_eq!(StepKind::from_name(k.as_str()), Some(k));
         }
     }
 

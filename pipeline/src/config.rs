@@ -83,19 +83,29 @@ impl Default for ConsentConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StepConfig {
+    /// Unique name; part of each message's idempotency key, so renaming a step re-sends it.
     pub name: String,
+    /// `confirmation`, `reminder`, `follow_up` or `no_show`.
     pub kind: StepKind,
-    /// `48h` before the start for reminders, after the end for follow-ups.
+    /// `48h` before the start for reminders, after the end for follow-ups and no-show follow-ups.
     #[serde(default)]
     pub offset: Option<String>,
     /// Key into `[templates]`.
     pub template: String,
+    /// Only for these sites (names in `[sites]`); empty or absent: every site.
+    #[serde(default)]
+    pub sites: Vec<String>,
+    /// Only for these appointment (service) types, matched case-insensitively; empty or absent:
+    /// every type. Lets a clinic send, say, a fasting reminder only for lab visits.
+    #[serde(default)]
+    pub service_types: Vec<String>,
 }
 
 /// The reminder plan.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanConfig {
+    /// Every step any appointment may get; per-site and per-type filters narrow each one.
     pub steps: Vec<StepConfig>,
 }
 
@@ -393,11 +403,28 @@ impl PipelineConfig {
                     SignedDuration::ZERO
                 }),
             };
+            for site in &s.sites {
+                if !self.sites.contains_key(site) {
+                    errors.push(format!(
+                        "plan.steps.{}.sites: unknown site `{site}` (not in [sites])",
+                        s.name
+                    ));
+                }
+            }
+            if s.service_types.iter().any(|t| t.trim().is_empty()) {
+                errors.push(format!(
+                    "plan.steps.{}.service_types: an empty type matches nothing",
+                    s.name
+                ));
+            }
             steps.push(StepSpec {
-                name: s.name.clone(),
-                kind: s.kind,
-                offset,
-                template: s.template.clone(),
+                sites: s.sites.clone(),
+                service_types: s
+                    .service_types
+                    .iter()
+                    .map(|t| t.trim().to_lowercase())
+                    .collect(),
+                ..StepSpec::new(&s.name, s.kind, offset, &s.template)
             });
         }
         if self.sensitive.action == SensitiveAction::Neutral {
@@ -476,6 +503,32 @@ mod tests {
     fn a_template_that_renders_a_diagnosis_is_rejected_at_load_time() {
         let errors = config(r#", "diagnosis""#).compile().unwrap_err();
         assert!(errors[0].contains("can never be rendered"), "{errors:?}");
+    }
+
+    #[test]
+    fn step_filters_and_no_show_steps_compile_and_are_checked() {
+        let mut c = config("");
+        c.plan.steps.push(toml::from_str(
+            "name = \"missed\"\nkind = \"no_show\"\noffset = \"2h\"\ntemplate = \"reminder\"\nsites = [\"main\"]\nservice_types = [\" Lab Draw \"]",
+        ).unwrap());
+        let compiled = c.compile().unwrap();
+        let step = &compiled.steps[1];
+        assert_eq!(step.kind, StepKind::NoShow);
+        assert_eq!(step.service_types, ["lab draw"]);
+        assert!(step.applies_to("main", Some("LAB DRAW")));
+        c.plan.steps[1].sites = vec!["elsewhere".into()];
+        c.plan.steps[1].service_types = vec![" ".into()];
+        let errors = c.compile().unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("unknown site `elsewhere`")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("empty type")),
+            "{errors:?}"
+        );
     }
 
     #[test]

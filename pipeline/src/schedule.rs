@@ -4,22 +4,28 @@
 //! unchanged appointment, re-importing a file or restarting never creates a second message. A
 //! reschedule plans new steps for the new slot; the old slot's pending steps were already withdrawn in
 //! the transaction that stored the change.
+//!
+//! Which steps an appointment gets depends on its status (reminders only while booked, a no-show
+//! follow-up only once it is a no-show), its site and its service type (per-site, per-type plans).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use medrelay_mapping::AppointmentStatus;
-use medrelay_mapping::plan::{StepKind, StepOutcome, plan_step};
+use medrelay_mapping::plan::{StepKind, StepOutcome, StepSpec, fmt_duration, plan_step};
 
 use crate::clock::Clock;
 use crate::config::Compiled;
-use crate::store::outbox::NewJob;
+use crate::store::outbox::{NewJob, PlanInput};
 use crate::store::{Store, StoreResult};
 
 /// What a planning pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlanReport {
+    /// Appointments whose plan was (re)computed.
     pub appointments: u64,
+    /// Outbox rows created or re-armed (existing steps for the same slot are left alone).
     pub steps_stored: u64,
 }
 
@@ -31,12 +37,23 @@ pub struct Scheduler {
     clock: Arc<dyn Clock>,
 }
 
-/// Stored name of a step kind.
+/// Stored name of a step kind (the outbox `kind` column).
 pub fn kind_name(kind: StepKind) -> &'static str {
-    match kind {
-        StepKind::Confirmation => "confirmation",
-        StepKind::Reminder => "reminder",
-        StepKind::FollowUp => "follow_up",
+    kind.as_str()
+}
+
+/// Appointments planned per transaction: large enough to amortise the commit, small enough to keep
+/// memory flat and the write lock short.
+const PLAN_CHUNK: i64 = 5000;
+
+/// Why a due step is due when it is, for `medrelay explain`.
+fn timing(spec: &StepSpec) -> String {
+    let d = fmt_duration(spec.offset);
+    match spec.kind {
+        StepKind::Confirmation => "at booking".into(),
+        StepKind::Reminder => format!("{d} before the start"),
+        StepKind::FollowUp => format!("{d} after the end"),
+        StepKind::NoShow => format!("{d} after the end of the missed visit"),
     }
 }
 
@@ -50,71 +67,85 @@ impl Scheduler {
         }
     }
 
-    /// Plans every appointment that needs it, in chunks, until none is left.
+    /// The steps `a` should get, with their planned outcome: pure, so `medrelay plan` and tests can
+    /// ask the same question the scheduler does.
+    pub fn plan_one(&self, a: &PlanInput, zone: &TimeZone, now: Timestamp) -> Vec<NewJob> {
+        let mut jobs = Vec::new();
+        if a.patient_cancelled {
+            return jobs;
+        }
+        let Some(site) = self
+            .config
+            .sites
+            .get(&a.site)
+            .or_else(|| self.config.sites.values().next())
+        else {
+            return jobs;
+        };
+        let service_type = a.service_type.as_ref().map(|s| s.expose().as_str());
+        for spec in &self.config.steps {
+            if !spec.kind.wanted_for(a.status) || !spec.applies_to(&a.site, service_type) {
+                continue;
+            }
+            let (due, expires, state, reason, note) =
+                match plan_step(spec, a.start, a.end, zone, now, &site.plan_policy) {
+                    StepOutcome::Due { due, expires, note } => {
+                        let why = match note {
+                            Some(n) => format!("{}; {n}", timing(spec)),
+                            None => timing(spec),
+                        };
+                        (due, expires, "pending", None, Some(why))
+                    }
+                    StepOutcome::Dropped(reason) => (now, now, "dropped", Some(reason), None),
+                };
+            jobs.push(NewJob {
+                appointment_id: a.appointment_id,
+                revision: a.revision,
+                step: spec.name.clone(),
+                kind: spec.kind.as_str(),
+                slot_start: a.start,
+                lane: spec.lane(),
+                template: spec.template.clone(),
+                due,
+                expires,
+                state,
+                state_reason: reason,
+                plan_note: note,
+            });
+        }
+        jobs
+    }
+
+    /// Plans every appointment that needs it, in chunks, until none is left. Each chunk is one read
+    /// and one write transaction (multi-row statements), whatever its size.
     pub async fn plan_pending(&self) -> StoreResult<PlanReport> {
         let mut report = PlanReport::default();
+        let mut zones: HashMap<String, TimeZone> = HashMap::new();
         loop {
-            let inputs = self.store.appointments_to_plan(2000).await?;
+            let inputs = self.store.appointments_to_plan(PLAN_CHUNK).await?;
             if inputs.is_empty() {
                 return Ok(report);
             }
             let now = self.clock.now();
-            let mut jobs = Vec::new();
+            let mut jobs = Vec::with_capacity(inputs.len() * self.config.steps.len());
             let mut planned = Vec::with_capacity(inputs.len());
             for a in &inputs {
                 planned.push((a.appointment_id, a.revision));
-                if a.patient_cancelled {
-                    continue;
-                }
-                let Some(site) = self
-                    .config
-                    .sites
-                    .get(&a.site)
-                    .or_else(|| self.config.sites.values().next())
-                else {
-                    continue;
-                };
-                let zone = TimeZone::get(&a.time_zone).unwrap_or_else(|_| site.zone.clone());
-                for spec in &self.config.steps {
-                    let wanted = match spec.kind {
-                        StepKind::Confirmation | StepKind::Reminder => {
-                            a.status == AppointmentStatus::Booked
-                        }
-                        StepKind::FollowUp => matches!(
-                            a.status,
-                            AppointmentStatus::Booked
-                                | AppointmentStatus::Arrived
-                                | AppointmentStatus::CheckedIn
-                                | AppointmentStatus::Fulfilled
-                        ),
-                    };
-                    if !wanted {
-                        continue;
+                let zone = match zones.get(&a.time_zone) {
+                    Some(z) => z.clone(),
+                    None => {
+                        let fallback = self
+                            .config
+                            .sites
+                            .get(&a.site)
+                            .or_else(|| self.config.sites.values().next())
+                            .map_or(TimeZone::UTC, |s| s.zone.clone());
+                        let z = TimeZone::get(&a.time_zone).unwrap_or(fallback);
+                        zones.insert(a.time_zone.clone(), z.clone());
+                        z
                     }
-                    let (due, expires, state, reason, note) =
-                        match plan_step(spec, a.start, a.end, &zone, now, &site.plan_policy) {
-                            StepOutcome::Due { due, expires, note } => {
-                                (due, expires, "pending", None, note)
-                            }
-                            StepOutcome::Dropped(reason) => {
-                                (now, now, "dropped", Some(reason), None)
-                            }
-                        };
-                    jobs.push(NewJob {
-                        appointment_id: a.appointment_id,
-                        revision: a.revision,
-                        step: spec.name.clone(),
-                        kind: kind_name(spec.kind),
-                        slot_start: a.start,
-                        lane: spec.lane(),
-                        template: spec.template.clone(),
-                        due,
-                        expires,
-                        state,
-                        state_reason: reason,
-                        plan_note: note,
-                    });
-                }
+                };
+                jobs.extend(self.plan_one(a, &zone, now));
             }
             report.appointments += inputs.len() as u64;
             report.steps_stored += self.store.save_plan(&planned, &jobs, now).await?;

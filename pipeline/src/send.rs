@@ -14,6 +14,7 @@ use medrelay_mapping::AppointmentStatus;
 use medrelay_mapping::consent::{ConsentFacts, ConsentSignal, ConsentSource, decide};
 use medrelay_mapping::model::EhrConsent;
 use medrelay_mapping::plan::StepKind;
+use medrelay_mapping::policy::{SensitiveAction, Sensitivity};
 use medrelay_mapping::reply::ButtonPayload;
 use medrelay_mapping::template::render_parameters;
 use tracing::{debug, info, warn};
@@ -92,11 +93,7 @@ fn paced_outcome(job: &ClaimedJob, now: Timestamp, wait: Duration) -> JobOutcome
 }
 
 fn kind_of(job: &ClaimedJob) -> StepKind {
-    match job.kind.as_str() {
-        "confirmation" => StepKind::Confirmation,
-        "follow_up" => StepKind::FollowUp,
-        _ => StepKind::Reminder,
-    }
+    StepKind::from_name(&job.kind).unwrap_or(StepKind::Reminder)
 }
 
 /// Why a step can no longer be sent, judged at send time (None: still valid).
@@ -111,6 +108,18 @@ fn still_valid(
             "dropped",
             "expired before it could be sent (outage or backlog)".into(),
         ));
+    }
+    if kind_of(job) == StepKind::NoShow {
+        if !StepKind::NoShow.wanted_for(a.status) {
+            return Some((
+                "withdrawn",
+                format!(
+                    "appointment is no longer a no-show (now {})",
+                    a.status.as_str()
+                ),
+            ));
+        }
+        return None;
     }
     if kind_of(job) == StepKind::FollowUp {
         if a.status.is_withdrawn() {
@@ -271,10 +280,31 @@ impl Sender {
         if !decision.permits() {
             return final_("skipped", format!("no consent: {}", decision.reason()));
         }
-        let Some(template) = self.config.templates.get(&job.template) else {
+        // Sensitive services: nothing at all, or only the neutral template (which names no
+        // department, place or person). Decided at send time, so a changed service type counts.
+        let template_key = match self.config.sensitive.classify(&rec.appointment) {
+            Sensitivity::Ordinary => job.template.as_str(),
+            Sensitivity::Sensitive(field) => match self.config.sensitive.action {
+                SensitiveAction::Suppress => {
+                    return final_(
+                        "skipped",
+                        format!(
+                            "sensitive service ({field} on the deny-list): no WhatsApp message by site policy"
+                        ),
+                    );
+                }
+                SensitiveAction::Neutral => self
+                    .config
+                    .sensitive
+                    .neutral_template
+                    .as_deref()
+                    .unwrap_or(job.template.as_str()),
+            },
+        };
+        let Some(template) = self.config.templates.get(template_key) else {
             return final_(
                 "failed",
-                format!("template `{}` is not configured", job.template),
+                format!("template `{template_key}` is not configured"),
             );
         };
         if self

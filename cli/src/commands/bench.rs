@@ -115,7 +115,9 @@ pub async fn run(command: BenchCommand, o: &mut Output<'_>) -> anyhow::Result<u8
     ));
     let rss_before = peak_rss_mib();
     if args.parse_only {
-        let connector = loaded.csv_connector(Some("legacy")).map_err(anyhow::Error::msg)?;
+        let connector = loaded
+            .csv_connector(Some("legacy"))
+            .map_err(anyhow::Error::msg)?;
         let site = &loaded.compiled.sites[&connector.site];
         let t = Instant::now();
         let rows = medrelay_connector_csv::open(

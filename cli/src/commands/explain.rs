@@ -1,4 +1,9 @@
 //! `medrelay plan` and `medrelay explain`: what will be sent when, and why.
+//!
+//! Both print each step's due time in the appointment's local time, why it was scheduled then (its
+//! offset, a quiet-hours move), and what became of it: sent (with the WhatsApp status), withdrawn,
+//! dropped, skipped or failed, with the recorded reason. Rendered text is masked unless `--show-phi`
+//! is given on a terminal; reasons never contain patient data.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -113,9 +118,11 @@ async fn describe(
             (s.step.clone(), text)
         })
         .collect();
+    let feeds = store.feeds_of(id).await?;
     if o.json {
         o.json(&json!({
             "appointment": a.key.to_string(),
+            "feeds": feeds,
             "status": a.status.as_str(),
             "start": a.start,
             "time_zone": a.time_zone,
@@ -133,6 +140,9 @@ async fn describe(
         a.status.as_str(),
         local(a.start, &a.time_zone)
     ));
+    if !feeds.is_empty() {
+        o.line(format!("  listed by {}", feeds.join(", ")));
+    }
     match (&rec.contact_hash, &rec.phone_problem) {
         (Some(h), _) => o.line(format!("  contact {h}")),
         (None, p) => o.line(format!(
@@ -162,15 +172,32 @@ async fn describe(
                 local(s.slot_start, &a.time_zone)
             ));
         }
-        if let Some(m) = &s.message_status {
-            line.push_str(&format!(", WhatsApp: {m}"));
-        }
         o.line(line);
+        // Why it was scheduled when it is (and moved, for quiet hours)...
         if let Some(n) = &s.plan_note {
-            o.line(format!("      moved: {n}"));
+            o.line(format!("      scheduled: {n}"));
         }
-        if let Some(r) = &s.reason {
-            o.line(format!("      why: {r}"));
+        // ...and what became of it.
+        match (s.state.as_str(), &s.reason) {
+            ("sent", _) => {
+                let mut l = format!(
+                    "      sent: {}",
+                    s.sent_at.map_or("-".into(), |t| local(t, &a.time_zone))
+                );
+                if let Some(m) = &s.message_status {
+                    l.push_str(&format!(", WhatsApp: {m}"));
+                }
+                if let Some(c) = s.error_code {
+                    l.push_str(&format!(" (error {c})"));
+                }
+                o.line(l);
+            }
+            ("pending" | "sending", Some(r)) => o.line(format!(
+                "      retrying ({} attempt(s) so far): {r}",
+                s.attempts
+            )),
+            (_, Some(r)) => o.line(format!("      {}: {r}", s.state)),
+            _ => {}
         }
         if s.state == "pending" && !text.is_empty() {
             o.line(format!("      text: {text}"));
@@ -179,11 +206,26 @@ async fn describe(
     Ok(())
 }
 
+/// Resolves `connector/filler-id` (or `system/filler-id`, or a filler id alone) to a stored
+/// appointment. Appointments are keyed by system, so a connector name is translated to its system:
+/// `legacy/50002` finds the appointment `openemr/50002` when both carry OpenEMR ids.
+async fn find(store: &Store, loaded: &Loaded, reference: &str) -> anyhow::Result<Option<i64>> {
+    if let Some((prefix, id)) = reference.split_once('/') {
+        let system = loaded.system_of(prefix);
+        if system != prefix
+            && let Some(found) = store.find_appointment(&format!("{system}/{id}")).await?
+        {
+            return Ok(Some(found));
+        }
+    }
+    Ok(store.find_appointment(reference).await?)
+}
+
 /// `medrelay explain ID`.
 pub async fn explain(config: &Path, args: ExplainArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
     let loaded = load_config(config)?;
     let store = open_store(&loaded).await?;
-    let Some(id) = store.find_appointment(&args.appointment).await? else {
+    let Some(id) = find(&store, &loaded, &args.appointment).await? else {
         return Err(Failure::usage(format!(
             "no appointment `{}`",
             args.appointment
@@ -204,7 +246,7 @@ pub async fn plan(config: &Path, args: PlanArgs, o: &mut Output<'_>) -> anyhow::
     let loaded = load_config(config)?;
     let store = open_store(&loaded).await?;
     let ids = match (&args.appointment, args.date) {
-        (Some(a), _) => match store.find_appointment(a).await? {
+        (Some(a), _) => match find(&store, &loaded, a).await? {
             Some(id) => vec![id],
             None => return Err(Failure::usage(format!("no appointment `{a}`"))),
         },

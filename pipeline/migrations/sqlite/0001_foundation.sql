@@ -65,7 +65,8 @@ CREATE TABLE ingest_batches (
     committed_at INTEGER NOT NULL
 );
 
--- Every accepted event (one per source version). Re-delivery of the same version is ignored.
+-- Every applied event (one per source version that changed the stored appointment's version).
+-- A re-delivery or a late, older version is not applied, so it adds no row here.
 CREATE TABLE events (
     id            INTEGER PRIMARY KEY,
     source        TEXT    NOT NULL,
@@ -75,8 +76,7 @@ CREATE TABLE events (
     import_id     INTEGER,
     raw_ref       TEXT    NOT NULL,
     content_hash  TEXT    NOT NULL,
-    received_at   INTEGER NOT NULL,
-    UNIQUE (source, filler_id, sv_at_us, sv_seq)
+    received_at   INTEGER NOT NULL
 );
 
 -- Input we could not accept, kept whole with the reason (reason never contains PHI; raw does).

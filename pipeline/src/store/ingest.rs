@@ -40,6 +40,69 @@ pub(crate) struct AppointmentRow {
 /// Rows per multi-row statement: 26 binds each stays far below SQLite's 32766 variable limit.
 const CHUNK: usize = 250;
 
+/// Rewrites the filler id of rows that name an appointment only by its placer id (alias): a row
+/// whose (system, filler id) is unknown, but whose placer id matches an appointment of the same
+/// system (stored, or earlier in this batch), updates that appointment instead of creating a twin.
+/// One query for the whole batch; `None` when nothing needed rewriting.
+async fn resolve_placer_aliases(
+    tx: &mut sqlx::SqliteConnection,
+    rows: &[AppointmentRow],
+) -> StoreResult<Option<Vec<AppointmentRow>>> {
+    let probes: Vec<(usize, &str, &str, &str)> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            r.placer_id
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .map(|p| (i, r.source.as_str(), r.filler_id.as_str(), p))
+        })
+        .collect();
+    if probes.is_empty() {
+        return Ok(None);
+    }
+    let json = serde_json::to_string(&probes).unwrap_or_else(|_| "[]".into());
+    // For each probe: does its filler id exist, and which stored appointment has its placer id?
+    let found: Vec<(i64, bool, Option<String>)> = sqlx::query_as(
+        "SELECT json_extract(j.value, '$[0]'),          EXISTS (SELECT 1 FROM appointments b WHERE b.source = json_extract(j.value, '$[1]')                  AND b.filler_id = json_extract(j.value, '$[2]')),          (SELECT a.filler_id FROM appointments a WHERE a.source = json_extract(j.value, '$[1]')                  AND a.placer_id = json_extract(j.value, '$[3]') ORDER BY a.id LIMIT 1)          FROM json_each(?) j",
+    )
+    .bind(json)
+    .fetch_all(&mut *tx)
+    .await?;
+    let stored: std::collections::HashMap<usize, (bool, Option<String>)> = found
+        .into_iter()
+        .map(|(i, exists, target)| (i as usize, (exists, target)))
+        .collect();
+    let mut out: Option<Vec<AppointmentRow>> = None;
+    // (system, placer) -> filler id, for rows earlier in this batch; and fillers seen in the batch.
+    let mut by_placer: std::collections::HashMap<(String, String), String> = Default::default();
+    let mut fillers: std::collections::HashSet<(String, String)> = Default::default();
+    for (i, r) in rows.iter().enumerate() {
+        let key = (r.source.clone(), r.filler_id.clone());
+        let mut filler = r.filler_id.clone();
+        if let (Some(placer), Some((exists, target))) = (r.placer_id.as_ref(), stored.get(&i))
+            && !*exists
+            && !fillers.contains(&key)
+        {
+            let alias = target
+                .clone()
+                .or_else(|| by_placer.get(&(r.source.clone(), placer.clone())).cloned());
+            if let Some(t) = alias.filter(|t| *t != r.filler_id) {
+                let v = out.get_or_insert_with(|| rows.to_vec());
+                v[i].filler_id = t.clone();
+                filler = t;
+            }
+        }
+        if let Some(p) = &r.placer_id {
+            by_placer
+                .entry((r.source.clone(), p.clone()))
+                .or_insert_with(|| filler.clone());
+        }
+        fillers.insert((r.source.clone(), filler));
+    }
+    Ok(out)
+}
+
 impl Store {
     /// Records the start of an import and returns its id.
     pub async fn begin_import(&self, info: &ImportInfo, now: Timestamp) -> StoreResult<i64> {
@@ -59,6 +122,10 @@ impl Store {
 
     /// Commits one batch: appointment upserts (newest source version wins), events, quarantine and an
     /// audit record, in one transaction. Returns only after the commit.
+    ///
+    /// `source` is the feed (connector) the batch came from; each row's own `source` is the system
+    /// its ids belong to, which keys the appointment. Every row records that this feed has seen its
+    /// appointment (the basis of the feed's snapshot sweep).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn accept_rows(
         &self,
@@ -74,6 +141,8 @@ impl Store {
         let as_of_us = as_of.as_microsecond();
         let mut tx = self.write_tx().await?;
         let mut applied = 0u64;
+        let resolved = resolve_placer_aliases(&mut tx, rows).await?;
+        let rows = resolved.as_deref().unwrap_or(rows);
         let token: i64 = sqlx::query_scalar(
             "INSERT INTO ingest_batches (import_id, committed_at) VALUES (?, ?) RETURNING id",
         )
@@ -136,44 +205,71 @@ impl Store {
                  content_hash = excluded.content_hash, \
                  seen_as_of_us = MAX(appointments.seen_as_of_us, excluded.seen_as_of_us) \
                  WHERE (excluded.sv_at_us, excluded.sv_seq) > (appointments.sv_at_us, appointments.sv_seq) \
-                 RETURNING change_token",
+                 RETURNING filler_id, change_token",
             );
             // Rows returned were inserted or moved to a newer version; only those whose content
             // changed carry this batch's token.
-            let tokens: Vec<i64> = q.build_query_scalar().fetch_all(&mut *tx).await?;
-            applied += tokens.iter().filter(|t| **t == token).count() as u64;
-
-            let mut e = QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO events (source, filler_id, sv_at_us, sv_seq, import_id, raw_ref, content_hash, received_at) ",
-            );
-            e.push_values(chunk, |mut b, r| {
-                b.push_bind(r.source.clone())
-                    .push_bind(r.filler_id.clone())
-                    .push_bind(r.sv_at_us)
-                    .push_bind(r.sv_seq)
-                    .push_bind(import_id)
-                    .push_bind(r.raw_ref.clone())
-                    .push_bind(r.content_hash.clone())
-                    .push_bind(now_s);
-            });
-            e.push(" ON CONFLICT DO NOTHING");
-            e.build().execute(&mut *tx).await?;
-        }
-        if touch_seen {
-            // Rows that lost to a newer version, and bad rows whose id was readable, still prove the
-            // appointment is present in this snapshot.
-            let ids: Vec<&str> = rows
+            let returned: Vec<(String, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+            applied += returned.iter().filter(|(_, t)| *t == token).count() as u64;
+            let newer: std::collections::HashSet<&str> =
+                returned.iter().map(|(f, _)| f.as_str()).collect();
+            let events: Vec<&AppointmentRow> = chunk
                 .iter()
-                .map(|r| r.filler_id.as_str())
-                .chain(rejected.iter().filter_map(|r| r.filler_id.as_deref()))
+                .filter(|r| newer.contains(r.filler_id.as_str()))
+                .collect();
+            if !events.is_empty() {
+                let mut e = QueryBuilder::<sqlx::Sqlite>::new(
+                    "INSERT INTO events (source, filler_id, sv_at_us, sv_seq, import_id, raw_ref, content_hash, received_at) ",
+                );
+                e.push_values(events, |mut b, r| {
+                    b.push_bind(r.source.clone())
+                        .push_bind(r.filler_id.clone())
+                        .push_bind(r.sv_at_us)
+                        .push_bind(r.sv_seq)
+                        .push_bind(import_id)
+                        .push_bind(r.raw_ref.clone())
+                        .push_bind(r.content_hash.clone())
+                        .push_bind(now_s);
+                });
+                e.build().execute(&mut *tx).await?;
+            }
+
+            // This feed has seen these appointments (also rows that lost to a newer version: the
+            // appointment is still present in the feed's input).
+            let keys: Vec<(&str, &str)> = chunk
+                .iter()
+                .map(|r| (r.source.as_str(), r.filler_id.as_str()))
                 .collect();
             sqlx::query(
-                "UPDATE appointments SET seen_as_of_us = ?1 WHERE source = ?2 AND seen_as_of_us < ?1 \
-                 AND filler_id IN (SELECT value FROM json_each(?3))",
+                "INSERT INTO appointment_feeds (feed, appointment_id, seen_as_of_us) \
+                 SELECT ?1, a.id, ?2 FROM json_each(?3) j JOIN appointments a \
+                 ON a.source = json_extract(j.value, '$[0]') AND a.filler_id = json_extract(j.value, '$[1]') \
+                 WHERE true \
+                 ON CONFLICT (feed, appointment_id) DO UPDATE SET \
+                 seen_as_of_us = MAX(appointment_feeds.seen_as_of_us, excluded.seen_as_of_us)",
+            )
+            .bind(source)
+            .bind(as_of_us)
+            .bind(serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let bad_ids: Vec<&str> = rejected
+            .iter()
+            .filter_map(|r| r.filler_id.as_deref())
+            .collect();
+        if touch_seen && !bad_ids.is_empty() {
+            // Bad rows whose id was readable still prove the appointment is present in this
+            // snapshot (only appointments this feed already knows can be meant).
+            sqlx::query(
+                "UPDATE appointment_feeds SET seen_as_of_us = ?1 WHERE feed = ?2 AND seen_as_of_us < ?1 \
+                 AND appointment_id IN (SELECT a.id FROM appointments a JOIN appointment_feeds f \
+                     ON f.appointment_id = a.id AND f.feed = ?2 \
+                     WHERE a.filler_id IN (SELECT value FROM json_each(?3)))",
             )
             .bind(as_of_us)
             .bind(source)
-            .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
+            .bind(serde_json::to_string(&bad_ids).unwrap_or_else(|_| "[]".into()))
             .execute(&mut *tx)
             .await?;
         }
@@ -209,9 +305,12 @@ impl Store {
         Ok(receipt)
     }
 
-    /// Cancels the appointments of `source` that an earlier snapshot had but this one (as of `as_of`)
-    /// does not, limited to future appointments (a "future appointments" export drops past visits) and
-    /// optionally to `horizon` after `as_of` (an export that covers only the next N days).
+    /// Cancels the appointments that feed `source` listed in an earlier input but not in this snapshot
+    /// (as of `as_of`), limited to future appointments (a "future appointments" export drops past
+    /// visits) and optionally to `horizon` after `as_of` (an export that covers only the next N days).
+    /// An appointment known only through another feed of the same system is never touched: this feed
+    /// cannot testify to its absence. Nor is one changed after `as_of` (by any feed). The content hash
+    /// is altered so that the appointment re-appearing unchanged counts as a change and is re-planned.
     pub async fn sweep_snapshot(
         &self,
         import_id: i64,
@@ -224,8 +323,9 @@ impl Store {
         let as_of_us = as_of.as_microsecond();
         let swept = sqlx::query(
             "UPDATE appointments SET status = 'cancelled', sv_at_us = ?1, sv_seq = 0, revision = revision + 1, \
-             needs_plan = 1, updated_at = ?2 \
-             WHERE source = ?3 AND seen_as_of_us < ?1 AND sv_at_us < ?1 \
+             needs_plan = 1, updated_at = ?2, content_hash = 'swept:' || content_hash \
+             WHERE id IN (SELECT appointment_id FROM appointment_feeds WHERE feed = ?3 AND seen_as_of_us < ?1) \
+             AND sv_at_us < ?1 \
              AND status NOT IN ('cancelled', 'noshow', 'entered-in-error', 'fulfilled') \
              AND start_at > ?4 AND start_at <= ?5",
         )

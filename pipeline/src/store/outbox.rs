@@ -10,34 +10,56 @@ use sqlx::{QueryBuilder, Row};
 
 use super::{Store, StoreResult, audit, secs, ts};
 
-/// An appointment whose plan must be (re)computed.
+/// An appointment whose plan must be (re)computed: only the columns planning needs, so planning
+/// 100,000 appointments reads no patient data but the service type.
 #[derive(Debug, Clone)]
 pub struct PlanInput {
+    /// Row id.
     pub appointment_id: i64,
+    /// Content revision the plan is made from (a newer one re-plans).
     pub revision: i64,
+    /// Decides which step kinds apply.
     pub status: AppointmentStatus,
+    /// Slot start: part of each step's idempotency key.
     pub start: Timestamp,
+    /// Slot end, when the source gives one (follow-ups are timed from it).
     pub end: Option<Timestamp>,
+    /// Configured site (per-site plans, quiet hours).
     pub site: String,
+    /// IANA zone the times are judged in.
     pub time_zone: String,
+    /// The patient cancelled on WhatsApp: nothing more is planned.
     pub patient_cancelled: bool,
+    /// Appointment type for per-type plans; PHI (wrapped so that it never prints).
+    pub service_type: Option<Phi<String>>,
 }
 
 /// One planned step to store.
 #[derive(Debug, Clone)]
 pub struct NewJob {
+    /// The appointment it is for.
     pub appointment_id: i64,
+    /// The appointment revision it was planned from.
     pub revision: i64,
+    /// Configured step name; with the appointment and slot, the message's idempotency key.
     pub step: String,
+    /// Stored step kind (`StepKind::as_str`): the sender's send-time re-check depends on it.
     pub kind: &'static str,
+    /// The slot the step is about: a reschedule makes new keys, never re-uses old ones.
     pub slot_start: Timestamp,
+    /// Priority under a backlog (lower first).
     pub lane: i64,
+    /// Configured template key.
     pub template: String,
+    /// When to send.
     pub due: Timestamp,
+    /// Never send at or after this (a message delayed by an outage must not arrive too late).
     pub expires: Timestamp,
     /// `pending` or `dropped`.
     pub state: &'static str,
+    /// Why it was dropped (shown by `medrelay explain`; never PHI).
     pub state_reason: Option<String>,
+    /// Why it is due when it is: its offset, and a quiet-hours move.
     pub plan_note: Option<String>,
 }
 
@@ -89,7 +111,7 @@ impl Store {
     /// Appointments whose plan is out of date, oldest first.
     pub async fn appointments_to_plan(&self, limit: i64) -> StoreResult<Vec<PlanInput>> {
         let rows = sqlx::query(
-            "SELECT id, revision, status, start_at, end_at, site, time_zone, patient_cancelled_at \
+            "SELECT id, revision, status, start_at, end_at, site, time_zone, patient_cancelled_at, service_type \
              FROM appointments WHERE needs_plan = 1 ORDER BY id LIMIT ?",
         )
         .bind(limit)
@@ -106,6 +128,7 @@ impl Store {
                 site: r.get("site"),
                 time_zone: r.get("time_zone"),
                 patient_cancelled: r.get::<Option<i64>, _>("patient_cancelled_at").is_some(),
+                service_type: r.get::<Option<String>, _>("service_type").map(Phi::new),
             })
             .collect())
     }
@@ -153,11 +176,15 @@ impl Store {
             );
             created += q.build().execute(&mut *tx).await?.rows_affected();
         }
-        for chunk in planned.chunks(400) {
-            let pairs: Vec<[i64; 2]> = chunk.iter().map(|(a, r)| [*a, *r]).collect();
+        if !planned.is_empty() {
+            // One statement: each planned (id, revision) is looked up by rowid. A revision that
+            // changed meanwhile keeps needs_plan and is planned again.
+            let pairs: Vec<[i64; 2]> = planned.iter().map(|(a, r)| [*a, *r]).collect();
             sqlx::query(
-                "UPDATE appointments SET needs_plan = 0 WHERE needs_plan = 1 AND (id, revision) IN \
-                 (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+                "UPDATE appointments SET needs_plan = 0 \
+                 FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS rev \
+                       FROM json_each(?)) AS p \
+                 WHERE appointments.id = p.id AND appointments.revision = p.rev AND appointments.needs_plan = 1",
             )
             .bind(serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into()))
             .execute(&mut *tx)

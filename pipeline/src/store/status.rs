@@ -48,6 +48,12 @@ pub struct StepLine {
     pub plan_note: Option<String>,
     pub attempts: i64,
     pub message_status: Option<String>,
+    /// `confirmation`, `reminder`, `follow_up` or `no_show`.
+    pub kind: String,
+    /// When the message was handed to WhatsApp, if it was.
+    pub sent_at: Option<Timestamp>,
+    /// WhatsApp's error code when delivery failed after acceptance (e.g. 131026, not on WhatsApp).
+    pub error_code: Option<i64>,
 }
 
 async fn group(store: &Store, sql: &'static str) -> StoreResult<BTreeMap<String, i64>> {
@@ -136,7 +142,8 @@ impl Store {
     /// Every step ever planned for an appointment, with its message status.
     pub async fn steps_of(&self, appointment_id: i64) -> StoreResult<Vec<StepLine>> {
         let rows = sqlx::query(
-            "SELECT o.id, o.step, o.slot_start, o.due_at, o.expires_at, o.state, o.state_reason, o.plan_note, o.attempts, m.status AS mstatus \
+            "SELECT o.id, o.step, o.kind, o.slot_start, o.due_at, o.expires_at, o.state, o.state_reason, o.plan_note, o.attempts, \
+             m.status AS mstatus, m.sent_at, m.error_code \
              FROM outbox o LEFT JOIN messages m ON m.wamid = o.wamid WHERE o.appointment_id = ? ORDER BY o.slot_start, o.due_at, o.id",
         )
         .bind(appointment_id)
@@ -155,8 +162,22 @@ impl Store {
                 plan_note: r.get("plan_note"),
                 attempts: r.get("attempts"),
                 message_status: r.get("mstatus"),
+                kind: r.get("kind"),
+                sent_at: r.get::<Option<i64>, _>("sent_at").map(ts),
+                error_code: r.get("error_code"),
             })
             .collect())
+    }
+
+    /// The feeds (connectors) that have listed an appointment, for `medrelay explain`: one
+    /// appointment may come from several feeds of one system.
+    pub async fn feeds_of(&self, appointment_id: i64) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT feed FROM appointment_feeds WHERE appointment_id = ? ORDER BY feed",
+        )
+        .bind(appointment_id)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// Appointment ids with a start in `[from, to)`.
