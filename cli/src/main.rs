@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+/// mimalloc: bulk imports allocate many short strings from three threads; glibc's allocator spent
+/// a quarter of the import time in malloc/free (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use medrelay::{Cli, LogFormat, exit_code_of, run};
 use tracing_subscriber::EnvFilter;

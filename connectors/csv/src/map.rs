@@ -12,7 +12,9 @@ use csv::ByteRecord;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use medrelay_mapping::model::EhrConsent;
-use medrelay_mapping::phone::normalize_e164;
+use medrelay_mapping::phone::{PhoneError, normalize_e164};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use medrelay_mapping::{
     Appointment, AppointmentKey, AppointmentStatus, ContactPhone, Patient, Phi, PhoneUse,
 };
@@ -107,7 +109,13 @@ pub(crate) struct Mapper {
     opt_in: Option<Col>,
     updated_at: Option<Col>,
     site: Option<Col>,
+    /// Normalised numbers by raw cell text: an export repeats a patient's number on every one of their
+    /// appointments, and libphonenumber parsing is the most expensive step of a row. Bounded.
+    phone_cache: RefCell<HashMap<String, Result<String, PhoneError>>>,
 }
+
+/// Entries kept in the phone cache before it is cleared (about 10 MB at most).
+const PHONE_CACHE_MAX: usize = 100_000;
 
 impl Mapper {
     /// Resolves every mapped header against the file's header row (decoded and trimmed).
@@ -213,6 +221,7 @@ impl Mapper {
             opt_in: opt(&c.opt_in)?,
             updated_at: opt(&c.updated_at)?,
             site: opt(&c.site)?,
+            phone_cache: RefCell::new(HashMap::new()),
             options,
         })
     }
@@ -396,7 +405,21 @@ impl Mapper {
             let Some(raw) = self.cell(rec, col)? else {
                 continue;
             };
-            phones.push(match normalize_e164(&raw, &self.options.default_region) {
+            let normalised = {
+                let mut cache = self.phone_cache.borrow_mut();
+                match cache.get(&raw) {
+                    Some(hit) => hit.clone(),
+                    None => {
+                        let result = normalize_e164(&raw, &self.options.default_region);
+                        if cache.len() >= PHONE_CACHE_MAX {
+                            cache.clear();
+                        }
+                        cache.insert(raw.clone(), result.clone());
+                        result
+                    }
+                }
+            };
+            phones.push(match normalised {
                 Ok(e164) => ContactPhone {
                     e164: Some(Phi::new(e164)),
                     unusable: None,

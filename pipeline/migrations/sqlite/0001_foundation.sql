@@ -55,7 +55,8 @@ CREATE TABLE appointments (
     UNIQUE (source, filler_id)
 );
 CREATE INDEX appointments_needs_plan ON appointments (id) WHERE needs_plan = 1;
-CREATE INDEX appointments_contact ON appointments (contact_hash);
+-- No index on contact_hash: it is random, so maintaining one halves bulk-import speed (BENCHMARKS.md);
+-- the rare lookups by contact (a STOP, a staff revocation) scan instead.
 CREATE INDEX appointments_start ON appointments (start_at);
 
 -- One row per committed ingest batch: its id tags the appointments the batch changed.

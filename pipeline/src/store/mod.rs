@@ -65,7 +65,10 @@ impl Store {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-65536");
+            .pragma("cache_size", "-32768")
+            // Checkpoint less often (every ~32 MB of WAL) so bulk imports do not copy pages back
+            // to the database file after every few batches.
+            .pragma("wal_autocheckpoint", "8192");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
