@@ -82,6 +82,8 @@ impl Scheduler {
         else {
             return jobs;
         };
+        // PHI: the service type selects per-type steps; it is compared, never logged.
+        #[allow(clippy::disallowed_methods)]
         let service_type = a.service_type.as_ref().map(|s| s.expose().as_str());
         for spec in &self.config.steps {
             if !spec.kind.wanted_for(a.status) || !spec.applies_to(&a.site, service_type) {

@@ -104,6 +104,8 @@ async fn describe(
                 .zip(site)
                 .and_then(|(t, site)| {
                     let params = render_parameters(&t.body, a, &site.facts).ok()?;
+                    // PHI: read only to mask it in the rendered text unless --show-phi.
+                    #[allow(clippy::disallowed_methods)]
                     let given = a.patient.given_name.as_ref().map(|g| g.expose().clone());
                     let params: Vec<String> = params
                         .into_iter()

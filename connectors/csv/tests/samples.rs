@@ -1,5 +1,8 @@
 //! The sample exports in `samples/csv/` read with the sample profiles in `samples/profiles.toml`.
 
+// PHI: these tests read mapped values to check them against the fixture.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
