@@ -13,11 +13,11 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use medrelay_mapping::model::EhrConsent;
 use medrelay_mapping::phone::{PhoneError, normalize_e164};
-use std::cell::RefCell;
-use std::collections::HashMap;
 use medrelay_mapping::{
     Appointment, AppointmentKey, AppointmentStatus, ContactPhone, Patient, Phi, PhoneUse,
 };
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use crate::config::{
     CsvProfile, Encoding, NameOrder, civil_to_instant, parse_date, parse_instant, parse_time,
