@@ -453,10 +453,7 @@ mod tests {
         assert!(e.to_string().contains("opt_in_requird"), "{e}");
         let bad = text
             .replace("site = \"saopaulo\"", "site = \"nowhere\"")
-            .replace(
-                "\"local_time\", \"location\"]\nbuttons",
-                "\"diagnosis\"]\nbuttons",
-            );
+            .replacen("\"local_time\", \"location\"]", "\"diagnosis\"]", 1);
         let e = load_str(&bad, &sample()).unwrap_err();
         assert!(
             e.errors

@@ -79,6 +79,7 @@ pub fn simulator_registry(loaded: &Loaded) -> BTreeMap<String, SimTemplate> {
                     languages: t.languages.clone(),
                     body_parameters: t.body.len(),
                     buttons: t.buttons.iter().map(|b| b.as_str().to_string()).collect(),
+                    ttl_seconds: t.ttl.map(|d| d.as_secs()),
                 },
             )
         })
@@ -245,7 +246,7 @@ pub async fn import_csv(
                 report: report.clone(),
                 file_name,
             },
-            1000,
+            2000,
             horizon,
             progress,
         )

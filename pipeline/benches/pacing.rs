@@ -44,6 +44,7 @@ async fn run(per_second: u32, backlog: usize, workers: usize) {
             languages: vec!["en_US".into()],
             body_parameters: 1,
             buttons: vec![],
+            ttl_seconds: None,
         },
     )]);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

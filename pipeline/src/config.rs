@@ -126,6 +126,12 @@ pub struct TemplateConfig {
     /// Quick-reply buttons, in order.
     #[serde(default)]
     pub buttons: Vec<ReplyAction>,
+    /// The template's `message_send_ttl_seconds` in WhatsApp Manager (`1h`; utility templates allow
+    /// 30 s to 12 h). WhatsApp drops a message it could not deliver within it, so a reminder held up
+    /// by an outage on Meta's side cannot arrive after the appointment. `medrelay templates check`
+    /// compares it with the registry.
+    #[serde(default)]
+    pub ttl: Option<String>,
 }
 
 /// Texts medrelay itself sends inside the 24 h service window (never template-only content).
@@ -204,6 +210,8 @@ pub struct CompiledTemplate {
     pub body: Vec<TemplateField>,
     pub parameter_names: Option<Vec<String>>,
     pub buttons: Vec<ReplyAction>,
+    /// `message_send_ttl_seconds` expected in the registry.
+    pub ttl: Option<SignedDuration>,
 }
 
 impl CompiledTemplate {
@@ -246,6 +254,8 @@ pub struct Compiled {
     pub templates: BTreeMap<String, CompiledTemplate>,
     pub reply_texts: ReplyTexts,
     pub sensitive: SensitivePolicy,
+    /// Things that work but deserve a look (shown by `medrelay check`).
+    pub warnings: Vec<String>,
 }
 
 fn parse_quiet(s: &str) -> Option<QuietHours> {
@@ -371,6 +381,16 @@ impl PipelineConfig {
                     body,
                     parameter_names: t.parameter_names.clone(),
                     buttons: t.buttons.clone(),
+                    ttl: match t.ttl.as_deref().map(|d| (d, parse_duration(d))) {
+                        None => None,
+                        Some((_, Some(d))) if (30..=43_200).contains(&d.as_secs()) => Some(d),
+                        Some((raw, _)) => {
+                            errors.push(format!(
+                                "templates.{key}.ttl: `{raw}` must be a duration from 30s to 12h (WhatsApp's range for utility templates)"
+                            ));
+                            None
+                        }
+                    },
                 },
             );
         }
@@ -451,6 +471,39 @@ impl PipelineConfig {
                 }
             }
         }
+        // A template used for confirmations or reminders must expire before the appointment:
+        // the sender gives up at `min_lead` before the start, so WhatsApp must too.
+        let mut warnings = Vec::new();
+        let min_lead = sites
+            .values()
+            .map(|s: &CompiledSite| s.plan_policy.min_lead)
+            .min()
+            .unwrap_or(SignedDuration::from_mins(30));
+        let mut checked = std::collections::BTreeSet::new();
+        for step in &steps {
+            if !matches!(step.kind, StepKind::Confirmation | StepKind::Reminder)
+                || !checked.insert(step.template.clone())
+            {
+                continue;
+            }
+            let Some(t) = templates.get(&step.template) else {
+                continue;
+            };
+            match t.ttl {
+                Some(ttl) if ttl > min_lead => errors.push(format!(
+                    "templates.{}.ttl: {} is longer than the shortest min_lead ({}): a message WhatsApp delivers late could arrive after the appointment",
+                    t.key,
+                    medrelay_mapping::plan::fmt_duration(ttl),
+                    medrelay_mapping::plan::fmt_duration(min_lead)
+                )),
+                Some(_) => {}
+                None => warnings.push(format!(
+                    "templates.{}: no ttl; WhatsApp keeps retrying undelivered messages for 30 days, so a reminder could arrive after the appointment (set ttl <= {} and apply it in WhatsApp Manager)",
+                    t.key,
+                    medrelay_mapping::plan::fmt_duration(min_lead)
+                )),
+            }
+        }
         if errors.is_empty() {
             Ok(Compiled {
                 sites,
@@ -459,6 +512,7 @@ impl PipelineConfig {
                 templates,
                 reply_texts: self.reply_texts.clone(),
                 sensitive: self.sensitive.clone(),
+                warnings,
             })
         } else {
             Err(errors)

@@ -62,6 +62,7 @@ fn registry() -> BTreeMap<String, SimTemplate> {
             languages: vec!["pt_BR".into(), "en_US".into()],
             body_parameters: 2,
             buttons: vec!["confirm".into(), "cancel".into()],
+            ttl_seconds: None,
         },
     )])
 }

@@ -349,7 +349,7 @@ fn registry_json(sim: &Simulator) -> Vec<Value> {
             components.push(json!({"type": "BUTTONS", "buttons": buttons}));
         }
         for language in &t.languages {
-            out.push(json!({
+            let mut template = json!({
                 "id": format!("sim-{name}-{language}"),
                 "name": name,
                 "language": language,
@@ -357,7 +357,11 @@ fn registry_json(sim: &Simulator) -> Vec<Value> {
                 "category": "UTILITY",
                 "parameter_format": "POSITIONAL",
                 "components": components,
-            }));
+            });
+            if let Some(ttl) = t.ttl_seconds {
+                template["message_send_ttl_seconds"] = json!(ttl);
+            }
+            out.push(template);
         }
     }
     out

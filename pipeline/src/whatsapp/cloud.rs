@@ -202,6 +202,9 @@ pub struct RemoteTemplate {
     pub parameter_format: Option<String>,
     #[serde(default)]
     pub components: Vec<RemoteComponent>,
+    /// How long WhatsApp keeps trying to deliver (absent: the category default, 30 days for utility).
+    #[serde(default)]
+    pub message_send_ttl_seconds: Option<i64>,
 }
 
 /// One component of a registry template (HEADER, BODY, FOOTER, BUTTONS).
@@ -430,6 +433,11 @@ pub enum TemplateIssue {
     },
     /// A different number of quick-reply buttons.
     QuickReplies { configured: usize, registry: usize },
+    /// The registry's `message_send_ttl_seconds` is not the configured `ttl`.
+    Ttl {
+        configured: i64,
+        registry: Option<i64>,
+    },
 }
 
 /// One problem found by [`check_templates`]; it names templates, never patients.
@@ -476,6 +484,19 @@ impl fmt::Display for TemplateProblem {
                 f,
                 "{registry} quick-reply buttons in the registry, {configured} configured"
             ),
+            TemplateIssue::Ttl {
+                configured,
+                registry,
+            } => match registry {
+                Some(r) => write!(
+                    f,
+                    "message_send_ttl_seconds is {r} in the registry, {configured} configured"
+                ),
+                None => write!(
+                    f,
+                    "no message_send_ttl_seconds in the registry (WhatsApp's 30-day default), {configured} configured: set it in WhatsApp Manager"
+                ),
+            },
         }
     }
 }
@@ -544,6 +565,14 @@ pub fn check_templates(
                     },
                 })),
             }
+            if let Some(ttl) = t.ttl.map(|d| d.as_secs())
+                && r.message_send_ttl_seconds != Some(ttl)
+            {
+                problems.push(problem(TemplateIssue::Ttl {
+                    configured: ttl,
+                    registry: r.message_send_ttl_seconds,
+                }));
+            }
             if r.quick_replies() != t.buttons.len() {
                 problems.push(problem(TemplateIssue::QuickReplies {
                     configured: t.buttons.len(),
@@ -575,6 +604,7 @@ mod tests {
                 body,
                 parameter_names: names,
                 buttons: vec![ReplyAction::Confirm, ReplyAction::Cancel],
+                ttl: None,
             },
         )])
     }

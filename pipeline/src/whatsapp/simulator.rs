@@ -67,6 +67,8 @@ pub struct SimTemplate {
     pub body_parameters: usize,
     /// Button labels by index (`confirm`, `cancel`...): how the simulated patient finds a button.
     pub buttons: Vec<String>,
+    /// `message_send_ttl_seconds` as the registry reports it.
+    pub ttl_seconds: Option<i64>,
 }
 
 /// What a scripted patient does with the next template message.

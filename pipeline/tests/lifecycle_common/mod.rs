@@ -146,6 +146,7 @@ impl Harness {
                         languages: t.languages.clone(),
                         body_parameters: t.body.len(),
                         buttons: t.buttons.iter().map(|b| b.as_str().to_string()).collect(),
+                        ttl_seconds: None,
                     },
                 )
             })
