@@ -153,6 +153,8 @@ pub fn decide(facts: &ConsentFacts, opt_in_required: bool) -> ConsentDecision {
 }
 
 #[cfg(test)]
+// PHI: tests read values back to check them.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

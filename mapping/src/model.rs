@@ -204,6 +204,8 @@ impl AppointmentEvent {
 }
 
 #[cfg(test)]
+// PHI: tests read values back to check them.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

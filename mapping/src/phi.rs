@@ -47,6 +47,8 @@ impl<T> fmt::Display for Phi<T> {
 }
 
 #[cfg(test)]
+// PHI: tests read values back to check them.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -521,6 +521,8 @@ impl PipelineConfig {
 }
 
 #[cfg(test)]
+// PHI: tests read values back to check them.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 
