@@ -3,12 +3,15 @@
 // PHI: these tests read mapped values to check them against the fixture.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+use common::{options, read_all, ts};
+use jiff::Timestamp;
+
 use std::path::{Path, PathBuf};
 
-use jiff::Timestamp;
-use medrelay_connector_csv::{BadRow, CsvError, CsvProfile, ImportOptions, RowResult, open};
+use medrelay_connector_csv::{CsvError, CsvProfile, open};
 use medrelay_mapping::model::EhrConsent;
-use medrelay_mapping::{AppointmentEvent, AppointmentStatus, PhoneUse};
+use medrelay_mapping::{AppointmentStatus, PhoneUse};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -18,37 +21,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn profile(toml_text: &str) -> CsvProfile {
     toml::from_str(toml_text).unwrap()
-}
-
-fn options(tz: &str, region: &str) -> ImportOptions {
-    ImportOptions {
-        source: "test".into(),
-        site: "demo-site".into(),
-        site_time_zone: tz.into(),
-        default_region: region.into(),
-        as_of: "2026-11-30T12:00:00Z".parse().unwrap(),
-    }
-}
-
-fn read_all(
-    path: &Path,
-    profile: &CsvProfile,
-    opts: ImportOptions,
-) -> (Vec<AppointmentEvent>, Vec<BadRow>) {
-    let mut rows = open(path, profile, opts).unwrap();
-    let (mut ok, mut bad) = (Vec::new(), Vec::new());
-    for r in rows.by_ref() {
-        match r {
-            RowResult::Event(e) => ok.push(e),
-            RowResult::Bad(b) => bad.push(b),
-        }
-    }
-    assert_eq!(rows.bytes_read(), rows.total_bytes());
-    (ok, bad)
-}
-
-fn ts(s: &str) -> Timestamp {
-    s.parse().unwrap()
 }
 
 #[test]
@@ -74,7 +46,7 @@ fn bom_crlf_blank_lines_multiline_fields_and_excel_padding() {
         status = "Status"
         "#,
     );
-    let (ok, bad) = read_all(&fixture("bom_crlf.csv"), &p, options("UTC", "BR"));
+    let (ok, bad) = read_all(&fixture("bom_crlf.csv"), &p, options("test", "UTC", "BR"));
     assert!(bad.is_empty(), "{bad:?}");
     let lines: Vec<(&str, i64)> = ok
         .iter()
@@ -133,7 +105,7 @@ fn civil_times_use_compatible_disambiguation_across_dst() {
     let (ok, bad) = read_all(
         &fixture("dst_new_york.csv"),
         &p,
-        options("America/New_York", "US"),
+        options("test", "America/New_York", "US"),
     );
     assert!(bad.is_empty(), "{bad:?}");
     let got: Vec<(&str, Timestamp, Option<Timestamp>)> = ok
@@ -186,7 +158,7 @@ fn latin1_tab_separated_given_family() {
         opt_in = "opt"
         "#,
     );
-    let (ok, bad) = read_all(&fixture("latin1_tab.csv"), &p, options("UTC", "ES"));
+    let (ok, bad) = read_all(&fixture("latin1_tab.csv"), &p, options("test", "UTC", "ES"));
     assert!(bad.is_empty());
     let a = &ok[0].appointment;
     assert_eq!(a.start, ts("2026-12-05T13:00:00Z"));
@@ -238,7 +210,7 @@ fn no_cell_value_reaches_a_reason_or_an_error() {
     let (ok, bad) = read_all(
         &fixture("canary.csv"),
         &canary_profile(),
-        options("UTC", "US"),
+        options("test", "UTC", "US"),
     );
     let summary: Vec<(u64, Option<&str>, &str)> = bad
         .iter()
@@ -283,7 +255,7 @@ fn no_cell_value_reaches_a_reason_or_an_error() {
     // File-level errors on the same file name headers and settings only.
     let mut p = canary_profile();
     p.columns.location = Some("Clinic".into());
-    let err = open(&fixture("canary.csv"), &p, options("UTC", "US")).unwrap_err();
+    let err = open(&fixture("canary.csv"), &p, options("test", "UTC", "US")).unwrap_err();
     assert!(matches!(err, CsvError::MissingHeader { .. }));
     assert_eq!(
         err.to_string(),
@@ -294,7 +266,7 @@ fn no_cell_value_reaches_a_reason_or_an_error() {
         open(
             &fixture("canary.csv"),
             &canary_profile(),
-            options("UTC", "XX"),
+            options("test", "UTC", "XX"),
         )
         .unwrap_err(),
     ] {
@@ -310,13 +282,13 @@ fn file_level_errors() {
     let empty = dir.path().join("empty.csv");
     std::fs::write(&empty, "").unwrap();
     assert!(matches!(
-        open(&empty, &p, options("UTC", "US")),
+        open(&empty, &p, options("test", "UTC", "US")),
         Err(CsvError::Empty)
     ));
 
     let bad_header = dir.path().join("bad_header.csv");
     std::fs::write(&bad_header, b"id,st\xffart\n1,2\n").unwrap();
-    let err = open(&bad_header, &p, options("UTC", "US")).unwrap_err();
+    let err = open(&bad_header, &p, options("test", "UTC", "US")).unwrap_err();
     assert_eq!(
         err.to_string(),
         "header column 2 cannot be decoded in the configured encoding"
@@ -327,7 +299,7 @@ fn file_level_errors() {
     let err = open(
         &fixture("canary.csv"),
         &no_zone,
-        options("Nowhere/Land", "US"),
+        options("test", "Nowhere/Land", "US"),
     )
     .unwrap_err();
     assert!(
@@ -336,13 +308,17 @@ fn file_level_errors() {
     );
 
     let missing = dir.path().join("missing.csv");
-    let err = open(&missing, &p, options("UTC", "US")).unwrap_err();
+    let err = open(&missing, &p, options("test", "UTC", "US")).unwrap_err();
     assert!(matches!(err, CsvError::Io { .. }));
 
     let mut invalid = p;
     invalid.default_status = "maybe".into();
     assert!(matches!(
-        open(&fixture("canary.csv"), &invalid, options("UTC", "US")),
+        open(
+            &fixture("canary.csv"),
+            &invalid,
+            options("test", "UTC", "US")
+        ),
         Err(CsvError::Profile(_))
     ));
 }

@@ -3,13 +3,15 @@
 // PHI: these tests read mapped values to check them against the fixture.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+use common::{options, read_all, ts};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use jiff::Timestamp;
-use medrelay_connector_csv::{BadRow, CsvProfile, ImportOptions, RowReport, RowResult, open};
+use medrelay_connector_csv::{CsvProfile, RowReport};
 use medrelay_mapping::model::EhrConsent;
-use medrelay_mapping::{AppointmentEvent, AppointmentStatus, PhoneUse};
+use medrelay_mapping::{AppointmentStatus, PhoneUse};
 
 fn samples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples")
@@ -18,37 +20,6 @@ fn samples() -> PathBuf {
 fn profiles() -> BTreeMap<String, CsvProfile> {
     let text = std::fs::read_to_string(samples().join("profiles.toml")).unwrap();
     toml::from_str(&text).unwrap()
-}
-
-fn options(source: &str, tz: &str, region: &str) -> ImportOptions {
-    ImportOptions {
-        source: source.into(),
-        site: "demo-site".into(),
-        site_time_zone: tz.into(),
-        default_region: region.into(),
-        as_of: "2026-11-30T12:00:00Z".parse().unwrap(),
-    }
-}
-
-fn read_all(
-    path: &Path,
-    profile: &CsvProfile,
-    opts: ImportOptions,
-) -> (Vec<AppointmentEvent>, Vec<BadRow>) {
-    let mut rows = open(path, profile, opts).unwrap();
-    let (mut ok, mut bad) = (Vec::new(), Vec::new());
-    for r in rows.by_ref() {
-        match r {
-            RowResult::Event(e) => ok.push(e),
-            RowResult::Bad(b) => bad.push(b),
-        }
-    }
-    assert_eq!(rows.bytes_read(), rows.total_bytes());
-    (ok, bad)
-}
-
-fn ts(s: &str) -> Timestamp {
-    s.parse().unwrap()
 }
 
 #[test]
