@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use medrelay_mapping::AppointmentStatus;
-use medrelay_mapping::consent::{ConsentFacts, ConsentSignal, ConsentSource, decide};
-use medrelay_mapping::model::EhrConsent;
 use medrelay_mapping::plan::StepKind;
 use medrelay_mapping::policy::{SensitiveAction, Sensitivity};
 use medrelay_mapping::reply::ButtonPayload;
@@ -261,22 +259,10 @@ impl Sender {
                     .unwrap_or_else(|| "no usable phone number".into()),
             );
         };
-        let purpose = kind_of(job).purpose();
-        let mut signals = self.store.consent_signals(&contact_hash, purpose).await?;
-        if let Some(c) = rec.appointment.ehr_consent {
-            signals.push(ConsentSignal {
-                source: ConsentSource::Ehr,
-                granted: c == EhrConsent::OptIn,
-                at: rec.ehr_consent_at,
-            });
-        }
-        let decision = decide(
-            &ConsentFacts {
-                protected: rec.appointment.patient.protected,
-                signals,
-            },
-            self.config.opt_in_required,
-        );
+        let decision = self
+            .store
+            .consent_decision(&rec, kind_of(job).purpose(), self.config.opt_in_required)
+            .await?;
         if !decision.permits() {
             return final_("skipped", format!("no consent: {}", decision.reason()));
         }

@@ -12,8 +12,7 @@ use clap::Args;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
-use medrelay_mapping::consent::{ConsentFacts, ConsentSignal, ConsentSource, Purpose, decide};
-use medrelay_mapping::model::EhrConsent;
+use medrelay_mapping::consent::Purpose;
 use medrelay_mapping::template::render_parameters;
 use medrelay_pipeline::store::Store;
 use serde_json::json;
@@ -71,24 +70,9 @@ async fn describe(
     let steps = store.steps_of(id).await?;
     let mut consent = Vec::new();
     for purpose in [Purpose::Logistics, Purpose::FollowUp] {
-        let mut signals = match &rec.contact_hash {
-            Some(h) => store.consent_signals(h, purpose).await?,
-            None => Vec::new(),
-        };
-        if let Some(c) = a.ehr_consent {
-            signals.push(ConsentSignal {
-                source: ConsentSource::Ehr,
-                granted: c == EhrConsent::OptIn,
-                at: rec.ehr_consent_at,
-            });
-        }
-        let d = decide(
-            &ConsentFacts {
-                protected: a.patient.protected,
-                signals,
-            },
-            loaded.compiled.opt_in_required,
-        );
+        let d = store
+            .consent_decision(&rec, purpose, loaded.compiled.opt_in_required)
+            .await?;
         consent.push((purpose.as_str(), d.permits(), d.reason()));
     }
     let site = loaded.compiled.sites.get(&a.site);

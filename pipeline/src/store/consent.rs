@@ -1,7 +1,10 @@
 //! Consent ledger SQL.
 
 use jiff::Timestamp;
-use medrelay_mapping::consent::{ConsentSignal, ConsentSource, Purpose};
+use medrelay_mapping::consent::{
+    ConsentDecision, ConsentFacts, ConsentSignal, ConsentSource, Purpose, decide,
+};
+use medrelay_mapping::model::EhrConsent;
 use serde_json::json;
 use sqlx::Row;
 
@@ -42,6 +45,35 @@ impl Store {
                 })
             })
             .collect())
+    }
+
+    /// The combined consent decision for an appointment's contact and a purpose: the ledger (patient
+    /// and staff), the appointment's own EHR signal and protection flag, under the site policy. Used by
+    /// the sender at send time and by `medrelay explain`, so both always agree.
+    pub async fn consent_decision(
+        &self,
+        rec: &super::outbox::AppointmentRecord,
+        purpose: Purpose,
+        opt_in_required: bool,
+    ) -> StoreResult<ConsentDecision> {
+        let mut signals = match &rec.contact_hash {
+            Some(h) => self.consent_signals(h, purpose).await?,
+            None => Vec::new(),
+        };
+        if let Some(c) = rec.appointment.ehr_consent {
+            signals.push(ConsentSignal {
+                source: ConsentSource::Ehr,
+                granted: c == EhrConsent::OptIn,
+                at: rec.ehr_consent_at,
+            });
+        }
+        Ok(decide(
+            &ConsentFacts {
+                protected: rec.appointment.patient.protected,
+                signals,
+            },
+            opt_in_required,
+        ))
     }
 
     /// Full ledger for a contact.
