@@ -11,7 +11,10 @@ use medrelay_mapping::plan::parse_duration;
 use medrelay_pipeline::config::{
     Compiled, ConsentConfig, PipelineConfig, PlanConfig, ReplyTexts, SiteConfig, TemplateConfig,
 };
-use medrelay_pipeline::whatsapp::simulator::SimulatorConfig;
+use medrelay_pipeline::http::simulator::SimServerConfig;
+use medrelay_pipeline::http::webhook::DEFAULT_BODY_LIMIT;
+use medrelay_pipeline::whatsapp::cloud::CloudApiConfig;
+use medrelay_pipeline::whatsapp::simulator::{ReplyMix, SimulatorConfig};
 use serde::Deserialize;
 
 /// Where the database and the installation secret live.
@@ -106,17 +109,252 @@ pub enum WhatsAppMode {
     Cloud,
 }
 
+/// `[whatsapp.simulator]`: the simulated patients (in-process simulator and `medrelay simulate`),
+/// and `[whatsapp.simulator.server]` for the standalone server only. Kept apart from the pipeline's
+/// [`SimulatorConfig`] so that the server's table can live under the same key.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorSection {
+    /// Numbers (E.164 or digits) that are "not on WhatsApp": their messages fail with 131026.
+    #[serde(default)]
+    pub blocklist: Vec<String>,
+    /// How simulated patients answer, in percent.
+    #[serde(default)]
+    pub reply_mix: ReplyMix,
+    /// `medrelay simulate` settings (limits, callback URL, injected failures).
+    #[serde(default)]
+    pub server: SimServerConfig,
+}
+
+impl SimulatorSection {
+    /// The simulated patients' settings, as the pipeline's simulator takes them.
+    pub fn simulator_config(&self) -> SimulatorConfig {
+        SimulatorConfig {
+            blocklist: self.blocklist.clone(),
+            reply_mix: self.reply_mix.clone(),
+        }
+    }
+}
+
+fn default_app_secret_env() -> String {
+    "WHATSAPP_APP_SECRET".into()
+}
+fn default_verify_token_env() -> String {
+    "WHATSAPP_VERIFY_TOKEN".into()
+}
+fn default_body_limit() -> usize {
+    DEFAULT_BODY_LIMIT
+}
+
+/// `[whatsapp.webhook]`: the endpoint Meta (or `medrelay simulate`) POSTs statuses and replies to.
+/// Secrets are named by environment variable, never written in the file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `IP:port` that `medrelay run` serves `GET`/`POST /webhook` on (e.g. `0.0.0.0:8443` behind a
+    /// TLS proxy). None: no endpoint, so statuses and replies only arrive in simulator mode.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Variable holding the Meta app secret that signs webhooks (`X-Hub-Signature-256`); also what
+    /// the simulators sign with.
+    #[serde(default = "default_app_secret_env")]
+    pub app_secret_env: String,
+    /// Variable holding the verify token typed into the Meta app dashboard.
+    #[serde(default = "default_verify_token_env")]
+    pub verify_token_env: String,
+    /// Largest accepted webhook body in bytes (larger: 413).
+    #[serde(default = "default_body_limit")]
+    pub body_limit: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            listen: None,
+            app_secret_env: default_app_secret_env(),
+            verify_token_env: default_verify_token_env(),
+            body_limit: default_body_limit(),
+        }
+    }
+}
+
 /// `[whatsapp]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WhatsAppConfig {
+    /// `simulator` (default) or `cloud`.
     #[serde(default)]
     pub mode: WhatsAppMode,
+    /// WhatsApp Business Account id (template registry, webhook metadata).
     pub waba_id: String,
+    /// The business phone number's id (the send path).
     pub phone_number_id: String,
+    /// The business number as digits (what simulated webhooks carry as metadata).
     pub display_phone_number: String,
+    /// `[whatsapp.simulator]`.
     #[serde(default)]
-    pub simulator: SimulatorConfig,
+    pub simulator: SimulatorSection,
+    /// `[whatsapp.cloud]` as written: resolved into [`Loaded::cloud`] (ids default to the ones above),
+    /// so the pipeline's [`CloudApiConfig`] stays the one definition of its keys.
+    #[serde(default)]
+    pub cloud: Option<toml::Table>,
+    /// `[whatsapp.webhook]`.
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+}
+
+impl WhatsAppConfig {
+    /// The Cloud API settings: `[whatsapp.cloud]` with `phone_number_id` and `waba_id` taken from
+    /// `[whatsapp]` when not repeated. `Ok(None)` when there is no table and the mode is not cloud.
+    pub fn resolve_cloud(&self) -> Result<Option<CloudApiConfig>, Vec<String>> {
+        if self.cloud.is_none() && self.mode != WhatsAppMode::Cloud {
+            return Ok(None);
+        }
+        let mut table = self.cloud.clone().unwrap_or_default();
+        let mut errors = Vec::new();
+        for (key, value) in [
+            ("phone_number_id", &self.phone_number_id),
+            ("waba_id", &self.waba_id),
+        ] {
+            match table.get(key) {
+                None => {
+                    table.insert(key.into(), toml::Value::String(value.clone()));
+                }
+                Some(toml::Value::String(v)) if v == value => {}
+                Some(_) => errors.push(format!(
+                    "whatsapp.cloud.{key} differs from whatsapp.{key}: give it once, in [whatsapp]"
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let cloud: CloudApiConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| vec![format!("whatsapp.cloud: {}", e.message())])?;
+        let problems = cloud_problems(&cloud);
+        if problems.is_empty() {
+            Ok(Some(cloud))
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_digits(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_digit())
+}
+
+/// The shape of `[whatsapp.cloud]`, checked without the network (so `medrelay check` catches a typo
+/// before the first send fails at night).
+pub fn cloud_problems(c: &CloudApiConfig) -> Vec<String> {
+    let mut p = Vec::new();
+    let rest = c
+        .base_url
+        .strip_prefix("https://")
+        .or_else(|| c.base_url.strip_prefix("http://"));
+    match rest {
+        Some(r)
+            if !r.trim_end_matches('/').is_empty()
+                && !r.contains(|ch: char| ch.is_whitespace() || ch == '?' || ch == '#') => {}
+        _ => p.push(format!(
+            "whatsapp.cloud.base_url `{}` must be an http(s) URL without query, like https://graph.facebook.com",
+            c.base_url
+        )),
+    }
+    let version_ok = c.graph_version.strip_prefix('v').is_some_and(|v| {
+        let mut parts = v.split('.');
+        parts.next().is_some_and(is_digits)
+            && parts.next().is_some_and(is_digits)
+            && parts.next().is_none()
+    });
+    if !version_ok {
+        p.push(format!(
+            "whatsapp.cloud.graph_version `{}` must look like `v23.0`",
+            c.graph_version
+        ));
+    }
+    for (key, v) in [
+        ("phone_number_id", &c.phone_number_id),
+        ("waba_id", &c.waba_id),
+    ] {
+        if !is_digits(v) {
+            p.push(format!(
+                "whatsapp.{key} must be the numeric id from WhatsApp Manager"
+            ));
+        }
+    }
+    if !is_env_name(&c.token_env) {
+        p.push(format!(
+            "whatsapp.cloud.token_env `{}` must be an environment variable name (the token itself never goes in this file)",
+            c.token_env
+        ));
+    }
+    if !(1..=1000).contains(&c.per_second) {
+        p.push(format!(
+            "whatsapp.cloud.per_second {} must be between 1 and 1000 (Meta's throughput tiers)",
+            c.per_second
+        ));
+    }
+    if c.pair_interval_secs > 3600 {
+        p.push("whatsapp.cloud.pair_interval_secs must be at most 3600".into());
+    }
+    if !(1..=300).contains(&c.timeout_secs) {
+        p.push("whatsapp.cloud.timeout_secs must be between 1 and 300".into());
+    }
+    if c.connect_timeout_secs == 0 || c.connect_timeout_secs > c.timeout_secs {
+        p.push("whatsapp.cloud.connect_timeout_secs must be between 1 and timeout_secs".into());
+    }
+    p
+}
+
+/// Whether an environment variable is set to something non-blank (its value is never returned).
+fn env_set(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| !v.trim().is_empty())
+}
+
+/// Secrets that the configuration needs from the environment and that are missing: the Cloud API
+/// token in cloud mode; the app secret and verify token when the webhook endpoint is served. Names
+/// variables, never values. Separate from [`load`] so commands that do not send can run without them.
+pub fn environment_problems(loaded: &Loaded) -> Vec<String> {
+    let mut p = Vec::new();
+    let wa = &loaded.config.whatsapp;
+    if wa.mode == WhatsAppMode::Cloud
+        && let Some(cloud) = &loaded.cloud
+        && !env_set(&cloud.token_env)
+    {
+        p.push(format!(
+            "environment variable {} (whatsapp.cloud.token_env) with the WhatsApp access token is not set",
+            cloud.token_env
+        ));
+    }
+    if wa.webhook.listen.is_some() {
+        for (var, key, what) in [
+            (
+                &wa.webhook.app_secret_env,
+                "app_secret_env",
+                "the Meta app secret that signs webhooks",
+            ),
+            (
+                &wa.webhook.verify_token_env,
+                "verify_token_env",
+                "the webhook verify token",
+            ),
+        ] {
+            if !env_set(var) {
+                p.push(format!(
+                    "environment variable {var} (whatsapp.webhook.{key}) with {what} is not set; the webhook endpoint needs it"
+                ));
+            }
+        }
+    }
+    p
 }
 
 /// How a CSV feed relates to what came before.
@@ -236,6 +474,11 @@ pub struct Loaded {
     pub compiled: Compiled,
     pub profiles: BTreeMap<String, CsvProfile>,
     pub poll_interval: std::time::Duration,
+    /// `[whatsapp.cloud]` resolved and validated: present in cloud mode (defaults when the table is
+    /// absent) and whenever the table is written (so `templates check` works before switching).
+    pub cloud: Option<CloudApiConfig>,
+    /// `[whatsapp.webhook] listen`, parsed.
+    pub webhook_listen: Option<std::net::SocketAddr>,
 }
 
 /// A configuration problem: every error found, each on its own line.
@@ -401,11 +644,34 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
             ));
             std::time::Duration::from_secs(5)
         });
-    if config.whatsapp.mode == WhatsAppMode::Cloud {
-        errors.push(
-            "whatsapp.mode = \"cloud\" is not available in this build yet; use \"simulator\""
-                .into(),
-        );
+    let cloud = config
+        .whatsapp
+        .resolve_cloud()
+        .map_err(|e| errors.extend(e))
+        .ok()
+        .flatten();
+    let webhook = &config.whatsapp.webhook;
+    let webhook_listen = webhook.listen.as_deref().and_then(|l| {
+        l.parse::<std::net::SocketAddr>()
+            .map_err(|_| {
+                errors.push(format!(
+                    "whatsapp.webhook.listen `{l}` must be IP:port, like 0.0.0.0:8443"
+                ))
+            })
+            .ok()
+    });
+    for (key, var) in [
+        ("app_secret_env", &webhook.app_secret_env),
+        ("verify_token_env", &webhook.verify_token_env),
+    ] {
+        if !is_env_name(var) {
+            errors.push(format!(
+                "whatsapp.webhook.{key} `{var}` must be an environment variable name (secrets never go in this file)"
+            ));
+        }
+    }
+    if !(1024..=16 * 1024 * 1024).contains(&webhook.body_limit) {
+        errors.push("whatsapp.webhook.body_limit must be between 1024 and 16777216 bytes".into());
     }
     match (compiled, errors.is_empty()) {
         (Some(compiled), true) => Ok(Loaded {
@@ -415,6 +681,8 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
             compiled,
             profiles,
             poll_interval,
+            cloud,
+            webhook_listen,
         }),
         _ => Err(err(errors)),
     }
@@ -465,5 +733,87 @@ mod tests {
             e.errors.iter().any(|m| m.contains("can never be rendered")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn cloud_mode_takes_the_ids_from_whatsapp_and_checks_the_shape() {
+        let text = std::fs::read_to_string(sample()).unwrap();
+        let loaded = load_str(&text, &sample()).unwrap();
+        assert!(
+            loaded.cloud.is_none(),
+            "simulator mode without a cloud table"
+        );
+        assert!(loaded.webhook_listen.is_none());
+
+        // Cloud mode without a table: the defaults, with [whatsapp]'s ids.
+        let cloud = text.replace("mode = \"simulator\"", "mode = \"cloud\"");
+        let c = load_str(&cloud, &sample()).unwrap().cloud.unwrap();
+        assert_eq!(c, CloudApiConfig::new("100000000000002", "100000000000001"));
+
+        let with = |table: &str| {
+            cloud.replacen(
+                "\n[whatsapp.simulator]\n",
+                &format!("\n{table}\n\n[whatsapp.simulator]\n"),
+                1,
+            )
+        };
+        let c = load_str(
+            &with("[whatsapp.cloud]\nbase_url = \"http://127.0.0.1:8099\"\nper_second = 1000"),
+            &sample(),
+        )
+        .unwrap()
+        .cloud
+        .unwrap();
+        assert_eq!(
+            (c.base_url.as_str(), c.per_second),
+            ("http://127.0.0.1:8099", 1000)
+        );
+
+        let e = load_str(
+            &with("[whatsapp.cloud]\nphone_number_id = \"9\"\n[whatsapp.webhook]\nlisten = \"localhost\""),
+            &sample(),
+        )
+        .unwrap_err();
+        assert!(
+            e.errors
+                .iter()
+                .any(|m| m.contains("whatsapp.cloud.phone_number_id differs")),
+            "{e}"
+        );
+        assert!(
+            e.errors.iter().any(|m| m.contains("must be IP:port")),
+            "{e}"
+        );
+
+        let e = load_str(
+            &with("[whatsapp.cloud]\nbase_url = \"graph.facebook.com\"\ntoken_env = \"EAAG token\"\ntimeout_secs = 0"),
+            &sample(),
+        )
+        .unwrap_err();
+        assert_eq!(e.errors.len(), 4, "{e}");
+    }
+
+    #[test]
+    fn missing_secrets_name_the_variable() {
+        let text = std::fs::read_to_string(sample())
+            .unwrap()
+            .replace("mode = \"simulator\"", "mode = \"cloud\"")
+            .replacen(
+                "\n[whatsapp.simulator]\n",
+                "\n[whatsapp.cloud]\ntoken_env = \"MEDRELAY_UNIT_NEVER_SET_1\"\n\
+                 [whatsapp.webhook]\nlisten = \"127.0.0.1:8443\"\n\
+                 app_secret_env = \"MEDRELAY_UNIT_NEVER_SET_2\"\n\
+                 verify_token_env = \"MEDRELAY_UNIT_NEVER_SET_3\"\n\n[whatsapp.simulator]\n",
+                1,
+            );
+        let loaded = load_str(&text, &sample()).unwrap();
+        let p = environment_problems(&loaded);
+        assert_eq!(p.len(), 3, "{p:?}");
+        for (i, m) in p.iter().enumerate() {
+            assert!(
+                m.contains(&format!("MEDRELAY_UNIT_NEVER_SET_{}", i + 1)),
+                "{m}"
+            );
+        }
     }
 }

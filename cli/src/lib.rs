@@ -24,6 +24,9 @@ pub mod exit {
     pub const PARTIAL: u8 = 3;
     /// `audit verify` found a broken chain.
     pub const AUDIT_BROKEN: u8 = 4;
+    /// `templates check` / `check --online`: a configured template is missing, not approved, or
+    /// differs (parameters, buttons, TTL) in the WhatsApp Business Account; sends would fail.
+    pub const TEMPLATES: u8 = 5;
 }
 
 /// medrelay: appointment reminders from your EHR to WhatsApp, with consent and audit built in.
@@ -70,7 +73,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Create a starter configuration, installation secret and database in a folder.
     Init(commands::init::InitArgs),
-    /// Validate the configuration without touching the network.
+    /// Validate the configuration and the secrets it needs (`--online`: also the templates).
     Check(commands::check::CheckArgs),
     /// Import input files once (e.g. from a nightly batch job).
     #[command(subcommand)]
@@ -91,6 +94,11 @@ pub enum Command {
     Audit(commands::audit::AuditCommand),
     /// Apply the retention policy now: prune raw inputs and old patient data (the audit chain stays).
     Prune,
+    /// Run the WhatsApp Cloud API simulator as an HTTP server (rehearsals without a Meta account).
+    Simulate(commands::simulate::SimulateArgs),
+    /// Check the configured templates against the WhatsApp Business Account.
+    #[command(subcommand)]
+    Templates(commands::templates::TemplatesCommand),
     /// Run the bundled samples end to end on a temporary database with the WhatsApp simulator.
     Demo(commands::demo::DemoArgs),
     /// Measure throughput (build with --release for meaningful numbers).
@@ -152,6 +160,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Consent(c) => commands::consent::run(&cli.config, c, &mut o).await,
         Command::Audit(c) => commands::audit::run(&cli.config, c, &mut o).await,
         Command::Prune => commands::prune::run(&cli.config, &mut o).await,
+        Command::Simulate(a) => commands::simulate::run(&cli.config, a, &mut o).await,
+        Command::Templates(c) => commands::templates::run(&cli.config, c, &mut o).await,
         Command::Demo(a) => commands::demo::run(a, &mut o).await,
         Command::Bench(c) => commands::bench::run(c, &mut o).await,
     }

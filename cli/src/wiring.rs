@@ -10,6 +10,7 @@ use jiff::Timestamp;
 use medrelay_connector_csv::{CsvReturnFile, ImportOptions, RowReport, RowResult};
 use medrelay_mapping::ports::WriteBack;
 use medrelay_pipeline::clock::Clock;
+use medrelay_pipeline::http::simulator::{SimServer, SimServerConfig};
 use medrelay_pipeline::ingest::{
     ImportInfo, ImportMode, ImportSummary, ItemSource, Rejected, SourceItem,
 };
@@ -17,11 +18,14 @@ use medrelay_pipeline::keys::Keys;
 use medrelay_pipeline::service::Service;
 use medrelay_pipeline::store::Store;
 use medrelay_pipeline::whatsapp::WhatsAppTransport;
+use medrelay_pipeline::whatsapp::cloud::{ApiToken, CloudApiClient, CloudApiConfig};
+use medrelay_pipeline::whatsapp::pacing::{Pacer, Pacing};
 use medrelay_pipeline::whatsapp::simulator::{SimTemplate, Simulator};
 use medrelay_pipeline::whatsapp::webhook::BusinessNumber;
 use sha2::{Digest, Sha256};
 
-use crate::config::{ConnectorConfig, CsvConnectorConfig, CsvMode, Loaded};
+use crate::Failure;
+use crate::config::{ConnectorConfig, CsvConnectorConfig, CsvMode, Loaded, WhatsAppMode};
 
 /// Environment variable holding the installation secret (overrides the key file).
 pub const SECRET_ENV: &str = "MEDRELAY_SECRET";
@@ -86,28 +90,80 @@ pub fn simulator_registry(loaded: &Loaded) -> BTreeMap<String, SimTemplate> {
         .collect()
 }
 
-/// Builds the service with the built-in simulator as WhatsApp.
+/// The standalone simulator server (`medrelay simulate`) for this configuration: the registry from
+/// `[templates]` ([`simulator_registry`]), the patients from `[whatsapp.simulator]`, the business
+/// number from `[whatsapp]`, webhooks signed with `app_secret`.
+pub fn simulator_server(
+    loaded: &Loaded,
+    settings: SimServerConfig,
+    app_secret: &[u8],
+    clock: Arc<dyn Clock>,
+) -> SimServer {
+    let simulator = Arc::new(Simulator::new(
+        loaded.config.whatsapp.simulator.simulator_config(),
+        simulator_registry(loaded),
+        business_number(loaded),
+        app_secret,
+        clock,
+    ));
+    SimServer::new(simulator, settings)
+}
+
+/// The business number as webhook metadata names it (simulators and their webhooks).
+pub fn business_number(loaded: &Loaded) -> BusinessNumber {
+    let wa = &loaded.config.whatsapp;
+    BusinessNumber {
+        waba_id: wa.waba_id.clone(),
+        phone_number_id: wa.phone_number_id.clone(),
+        display_phone_number: wa.display_phone_number.clone(),
+    }
+}
+
+/// Reads a secret from the environment variable `var`, or says which variable is missing (a usage
+/// error: configuration, not a runtime failure). The value never appears in an error.
+pub fn secret_from_env(var: &str, what: &str) -> anyhow::Result<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+        _ => Err(Failure::usage(format!(
+            "environment variable {var} with {what} is not set"
+        ))),
+    }
+}
+
+/// The webhook app secret: from `whatsapp.webhook.app_secret_env`. Only the in-process simulator,
+/// which never listens on a port, may fall back to a fixed secret.
+fn app_secret_or_default(loaded: &Loaded) -> String {
+    std::env::var(&loaded.config.whatsapp.webhook.app_secret_env)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "simulator-app-secret".into())
+}
+
+/// The resolved `[whatsapp.cloud]`, or a usage error saying it is needed.
+pub fn cloud_config<'a>(loaded: &'a Loaded, command: &str) -> anyhow::Result<&'a CloudApiConfig> {
+    loaded.cloud.as_ref().ok_or_else(|| {
+        Failure::usage(format!(
+            "{command} needs the Cloud API: set whatsapp.mode = \"cloud\" or add a [whatsapp.cloud] table"
+        ))
+    })
+}
+
+/// The Cloud API client, its token from the variable `token_env` names (never from the file).
+pub fn cloud_client(cloud: &CloudApiConfig) -> anyhow::Result<CloudApiClient> {
+    let token = secret_from_env(&cloud.token_env, "the WhatsApp access token")?;
+    CloudApiClient::new(cloud.clone(), ApiToken::new(token)).map_err(|e| anyhow!(e))
+}
+
+/// Builds the service. `simulator` mode: the in-process simulator is the transport and its webhooks
+/// are delivered in-process by each tick, unpaced (the demo and the tests walk a simulated clock).
+/// `cloud` mode: the real Cloud API client behind a [`Pacer`] for the number's throughput and pair
+/// limits; statuses and replies arrive through the webhook endpoint `medrelay run` serves.
 pub fn build_service(
     loaded: &Loaded,
     store: Store,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Service> {
     let wa = &loaded.config.whatsapp;
-    let business = BusinessNumber {
-        waba_id: wa.waba_id.clone(),
-        phone_number_id: wa.phone_number_id.clone(),
-        display_phone_number: wa.display_phone_number.clone(),
-    };
-    let app_secret =
-        std::env::var("WHATSAPP_APP_SECRET").unwrap_or_else(|_| "simulator-app-secret".into());
-    let simulator = Arc::new(Simulator::new(
-        wa.simulator.clone(),
-        simulator_registry(loaded),
-        business,
-        app_secret.as_bytes(),
-        clock.clone(),
-    ));
-    let transport: Arc<dyn WhatsAppTransport> = simulator.clone();
     // Replies are written per system (the appointments' source), once: the first connector of the
     // system with a return file is its target.
     let mut targets: Vec<(String, Arc<dyn WriteBack>)> = Vec::new();
@@ -121,14 +177,35 @@ pub fn build_service(
             targets.push((system.to_string(), Arc::new(target)));
         }
     }
-    Ok(Service::new(
-        store,
-        Arc::new(loaded.compiled.clone()),
-        transport,
-        Some(simulator),
-        targets,
-        clock,
-    ))
+    let compiled = Arc::new(loaded.compiled.clone());
+    match wa.mode {
+        WhatsAppMode::Simulator => {
+            let simulator = Arc::new(Simulator::new(
+                wa.simulator.simulator_config(),
+                simulator_registry(loaded),
+                business_number(loaded),
+                app_secret_or_default(loaded).as_bytes(),
+                clock.clone(),
+            ));
+            let transport: Arc<dyn WhatsAppTransport> = simulator.clone();
+            Ok(Service::new(
+                store,
+                compiled,
+                transport,
+                Some(simulator),
+                targets,
+                clock,
+            ))
+        }
+        WhatsAppMode::Cloud => {
+            let cloud = cloud_config(loaded, "whatsapp.mode = \"cloud\"")?;
+            let transport: Arc<dyn WhatsAppTransport> = Arc::new(cloud_client(cloud)?);
+            let pacer: Arc<dyn Pacing> = Arc::new(Pacer::new(cloud.pacing_limits()));
+            Ok(Service::new_with_pacer(
+                store, compiled, transport, None, targets, clock, pacer,
+            ))
+        }
+    }
 }
 
 /// Adapts the CSV reader to the pipeline's item source, writing the row report as it goes.

@@ -10,7 +10,9 @@ pub mod ingest;
 pub mod init;
 pub mod prune;
 pub mod run;
+pub mod simulate;
 pub mod status;
+pub mod templates;
 
 use std::path::Path;
 

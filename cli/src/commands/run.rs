@@ -4,20 +4,37 @@
 //! send due messages, take replies, write back; repeat until a pass is idle, then wait
 //! `service.poll_interval`. SIGINT/SIGTERM stop it between passes: in-flight work is finished, nothing
 //! is cut half-way.
+//!
+//! With `[whatsapp.webhook] listen`, the Cloud API webhook endpoint (`GET`/`POST /webhook`) is served
+//! alongside. The endpoint only verifies and **stores** bodies; the service loop is their one
+//! processor (each stored body wakes it at once), so two processors never apply the same webhook
+//! concurrently. On a signal the endpoint stops accepting, finishes in-flight requests, and the loop
+//! finishes its pass. `--once` does not serve the endpoint.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use anyhow::Context;
+use async_trait::async_trait;
 use clap::Args;
 use jiff::SignedDuration;
 use medrelay_pipeline::clock::{Clock, SystemClock};
+use medrelay_pipeline::http::webhook::{WebhookState, serve, webhook_router};
+use medrelay_pipeline::inbound::Inbound;
 use medrelay_pipeline::service::Service;
+use medrelay_pipeline::store::Store;
+use medrelay_pipeline::whatsapp::{Accepted, SendError, WhatsAppTransport};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use super::load_config;
-use crate::config::{ConnectorConfig, Loaded};
-use crate::wiring::{build_service, import_csv, open_store};
+use crate::config::{ConnectorConfig, Loaded, WhatsAppMode};
+use crate::wiring::{build_service, import_csv, open_store, secret_from_env};
 use crate::{Output, exit};
 
 /// Arguments of `medrelay run`.
@@ -106,7 +123,8 @@ pub async fn pass(
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM (Ctrl-C only elsewhere): what every long-running command stops on.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -127,35 +145,146 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The transport of the endpoint's [`Inbound`]: it only stores bodies and never answers patients
+/// (the service's own `Inbound` does, after processing). Refusing to send makes that structural.
+struct ReceiveOnly;
+
+#[async_trait]
+impl WhatsAppTransport for ReceiveOnly {
+    async fn send(&self, _body: &Value) -> Result<Accepted, SendError> {
+        Err(SendError::Retry {
+            code: None,
+            detail: "the webhook endpoint does not send; the service answers".into(),
+        })
+    }
+}
+
+/// Binds `[whatsapp.webhook] listen` and serves the endpoint until `halt` turns true. Stored bodies
+/// notify `stored` (the service loop's wake-up).
+async fn start_webhook_endpoint(
+    loaded: &Loaded,
+    store: &Store,
+    clock: Arc<dyn Clock>,
+    stored: Arc<Notify>,
+    mut halt: watch::Receiver<bool>,
+) -> anyhow::Result<Option<JoinHandle<std::io::Result<()>>>> {
+    let Some(addr) = loaded.webhook_listen else {
+        return Ok(None);
+    };
+    let wh = &loaded.config.whatsapp.webhook;
+    let app_secret = secret_from_env(&wh.app_secret_env, "the Meta app secret")?;
+    let verify_token = secret_from_env(&wh.verify_token_env, "the webhook verify token")?;
+    let inbound = Arc::new(Inbound::new(
+        store.clone(),
+        Arc::new(loaded.compiled.clone()),
+        Arc::new(ReceiveOnly),
+        clock,
+    ));
+    let mut state = WebhookState::new(inbound, app_secret.as_bytes(), &verify_token);
+    state.stored = stored;
+    state.body_limit = wh.body_limit;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (whatsapp.webhook.listen)"))?;
+    let local = listener.local_addr()?;
+    info!(address = %local, "webhook endpoint listening on /webhook");
+    Ok(Some(tokio::spawn(serve(
+        listener,
+        webhook_router(state),
+        async move {
+            let _ = halt.wait_for(|h| *h).await;
+        },
+    ))))
+}
+
 /// Runs the service until SIGINT/SIGTERM (or one pass with `--once`).
 pub async fn run(config: &Path, args: RunArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
+    run_until(config, args, o, shutdown_signal()).await
+}
+
+/// Runs the service until `shutdown` completes (the signals in [`run`]; a trigger in tests), or one
+/// pass with `--once`.
+pub async fn run_until(
+    config: &Path,
+    args: RunArgs,
+    o: &mut Output<'_>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<u8> {
     let loaded = load_config(config)?;
     let store = open_store(&loaded).await?;
     let clock = Arc::new(SystemClock);
     let service = build_service(&loaded, store.clone(), clock.clone())?;
-    info!(connectors = loaded.config.connectors.len(), whatsapp = ?loaded.config.whatsapp.mode, "medrelay service started");
     let stop = Arc::new(AtomicBool::new(false));
-    let woken = Arc::new(tokio::sync::Notify::new());
+    let woken = Arc::new(Notify::new());
+    let (halt_tx, halt_rx) = watch::channel(false);
+    let endpoint = if args.once {
+        if loaded.webhook_listen.is_some() {
+            info!("--once: the webhook endpoint is not served");
+        }
+        None
+    } else {
+        start_webhook_endpoint(&loaded, &store, clock.clone(), woken.clone(), halt_rx).await?
+    };
+    if endpoint.is_none() && !args.once && loaded.config.whatsapp.mode == WhatsAppMode::Cloud {
+        warn!(
+            "no whatsapp.webhook.listen: delivery statuses and patient replies will not reach this service"
+        );
+    }
+    info!(connectors = loaded.config.connectors.len(), whatsapp = ?loaded.config.whatsapp.mode,
+          webhook = endpoint.is_some(), "medrelay service started");
     {
         let (stop, woken) = (stop.clone(), woken.clone());
         tokio::spawn(async move {
-            shutdown_signal().await;
+            shutdown.await;
             info!("shutdown requested; finishing the current step");
             stop.store(true, Ordering::SeqCst);
             woken.notify_one();
         });
     }
+    let result = service_loop(&service, &loaded, clock.as_ref(), &stop, &woken, args.once).await;
+    // The endpoint stops accepting and finishes in-flight requests before the store closes.
+    halt_tx.send_replace(true);
+    let mut endpoint_failed = None;
+    if let Some(handle) = endpoint {
+        match handle.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => endpoint_failed = Some(anyhow::Error::from(e)),
+            Err(e) => endpoint_failed = Some(anyhow::Error::from(e)),
+        }
+    }
+    store.close().await;
+    result?;
+    if let Some(e) = endpoint_failed {
+        return Err(e.context("the webhook endpoint failed"));
+    }
+    info!("medrelay service stopped");
+    if !o.json && args.once {
+        o.line("pass complete; see `medrelay status`");
+    }
+    Ok(exit::OK)
+}
+
+/// Passes until `stop`, waiting `poll_interval` (or a wake-up: a stored webhook, a signal) between
+/// them; retention once a day.
+async fn service_loop(
+    service: &Service,
+    loaded: &Loaded,
+    clock: &dyn Clock,
+    stop: &AtomicBool,
+    woken: &Notify,
+    once: bool,
+) -> anyhow::Result<()> {
     let mut last_prune: Option<jiff::Timestamp> = None;
     while !stop.load(Ordering::SeqCst) {
         if last_prune
             .is_none_or(|t| clock.now().duration_since(t) >= SignedDuration::from_hours(24))
         {
-            let r = super::prune::prune_now(&store, &loaded, clock.now()).await?;
+            let r = super::prune::prune_now(&service.store, loaded, clock.now()).await?;
             info!(?r, "retention applied");
             last_prune = Some(clock.now());
         }
-        pass(&service, &loaded, clock.as_ref(), &stop).await?;
-        if args.once {
+        pass(service, loaded, clock, stop).await?;
+        if once {
             break;
         }
         tokio::select! {
@@ -163,10 +292,5 @@ pub async fn run(config: &Path, args: RunArgs, o: &mut Output<'_>) -> anyhow::Re
             _ = woken.notified() => {},
         }
     }
-    store.close().await;
-    info!("medrelay service stopped");
-    if !o.json && args.once {
-        o.line("pass complete; see `medrelay status`");
-    }
-    Ok(exit::OK)
+    Ok(())
 }
