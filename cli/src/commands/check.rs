@@ -21,7 +21,7 @@ pub struct CheckArgs {
 
 /// Things that work but are probably not meant (printed, not failed).
 fn warnings(loaded: &Loaded) -> Vec<String> {
-    let mut w = Vec::new();
+    let mut w = loaded.compiled.warnings.clone();
     if loaded.config.whatsapp.mode == WhatsAppMode::Cloud && loaded.webhook_listen.is_none() {
         w.push(
             "whatsapp.webhook.listen is not set: `medrelay run` will send, but delivery statuses and patient replies will not arrive"
