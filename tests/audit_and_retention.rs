@@ -2,24 +2,14 @@
 //! `medrelay audit verify` fail), and retention prunes patient data while the chain stays verifiable.
 
 mod common;
+use common::cli_with_config as cli;
 
 use std::sync::Arc;
 
-use clap::Parser;
 use medrelay::wiring::{build_service, import_csv, open_store};
 use medrelay_pipeline::clock::{Clock, ManualClock};
 use medrelay_pipeline::whatsapp::simulator::PatientAction;
 use sqlx::Connection;
-
-async fn cli(config: &str, args: &[&str]) -> (u8, String) {
-    let mut full = vec!["medrelay", "--config", config];
-    full.extend(args);
-    let mut out = Vec::new();
-    let code = medrelay::run(medrelay::Cli::parse_from(full), &mut out)
-        .await
-        .unwrap_or_else(|e| medrelay::exit_code_of(&e));
-    (code, String::from_utf8(out).unwrap())
-}
 
 /// Imports the OpenEMR sample and runs the loop once so that every kind of record exists.
 async fn populated(dir: &std::path::Path) -> String {

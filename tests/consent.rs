@@ -2,23 +2,13 @@
 //! messages already queued).
 
 mod common;
+use common::cli_with_config as cli;
 
 use std::sync::Arc;
 
-use clap::Parser;
 use medrelay::wiring::{build_service, import_csv, open_store};
 use medrelay_pipeline::clock::{Clock, ManualClock};
 use medrelay_pipeline::service::Service;
-
-async fn cli(config: &str, args: &[&str]) -> (u8, String) {
-    let mut full = vec!["medrelay", "--config", config];
-    full.extend(args);
-    let mut out = Vec::new();
-    let code = medrelay::run(medrelay::Cli::parse_from(full), &mut out)
-        .await
-        .unwrap_or_else(|e| medrelay::exit_code_of(&e));
-    (code, String::from_utf8(out).unwrap())
-}
 
 async fn settle(service: &Service) {
     while !service.tick(50).await.unwrap().is_idle() {}

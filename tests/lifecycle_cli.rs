@@ -4,22 +4,14 @@
 //! each step was scheduled, sent, withdrawn, skipped or failed, without patient data.
 
 mod common;
+use common::cli;
 
 use std::sync::Arc;
 
-use clap::Parser;
 use medrelay::commands::demo::openemr_day_two;
 use medrelay::wiring::{build_service, import_csv, open_store};
 use medrelay_pipeline::clock::{Clock, ManualClock};
 use medrelay_pipeline::whatsapp::simulator::PatientAction;
-
-async fn cli(args: &[&str]) -> (u8, String) {
-    let mut out = Vec::new();
-    let code = medrelay::run(medrelay::Cli::parse_from(args), &mut out)
-        .await
-        .unwrap_or_else(|e| medrelay::exit_code_of(&e));
-    (code, String::from_utf8(out).unwrap())
-}
 
 fn files_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir)

@@ -5,11 +5,11 @@
 //! given name may appear, and only as a template parameter.
 
 mod common;
+use common::cli;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use clap::Parser;
 use medrelay::wiring::{build_service, open_store};
 use medrelay_pipeline::clock::{Clock, ManualClock};
 use medrelay_pipeline::whatsapp::simulator::PatientAction;
@@ -90,14 +90,6 @@ fn assert_clean(what: &str, text: &str) {
                 .join("\n")
         );
     }
-}
-
-async fn cli(args: &[&str]) -> (u8, String) {
-    let mut out = Vec::new();
-    let code = medrelay::run(medrelay::Cli::parse_from(args), &mut out)
-        .await
-        .unwrap_or_else(|e| medrelay::exit_code_of(&e));
-    (code, String::from_utf8(out).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]

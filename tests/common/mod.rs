@@ -46,3 +46,21 @@ pub fn copy_sample(dir: &Path, relative: &str) -> PathBuf {
     std::fs::copy(&from, &to).unwrap();
     to
 }
+
+/// Runs the `medrelay` command line in-process with full arguments (program name first); returns the
+/// exit code and what it printed on stdout.
+pub async fn cli(args: &[&str]) -> (u8, String) {
+    use clap::Parser;
+    let mut out = Vec::new();
+    let code = medrelay::run(medrelay::Cli::parse_from(args), &mut out)
+        .await
+        .unwrap_or_else(|e| medrelay::exit_code_of(&e));
+    (code, String::from_utf8(out).unwrap())
+}
+
+/// Runs `medrelay --config CONFIG ARGS...` in-process.
+pub async fn cli_with_config(config: &str, args: &[&str]) -> (u8, String) {
+    let mut full = vec!["medrelay", "--config", config];
+    full.extend(args);
+    cli(&full).await
+}
