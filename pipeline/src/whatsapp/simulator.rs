@@ -60,6 +60,9 @@ pub struct SimulatorConfig {
     pub reply_mix: ReplyMix,
 }
 
+/// How many accepted request bodies [`Simulator::sent`] keeps (the oldest are dropped first).
+pub const SENT_KEPT: usize = 50_000;
+
 /// A template as the simulator's registry knows it.
 #[derive(Clone, Debug)]
 pub struct SimTemplate {
@@ -92,7 +95,8 @@ pub struct SignedWebhook {
 #[derive(Default)]
 struct State {
     seq: u64,
-    sent: Vec<Value>,
+    /// The most recent accepted bodies (bounded: a long `medrelay simulate` must not grow forever).
+    sent: VecDeque<Value>,
     webhooks: VecDeque<Value>,
     scripted: HashMap<String, VecDeque<PatientAction>>,
     fail_with: HashMap<String, i64>,
@@ -208,9 +212,15 @@ impl Simulator {
         &self.business
     }
 
-    /// Every request body accepted so far, exactly as received.
+    /// The request bodies accepted so far (the last [`SENT_KEPT`]), exactly as received.
     pub fn sent(&self) -> Vec<Value> {
-        self.state.lock().expect("simulator lock").sent.clone()
+        self.state
+            .lock()
+            .expect("simulator lock")
+            .sent
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Queues an inbound text from a patient (as if typed on the phone).
@@ -355,7 +365,10 @@ impl Simulator {
         let mut st = self.state.lock().expect("simulator lock");
         st.seq += 1;
         let wamid = format!("wamid.SIM{:012}", st.seq);
-        st.sent.push(body.clone());
+        if st.sent.len() >= SENT_KEPT {
+            st.sent.pop_front();
+        }
+        st.sent.push_back(body.clone());
         let callback = body["biz_opaque_callback_data"]
             .as_str()
             .map(str::to_string);
