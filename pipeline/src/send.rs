@@ -83,7 +83,7 @@ fn paced_outcome(job: &ClaimedJob, now: Timestamp, wait: Duration) -> JobOutcome
             reason: "expired while waiting for the recipient's pair limit".into(),
         }
     } else {
-        JobOutcome::Retry {
+        JobOutcome::Deferred {
             at,
             reason: format!("paced: the pair limit allows this recipient again in {secs} s"),
         }
@@ -211,6 +211,7 @@ impl Sender {
                     report.retried += 1;
                     warn!(job = job.id, step = %job.step, %reason, "send will be retried");
                 }
+                JobOutcome::Deferred { .. } => report.paced += 1,
                 JobOutcome::Final { state, reason } => {
                     if *state == "failed" {
                         report.failed += 1;
@@ -358,7 +359,7 @@ impl Sender {
         if let Some(pacer) = &self.pacer {
             if let Err(wait) = pacer.recipient_ready(&contact_hash) {
                 return Ok(match paced_outcome(job, now, wait) {
-                    o @ JobOutcome::Retry { .. } => Attempt::Paced(o),
+                    o @ JobOutcome::Deferred { .. } => Attempt::Paced(o),
                     o => Attempt::Done(o),
                 });
             }

@@ -689,6 +689,8 @@ async fn a_paced_sender_defers_a_busy_recipient_without_blocking_others() {
         }
     }
     let deferred = deferred.expect("one job deferred");
+    // Regression: a deferral used to count as an attempt and stretch later backoffs.
+    assert_eq!(deferred.attempts, 0, "a pacing deferral is not an attempt");
     assert!(deferred.reason.unwrap().starts_with("paced:"));
     assert_eq!(sim.sent().len(), 2);
 }

@@ -99,6 +99,9 @@ pub enum JobOutcome {
     },
     /// Try again at `at`.
     Retry { at: Timestamp, reason: String },
+    /// Not attempted (the recipient's pair limit was not ready): back to pending at `at` without
+    /// counting an attempt, so later backoffs are not stretched.
+    Deferred { at: Timestamp, reason: String },
     /// Final, with the state (`failed`, `skipped`, `withdrawn`, `dropped`) and the reason.
     Final { state: &'static str, reason: String },
 }
@@ -354,6 +357,18 @@ impl Store {
             JobOutcome::Retry { at, reason } => {
                 sqlx::query(
                     "UPDATE outbox SET state = 'pending', next_attempt_at = ?, state_reason = ?, updated_at = ? WHERE id = ?",
+                )
+                .bind(secs(*at))
+                .bind(reason)
+                .bind(now_s)
+                .bind(job.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            JobOutcome::Deferred { at, reason } => {
+                sqlx::query(
+                    "UPDATE outbox SET state = 'pending', attempts = MAX(attempts - 1, 0), next_attempt_at = ?, \
+                     state_reason = ?, updated_at = ? WHERE id = ?",
                 )
                 .bind(secs(*at))
                 .bind(reason)
