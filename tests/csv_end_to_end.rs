@@ -147,7 +147,9 @@ async fn sample_csv_reminder_confirm_and_return_file_exactly_once() {
     assert_eq!(sim.sent().len(), sent_before);
     assert_eq!(return_rows(dir.path()), rows);
 
-    // Walk on to the 2 h reminder: Alice gets it, and no step is ever sent twice.
+    // Walk on to the 2 h reminder: Alice gets it and taps Confirm again; no step is ever sent twice
+    // and the EHR hears about the confirmation once.
+    sim.script("+12127365001", [PatientAction::Tap("confirm".into())]);
     clock.set("2026-12-01T12:00:00Z".parse().unwrap());
     while !service.tick(50).await.unwrap().is_idle() {}
     let to_alice: Vec<_> = sim

@@ -256,6 +256,18 @@ impl Inbound {
             || a.status != AppointmentStatus::Booked
             || now >= a.start
             || (rec.patient_cancelled && p.action != ReplyAction::Cancel);
-        Ok((if stale { "stale" } else { "accepted" }, Some(rec.id)))
+        if stale {
+            return Ok(("stale", Some(rec.id)));
+        }
+        // Confirming an appointment already confirmed (a tap on the 2 h reminder after one on the
+        // 48 h reminder) changes nothing for the EHR: recorded, not written back again.
+        let previous = self
+            .store
+            .latest_accepted_action(rec.id, job.slot_start)
+            .await?;
+        if previous.as_deref() == Some(p.action.as_str()) {
+            return Ok(("repeat", Some(rec.id)));
+        }
+        Ok(("accepted", Some(rec.id)))
     }
 }

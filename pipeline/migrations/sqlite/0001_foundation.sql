@@ -170,7 +170,7 @@ CREATE TABLE replies (
     appointment_id  INTEGER,
     kind            TEXT    NOT NULL,       -- button | text | other
     action          TEXT,                   -- confirm | cancel | reschedule | stop | start | emergency | free_text
-    outcome         TEXT    NOT NULL,       -- accepted | stale | invalid | consent | staff_queue | safety_reply
+    outcome         TEXT    NOT NULL,       -- accepted | repeat | stale | invalid | consent | staff_queue | safety_reply
     text            TEXT,                   -- PHI: free text for the staff queue
     received_at     INTEGER NOT NULL,
     writeback_batch INTEGER

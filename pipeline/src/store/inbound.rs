@@ -174,6 +174,23 @@ impl Store {
         }))
     }
 
+    /// The action of the patient's latest accepted tap about this appointment's slot, if any.
+    pub async fn latest_accepted_action(
+        &self,
+        appointment_id: i64,
+        slot_start: Timestamp,
+    ) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT r.action FROM replies r JOIN outbox o ON o.id = r.job_id \
+             WHERE r.appointment_id = ? AND r.outcome = 'accepted' AND o.slot_start = ? \
+             ORDER BY r.id DESC LIMIT 1",
+        )
+        .bind(appointment_id)
+        .bind(secs(slot_start))
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
     /// Stores a reply. Returns false if this WhatsApp message was already stored (a re-delivery).
     /// A patient Cancel also marks the appointment, which withdraws its pending steps (trigger).
     pub async fn insert_reply(&self, reply: &NewReply, now: Timestamp) -> StoreResult<bool> {
