@@ -17,11 +17,22 @@ pub enum ReplyAction {
     Confirm,
     Cancel,
     Reschedule,
+    /// Not a tap: WhatsApp could not deliver to this patient (131026, 131050...), so the EHR learns
+    /// that staff must reach them another way.
+    NotNotified,
 }
 
 impl ReplyAction {
-    /// All actions, in button order.
+    /// The actions a patient can tap, in button order.
     pub const ALL: [ReplyAction; 3] = [Self::Confirm, Self::Reschedule, Self::Cancel];
+
+    /// Everything that can be written back to the EHR.
+    pub const WRITE_BACK: [ReplyAction; 4] = [
+        Self::Confirm,
+        Self::Reschedule,
+        Self::Cancel,
+        Self::NotNotified,
+    ];
 
     /// Stored and payload name.
     pub fn as_str(self) -> &'static str {
@@ -29,6 +40,7 @@ impl ReplyAction {
             Self::Confirm => "confirm",
             Self::Cancel => "cancel",
             Self::Reschedule => "reschedule",
+            Self::NotNotified => "not_notified",
         }
     }
 
@@ -38,6 +50,7 @@ impl ReplyAction {
             "confirm" => Some(Self::Confirm),
             "cancel" => Some(Self::Cancel),
             "reschedule" => Some(Self::Reschedule),
+            "not_notified" => Some(Self::NotNotified),
             _ => None,
         }
     }

@@ -363,6 +363,11 @@ impl PipelineConfig {
                     Err(e) => errors.push(format!("templates.{key}.body: {e}")),
                 }
             }
+            if t.buttons.contains(&ReplyAction::NotNotified) {
+                errors.push(format!(
+                    "templates.{key}.buttons: `not_notified` is not something a patient can tap"
+                ));
+            }
             if let Some(names) = &t.parameter_names
                 && names.len() != t.body.len()
             {

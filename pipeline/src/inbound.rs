@@ -19,7 +19,7 @@ use crate::config::Compiled;
 use crate::store::inbound::NewReply;
 use crate::store::{Store, StoreResult};
 use crate::whatsapp::webhook::{InboundContent, InboundMessage, parse};
-use crate::whatsapp::{WhatsAppTransport, text_message};
+use crate::whatsapp::{SendError, WhatsAppTransport, classify, text_message};
 
 /// What processing did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,6 +88,9 @@ impl Inbound {
                         {
                             report.statuses_applied += 1;
                         }
+                        if s.status == "failed" {
+                            self.on_failed_status(s.error_code, job, &s.wamid).await?;
+                        }
                     }
                     for m in &webhook.messages {
                         if self.handle_message(m).await? {
@@ -108,6 +111,44 @@ impl Inbound {
             }
         }
         Ok(report)
+    }
+
+    /// A `failed` status goes through the same taxonomy as a synchronous error: permanent -> the step
+    /// failed and the EHR hears "could not notify"; temporary -> queued again; template or account
+    /// problems -> an alert for staff.
+    async fn on_failed_status(
+        &self,
+        code: Option<i64>,
+        callback_job: Option<i64>,
+        wamid: &str,
+    ) -> StoreResult<()> {
+        let now = self.clock.now();
+        let job = match callback_job {
+            Some(j) => Some(j),
+            None => self.store.job_for_wamid(wamid).await?,
+        };
+        let Some(job) = job else {
+            return Ok(());
+        };
+        match classify(400, code) {
+            e @ SendError::Permanent { .. } => {
+                self.store
+                    .record_not_notified(job, &format!("delivery failed: {e}"), now)
+                    .await?;
+            }
+            e @ (SendError::Retry { .. } | SendError::RecipientBusy { .. }) => {
+                let at = now + crate::send::backoff(job, 1);
+                self.store
+                    .requeue_failed(job, at, &format!("delivery failed, will retry: {e}"), now)
+                    .await?;
+            }
+            e @ (SendError::HaltTemplate { .. } | SendError::HaltAll { .. }) => {
+                self.store
+                    .raise_alert("delivery_failed", &format!("job {job}: {e}"), now)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Stores and processes one body (the simulator and tests deliver this way).

@@ -401,10 +401,16 @@ impl Sender {
                     6i64.saturating_mul(4i64.saturating_pow(job.attempts.clamp(1, 5) as u32 - 1));
                 retry(SignedDuration::from_secs(secs), e.to_string())
             }
-            SendError::Permanent { .. } => JobOutcome::Final {
-                state: "failed",
-                reason: e.to_string(),
-            },
+            SendError::Permanent { .. } => {
+                // The EHR hears "could not notify" (once per appointment slot).
+                self.store
+                    .record_not_notified(job.id, &e.to_string(), now)
+                    .await?;
+                JobOutcome::Final {
+                    state: "failed",
+                    reason: e.to_string(),
+                }
+            }
             SendError::HaltTemplate { .. } => {
                 self.halts
                     .lock()

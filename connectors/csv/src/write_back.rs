@@ -77,10 +77,15 @@ fn default_columns() -> Vec<ReturnColumn> {
     ]
 }
 fn default_action_codes() -> BTreeMap<String, String> {
-    [("confirm", "C"), ("cancel", "X"), ("reschedule", "R")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    [
+        ("confirm", "C"),
+        ("cancel", "X"),
+        ("reschedule", "R"),
+        ("not_notified", "N"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// The CSV return-file write-back target.
@@ -111,7 +116,7 @@ impl CsvReturnFile {
             errs.push("return file prefix must be a plain file name part".to_string());
         }
         if config.columns.contains(&ReturnColumn::ActionCode) {
-            for a in ReplyAction::ALL {
+            for a in ReplyAction::WRITE_BACK {
                 if !config.action_codes.contains_key(a.as_str()) {
                     errs.push(format!("action_codes has no code for \"{}\"", a.as_str()));
                 }
@@ -309,7 +314,7 @@ mod tests {
             delimiter = ";"
             columns = ["filler_id", "placer_id", "patient_id", "action", "action_code", "replied_at",
                        "replied_at_local", "appointment_start_local", "source", "reply_id"]
-            action_codes = {{ confirm = "C", cancel = "X", reschedule = "R" }}
+            action_codes = {{ confirm = "C", cancel = "X", reschedule = "R", not_notified = "N" }}
             "#,
             dir.display()
         ))

@@ -191,6 +191,84 @@ impl Store {
         .await?)
     }
 
+    /// The job a WhatsApp message id belongs to.
+    pub async fn job_for_wamid(&self, wamid: &str) -> StoreResult<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT job_id FROM messages WHERE wamid = ?")
+                .bind(wamid)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    /// WhatsApp could not deliver a step for good: the job becomes `failed` and, once per appointment
+    /// slot, a `not_notified` record is queued for write-back so that staff reach the patient another
+    /// way. Idempotent (re-delivered failure webhooks add nothing).
+    pub async fn record_not_notified(
+        &self,
+        job_id: i64,
+        reason: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE outbox SET state = 'failed', state_reason = ?, updated_at = ? WHERE id = ? AND state IN ('sent', 'sending')",
+        )
+        .bind(reason)
+        .bind(secs(now))
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO replies (wa_message_id, contact_hash, job_id, appointment_id, kind, action, outcome, received_at) \
+             SELECT 'not-notified:' || a.id || ':' || o.slot_start, COALESCE(a.contact_hash, ''), o.id, a.id, 'system', \
+                    'not_notified', 'accepted', ? \
+             FROM outbox o JOIN appointments a ON a.id = o.appointment_id WHERE o.id = ? \
+             ON CONFLICT (wa_message_id) DO NOTHING",
+        )
+        .bind(secs(now))
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if inserted {
+            audit::append(
+                &mut tx,
+                now,
+                "whatsapp",
+                "not_notified",
+                &format!("job:{job_id}"),
+                json!({"reason": reason}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// A message WhatsApp reported as failed for a temporary reason goes back to the queue.
+    pub async fn requeue_failed(
+        &self,
+        job_id: i64,
+        at: Timestamp,
+        reason: &str,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE outbox SET state = 'pending', next_attempt_at = ?, state_reason = ?, updated_at = ? \
+             WHERE id = ? AND state = 'sent' AND expires_at > ?",
+        )
+        .bind(secs(at))
+        .bind(reason)
+        .bind(secs(now))
+        .bind(job_id)
+        .bind(secs(at))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Stores a reply. Returns false if this WhatsApp message was already stored (a re-delivery).
     /// A patient Cancel also marks the appointment, which withdraws its pending steps (trigger).
     pub async fn insert_reply(&self, reply: &NewReply, now: Timestamp) -> StoreResult<bool> {

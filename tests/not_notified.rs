@@ -1,0 +1,72 @@
+//! Permanent delivery failures reach the EHR as "could not notify", whether WhatsApp says so at once
+//! (an error response) or later (a `failed` status webhook), once per appointment slot.
+
+mod common;
+
+use std::sync::Arc;
+
+use medrelay::wiring::{build_service, import_csv, open_store};
+use medrelay_pipeline::clock::{Clock, ManualClock};
+
+fn return_rows(dir: &std::path::Path) -> Vec<String> {
+    let mut rows = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("returns/openemr")) else {
+        return rows;
+    };
+    let mut files: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    files.sort();
+    for f in files {
+        rows.extend(
+            std::fs::read_to_string(&f)
+                .unwrap()
+                .lines()
+                .skip(1)
+                .map(str::to_string),
+        );
+    }
+    rows
+}
+
+#[tokio::test]
+async fn permanent_failures_are_written_back_as_not_notified() {
+    let dir = tempfile::tempdir().unwrap();
+    // Bob's number is not on WhatsApp: the Cloud API accepts, then a failed status (131026) arrives.
+    let loaded = common::demo_config(dir.path(), &["+1 212 736 5002"]);
+    let file = common::copy_sample(dir.path(), "samples/csv/openemr_future_appointments.csv");
+    let store = open_store(&loaded).await.unwrap();
+    let clock = Arc::new(ManualClock::new("2026-11-29T13:30:00Z".parse().unwrap()));
+    let service = build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    // Carmen's sends are refused at once with a permanent error (131047).
+    let sim = service.simulator.clone().unwrap();
+    sim.fail_with("+12127365003", 131047);
+    let c = loaded.csv_connector(Some("openemr")).unwrap().clone();
+    import_csv(&service, &loaded, &c, &file, Some(clock.now()), |_| {})
+        .await
+        .unwrap();
+    while !service.tick(50).await.unwrap().is_idle() {}
+    // Later steps fail again; still one record per appointment slot.
+    clock.set("2026-12-01T18:00:00Z".parse().unwrap());
+    while !service.tick(50).await.unwrap().is_idle() {}
+
+    let rows = return_rows(dir.path());
+    let bob: Vec<_> = rows.iter().filter(|r| r.starts_with("50002,")).collect();
+    let carmen: Vec<_> = rows.iter().filter(|r| r.starts_with("50003,")).collect();
+    assert_eq!(bob.len(), 1, "{rows:?}");
+    assert!(
+        bob[0].starts_with("50002,1002,not_notified,N,"),
+        "{}",
+        bob[0]
+    );
+    assert_eq!(carmen.len(), 1, "{rows:?}");
+    assert!(
+        carmen[0].starts_with("50003,1003,not_notified,N,"),
+        "{}",
+        carmen[0]
+    );
+    let status = store.status_summary(clock.now()).await.unwrap();
+    assert!(
+        status.jobs_by_state.get("failed").copied().unwrap_or(0) >= 2,
+        "{status:?}"
+    );
+    store.close().await;
+}
