@@ -69,6 +69,8 @@ async fn every_consent_source_and_its_precedence() {
     let (code, out) = cli(
         &config,
         &[
+            "--now",
+            "2026-11-29T13:30:00Z",
             "consent",
             "grant",
             "--phone",
@@ -92,6 +94,8 @@ async fn every_consent_source_and_its_precedence() {
     let (code, out) = cli(
         &config,
         &[
+            "--now",
+            "2026-11-29T13:31:00Z",
             "consent",
             "revoke",
             "--phone",

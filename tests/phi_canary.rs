@@ -112,6 +112,8 @@ async fn no_canary_escapes_through_any_path() {
         "medrelay",
         "--config",
         config,
+        "--now",
+        "2026-11-29T13:00:00Z",
         "ingest",
         "csv",
         "--connector",
@@ -218,7 +220,13 @@ async fn no_canary_escapes_through_any_path() {
         vec!["audit", "export"],
         vec!["consent", "show", "--phone", "(212) 736-9920"],
     ] {
-        let mut full = vec!["medrelay", "--config", config];
+        let mut full = vec![
+            "medrelay",
+            "--config",
+            config,
+            "--now",
+            "2026-12-01T14:00:00Z",
+        ];
         full.extend(args.iter().copied());
         let (code, out) = cli(&full).await;
         assert_eq!(code, 0, "{args:?}: {out}");

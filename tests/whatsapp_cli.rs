@@ -298,9 +298,15 @@ async fn run_serves_the_webhook_endpoint_and_applies_statuses() {
         json: false,
     };
     // `Output` is not `Send`: the service and the checks run side by side in this task.
-    let service = run_until(&s.config, RunArgs { once: false }, &mut o, async move {
-        let _ = shutdown_rx.await;
-    });
+    let service = run_until(
+        &s.config,
+        std::sync::Arc::new(medrelay_pipeline::clock::SystemClock),
+        RunArgs { once: false },
+        &mut o,
+        async move {
+            let _ = shutdown_rx.await;
+        },
+    );
     let checks = async {
         // Meta's subscription check against the served endpoint.
         assert_eq!(raw_get_webhook(port).await, "42");

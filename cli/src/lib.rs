@@ -57,8 +57,22 @@ pub struct Cli {
         env = "MEDRELAY_LOG_FORMAT"
     )]
     pub log_format: LogFormat,
+    /// Act as if it were this moment (RFC 3339, e.g. 2026-12-01T08:00:00Z), with time passing from
+    /// there: for rehearsals on sample data and for tests. Never set it in production.
+    #[arg(long, global = true, value_name = "TIMESTAMP")]
+    pub now: Option<jiff::Timestamp>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The clock the commands use: the system clock, or the one `--now` asks for.
+    pub fn clock(&self) -> std::sync::Arc<dyn medrelay_pipeline::clock::Clock> {
+        match self.now {
+            Some(at) => std::sync::Arc::new(medrelay_pipeline::clock::OffsetClock::starting_at(at)),
+            None => std::sync::Arc::new(medrelay_pipeline::clock::SystemClock),
+        }
+    }
 }
 
 /// How logs are written.
@@ -145,6 +159,7 @@ impl Output<'_> {
 
 /// Runs a parsed command; returns the exit code.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let clock = cli.clock();
     let mut o = Output {
         out,
         json: cli.json,
@@ -152,14 +167,14 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
     match cli.command {
         Command::Init(a) => commands::init::run(a, &mut o).await,
         Command::Check(a) => commands::check::run(&cli.config, a, &mut o).await,
-        Command::Ingest(c) => commands::ingest::run(&cli.config, c, &mut o).await,
-        Command::Run(a) => commands::run::run(&cli.config, a, &mut o).await,
-        Command::Status => commands::status::run(&cli.config, &mut o).await,
+        Command::Ingest(c) => commands::ingest::run(&cli.config, clock.clone(), c, &mut o).await,
+        Command::Run(a) => commands::run::run(&cli.config, clock.clone(), a, &mut o).await,
+        Command::Status => commands::status::run(&cli.config, clock.clone(), &mut o).await,
         Command::Plan(a) => commands::explain::plan(&cli.config, a, &mut o).await,
         Command::Explain(a) => commands::explain::explain(&cli.config, a, &mut o).await,
-        Command::Consent(c) => commands::consent::run(&cli.config, c, &mut o).await,
+        Command::Consent(c) => commands::consent::run(&cli.config, clock.clone(), c, &mut o).await,
         Command::Audit(c) => commands::audit::run(&cli.config, c, &mut o).await,
-        Command::Prune => commands::prune::run(&cli.config, &mut o).await,
+        Command::Prune => commands::prune::run(&cli.config, clock.clone(), &mut o).await,
         Command::Simulate(a) => commands::simulate::run(&cli.config, a, &mut o).await,
         Command::Templates(c) => commands::templates::run(&cli.config, c, &mut o).await,
         Command::Demo(a) => commands::demo::run(a, &mut o).await,

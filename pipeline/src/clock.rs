@@ -20,6 +20,28 @@ impl Clock for SystemClock {
     }
 }
 
+/// The system clock shifted to start at a chosen instant: `medrelay --now` (rehearsals, tests with a
+/// fixed date) runs as if it were that moment, and time still passes from there.
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetClock {
+    offset: SignedDuration,
+}
+
+impl OffsetClock {
+    /// A clock that reads `at` now and advances with the system clock.
+    pub fn starting_at(at: Timestamp) -> Self {
+        OffsetClock {
+            offset: at.duration_since(Timestamp::now()),
+        }
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now() + self.offset
+    }
+}
+
 /// A clock that only moves when told to: for tests and for `medrelay demo`'s time travel.
 #[derive(Debug)]
 pub struct ManualClock(Mutex<Timestamp>);
@@ -48,5 +70,19 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         *self.0.lock().expect("clock lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_clock_starts_at_the_given_moment_and_keeps_running() {
+        let at: Timestamp = "2026-11-29T13:30:00Z".parse().unwrap();
+        let clock = OffsetClock::starting_at(at);
+        let first = clock.now();
+        assert!(first >= at && first.duration_since(at) < SignedDuration::from_secs(5));
+        assert!(clock.now() >= first);
     }
 }

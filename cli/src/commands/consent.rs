@@ -80,15 +80,20 @@ fn contact(
 }
 
 /// Runs a consent command.
-pub async fn run(config: &Path, command: ConsentCommand, o: &mut Output<'_>) -> anyhow::Result<u8> {
+pub async fn run(
+    config: &Path,
+    clock: std::sync::Arc<dyn medrelay_pipeline::clock::Clock>,
+    command: ConsentCommand,
+    o: &mut Output<'_>,
+) -> anyhow::Result<u8> {
     let loaded = load_config(config)?;
     let store = open_store(&loaded).await?;
     match command {
         ConsentCommand::Grant(a) | ConsentCommand::Revoke(a) if a.reason.trim().is_empty() => {
             return Err(Failure::usage("--reason must say why"));
         }
-        ConsentCommand::Grant(a) => change(&store, &loaded, a, true, o).await?,
-        ConsentCommand::Revoke(a) => change(&store, &loaded, a, false, o).await?,
+        ConsentCommand::Grant(a) => change(&store, &loaded, a, true, clock.now(), o).await?,
+        ConsentCommand::Revoke(a) => change(&store, &loaded, a, false, clock.now(), o).await?,
         ConsentCommand::Show(a) => {
             let e164 = contact(&loaded, &a.phone, a.site.as_deref())?;
             let hash = store.keys().contact_hash(&e164);
@@ -123,6 +128,7 @@ async fn change(
     loaded: &crate::config::Loaded,
     a: ChangeArgs,
     granted: bool,
+    now: Timestamp,
     o: &mut Output<'_>,
 ) -> anyhow::Result<()> {
     let e164 = contact(loaded, &a.phone, a.site.as_deref())?;
@@ -146,7 +152,7 @@ async fn change(
             ConsentSource::Staff,
             &actor,
             &a.reason,
-            Timestamp::now(),
+            now,
         )
         .await?;
     if o.json {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use jiff::Timestamp;
-use medrelay_pipeline::clock::SystemClock;
+use medrelay_pipeline::clock::Clock;
 
 use super::load_config;
 use crate::wiring::{CsvImportResult, build_service, import_csv, open_store};
@@ -91,7 +91,12 @@ pub fn progress_bar(file: &Path, json: bool) -> ProgressBar {
 }
 
 /// Imports the files, plans messages for what changed, and returns 3 if any row was rejected.
-pub async fn run(config: &Path, command: IngestCommand, o: &mut Output<'_>) -> anyhow::Result<u8> {
+pub async fn run(
+    config: &Path,
+    clock: Arc<dyn Clock>,
+    command: IngestCommand,
+    o: &mut Output<'_>,
+) -> anyhow::Result<u8> {
     let IngestCommand::Csv(args) = command;
     let loaded = load_config(config)?;
     let connector = loaded
@@ -99,7 +104,7 @@ pub async fn run(config: &Path, command: IngestCommand, o: &mut Output<'_>) -> a
         .map_err(Failure::usage)?
         .clone();
     let store = open_store(&loaded).await?;
-    let service = build_service(&loaded, store.clone(), Arc::new(SystemClock))?;
+    let service = build_service(&loaded, store.clone(), clock)?;
     let mut any_bad = false;
     for file in &args.files {
         if !file.is_file() {

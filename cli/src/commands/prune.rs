@@ -28,10 +28,14 @@ pub async fn prune_now(
 }
 
 /// Runs `medrelay prune`.
-pub async fn run(config: &Path, o: &mut Output<'_>) -> anyhow::Result<u8> {
+pub async fn run(
+    config: &Path,
+    clock: std::sync::Arc<dyn medrelay_pipeline::clock::Clock>,
+    o: &mut Output<'_>,
+) -> anyhow::Result<u8> {
     let loaded = load_config(config)?;
     let store = open_store(&loaded).await?;
-    let report = prune_now(&store, &loaded, Timestamp::now()).await?;
+    let report = prune_now(&store, &loaded, clock.now()).await?;
     store.close().await;
     if o.json {
         o.json(&serde_json::to_value(report)?);

@@ -20,7 +20,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use clap::Args;
 use jiff::SignedDuration;
-use medrelay_pipeline::clock::{Clock, SystemClock};
+use medrelay_pipeline::clock::Clock;
 use medrelay_pipeline::http::webhook::{WebhookState, serve, webhook_router};
 use medrelay_pipeline::inbound::Inbound;
 use medrelay_pipeline::service::Service;
@@ -198,21 +198,26 @@ async fn start_webhook_endpoint(
 }
 
 /// Runs the service until SIGINT/SIGTERM (or one pass with `--once`).
-pub async fn run(config: &Path, args: RunArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
-    run_until(config, args, o, shutdown_signal()).await
+pub async fn run(
+    config: &Path,
+    clock: Arc<dyn Clock>,
+    args: RunArgs,
+    o: &mut Output<'_>,
+) -> anyhow::Result<u8> {
+    run_until(config, clock, args, o, shutdown_signal()).await
 }
 
 /// Runs the service until `shutdown` completes (the signals in [`run`]; a trigger in tests), or one
 /// pass with `--once`.
 pub async fn run_until(
     config: &Path,
+    clock: Arc<dyn Clock>,
     args: RunArgs,
     o: &mut Output<'_>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<u8> {
     let loaded = load_config(config)?;
     let store = open_store(&loaded).await?;
-    let clock = Arc::new(SystemClock);
     let service = build_service(&loaded, store.clone(), clock.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
     let woken = Arc::new(Notify::new());

@@ -2,8 +2,6 @@
 
 use std::path::Path;
 
-use jiff::Timestamp;
-
 use super::load_config;
 use crate::wiring::open_store;
 use crate::{Output, exit};
@@ -19,10 +17,14 @@ fn counts(map: &std::collections::BTreeMap<String, i64>) -> String {
 }
 
 /// Prints counts by state, the oldest due job, alerts, recent imports.
-pub async fn run(config: &Path, o: &mut Output<'_>) -> anyhow::Result<u8> {
+pub async fn run(
+    config: &Path,
+    clock: std::sync::Arc<dyn medrelay_pipeline::clock::Clock>,
+    o: &mut Output<'_>,
+) -> anyhow::Result<u8> {
     let loaded = load_config(config)?;
     let store = open_store(&loaded).await?;
-    let s = store.status_summary(Timestamp::now()).await?;
+    let s = store.status_summary(clock.now()).await?;
     store.close().await;
     if o.json {
         o.json(&serde_json::to_value(&s)?);
