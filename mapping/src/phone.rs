@@ -1,11 +1,12 @@
-//! Phone numbers normalised to E.164 with `phonenumber` (libphonenumber metadata).
+//! Phone numbers normalised to E.164 with `rlibphonenumber` (a port of Google's libphonenumber).
 //!
 //! Hospital data holds numbers in every shape (`(11) 98765-4321`, `0044 7700 900123`, `+1 555...`). We
 //! parse with the site's default region and keep only numbers libphonenumber considers valid. An
 //! unusable number becomes a reason to skip the patient, never a crash, and the reason never repeats
 //! the number.
 
-use phonenumber::{Mode, country};
+use rlibphonenumber::enums::Region;
+use rlibphonenumber::{PHONE_NUMBER_UTIL, PhoneNumberFormat};
 use std::str::FromStr;
 
 /// Why a number cannot be used. Carries no digits of the number.
@@ -23,9 +24,17 @@ pub enum PhoneError {
 
 /// Validates a default region (ISO 3166 alpha-2, e.g. `BR`) at config load time.
 pub fn check_region(region: &str) -> Result<(), PhoneError> {
-    country::Id::from_str(&region.to_ascii_uppercase())
-        .map(|_| ())
-        .map_err(|_| PhoneError::UnknownRegion)
+    parse_region(region).map(|_| ())
+}
+
+/// A region the metadata knows (every two-letter code parses as a `Region`; only real ones have a
+/// country calling code).
+fn parse_region(region: &str) -> Result<Region, PhoneError> {
+    Region::from_str(&region.to_ascii_uppercase())
+        .ok()
+        .filter(|r| *r != Region::World)
+        .filter(|r| PHONE_NUMBER_UTIL.get_country_code_for_region(*r).is_some())
+        .ok_or(PhoneError::UnknownRegion)
 }
 
 /// Normalises `raw` to E.164, reading national numbers in `default_region`.
@@ -34,21 +43,22 @@ pub fn normalize_e164(raw: &str, default_region: &str) -> Result<String, PhoneEr
     if trimmed.is_empty() {
         return Err(PhoneError::Empty);
     }
-    let region = country::Id::from_str(&default_region.to_ascii_uppercase())
-        .map_err(|_| PhoneError::UnknownRegion)?;
+    let region = parse_region(default_region)?;
     // "00" international prefix is common in European exports.
     let candidate = match trimmed.strip_prefix("00") {
         Some(rest) if !trimmed.starts_with("000") => format!("+{rest}"),
         _ => trimmed.to_string(),
     };
-    // An international number is parsed without a region: phonenumber 0.3 otherwise strips the default
-    // region's national prefix from it (`+55 11 9...` read with region US loses the `11`).
+    // An international number is parsed without a region (phonenumber 0.3, used before, stripped the
+    // default region's national prefix from `+55 11 9...` read with region US; the test stays).
     let region = (!candidate.starts_with('+')).then_some(region);
-    let parsed = phonenumber::parse(region, &candidate).map_err(|_| PhoneError::Unparsable)?;
-    if !phonenumber::is_valid(&parsed) {
+    let parsed = PHONE_NUMBER_UTIL
+        .parse(&candidate, region)
+        .map_err(|_| PhoneError::Unparsable)?;
+    if !parsed.is_valid() {
         return Err(PhoneError::Invalid);
     }
-    Ok(parsed.format().mode(Mode::E164).to_string())
+    Ok(parsed.format_as(PhoneNumberFormat::E164).to_string())
 }
 
 #[cfg(test)]

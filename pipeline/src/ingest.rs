@@ -10,6 +10,7 @@ use medrelay_mapping::AppointmentEvent;
 use medrelay_mapping::model::EhrConsent;
 
 use crate::clock::Clock;
+use crate::keys::Keys;
 use crate::store::ingest::AppointmentRow;
 use crate::store::{Store, StoreResult};
 
@@ -125,73 +126,77 @@ impl Ingest {
     pub fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
         Ingest { store, clock }
     }
+}
 
-    // PHI: flattening the appointment into its (PHI) columns is the reason the store exists.
-    #[allow(clippy::disallowed_methods)]
-    fn row(&self, e: &AppointmentEvent) -> AppointmentRow {
-        let a = &e.appointment;
-        let p = &a.patient;
-        let phone = p.best_phone().map(|n| n.expose().clone());
-        let contact_hash = phone.as_deref().map(|n| self.store.keys().contact_hash(n));
-        let ehr_consent = a.ehr_consent.map(|c| match c {
-            EhrConsent::OptIn => "opt_in",
-            EhrConsent::OptOut => "opt_out",
-        });
-        let start_at = a.start.as_second();
-        let end_at = a.end.map(|t| t.as_second());
-        let mut buf = Vec::with_capacity(256);
-        let start_s = start_at.to_string();
-        let end_s = end_at.map(|e| e.to_string());
-        for f in [
-            a.placer_id.as_deref(),
-            Some(a.status.as_str()),
-            Some(start_s.as_str()),
-            end_s.as_deref(),
-            Some(a.site.as_str()),
-            Some(a.time_zone.as_str()),
-            a.location.as_deref(),
-            a.practitioner.as_deref(),
-            a.service_type.as_ref().map(|s| s.expose().as_str()),
-            a.reason.as_ref().map(|s| s.expose().as_str()),
-            p.id.as_ref().map(|s| s.expose().as_str()),
-            p.given_name.as_ref().map(|s| s.expose().as_str()),
-            p.family_name.as_ref().map(|s| s.expose().as_str()),
-            phone.as_deref(),
-            p.preferred_language.as_deref(),
-            ehr_consent,
-            Some(if p.protected { "protected" } else { "" }),
-        ] {
-            push_field(&mut buf, f);
-        }
-        AppointmentRow {
-            source: a.key.source.clone(),
-            filler_id: a.key.id.clone(),
-            placer_id: a.placer_id.clone(),
-            sv_at_us: e.version.at.as_microsecond(),
-            sv_seq: e.version.seq,
-            status: a.status.as_str(),
-            start_at,
-            end_at,
-            site: a.site.clone(),
-            time_zone: a.time_zone.clone(),
-            location: a.location.clone(),
-            practitioner: a.practitioner.clone(),
-            service_type: a.service_type.as_ref().map(|s| s.expose().clone()),
-            reason: a.reason.as_ref().map(|s| s.expose().clone()),
-            patient_ref: p.id.as_ref().map(|s| s.expose().clone()),
-            given_name: p.given_name.as_ref().map(|s| s.expose().clone()),
-            family_name: p.family_name.as_ref().map(|s| s.expose().clone()),
-            phone_e164: phone,
-            phone_problem: p.phone_problem(),
-            contact_hash,
-            language: p.preferred_language.clone(),
-            protected: p.protected,
-            ehr_consent,
-            content_hash: self.store.keys().content_hash(&buf),
-            raw_ref: e.raw_ref.clone(),
-        }
+/// Flattens an event into its stored columns, with its keyed hashes. A free function so that bulk
+/// imports run it on the reader thread, overlapping the database work.
+// PHI: flattening the appointment into its (PHI) columns is the reason the store exists.
+#[allow(clippy::disallowed_methods)]
+fn build_row(keys: &Keys, e: &AppointmentEvent) -> AppointmentRow {
+    let a = &e.appointment;
+    let p = &a.patient;
+    let phone = p.best_phone().map(|n| n.expose().clone());
+    let contact_hash = phone.as_deref().map(|n| keys.contact_hash(n));
+    let ehr_consent = a.ehr_consent.map(|c| match c {
+        EhrConsent::OptIn => "opt_in",
+        EhrConsent::OptOut => "opt_out",
+    });
+    let start_at = a.start.as_second();
+    let end_at = a.end.map(|t| t.as_second());
+    let mut buf = Vec::with_capacity(256);
+    let start_s = start_at.to_string();
+    let end_s = end_at.map(|e| e.to_string());
+    for f in [
+        a.placer_id.as_deref(),
+        Some(a.status.as_str()),
+        Some(start_s.as_str()),
+        end_s.as_deref(),
+        Some(a.site.as_str()),
+        Some(a.time_zone.as_str()),
+        a.location.as_deref(),
+        a.practitioner.as_deref(),
+        a.service_type.as_ref().map(|s| s.expose().as_str()),
+        a.reason.as_ref().map(|s| s.expose().as_str()),
+        p.id.as_ref().map(|s| s.expose().as_str()),
+        p.given_name.as_ref().map(|s| s.expose().as_str()),
+        p.family_name.as_ref().map(|s| s.expose().as_str()),
+        phone.as_deref(),
+        p.preferred_language.as_deref(),
+        ehr_consent,
+        Some(if p.protected { "protected" } else { "" }),
+    ] {
+        push_field(&mut buf, f);
     }
+    AppointmentRow {
+        source: a.key.source.clone(),
+        filler_id: a.key.id.clone(),
+        placer_id: a.placer_id.clone(),
+        sv_at_us: e.version.at.as_microsecond(),
+        sv_seq: e.version.seq,
+        status: a.status.as_str(),
+        start_at,
+        end_at,
+        site: a.site.clone(),
+        time_zone: a.time_zone.clone(),
+        location: a.location.clone(),
+        practitioner: a.practitioner.clone(),
+        service_type: a.service_type.as_ref().map(|s| s.expose().clone()),
+        reason: a.reason.as_ref().map(|s| s.expose().clone()),
+        patient_ref: p.id.as_ref().map(|s| s.expose().clone()),
+        given_name: p.given_name.as_ref().map(|s| s.expose().clone()),
+        family_name: p.family_name.as_ref().map(|s| s.expose().clone()),
+        phone_e164: phone,
+        phone_problem: p.phone_problem(),
+        contact_hash,
+        language: p.preferred_language.clone(),
+        protected: p.protected,
+        ehr_consent,
+        content_hash: keys.content_hash(&buf),
+        raw_ref: e.raw_ref.clone(),
+    }
+}
 
+impl Ingest {
     /// Records the start of an import.
     pub async fn begin_import(&self, info: &ImportInfo) -> StoreResult<i64> {
         self.store.begin_import(info, self.clock.now()).await
@@ -208,13 +213,28 @@ impl Ingest {
         rejected: &[Rejected],
         touch_seen: bool,
     ) -> StoreResult<AcceptReceipt> {
-        let rows: Vec<AppointmentRow> = events.iter().map(|e| self.row(e)).collect();
+        let keys = self.store.keys();
+        let rows: Vec<AppointmentRow> = events.iter().map(|e| build_row(keys, e)).collect();
+        self.accept_rows(import_id, source, as_of, &rows, rejected, touch_seen)
+            .await
+    }
+
+    /// [`Ingest::accept`] for rows already flattened.
+    async fn accept_rows(
+        &self,
+        import_id: Option<i64>,
+        source: &str,
+        as_of: Timestamp,
+        rows: &[AppointmentRow],
+        rejected: &[Rejected],
+        touch_seen: bool,
+    ) -> StoreResult<AcceptReceipt> {
         self.store
             .accept_rows(
                 import_id,
                 source,
                 as_of,
-                &rows,
+                rows,
                 rejected,
                 touch_seen,
                 self.clock.now(),
@@ -237,13 +257,14 @@ impl Ingest {
     ) -> StoreResult<ImportSummary> {
         let import_id = self.begin_import(&info).await?;
         let (tx, mut rx) =
-            tokio::sync::mpsc::channel::<(Vec<AppointmentEvent>, Vec<Rejected>, u64)>(2);
+            tokio::sync::mpsc::channel::<(Vec<AppointmentRow>, Vec<Rejected>, u64)>(2);
+        let keys = self.store.keys().clone();
         let reader = tokio::task::spawn_blocking(move || {
             let mut events = Vec::with_capacity(batch_size);
             let mut rejected = Vec::new();
             while let Some(item) = source.next_item() {
                 match item {
-                    SourceItem::Event(e) => events.push(*e),
+                    SourceItem::Event(e) => events.push(build_row(&keys, &e)),
                     SourceItem::Rejected(r) => rejected.push(r),
                 }
                 if events.len() + rejected.len() >= batch_size {
@@ -268,7 +289,7 @@ impl Ingest {
         while let Some((events, rejected, position)) = rx.recv().await {
             unreadable_ids += rejected.iter().filter(|r| r.filler_id.is_none()).count() as u64;
             let receipt = self
-                .accept(
+                .accept_rows(
                     Some(import_id),
                     &info.source,
                     info.as_of,

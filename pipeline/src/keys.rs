@@ -10,9 +10,10 @@ use sha2::Sha256;
 /// The per-use keys.
 #[derive(Clone)]
 pub struct Keys {
-    contact: Vec<u8>,
+    /// HMAC states already keyed (cloned per hash: bulk imports hash two values per row).
+    contact: Hmac<Sha256>,
     button: Vec<u8>,
-    content: Vec<u8>,
+    content: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -27,9 +28,13 @@ fn derive(secret: &[u8], label: &str) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
+fn mac(key: &[u8]) -> Hmac<Sha256> {
+    <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length")
+}
+
 /// Keyed hash, hex, truncated to 128 bits (enough for correlation, not reversible without the key).
-fn keyed(key: &[u8], data: &[u8]) -> String {
-    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+fn keyed(keyed_mac: &Hmac<Sha256>, data: &[u8]) -> String {
+    let mut m = keyed_mac.clone();
     m.update(data);
     hex::encode(&m.finalize().into_bytes()[..16])
 }
@@ -38,17 +43,17 @@ impl Keys {
     /// Derives the keys from the installation secret.
     pub fn from_secret(secret: &[u8]) -> Self {
         Keys {
-            contact: derive(secret, "medrelay/contact-hash/v1"),
+            contact: mac(&derive(secret, "medrelay/contact-hash/v1")),
             button: derive(secret, "medrelay/button-payload/v1"),
-            content: derive(secret, "medrelay/content-hash/v1"),
+            content: mac(&derive(secret, "medrelay/content-hash/v1")),
         }
     }
 
     /// The keyed hash of a contact (E.164 number or WhatsApp id, `+` and non-digits ignored): the only
     /// form in which a patient may appear in logs, metrics, consent and audit records.
     pub fn contact_hash(&self, phone: &str) -> String {
-        let digits: String = phone.chars().filter(|c| c.is_ascii_digit()).collect();
-        format!("c_{}", keyed(&self.contact, digits.as_bytes()))
+        let digits: Vec<u8> = phone.bytes().filter(u8::is_ascii_digit).collect();
+        format!("c_{}", keyed(&self.contact, &digits))
     }
 
     /// Key for signing quick-reply payloads.
