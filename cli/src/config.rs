@@ -52,6 +52,15 @@ pub struct ServiceConfig {
     pub poll_interval: String,
     #[serde(default = "default_batch")]
     pub send_batch: i64,
+    /// How long a message left `sending` by a crash waits for a status webhook carrying its job id
+    /// (`biz_opaque_callback_data`) before it is sent again: longer means fewer possible duplicates,
+    /// shorter means less delay after a crash.
+    #[serde(default = "default_sending_grace")]
+    pub sending_grace: String,
+}
+
+fn default_sending_grace() -> String {
+    "10m".into()
 }
 
 fn default_poll() -> String {
@@ -66,6 +75,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             poll_interval: default_poll(),
             send_batch: default_batch(),
+            sending_grace: default_sending_grace(),
         }
     }
 }
@@ -474,6 +484,8 @@ pub struct Loaded {
     pub compiled: Compiled,
     pub profiles: BTreeMap<String, CsvProfile>,
     pub poll_interval: std::time::Duration,
+    /// `[service] sending_grace`, parsed.
+    pub sending_grace: jiff::SignedDuration,
     /// `[whatsapp.cloud]` resolved and validated: present in cloud mode (defaults when the table is
     /// absent) and whenever the table is written (so `templates check` works before switching).
     pub cloud: Option<CloudApiConfig>,
@@ -644,6 +656,15 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
             ));
             std::time::Duration::from_secs(5)
         });
+    let sending_grace = parse_duration(&config.service.sending_grace)
+        .filter(|d| d.is_positive())
+        .unwrap_or_else(|| {
+            errors.push(format!(
+                "service.sending_grace `{}` is not a duration like `10m`",
+                config.service.sending_grace
+            ));
+            jiff::SignedDuration::from_mins(10)
+        });
     let cloud = config
         .whatsapp
         .resolve_cloud()
@@ -681,6 +702,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
             compiled,
             profiles,
             poll_interval,
+            sending_grace,
             cloud,
             webhook_listen,
         }),

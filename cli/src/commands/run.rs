@@ -106,10 +106,11 @@ pub async fn pass(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     import_inboxes(service, loaded).await?;
-    // A send interrupted by a crash is retried after 10 minutes unless a status webhook reconciled it.
+    // A send interrupted by a crash is retried after `[service] sending_grace` unless a status
+    // webhook reconciled it first.
     service
         .store
-        .release_stale_sending(clock.now() - SignedDuration::from_mins(10))
+        .release_stale_sending(clock.now() - loaded.sending_grace)
         .await?;
     while !stop.load(Ordering::SeqCst) {
         let report = service.tick(loaded.config.service.send_batch).await?;
