@@ -161,7 +161,10 @@ async fn no_canary_escapes_through_any_path() {
         let mut scrubbed = body.clone();
         scrubbed["to"] = serde_json::json!("");
         if let Some(components) = scrubbed["template"]["components"].as_array_mut() {
-            for c in components.iter_mut().filter(|c| c["type"] == "body") {
+            for c in components
+                .iter_mut()
+                .filter(|c| c["type"] == "body" || c["type"] == "header")
+            {
                 for p in c["parameters"].as_array_mut().unwrap() {
                     let text = p["text"].as_str().unwrap().to_string();
                     let allowed = ALLOWED_IN_BODY.contains(&text.as_str())

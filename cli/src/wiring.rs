@@ -82,6 +82,7 @@ pub fn simulator_registry(loaded: &Loaded) -> BTreeMap<String, SimTemplate> {
                 SimTemplate {
                     languages: t.languages.clone(),
                     body_parameters: t.body.len(),
+                    header_parameters: usize::from(t.header.is_some()),
                     buttons: t.buttons.iter().map(|b| b.as_str().to_string()).collect(),
                     ttl_seconds: t.ttl.map(|d| d.as_secs()),
                 },
@@ -323,7 +324,7 @@ pub async fn import_csv(
                 report: report.clone(),
                 file_name,
             },
-            2000,
+            4_000,
             horizon,
             progress,
         )

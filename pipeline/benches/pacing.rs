@@ -43,6 +43,7 @@ async fn run(per_second: u32, backlog: usize, workers: usize) {
         SimTemplate {
             languages: vec!["en_US".into()],
             body_parameters: 1,
+            header_parameters: 0,
             buttons: vec![],
             ttl_seconds: None,
         },
@@ -104,6 +105,7 @@ async fn run(per_second: u32, backlog: usize, workers: usize) {
                         name: None,
                         text: "x".into(),
                     }],
+                    header: None,
                     quick_replies: vec![],
                     callback: format!("job:{i}"),
                 }

@@ -123,6 +123,13 @@ pub struct TemplateConfig {
     /// Parameter names when the template uses `parameter_format: NAMED` (same order as `body`).
     #[serde(default)]
     pub parameter_names: Option<Vec<String>>,
+    /// The one parameter of a TEXT header (`{{1}}` in the header text), from the same allow-list as
+    /// the body; absent when the header is fixed text or there is none.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The header parameter's name when the template uses `parameter_format: NAMED`.
+    #[serde(default)]
+    pub header_parameter_name: Option<String>,
     /// Quick-reply buttons, in order.
     #[serde(default)]
     pub buttons: Vec<ReplyAction>,
@@ -209,6 +216,10 @@ pub struct CompiledTemplate {
     pub languages: Vec<String>,
     pub body: Vec<TemplateField>,
     pub parameter_names: Option<Vec<String>>,
+    /// The TEXT header's one parameter, if the header has one.
+    pub header: Option<TemplateField>,
+    /// Its name, for NAMED templates.
+    pub header_parameter_name: Option<String>,
     pub buttons: Vec<ReplyAction>,
     /// `message_send_ttl_seconds` expected in the registry.
     pub ttl: Option<SignedDuration>,
@@ -363,6 +374,26 @@ impl PipelineConfig {
                     Err(e) => errors.push(format!("templates.{key}.body: {e}")),
                 }
             }
+            let header = match t.header.as_deref().map(|f| TemplateField::parse(f, level)) {
+                None => None,
+                Some(Ok(field)) => Some(field),
+                Some(Err(e)) => {
+                    errors.push(format!("templates.{key}.header: {e}"));
+                    None
+                }
+            };
+            if t.header.is_none() && t.header_parameter_name.is_some() {
+                errors.push(format!(
+                    "templates.{key}.header_parameter_name: set without a `header` parameter"
+                ));
+            }
+            if t.header.is_some()
+                && t.parameter_names.is_some() != t.header_parameter_name.is_some()
+            {
+                errors.push(format!(
+                    "templates.{key}: a NAMED template names every parameter (`parameter_names` and `header_parameter_name`), a positional one none"
+                ));
+            }
             if t.buttons.contains(&ReplyAction::NotNotified) {
                 errors.push(format!(
                     "templates.{key}.buttons: `not_notified` is not something a patient can tap"
@@ -385,6 +416,8 @@ impl PipelineConfig {
                     languages: t.languages.clone(),
                     body,
                     parameter_names: t.parameter_names.clone(),
+                    header,
+                    header_parameter_name: t.header_parameter_name.clone(),
                     buttons: t.buttons.clone(),
                     ttl: match t.ttl.as_deref().map(|d| (d, parse_duration(d))) {
                         None => None,
@@ -466,7 +499,7 @@ impl PipelineConfig {
                     "sensitive.neutral_template: unknown template `{k}` (not in [templates])"
                 )),
                 Some((k, Some(t))) => {
-                    for f in &t.body {
+                    for f in t.body.iter().chain(&t.header) {
                         if !NEUTRAL_FIELDS.contains(f) {
                             errors.push(format!(
                                 "templates.{k}: a neutral template may render only given_name, local_date, local_time and site_phone (it names {f:?})"
@@ -564,6 +597,28 @@ mod tests {
     fn a_template_that_renders_a_diagnosis_is_rejected_at_load_time() {
         let errors = config(r#", "diagnosis""#).compile().unwrap_err();
         assert!(errors[0].contains("can never be rendered"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_header_parameter_comes_from_the_allow_list_too() {
+        let mut c = config("");
+        c.templates.get_mut("reminder").unwrap().header = Some("location".into());
+        assert_eq!(
+            c.compile().unwrap().templates["reminder"].header,
+            Some(TemplateField::Location)
+        );
+        c.templates.get_mut("reminder").unwrap().header = Some("reason".into());
+        let errors = c.compile().unwrap_err();
+        assert!(
+            errors[0].starts_with("templates.reminder.header:") && errors[0].contains("can never"),
+            "{errors:?}"
+        );
+        // A NAMED template must name its header parameter as well.
+        let t = c.templates.get_mut("reminder").unwrap();
+        t.header = Some("location".into());
+        t.parameter_names = Some(vec!["name".into(), "date".into()]);
+        let errors = c.compile().unwrap_err();
+        assert!(errors[0].contains("header_parameter_name"), "{errors:?}");
     }
 
     #[test]

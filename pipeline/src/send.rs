@@ -321,6 +321,16 @@ impl Sender {
             Ok(p) => p,
             Err(e) => return final_("failed", format!("cannot render template: {e}")),
         };
+        let header = match template.header.map(|f| {
+            render_parameters(&[f], &rec.appointment, &site.facts).map(|mut v| v.remove(0))
+        }) {
+            None => None,
+            Some(Ok(text)) => Some(BodyParameter {
+                name: template.header_parameter_name.clone(),
+                text,
+            }),
+            Some(Err(e)) => return final_("failed", format!("cannot render template header: {e}")),
+        };
         let language = template.choose_language(
             rec.appointment.patient.preferred_language.as_deref(),
             &site.fallback_languages,
@@ -352,6 +362,7 @@ impl Sender {
                     text,
                 })
                 .collect(),
+            header,
             quick_replies,
             callback: format!("job:{}", job.id),
         };

@@ -61,6 +61,7 @@ fn registry() -> BTreeMap<String, SimTemplate> {
         SimTemplate {
             languages: vec!["pt_BR".into(), "en_US".into()],
             body_parameters: 2,
+            header_parameters: 0,
             buttons: vec!["confirm".into(), "cancel".into()],
             ttl_seconds: None,
         },
@@ -139,6 +140,7 @@ fn message(to: &str, template: &str, params: usize) -> Value {
                 text: format!("p{i}"),
             })
             .collect(),
+        header: None,
         quick_replies: vec!["a".into(), "b".into()],
         callback: "job:1".into(),
     }
@@ -188,6 +190,19 @@ async fn the_client_maps_every_error_class_from_the_simulator_server() {
     ));
     assert!(matches!(
         c.send(&message("5511900000003", "appt_reminder", 3)).await,
+        Err(SendError::HaltTemplate { code: 132000, .. })
+    ));
+    // A header parameter the template's header does not have is a wrong parameter count too.
+    let mut with_header = message("5511900000031", "appt_reminder", 2);
+    with_header["template"]["components"]
+        .as_array_mut()
+        .unwrap()
+        .insert(
+            0,
+            serde_json::json!({"type": "header", "parameters": [{"type": "text", "text": "x"}]}),
+        );
+    assert!(matches!(
+        c.send(&with_header).await,
         Err(SendError::HaltTemplate { code: 132000, .. })
     ));
     // Account problems halt everything.

@@ -336,10 +336,15 @@ fn registry_json(sim: &Simulator) -> Vec<Value> {
         let placeholders: Vec<String> = (1..=t.body_parameters)
             .map(|i| format!("{{{{{i}}}}}"))
             .collect();
-        let mut components = vec![json!({
+        let mut components = Vec::new();
+        if t.header_parameters > 0 {
+            components
+                .push(json!({"type": "HEADER", "format": "TEXT", "text": "Appointment at {{1}}"}));
+        }
+        components.push(json!({
             "type": "BODY",
             "text": format!("Appointment reminder {}", placeholders.join(" ")),
-        })];
+        }));
         if !t.buttons.is_empty() {
             let buttons: Vec<Value> = t
                 .buttons

@@ -233,29 +233,41 @@ pub struct RemoteButton {
 }
 
 impl RemoteTemplate {
-    fn body_text(&self) -> Option<&str> {
+    fn component_text(&self, kind: &str) -> Option<&str> {
         self.components
             .iter()
-            .find(|c| c.kind.eq_ignore_ascii_case("BODY"))
+            .find(|c| c.kind.eq_ignore_ascii_case(kind))
             .and_then(|c| c.text.as_deref())
     }
 
     /// The distinct placeholders of the BODY text (`1`, `2` or names), in order of appearance.
     pub fn body_placeholders(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        let mut rest = self.body_text().unwrap_or_default();
-        while let Some(start) = rest.find("{{") {
-            let after = &rest[start + 2..];
-            let Some(end) = after.find("}}") else { break };
-            let name = after[..end].trim().to_string();
-            if !name.is_empty() && !out.contains(&name) {
-                out.push(name);
-            }
-            rest = &after[end + 2..];
-        }
-        out
+        placeholders(self.component_text("BODY").unwrap_or_default())
     }
 
+    /// The placeholders of the HEADER text (a TEXT header has at most one); none for media headers.
+    pub fn header_placeholders(&self) -> Vec<String> {
+        placeholders(self.component_text("HEADER").unwrap_or_default())
+    }
+}
+
+/// The distinct `{{..}}` placeholders of a component text, in order of appearance.
+fn placeholders(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        let name = after[..end].trim().to_string();
+        if !name.is_empty() && !out.contains(&name) {
+            out.push(name);
+        }
+        rest = &after[end + 2..];
+    }
+    out
+}
+
+impl RemoteTemplate {
     /// Number of QUICK_REPLY buttons.
     pub fn quick_replies(&self) -> usize {
         self.components
@@ -431,6 +443,11 @@ pub enum TemplateIssue {
         configured: Vec<String>,
         registry: Vec<String>,
     },
+    /// The HEADER has a different number of placeholders (or a different name) than configured.
+    HeaderParameter {
+        configured: Option<String>,
+        registry: Vec<String>,
+    },
     /// A different number of quick-reply buttons.
     QuickReplies { configured: usize, registry: usize },
     /// The registry's `message_send_ttl_seconds` is not the configured `ttl`.
@@ -476,6 +493,18 @@ impl fmt::Display for TemplateProblem {
             } => write!(
                 f,
                 "parameter names differ: configured {configured:?}, registry {registry:?}"
+            ),
+            TemplateIssue::HeaderParameter {
+                configured,
+                registry,
+            } => write!(
+                f,
+                "header has {} placeholder(s) {registry:?} but {} configured (sends would fail with 132000)",
+                registry.len(),
+                match configured {
+                    Some(c) => format!("one parameter ({c})"),
+                    None => "no parameter".to_string(),
+                }
             ),
             TemplateIssue::QuickReplies {
                 configured,
@@ -573,6 +602,22 @@ pub fn check_templates(
                     registry: r.message_send_ttl_seconds,
                 }));
             }
+            let header = r.header_placeholders();
+            let header_ok = match (&t.header, &t.header_parameter_name) {
+                (None, _) => header.is_empty(),
+                (Some(_), Some(name)) if named => header == [name.clone()],
+                (Some(_), _) => header.len() == 1,
+            };
+            if !header_ok {
+                problems.push(problem(TemplateIssue::HeaderParameter {
+                    configured: t.header.map(|_| {
+                        t.header_parameter_name
+                            .clone()
+                            .unwrap_or_else(|| "1".to_string())
+                    }),
+                    registry: header,
+                }));
+            }
             if r.quick_replies() != t.buttons.len() {
                 problems.push(problem(TemplateIssue::QuickReplies {
                     configured: t.buttons.len(),
@@ -603,6 +648,8 @@ mod tests {
                 languages: vec!["pt_BR".into(), "en_US".into()],
                 body,
                 parameter_names: names,
+                header: None,
+                header_parameter_name: None,
                 buttons: vec![ReplyAction::Confirm, ReplyAction::Cancel],
                 ttl: None,
             },
@@ -668,6 +715,39 @@ mod tests {
             p[0].to_string()
                 .starts_with("templates.reminder (appt_reminder / ")
         );
+    }
+
+    #[test]
+    fn header_parameters_are_compared_with_the_registry() {
+        let header = |text: &str| RemoteComponent {
+            kind: "HEADER".into(),
+            text: Some(text.into()),
+            buttons: vec![],
+        };
+        let mut with_header = configured(None);
+        with_header.get_mut("reminder").unwrap().header =
+            Some(TemplateField::parse("location", PhiLevel::Standard).unwrap());
+        let mut r = vec![
+            remote("pt_BR", "APPROVED", "Olá {{1}}, consulta {{2}}", 2),
+            remote("en_US", "APPROVED", "Hi {{1}}, on {{2}}", 2),
+        ];
+        // The registry's header is fixed text: the configured parameter would fail with 132000.
+        for t in &mut r {
+            t.components.insert(0, header("Your appointment"));
+        }
+        let p = check_templates(&with_header, &r);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(matches!(
+            &p[0].issue,
+            TemplateIssue::HeaderParameter { configured: Some(_), registry } if registry.is_empty()
+        ));
+        assert!(p[0].to_string().contains("132000"), "{}", p[0]);
+        // With a placeholder it matches; the unconfigured template now has one too many.
+        for t in &mut r {
+            t.components[0] = header("Appointment at {{1}}");
+        }
+        assert_eq!(check_templates(&with_header, &r), vec![]);
+        assert_eq!(check_templates(&configured(None), &r).len(), 2);
     }
 
     #[test]

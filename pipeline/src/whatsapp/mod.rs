@@ -29,6 +29,8 @@ pub struct TemplateMessage {
     pub template: String,
     pub language: String,
     pub body: Vec<BodyParameter>,
+    /// The TEXT header's parameter, if the template's header has one.
+    pub header: Option<BodyParameter>,
     /// Quick-reply payloads, by button index.
     pub quick_replies: Vec<String>,
     /// Echoed back on status webhooks: our job id, for reconciliation. Never PHI.
@@ -38,16 +40,16 @@ pub struct TemplateMessage {
 impl TemplateMessage {
     /// The Cloud API request body.
     pub fn to_json(&self) -> Value {
+        let text = |p: &BodyParameter| match &p.name {
+            Some(n) => json!({"type": "text", "parameter_name": n, "text": p.text}),
+            None => json!({"type": "text", "text": p.text}),
+        };
         let mut components = Vec::new();
+        if let Some(h) = &self.header {
+            components.push(json!({"type": "header", "parameters": [text(h)]}));
+        }
         if !self.body.is_empty() {
-            let params: Vec<Value> = self
-                .body
-                .iter()
-                .map(|p| match &p.name {
-                    Some(n) => json!({"type": "text", "parameter_name": n, "text": p.text}),
-                    None => json!({"type": "text", "text": p.text}),
-                })
-                .collect();
+            let params: Vec<Value> = self.body.iter().map(text).collect();
             components.push(json!({"type": "body", "parameters": params}));
         }
         for (i, payload) in self.quick_replies.iter().enumerate() {
@@ -187,6 +189,7 @@ mod tests {
                 name: None,
                 text: "Ana".into(),
             }],
+            header: None,
             quick_replies: vec!["v1.1.confirm.0.ab".into()],
             callback: "job:1".into(),
         };
@@ -197,6 +200,32 @@ mod tests {
         assert_eq!(v["template"]["components"][1]["index"], "0");
         assert_eq!(v["template"]["components"][1]["sub_type"], "quick_reply");
         assert_eq!(v["biz_opaque_callback_data"], "job:1");
+    }
+
+    #[test]
+    fn header_parameters_come_first_and_carry_their_name() {
+        let m = TemplateMessage {
+            to: "5511987654321".into(),
+            template: "appt_reminder".into(),
+            language: "pt_BR".into(),
+            body: vec![BodyParameter {
+                name: Some("date".into()),
+                text: "08/03".into(),
+            }],
+            header: Some(BodyParameter {
+                name: Some("clinic".into()),
+                text: "Clinica Centro".into(),
+            }),
+            quick_replies: vec![],
+            callback: "job:2".into(),
+        };
+        let v = m.to_json();
+        let c = &v["template"]["components"];
+        assert_eq!(c[0]["type"], "header");
+        assert_eq!(c[0]["parameters"][0]["parameter_name"], "clinic");
+        assert_eq!(c[0]["parameters"][0]["text"], "Clinica Centro");
+        assert_eq!(c[1]["type"], "body");
+        assert_eq!(c.as_array().unwrap().len(), 2);
     }
 
     #[test]

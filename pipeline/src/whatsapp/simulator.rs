@@ -68,6 +68,8 @@ pub const SENT_KEPT: usize = 50_000;
 pub struct SimTemplate {
     pub languages: Vec<String>,
     pub body_parameters: usize,
+    /// Parameters of the TEXT header (0 or 1).
+    pub header_parameters: usize,
     /// Button labels by index (`confirm`, `cancel`...): how the simulated patient finds a button.
     pub buttons: Vec<String>,
     /// `message_send_ttl_seconds` as the registry reports it.
@@ -318,6 +320,28 @@ impl Simulator {
                     })
                     .map(|c| c["parameters"].as_array().map_or(0, Vec::len))
                     .sum::<usize>();
+                let header_params = components
+                    .iter()
+                    .filter(|c| {
+                        c["type"]
+                            .as_str()
+                            .is_some_and(|t| t.eq_ignore_ascii_case("header"))
+                    })
+                    .map(|c| c["parameters"].as_array().map_or(0, Vec::len))
+                    .sum::<usize>();
+                if header_params != t.header_parameters {
+                    return Err((
+                        400,
+                        error_body(
+                            132000,
+                            "Number of parameters does not match the expected number of params",
+                            &format!(
+                                "header: number of localizable_params ({header_params}) does not match the expected number of params ({})",
+                                t.header_parameters
+                            ),
+                        ),
+                    ));
+                }
                 if body_params != t.body_parameters {
                     return Err((
                         400,

@@ -145,6 +145,7 @@ impl Harness {
                     SimTemplate {
                         languages: t.languages.clone(),
                         body_parameters: t.body.len(),
+                        header_parameters: usize::from(t.header.is_some()),
                         buttons: t.buttons.iter().map(|b| b.as_str().to_string()).collect(),
                         ttl_seconds: None,
                     },
