@@ -32,7 +32,8 @@ use medrelay_pipeline::whatsapp::simulator::{
     PatientAction, SimTemplate, Simulator, SimulatorConfig,
 };
 use medrelay_pipeline::whatsapp::webhook::{
-    BusinessNumber, StatusUpdate, parse, sign, status_webhook,
+    BusinessNumber, InboundContent, InboundMessage, StatusUpdate, message_webhook, parse, sign,
+    status_webhook,
 };
 use medrelay_pipeline::whatsapp::{BodyParameter, SendError, TemplateMessage};
 use serde_json::Value;
@@ -708,4 +709,142 @@ async fn a_paced_sender_defers_a_busy_recipient_without_blocking_others() {
     assert_eq!(deferred.attempts, 0, "a pacing deferral is not an attempt");
     assert!(deferred.reason.unwrap().starts_with("paced:"));
     assert_eq!(sim.sent().len(), 2);
+}
+
+/// Posts one patient message to the endpoint, signed as Meta signs it, and processes it.
+async fn patient_says(url: &str, inbound: &Inbound, message: InboundMessage) {
+    let body = message_webhook(&business(), &message)
+        .to_string()
+        .into_bytes();
+    assert_eq!(
+        post_webhook(url, &body, Some(&sign(APP_SECRET, &body))).await,
+        200
+    );
+    inbound.process_pending().await.unwrap();
+}
+
+/// What the service answered the patient with (free-form texts), in order.
+fn answers(sim: &Simulator) -> Vec<String> {
+    sim.sent()
+        .iter()
+        .filter(|b| b["type"] == "text")
+        .map(|b| b["text"]["body"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Over the real endpoint: a tap on a message about a slot that has moved gets the polite "this
+/// appointment changed" answer and is not written back; STOP revokes consent at once (the pending
+/// reminder is withdrawn) and START restores it; an emergency phrase gets the safety answer and an
+/// alert for staff.
+#[tokio::test]
+async fn stale_taps_stop_then_start_and_emergency_phrases_over_the_webhook_endpoint() {
+    let d = db().await;
+    let sim = simulator(d.clock.clone());
+    let config = compiled();
+    let service = Service::new(
+        d.store.clone(),
+        config.clone(),
+        sim.clone(),
+        None,
+        vec![],
+        d.clock.clone(),
+    );
+    let inbound = Arc::new(Inbound::new(
+        d.store.clone(),
+        config.clone(),
+        sim.clone(),
+        d.clock.clone(),
+    ));
+    let (url, _stop) = spawn_router(webhook_router(WebhookState::new(
+        inbound.clone(),
+        APP_SECRET,
+        VERIFY_TOKEN,
+    )))
+    .await;
+    let phone = "+5511987650005";
+    let start = t0() + jiff::SignedDuration::from_mins(48 * 60 - 5);
+    ingest(&service, &[appointment("S1", phone, start)]).await;
+    let sender = Sender::new(
+        d.store.clone(),
+        config.clone(),
+        sim.clone(),
+        d.clock.clone(),
+    );
+    service.scheduler.plan_pending().await.unwrap();
+    assert_eq!(sender.send_due(10).await.unwrap().sent, 1);
+    let reminder = sim.sent().pop().unwrap();
+    let wamid = parse(&sim.take_webhooks()[0].body).unwrap().statuses[0]
+        .wamid
+        .clone();
+    let confirm = reminder["template"]["components"][1]["parameters"][0]["payload"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The EHR moves the appointment a day later; then the patient taps Confirm on the old message.
+    let mut moved = appointment("S1", phone, start + jiff::SignedDuration::from_hours(24));
+    moved.version.seq = 2;
+    ingest(&service, &[moved]).await;
+    let tap = |id: &str, payload: &str| InboundMessage {
+        id: id.into(),
+        from: phone.trim_start_matches('+').into(),
+        timestamp: t0().as_second(),
+        context_id: Some(wamid.clone()),
+        content: InboundContent::Button {
+            payload: payload.into(),
+        },
+    };
+    patient_says(&url, &inbound, tap("wamid.tap-old", &confirm)).await;
+    let s = d.store.status_summary(t0()).await.unwrap();
+    assert_eq!(s.replies_by_outcome.get("stale:confirm"), Some(&1), "{s:?}");
+    assert_eq!(s.replies_by_outcome.get("accepted:confirm"), None);
+    assert_eq!(answers(&sim), [config.reply_texts.stale.clone()]);
+
+    // STOP: consent is revoked at once and the reminder planned for the new slot is withdrawn.
+    service.scheduler.plan_pending().await.unwrap();
+    let text = |id: &str, body: &str| InboundMessage {
+        id: id.into(),
+        from: phone.trim_start_matches('+').into(),
+        timestamp: t0().as_second(),
+        context_id: None,
+        content: InboundContent::Text { body: body.into() },
+    };
+    patient_says(&url, &inbound, text("wamid.stop", "stop")).await;
+    let contact = d.store.keys().contact_hash(phone);
+    let ledger = d.store.consent_ledger(&contact).await.unwrap();
+    assert!(!ledger.is_empty(), "the STOP is in the consent ledger");
+    d.clock.advance(jiff::SignedDuration::from_hours(24));
+    let after_stop = sender.send_due(10).await.unwrap();
+    assert_eq!(after_stop.sent, 0, "{after_stop:?}");
+    assert_eq!(answers(&sim).last(), Some(&config.reply_texts.stopped));
+
+    // START restores it: the answer says so, and the ledger's newest entry is the patient's grant.
+    patient_says(&url, &inbound, text("wamid.start", "START")).await;
+    assert_eq!(answers(&sim).last(), Some(&config.reply_texts.started));
+    let ledger = d.store.consent_ledger(&contact).await.unwrap();
+    assert_eq!(
+        ledger.len(),
+        4,
+        "two purposes revoked, then granted: {ledger:?}"
+    );
+
+    // An emergency phrase: the safety answer, an alert for staff, no bot conversation.
+    patient_says(&url, &inbound, text("wamid.help", "I have chest pain")).await;
+    assert_eq!(answers(&sim).last(), Some(&config.reply_texts.emergency));
+    let s = d.store.status_summary(d.clock.now()).await.unwrap();
+    assert_eq!(
+        s.replies_by_outcome.get("safety_reply:emergency"),
+        Some(&1),
+        "{s:?}"
+    );
+    assert!(
+        s.open_alerts
+            .iter()
+            .any(|(_, kind, _)| kind == "emergency_phrase"),
+        "{s:?}"
+    );
+    // Re-delivered, the same message changes nothing and is not answered twice.
+    let before = answers(&sim).len();
+    patient_says(&url, &inbound, text("wamid.help", "I have chest pain")).await;
+    assert_eq!(answers(&sim).len(), before);
 }
