@@ -85,6 +85,8 @@ pub fn simulator_registry(loaded: &Loaded) -> BTreeMap<String, SimTemplate> {
                     header_parameters: usize::from(t.header.is_some()),
                     buttons: t.buttons.iter().map(|b| b.as_str().to_string()).collect(),
                     ttl_seconds: t.ttl.map(|d| d.as_secs()),
+                    parameter_names: t.parameter_names.clone(),
+                    header_parameter_name: t.header_parameter_name.clone(),
                 },
             )
         })

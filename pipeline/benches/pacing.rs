@@ -46,6 +46,7 @@ async fn run(per_second: u32, backlog: usize, workers: usize) {
             header_parameters: 0,
             buttons: vec![],
             ttl_seconds: None,
+            ..Default::default()
         },
     )]);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

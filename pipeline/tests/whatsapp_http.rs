@@ -57,16 +57,30 @@ fn business() -> BusinessNumber {
 }
 
 fn registry() -> BTreeMap<String, SimTemplate> {
-    BTreeMap::from([(
-        "appt_reminder".to_string(),
-        SimTemplate {
-            languages: vec!["pt_BR".into(), "en_US".into()],
-            body_parameters: 2,
-            header_parameters: 0,
-            buttons: vec!["confirm".into(), "cancel".into()],
-            ttl_seconds: None,
-        },
-    )])
+    BTreeMap::from([
+        (
+            "appt_reminder".to_string(),
+            SimTemplate {
+                languages: vec!["pt_BR".into(), "en_US".into()],
+                body_parameters: 2,
+                header_parameters: 0,
+                buttons: vec!["confirm".into(), "cancel".into()],
+                ttl_seconds: None,
+                ..Default::default()
+            },
+        ),
+        (
+            "appt_named".to_string(),
+            SimTemplate {
+                languages: vec!["pt_BR".into()],
+                body_parameters: 2,
+                header_parameters: 1,
+                parameter_names: Some(vec!["first_name".into(), "date".into()]),
+                header_parameter_name: Some("clinic".into()),
+                ..Default::default()
+            },
+        ),
+    ])
 }
 
 fn compiled() -> Arc<Compiled> {
@@ -304,8 +318,9 @@ async fn the_template_registry_is_paged_and_matches_the_configuration() {
     })
     .await;
     let remote = client(&url, TOKEN).fetch_templates().await.unwrap();
-    assert_eq!(remote.len(), 2, "one page per language, all followed");
-    assert_eq!(remote[0].body_placeholders(), vec!["1", "2"]);
+    assert_eq!(remote.len(), 3, "one page per language, all followed");
+    let reminder = remote.iter().find(|r| r.name == "appt_reminder").unwrap();
+    assert_eq!(reminder.body_placeholders(), vec!["1", "2"]);
     assert_eq!(check_templates(&compiled().templates, &remote), vec![]);
 }
 
@@ -798,7 +813,7 @@ async fn stale_taps_stop_then_start_and_emergency_phrases_over_the_webhook_endpo
     let s = d.store.status_summary(t0()).await.unwrap();
     assert_eq!(s.replies_by_outcome.get("stale:confirm"), Some(&1), "{s:?}");
     assert_eq!(s.replies_by_outcome.get("accepted:confirm"), None);
-    assert_eq!(answers(&sim), [config.reply_texts.stale.clone()]);
+    assert_eq!(answers(&sim), std::slice::from_ref(&config.reply_texts.stale));
 
     // STOP: consent is revoked at once and the reminder planned for the new slot is withdrawn.
     service.scheduler.plan_pending().await.unwrap();
@@ -847,4 +862,82 @@ async fn stale_taps_stop_then_start_and_emergency_phrases_over_the_webhook_endpo
     let before = answers(&sim).len();
     patient_says(&url, &inbound, text("wamid.help", "I have chest pain")).await;
     assert_eq!(answers(&sim).len(), before);
+}
+
+/// A NAMED template as Meta treats it: parameters must carry their `parameter_name` (#100 otherwise),
+/// the names must be the template's (132000), and the registry says NAMED with `{{name}}` placeholders,
+/// so `templates check` of a NAMED configuration against the simulator passes.
+#[tokio::test]
+async fn named_templates_need_their_parameter_names() {
+    let (_server, url) = sim_server(SimServerConfig::default()).await;
+    let c = client(&url, TOKEN);
+    // A new recipient each time: the pair limit is not what is tested here.
+    let next = std::sync::atomic::AtomicU32::new(40);
+    let named = |names: [&str; 3]| {
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TemplateMessage {
+            to: format!("55119000000{n}"),
+            template: "appt_named".into(),
+            language: "pt_BR".into(),
+            body: names[1..]
+                .iter()
+                .map(|n| BodyParameter {
+                    name: (!n.is_empty()).then(|| n.to_string()),
+                    text: "x".into(),
+                })
+                .collect(),
+            header: Some(BodyParameter {
+                name: (!names[0].is_empty()).then(|| names[0].to_string()),
+                text: "Clinic".into(),
+            }),
+            quick_replies: vec![],
+            callback: "job:41".into(),
+        }
+        .to_json()
+    };
+    assert!(matches!(
+        c.send(&named(["clinic", "", ""])).await,
+        Err(SendError::Permanent { code: 100, .. })
+    ));
+    assert!(matches!(
+        c.send(&named(["clinic", "first_name", "time"])).await,
+        Err(SendError::HaltTemplate { code: 132000, .. })
+    ));
+    assert!(matches!(
+        c.send(&named(["site", "first_name", "date"])).await,
+        Err(SendError::HaltTemplate { code: 132000, .. })
+    ));
+    c.send(&named(["clinic", "date", "first_name"]))
+        .await
+        .unwrap();
+
+    let remote = c.fetch_templates().await.unwrap();
+    let r = remote.iter().find(|r| r.name == "appt_named").unwrap();
+    assert_eq!(r.parameter_format.as_deref(), Some("NAMED"));
+    assert_eq!(r.body_placeholders(), ["first_name", "date"]);
+    assert_eq!(r.header_placeholders(), ["clinic"]);
+    let configured: PipelineConfig = toml::from_str(
+        r#"
+        [sites.main]
+        time_zone = "America/Sao_Paulo"
+        default_region = "BR"
+        [[plan.steps]]
+        name = "reminder_48h"
+        kind = "reminder"
+        offset = "48h"
+        template = "named"
+        [templates.named]
+        name = "appt_named"
+        languages = ["pt_BR"]
+        header = "location"
+        header_parameter_name = "clinic"
+        body = ["given_name", "local_date"]
+        parameter_names = ["first_name", "date"]
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        check_templates(&configured.compile().unwrap().templates, &remote),
+        vec![]
+    );
 }

@@ -333,13 +333,20 @@ async fn messages(
 fn registry_json(sim: &Simulator) -> Vec<Value> {
     let mut out = Vec::new();
     for (name, t) in sim.registry() {
-        let placeholders: Vec<String> = (1..=t.body_parameters)
-            .map(|i| format!("{{{{{i}}}}}"))
-            .collect();
+        let placeholders: Vec<String> = match &t.parameter_names {
+            Some(names) => names.iter().map(|n| format!("{{{{{n}}}}}")).collect(),
+            None => (1..=t.body_parameters)
+                .map(|i| format!("{{{{{i}}}}}"))
+                .collect(),
+        };
         let mut components = Vec::new();
         if t.header_parameters > 0 {
-            components
-                .push(json!({"type": "HEADER", "format": "TEXT", "text": "Appointment at {{1}}"}));
+            let placeholder = t.header_parameter_name.as_deref().unwrap_or("1");
+            components.push(json!({
+                "type": "HEADER",
+                "format": "TEXT",
+                "text": format!("Appointment at {{{{{placeholder}}}}}"),
+            }));
         }
         components.push(json!({
             "type": "BODY",
@@ -360,7 +367,7 @@ fn registry_json(sim: &Simulator) -> Vec<Value> {
                 "language": language,
                 "status": "APPROVED",
                 "category": "UTILITY",
-                "parameter_format": "POSITIONAL",
+                "parameter_format": if t.parameter_names.is_some() { "NAMED" } else { "POSITIONAL" },
                 "components": components,
             });
             if let Some(ttl) = t.ttl_seconds {

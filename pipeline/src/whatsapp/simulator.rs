@@ -64,7 +64,7 @@ pub struct SimulatorConfig {
 pub const SENT_KEPT: usize = 50_000;
 
 /// A template as the simulator's registry knows it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SimTemplate {
     pub languages: Vec<String>,
     pub body_parameters: usize,
@@ -74,6 +74,24 @@ pub struct SimTemplate {
     pub buttons: Vec<String>,
     /// `message_send_ttl_seconds` as the registry reports it.
     pub ttl_seconds: Option<i64>,
+    /// `parameter_format: NAMED`: the body parameters' names, in order (`None`: positional).
+    pub parameter_names: Option<Vec<String>>,
+    /// The header parameter's name in a NAMED template.
+    pub header_parameter_name: Option<String>,
+}
+
+/// The `parameter_name`s of one component's parameters (`None` where a parameter has none).
+fn parameter_names_of(components: &[Value], kind: &str) -> Vec<Option<String>> {
+    components
+        .iter()
+        .filter(|c| {
+            c["type"]
+                .as_str()
+                .is_some_and(|t| t.eq_ignore_ascii_case(kind))
+        })
+        .flat_map(|c| c["parameters"].as_array().cloned().unwrap_or_default())
+        .map(|p| p["parameter_name"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// What a scripted patient does with the next template message.
@@ -341,6 +359,38 @@ impl Simulator {
                             ),
                         ),
                     ));
+                }
+                // A NAMED template needs every parameter named (Meta: #100 "Parameter name is
+                // missing or empty"), and by the template's own names.
+                if let Some(names) = &t.parameter_names {
+                    let body_names = parameter_names_of(&components, "body");
+                    let header_names = parameter_names_of(&components, "header");
+                    if body_names.iter().chain(&header_names).any(Option::is_none) {
+                        return Err((
+                            400,
+                            error_body(
+                                100,
+                                "Invalid parameter",
+                                "Parameter name is missing or empty",
+                            ),
+                        ));
+                    }
+                    let mut given: Vec<String> = body_names.into_iter().flatten().collect();
+                    let mut expected = names.clone();
+                    given.sort();
+                    expected.sort();
+                    let header_ok = header_names.is_empty()
+                        || header_names.first().cloned().flatten() == t.header_parameter_name;
+                    if given != expected || !header_ok {
+                        return Err((
+                            400,
+                            error_body(
+                                132000,
+                                "Number of parameters does not match the expected number of params",
+                                "parameter names do not match the template's named parameters",
+                            ),
+                        ));
+                    }
                 }
                 if body_params != t.body_parameters {
                     return Err((

@@ -148,6 +148,7 @@ impl Harness {
                         header_parameters: usize::from(t.header.is_some()),
                         buttons: t.buttons.iter().map(|b| b.as_str().to_string()).collect(),
                         ttl_seconds: None,
+                        ..Default::default()
                     },
                 )
             })
