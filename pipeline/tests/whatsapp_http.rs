@@ -813,7 +813,10 @@ async fn stale_taps_stop_then_start_and_emergency_phrases_over_the_webhook_endpo
     let s = d.store.status_summary(t0()).await.unwrap();
     assert_eq!(s.replies_by_outcome.get("stale:confirm"), Some(&1), "{s:?}");
     assert_eq!(s.replies_by_outcome.get("accepted:confirm"), None);
-    assert_eq!(answers(&sim), std::slice::from_ref(&config.reply_texts.stale));
+    assert_eq!(
+        answers(&sim),
+        std::slice::from_ref(&config.reply_texts.stale)
+    );
 
     // STOP: consent is revoked at once and the reminder planned for the new slot is withdrawn.
     service.scheduler.plan_pending().await.unwrap();
