@@ -12,20 +12,6 @@ use medrelay_pipeline::clock::{Clock, ManualClock};
 use medrelay_pipeline::whatsapp::simulator::PatientAction;
 use serde_json::json;
 
-fn return_rows(dir: &std::path::Path) -> Vec<String> {
-    let mut rows = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("returns/openemr")) else {
-        return rows;
-    };
-    let mut files: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-    files.sort();
-    for f in files {
-        let text = std::fs::read_to_string(&f).unwrap();
-        rows.extend(text.lines().skip(1).map(str::to_string));
-    }
-    rows
-}
-
 #[tokio::test]
 async fn sample_csv_reminder_confirm_and_return_file_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,7 +110,7 @@ async fn sample_csv_reminder_confirm_and_return_file_exactly_once() {
         })
     );
 
-    let rows = return_rows(dir.path());
+    let rows = common::return_rows(dir.path(), "openemr");
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert!(rows[0].starts_with("50001,1001,confirm,C,"), "{}", rows[0]);
 
@@ -145,7 +131,7 @@ async fn sample_csv_reminder_confirm_and_return_file_exactly_once() {
     assert_eq!(again.summary.swept, 0);
     while !service.tick(50).await.unwrap().is_idle() {}
     assert_eq!(sim.sent().len(), sent_before);
-    assert_eq!(return_rows(dir.path()), rows);
+    assert_eq!(common::return_rows(dir.path(), "openemr"), rows);
 
     // Walk on to the 2 h reminder: Alice gets it and taps Confirm again; no step is ever sent twice
     // and the EHR hears about the confirmation once.
@@ -164,7 +150,7 @@ async fn sample_csv_reminder_confirm_and_return_file_exactly_once() {
     assert_eq!(callbacks.len(), to_alice.len(), "one message per step");
     assert_eq!(to_alice.len(), 3, "confirmation, 48 h and 2 h reminders");
     assert_eq!(
-        return_rows(dir.path()),
+        common::return_rows(dir.path(), "openemr"),
         rows,
         "still exactly one confirmation"
     );
@@ -198,7 +184,7 @@ async fn write_back_is_exactly_once_across_a_restart() {
         while !service.tick(50).await.unwrap().is_idle() {}
         store.close().await;
     }
-    let rows = return_rows(dir.path());
+    let rows = common::return_rows(dir.path(), "openemr");
     assert_eq!(rows.len(), 1);
     assert!(rows[0].starts_with("50001,1001,cancel,X,"), "{}", rows[0]);
     // A new process on the same database writes nothing again, and the cancelled appointment gets
@@ -207,7 +193,7 @@ async fn write_back_is_exactly_once_across_a_restart() {
     let service = build_service(&loaded, store.clone(), clock.clone()).unwrap();
     clock.set("2026-12-01T12:00:00Z".parse().unwrap());
     while !service.tick(50).await.unwrap().is_idle() {}
-    assert_eq!(return_rows(dir.path()), rows);
+    assert_eq!(common::return_rows(dir.path(), "openemr"), rows);
     let to_alice = service
         .simulator
         .clone()

@@ -8,25 +8,6 @@ use std::sync::Arc;
 use medrelay::wiring::{build_service, import_csv, open_store};
 use medrelay_pipeline::clock::{Clock, ManualClock};
 
-fn return_rows(dir: &std::path::Path) -> Vec<String> {
-    let mut rows = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("returns/openemr")) else {
-        return rows;
-    };
-    let mut files: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-    files.sort();
-    for f in files {
-        rows.extend(
-            std::fs::read_to_string(&f)
-                .unwrap()
-                .lines()
-                .skip(1)
-                .map(str::to_string),
-        );
-    }
-    rows
-}
-
 #[tokio::test]
 async fn permanent_failures_are_written_back_as_not_notified() {
     let dir = tempfile::tempdir().unwrap();
@@ -48,7 +29,7 @@ async fn permanent_failures_are_written_back_as_not_notified() {
     clock.set("2026-12-01T18:00:00Z".parse().unwrap());
     while !service.tick(50).await.unwrap().is_idle() {}
 
-    let rows = return_rows(dir.path());
+    let rows = common::return_rows(dir.path(), "openemr");
     let bob: Vec<_> = rows.iter().filter(|r| r.starts_with("50002,")).collect();
     let carmen: Vec<_> = rows.iter().filter(|r| r.starts_with("50003,")).collect();
     assert_eq!(bob.len(), 1, "{rows:?}");

@@ -587,10 +587,18 @@ async fn the_whole_loop_runs_over_http() {
     stop.notify_waiters();
 }
 
-/// Duplicates and out-of-order statuses, delivered by hand through the endpoint.
-#[tokio::test]
-async fn duplicate_and_out_of_order_webhooks_merge_monotonically() {
-    let d = db().await;
+/// The in-process simulator as transport, a service and medrelay's webhook endpoint on loopback
+/// (webhooks are posted to it by hand).
+struct Endpoint {
+    sim: Arc<Simulator>,
+    config: Arc<Compiled>,
+    service: Service,
+    inbound: Arc<Inbound>,
+    url: String,
+    _stop: Arc<Notify>,
+}
+
+async fn endpoint(d: &Db) -> Endpoint {
     let sim = simulator(d.clock.clone());
     let config = compiled();
     let service = Service::new(
@@ -603,7 +611,7 @@ async fn duplicate_and_out_of_order_webhooks_merge_monotonically() {
     );
     let inbound = Arc::new(Inbound::new(
         d.store.clone(),
-        config,
+        config.clone(),
         sim.clone(),
         d.clock.clone(),
     ));
@@ -613,6 +621,28 @@ async fn duplicate_and_out_of_order_webhooks_merge_monotonically() {
         VERIFY_TOKEN,
     )))
     .await;
+    Endpoint {
+        sim,
+        config,
+        service,
+        inbound,
+        url,
+        _stop,
+    }
+}
+
+/// Duplicates and out-of-order statuses, delivered by hand through the endpoint.
+#[tokio::test]
+async fn duplicate_and_out_of_order_webhooks_merge_monotonically() {
+    let d = db().await;
+    let Endpoint {
+        sim,
+        service,
+        inbound,
+        url,
+        _stop,
+        ..
+    } = endpoint(&d).await;
     sim.script("+5511987650003", [PatientAction::Tap("confirm".into())]);
     ingest(
         &service,
@@ -754,28 +784,14 @@ fn answers(sim: &Simulator) -> Vec<String> {
 #[tokio::test]
 async fn stale_taps_stop_then_start_and_emergency_phrases_over_the_webhook_endpoint() {
     let d = db().await;
-    let sim = simulator(d.clock.clone());
-    let config = compiled();
-    let service = Service::new(
-        d.store.clone(),
-        config.clone(),
-        sim.clone(),
-        None,
-        vec![],
-        d.clock.clone(),
-    );
-    let inbound = Arc::new(Inbound::new(
-        d.store.clone(),
-        config.clone(),
-        sim.clone(),
-        d.clock.clone(),
-    ));
-    let (url, _stop) = spawn_router(webhook_router(WebhookState::new(
-        inbound.clone(),
-        APP_SECRET,
-        VERIFY_TOKEN,
-    )))
-    .await;
+    let Endpoint {
+        sim,
+        config,
+        service,
+        inbound,
+        url,
+        _stop,
+    } = endpoint(&d).await;
     let phone = "+5511987650005";
     let start = t0() + jiff::SignedDuration::from_mins(48 * 60 - 5);
     ingest(&service, &[appointment("S1", phone, start)]).await;

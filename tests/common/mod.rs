@@ -39,6 +39,21 @@ pub fn demo_config(dir: &Path, blocklist: &[&str]) -> Loaded {
     load(&dir.join("medrelay.toml")).unwrap()
 }
 
+/// The data rows (header skipped) of every return file written for `connector`, oldest file first.
+pub fn return_rows(dir: &Path, connector: &str) -> Vec<String> {
+    let mut rows = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir.join("returns").join(connector)) else {
+        return rows;
+    };
+    let mut files: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        rows.extend(text.lines().skip(1).map(str::to_string));
+    }
+    rows
+}
+
 /// Copies a sample into `dir` and returns its path there.
 pub fn copy_sample(dir: &Path, relative: &str) -> PathBuf {
     let from = root().join(relative);

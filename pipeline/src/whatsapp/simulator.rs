@@ -329,24 +329,9 @@ impl Simulator {
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
-                let body_params = components
-                    .iter()
-                    .filter(|c| {
-                        c["type"]
-                            .as_str()
-                            .is_some_and(|t| t.eq_ignore_ascii_case("body"))
-                    })
-                    .map(|c| c["parameters"].as_array().map_or(0, Vec::len))
-                    .sum::<usize>();
-                let header_params = components
-                    .iter()
-                    .filter(|c| {
-                        c["type"]
-                            .as_str()
-                            .is_some_and(|t| t.eq_ignore_ascii_case("header"))
-                    })
-                    .map(|c| c["parameters"].as_array().map_or(0, Vec::len))
-                    .sum::<usize>();
+                let body_names = parameter_names_of(&components, "body");
+                let header_names = parameter_names_of(&components, "header");
+                let (body_params, header_params) = (body_names.len(), header_names.len());
                 if header_params != t.header_parameters {
                     return Err((
                         400,
@@ -363,8 +348,6 @@ impl Simulator {
                 // A NAMED template needs every parameter named (Meta: #100 "Parameter name is
                 // missing or empty"), and by the template's own names.
                 if let Some(names) = &t.parameter_names {
-                    let body_names = parameter_names_of(&components, "body");
-                    let header_names = parameter_names_of(&components, "header");
                     if body_names.iter().chain(&header_names).any(Option::is_none) {
                         return Err((
                             400,
