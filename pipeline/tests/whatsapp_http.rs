@@ -916,7 +916,7 @@ async fn named_templates_need_their_parameter_names() {
     };
     assert!(matches!(
         c.send(&named(["clinic", "", ""])).await,
-        Err(SendError::Permanent { code: 100, .. })
+        Err(SendError::HaltTemplate { code: 100, .. })
     ));
     assert!(matches!(
         c.send(&named(["clinic", "first_name", "time"])).await,

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Accepted, SendError, WhatsAppTransport, classify};
+use super::{Accepted, SendError, WhatsAppTransport, classify_response};
 use crate::config::CompiledTemplate;
 
 fn default_base_url() -> String {
@@ -424,8 +424,7 @@ impl WhatsAppTransport for CloudApiClient {
                 }),
             };
         }
-        let code = json.as_ref().and_then(|v| v["error"]["code"].as_i64());
-        Err(classify(status, code))
+        Err(classify_response(status, json.as_ref()))
     }
 }
 

@@ -168,6 +168,28 @@ pub fn classify(http_status: u16, code: Option<i64>) -> SendError {
     }
 }
 
+/// Classifies a Cloud API error response body. Meta asks to branch on `code` and
+/// `error_data.details`: a #100 "Invalid parameter" whose details name a template parameter
+/// ("Parameter name is missing or empty") is a template problem that every send would repeat, so it
+/// halts the template like 132000 rather than failing one message. The details are Meta's text about
+/// the request's shape; they are not kept (they could echo a value).
+pub fn classify_response(http_status: u16, body: Option<&Value>) -> SendError {
+    let code = body.and_then(|v| v["error"]["code"].as_i64());
+    let details = body
+        .and_then(|v| v["error"]["error_data"]["details"].as_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if code == Some(100) && details.contains("parameter") {
+        return SendError::HaltTemplate {
+            code: 100,
+            detail:
+                "invalid template parameter (e.g. a NAMED template sent without parameter names)"
+                    .into(),
+        };
+    }
+    classify(http_status, code)
+}
+
 /// Moves a Cloud API request body to WhatsApp (or to the simulator).
 #[async_trait]
 pub trait WhatsAppTransport: Send + Sync {
@@ -258,6 +280,16 @@ mod tests {
             assert!(matches!(classify(400, Some(c)), SendError::HaltAll { .. }));
         }
         assert!(matches!(classify(503, None), SendError::Retry { .. }));
+        let named = json!({"error": {"code": 100, "error_data": {"details": "Parameter name is missing or empty"}}});
+        assert!(matches!(
+            classify_response(400, Some(&named)),
+            SendError::HaltTemplate { code: 100, .. }
+        ));
+        let other = json!({"error": {"code": 100, "error_data": {"details": "to is required"}}});
+        assert!(matches!(
+            classify_response(400, Some(&other)),
+            SendError::Permanent { code: 100, .. }
+        ));
         assert!(matches!(classify(500, Some(1)), SendError::Retry { .. }));
     }
 }

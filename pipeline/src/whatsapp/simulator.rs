@@ -17,7 +17,7 @@ use super::webhook::{
     BusinessNumber, InboundContent, InboundMessage, StatusUpdate, message_webhook, sign,
     status_webhook,
 };
-use super::{Accepted, SendError, WhatsAppTransport, classify};
+use super::{Accepted, SendError, WhatsAppTransport, classify_response};
 use crate::clock::Clock;
 
 /// How simulated patients answer, in percent (the rest do not answer).
@@ -509,7 +509,7 @@ impl WhatsAppTransport for Simulator {
                     .unwrap_or_default()
                     .to_string(),
             }),
-            Err((status, err)) => Err(classify(status, err["error"]["code"].as_i64())),
+            Err((status, err)) => Err(classify_response(status, Some(&err))),
         }
     }
 }
