@@ -57,6 +57,19 @@ pub struct CsvProfile {
     /// Opt-in cell values meaning "no" (case-insensitive). Any other value is no signal.
     #[serde(default = "default_opt_in_no")]
     pub opt_in_no: Vec<String>,
+    /// Protection-indicator values that protect the patient (HL7 PD1-12 `Y`, case-insensitive): a
+    /// protected patient is never messaged, whatever else says yes.
+    #[serde(default = "default_protection_yes")]
+    pub protection_yes: Vec<String>,
+    /// Protection-indicator values that do not (HL7 `N`). Any other non-empty value is a bad row:
+    /// a privacy flag is never guessed.
+    #[serde(default = "default_protection_no")]
+    pub protection_no: Vec<String>,
+    /// Publicity-code values meaning "no publicity" (HL7 PD1-11, user table 0215 `N`): recorded as an
+    /// EHR opt-out (a WhatsApp message is a disclosure: lock screens show previews). It beats the
+    /// opt-in column of the same row; a later staff grant or patient START can lift it.
+    #[serde(default = "default_publicity_opt_out")]
+    pub publicity_opt_out: Vec<String>,
 }
 
 /// The character encodings exports come in.
@@ -160,6 +173,12 @@ pub struct ColumnMap {
     /// WhatsApp opt-in column, read through `opt_in_yes` / `opt_in_no`.
     #[serde(default)]
     pub opt_in: Option<String>,
+    /// Protection-indicator column (HL7 PD1-12 style), read through `protection_yes` / `protection_no`.
+    #[serde(default)]
+    pub protection: Option<String>,
+    /// Publicity-code column (HL7 PD1-11 style), read through `publicity_opt_out`.
+    #[serde(default)]
+    pub publicity: Option<String>,
     /// Last-updated column, the event's source version.
     #[serde(default)]
     pub updated_at: Option<String>,
@@ -190,6 +209,15 @@ fn default_opt_in_yes() -> Vec<String> {
     ["y", "yes", "1", "true", "sim", "si", "oui"]
         .map(String::from)
         .to_vec()
+}
+fn default_protection_yes() -> Vec<String> {
+    ["y", "yes", "1", "true"].map(String::from).to_vec()
+}
+fn default_protection_no() -> Vec<String> {
+    ["n", "no", "0", "false"].map(String::from).to_vec()
+}
+fn default_publicity_opt_out() -> Vec<String> {
+    vec!["n".to_string()]
 }
 fn default_opt_in_no() -> Vec<String> {
     ["n", "no", "0", "false", "nao", "não"]
@@ -362,6 +390,18 @@ impl CsvProfile {
         for n in &self.opt_in_no {
             if yes.contains(&n.trim().to_lowercase()) {
                 errs.push(format!("opt_in: \"{n}\" is both a yes and a no value"));
+            }
+        }
+        let protects: Vec<String> = self
+            .protection_yes
+            .iter()
+            .map(|s| s.trim().to_lowercase())
+            .collect();
+        for n in &self.protection_no {
+            if protects.contains(&n.trim().to_lowercase()) {
+                errs.push(format!(
+                    "protection: \"{n}\" is both a protecting and a non-protecting value"
+                ));
             }
         }
 

@@ -107,6 +107,11 @@ pub(crate) struct Mapper {
     service_type: Option<Col>,
     reason: Option<Col>,
     opt_in: Option<Col>,
+    protection: Option<Col>,
+    protects: Vec<String>,
+    does_not_protect: Vec<String>,
+    publicity: Option<Col>,
+    no_publicity: Vec<String>,
     updated_at: Option<Col>,
     site: Option<Col>,
     /// Normalised numbers by raw cell text: an export repeats a patient's number on every one of their
@@ -219,6 +224,11 @@ impl Mapper {
             service_type: opt(&c.service_type)?,
             reason: opt(&c.reason)?,
             opt_in: opt(&c.opt_in)?,
+            protection: opt(&c.protection)?,
+            protects: norm(&profile.protection_yes),
+            does_not_protect: norm(&profile.protection_no),
+            publicity: opt(&c.publicity)?,
+            no_publicity: norm(&profile.publicity_opt_out),
             updated_at: opt(&c.updated_at)?,
             site: opt(&c.site)?,
             phone_cache: RefCell::new(HashMap::new()),
@@ -435,7 +445,7 @@ impl Mapper {
             });
         }
 
-        let ehr_consent = match self.opt_cell(rec, &self.opt_in)? {
+        let opt_in = match self.opt_cell(rec, &self.opt_in)? {
             None => None,
             Some(v) => {
                 let v = v.to_lowercase();
@@ -447,6 +457,31 @@ impl Mapper {
                     None
                 }
             }
+        };
+        // "No publicity" is an EHR-side opt-out and beats the same row's opt-in.
+        let no_publicity = self
+            .opt_cell(rec, &self.publicity)?
+            .is_some_and(|v| self.no_publicity.contains(&v.to_lowercase()));
+        let ehr_consent = if no_publicity {
+            Some(EhrConsent::OptOut)
+        } else {
+            opt_in
+        };
+        let protected = match &self.protection {
+            None => false,
+            Some(col) => match self.cell(rec, col)?.map(|v| v.to_lowercase()) {
+                None => false,
+                Some(v) if self.protects.contains(&v) => true,
+                Some(v) if self.does_not_protect.contains(&v) => false,
+                Some(_) => {
+                    return Err(CellError {
+                        column: Some(col.header.clone()),
+                        reason:
+                            "value is not a protection indicator (see protection_yes / protection_no)"
+                                .to_string(),
+                    });
+                }
+            },
         };
 
         Ok(Appointment {
@@ -472,7 +507,7 @@ impl Mapper {
                 family_name: family.map(Phi::new),
                 phones,
                 preferred_language: self.opt_cell(rec, &self.language)?,
-                protected: false,
+                protected,
             },
             ehr_consent,
         })

@@ -322,3 +322,61 @@ fn file_level_errors() {
         Err(CsvError::Profile(_))
     ));
 }
+
+/// HL7-style privacy flags in an export: the protection indicator (PD1-12) protects the patient, an
+/// unknown indicator value is a bad row (never guessed), and a "no publicity" code (PD1-11 `N`) is an
+/// EHR opt-out that beats the same row's opt-in.
+#[test]
+fn protection_indicator_and_publicity_code_columns() {
+    let p = profile(
+        r#"
+        time_zone = "America/Sao_Paulo"
+        [columns]
+        filler_id = "Appt"
+        start_date = "Date"
+        start_time = "Time"
+        full_name = "Name"
+        full_name_order = "given_family"
+        mobile_phone = "Mobile"
+        protection = "Protection"
+        publicity = "Publicity"
+        opt_in = "WhatsApp"
+        "#,
+    );
+    let (ok, bad) = read_all(
+        &fixture("privacy_flags.csv"),
+        &p,
+        options("test", "UTC", "BR"),
+    );
+    let by_id = |id: &str| {
+        &ok.iter()
+            .find(|e| e.appointment.key.id == id)
+            .unwrap()
+            .appointment
+    };
+    assert!(by_id("P-1").patient.protected);
+    assert_eq!(by_id("P-1").ehr_consent, Some(EhrConsent::OptIn));
+    assert!(!by_id("P-2").patient.protected);
+    assert_eq!(
+        by_id("P-2").ehr_consent,
+        Some(EhrConsent::OptOut),
+        "no publicity"
+    );
+    assert!(!by_id("P-3").patient.protected);
+    assert_eq!(
+        by_id("P-3").ehr_consent,
+        Some(EhrConsent::OptIn),
+        "family only"
+    );
+    assert!(!by_id("P-5").patient.protected);
+    assert_eq!(by_id("P-5").ehr_consent, None);
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert_eq!(bad[0].line, 5);
+    assert_eq!(bad[0].column.as_deref(), Some("Protection"));
+    assert!(!bad[0].reason.contains("maybe"), "{}", bad[0].reason);
+
+    // A value that is both protecting and not is a profile error.
+    let mut clash = p.clone();
+    clash.protection_no.push("Y".into());
+    assert!(clash.validate().unwrap_err()[0].contains("protection"));
+}
