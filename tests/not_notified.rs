@@ -51,3 +51,37 @@ async fn permanent_failures_are_written_back_as_not_notified() {
     );
     store.close().await;
 }
+
+/// An appointment its template cannot describe (no location) gets no message, and the EHR hears
+/// "not notified" once, like a permanent WhatsApp failure; the others are unaffected.
+#[tokio::test]
+async fn a_template_that_cannot_be_rendered_is_written_back_as_not_notified() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = common::demo_config(dir.path(), &[]);
+    let file = common::copy_sample(dir.path(), "tests/fixtures/no_location_export.csv");
+    let store = open_store(&loaded).await.unwrap();
+    let clock = Arc::new(ManualClock::new("2026-11-29T13:30:00Z".parse().unwrap()));
+    let service = build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let c = loaded.csv_connector(Some("openemr")).unwrap().clone();
+    import_csv(&service, &loaded, &c, &file, Some(clock.now()), |_| {})
+        .await
+        .unwrap();
+    while !service.tick(50).await.unwrap().is_idle() {}
+    clock.set("2026-12-01T12:30:00Z".parse().unwrap());
+    while !service.tick(50).await.unwrap().is_idle() {}
+
+    let rows = common::return_rows(dir.path(), "openemr");
+    let nadia: Vec<_> = rows.iter().filter(|r| r.starts_with("60001,")).collect();
+    assert_eq!(nadia.len(), 1, "{rows:?}");
+    assert!(
+        nadia[0].starts_with("60001,2001,not_notified,N,"),
+        "{}",
+        nadia[0]
+    );
+    assert!(!rows.iter().any(|r| r.starts_with("60002,")), "{rows:?}");
+    let sim = service.simulator.clone().unwrap();
+    let sent = sim.sent();
+    assert!(!sent.iter().any(|b| b["to"] == "12127365021"));
+    assert!(sent.iter().any(|b| b["to"] == "12127365022"));
+    store.close().await;
+}

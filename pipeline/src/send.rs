@@ -317,9 +317,15 @@ impl Sender {
         else {
             return final_("failed", "no site configured".into());
         };
+        // The appointment lacks what its template shows (a location, a given name): no message
+        // can be sent for it, so, like a permanent WhatsApp failure, the EHR hears "not notified".
         let params = match render_parameters(&template.body, &rec.appointment, &site.facts) {
             Ok(p) => p,
-            Err(e) => return final_("failed", format!("cannot render template: {e}")),
+            Err(e) => {
+                let reason = format!("cannot render template: {e}");
+                self.store.record_not_notified(job.id, &reason, now).await?;
+                return final_("failed", reason);
+            }
         };
         let header = match template.header.map(|f| {
             render_parameters(&[f], &rec.appointment, &site.facts).map(|mut v| v.remove(0))
@@ -329,7 +335,11 @@ impl Sender {
                 name: template.header_parameter_name.clone(),
                 text,
             }),
-            Some(Err(e)) => return final_("failed", format!("cannot render template header: {e}")),
+            Some(Err(e)) => {
+                let reason = format!("cannot render template header: {e}");
+                self.store.record_not_notified(job.id, &reason, now).await?;
+                return final_("failed", reason);
+            }
         };
         let language = template.choose_language(
             rec.appointment.patient.preferred_language.as_deref(),
