@@ -216,6 +216,9 @@ pub struct RemoteComponent {
     /// The text with its `{{..}}` placeholders (HEADER, BODY, FOOTER).
     #[serde(default)]
     pub text: Option<String>,
+    /// A HEADER's format: TEXT, or a media kind (IMAGE, VIDEO, DOCUMENT, LOCATION).
+    #[serde(default)]
+    pub format: Option<String>,
     /// The buttons of a BUTTONS component.
     #[serde(default)]
     pub buttons: Vec<RemoteButton>,
@@ -248,6 +251,16 @@ impl RemoteTemplate {
     /// The placeholders of the HEADER text (a TEXT header has at most one); none for media headers.
     pub fn header_placeholders(&self) -> Vec<String> {
         placeholders(self.component_text("HEADER").unwrap_or_default())
+    }
+
+    /// The HEADER's media format (IMAGE, VIDEO, DOCUMENT, LOCATION), if it has one: every send would
+    /// need a media parameter, which medrelay's reminders never carry.
+    pub fn media_header(&self) -> Option<String> {
+        self.components
+            .iter()
+            .filter(|c| c.kind.eq_ignore_ascii_case("HEADER"))
+            .filter_map(|c| c.format.clone())
+            .find(|f| !f.eq_ignore_ascii_case("TEXT"))
     }
 }
 
@@ -447,6 +460,8 @@ pub enum TemplateIssue {
         configured: Option<String>,
         registry: Vec<String>,
     },
+    /// The registry's header is an image, video, document or location: sends need media we never send.
+    MediaHeader { format: String },
     /// A different number of quick-reply buttons.
     QuickReplies { configured: usize, registry: usize },
     /// The registry's `message_send_ttl_seconds` is not the configured `ttl`.
@@ -504,6 +519,10 @@ impl fmt::Display for TemplateProblem {
                     Some(c) => format!("one parameter ({c})"),
                     None => "no parameter".to_string(),
                 }
+            ),
+            TemplateIssue::MediaHeader { format } => write!(
+                f,
+                "the header is {format}: every send would need a media parameter medrelay does not send; use a TEXT header"
             ),
             TemplateIssue::QuickReplies {
                 configured,
@@ -601,6 +620,9 @@ pub fn check_templates(
                     registry: r.message_send_ttl_seconds,
                 }));
             }
+            if let Some(format) = r.media_header() {
+                problems.push(problem(TemplateIssue::MediaHeader { format }));
+            }
             let header = r.header_placeholders();
             let header_ok = match (&t.header, &t.header_parameter_name) {
                 (None, _) => header.is_empty(),
@@ -664,17 +686,17 @@ mod tests {
                 RemoteComponent {
                     kind: "BODY".into(),
                     text: Some(body.into()),
-                    buttons: vec![],
+                    ..Default::default()
                 },
                 RemoteComponent {
                     kind: "BUTTONS".into(),
-                    text: None,
                     buttons: (0..buttons)
                         .map(|_| RemoteButton {
                             kind: "QUICK_REPLY".into(),
                             text: Some("x".into()),
                         })
                         .collect(),
+                    ..Default::default()
                 },
             ],
             ..Default::default()
@@ -721,6 +743,7 @@ mod tests {
         let header = |text: &str| RemoteComponent {
             kind: "HEADER".into(),
             text: Some(text.into()),
+            format: Some("TEXT".into()),
             buttons: vec![],
         };
         let mut with_header = configured(None);
@@ -747,6 +770,23 @@ mod tests {
         }
         assert_eq!(check_templates(&with_header, &r), vec![]);
         assert_eq!(check_templates(&configured(None), &r).len(), 2);
+        // An image header cannot be filled by a reminder at all.
+        for t in &mut r {
+            t.components[0] = RemoteComponent {
+                kind: "HEADER".into(),
+                format: Some("IMAGE".into()),
+                ..Default::default()
+            };
+        }
+        let p = check_templates(&configured(None), &r);
+        assert!(
+            p.iter().all(|p| p.issue
+                == TemplateIssue::MediaHeader {
+                    format: "IMAGE".into()
+                }),
+            "{p:?}"
+        );
+        assert!(p[0].to_string().contains("TEXT header"), "{}", p[0]);
     }
 
     #[test]
