@@ -281,7 +281,13 @@ impl Store {
             let conn =
                 unsafe { rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr()) }
                     .map_err(StoreError::from)?;
-            applied = upsert_rows(&conn, import_id, source, as_of_us, now_s, token, rows)?;
+            let run = || upsert_rows(&conn, import_id, source, as_of_us, now_s, token, rows);
+            // A batch is tens of milliseconds of synchronous SQLite work: on the service's
+            // multi-threaded runtime, let other tasks (webhooks, the sender) move to another worker.
+            applied = match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+                _ => run(),
+            }?;
             drop(conn);
         }
         let bad_ids: Vec<&str> = rejected
