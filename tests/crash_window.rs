@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use jiff::SignedDuration;
 use medrelay::commands::run::pass;
-use medrelay::wiring::{build_service, import_csv, open_store};
+use medrelay::wiring::{build_service, open_store};
 use medrelay_pipeline::clock::{Clock, ManualClock};
 use medrelay_pipeline::whatsapp::webhook::{StatusUpdate, status_webhook};
 
@@ -20,23 +20,12 @@ async fn an_interrupted_send_waits_for_its_status_webhook_before_any_retry() {
     assert_eq!(loaded.sending_grace, SignedDuration::from_mins(10));
     let file = common::copy_sample(dir.path(), "samples/csv/openemr_future_appointments.csv");
     let clock = Arc::new(ManualClock::new("2026-11-29T13:30:00Z".parse().unwrap()));
-    let connector = loaded.csv_connector(Some("openemr")).unwrap().clone();
 
     // The process that crashes: it plans, marks the due confirmations `sending`, and dies before
     // recording any outcome. WhatsApp had accepted the first one.
     let (crashed, other) = {
-        let store = open_store(&loaded).await.unwrap();
-        let service = build_service(&loaded, store.clone(), clock.clone()).unwrap();
-        import_csv(
-            &service,
-            &loaded,
-            &connector,
-            &file,
-            Some(clock.now()),
-            |_| {},
-        )
-        .await
-        .unwrap();
+        let (store, service, _) =
+            common::service_with_import(&loaded, clock.clone(), "openemr", &file).await;
         service.scheduler.plan_pending().await.unwrap();
         let claimed = store.claim_due(clock.now(), 100).await.unwrap();
         assert!(claimed.len() >= 2, "{claimed:?}");

@@ -8,8 +8,7 @@ use common::cli_with_config as cli;
 use std::sync::Arc;
 
 use medrelay::config::load;
-use medrelay::wiring::{build_service, import_csv, open_store};
-use medrelay_pipeline::clock::{Clock, ManualClock};
+use medrelay_pipeline::clock::ManualClock;
 use medrelay_pipeline::service::Service;
 
 async fn settle(service: &Service) {
@@ -59,22 +58,11 @@ inbox = "inbox/registry"
         dir.path(),
         "connectors/csv/tests/fixtures/privacy_flags.csv",
     );
-    let store = open_store(&loaded).await.unwrap();
     // The appointments are 2026-12-05 09:00-11:00 in São Paulo (12:00Z-14:00Z): at 14:00Z on the 3rd
     // the booking confirmations and the 48 h reminders are due.
     let clock = Arc::new(ManualClock::new("2026-12-03T14:00:00Z".parse().unwrap()));
-    let service = build_service(&loaded, store.clone(), clock.clone()).unwrap();
-    let connector = loaded.csv_connector(Some("registry")).unwrap().clone();
-    let imported = import_csv(
-        &service,
-        &loaded,
-        &connector,
-        &file,
-        Some(clock.now()),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let (store, service, imported) =
+        common::service_with_import(&loaded, clock.clone(), "registry", &file).await;
     assert_eq!(
         (imported.summary.rows_ok, imported.summary.rows_bad),
         (4, 1)

@@ -5,7 +5,6 @@ mod common;
 
 use std::sync::Arc;
 
-use medrelay::wiring::{build_service, import_csv, open_store};
 use medrelay_pipeline::clock::{Clock, ManualClock};
 
 #[tokio::test]
@@ -14,16 +13,12 @@ async fn permanent_failures_are_written_back_as_not_notified() {
     // Bob's number is not on WhatsApp: the Cloud API accepts, then a failed status (131026) arrives.
     let loaded = common::demo_config(dir.path(), &["+1 212 736 5002"]);
     let file = common::copy_sample(dir.path(), "samples/csv/openemr_future_appointments.csv");
-    let store = open_store(&loaded).await.unwrap();
     let clock = Arc::new(ManualClock::new("2026-11-29T13:30:00Z".parse().unwrap()));
-    let service = build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let (store, service, _) =
+        common::service_with_import(&loaded, clock.clone(), "openemr", &file).await;
     // Carmen's sends are refused at once with a permanent error (131047).
     let sim = service.simulator.clone().unwrap();
     sim.fail_with("+12127365003", 131047);
-    let c = loaded.csv_connector(Some("openemr")).unwrap().clone();
-    import_csv(&service, &loaded, &c, &file, Some(clock.now()), |_| {})
-        .await
-        .unwrap();
     while !service.tick(50).await.unwrap().is_idle() {}
     // Later steps fail again; still one record per appointment slot.
     clock.set("2026-12-01T18:00:00Z".parse().unwrap());
@@ -59,13 +54,9 @@ async fn a_template_that_cannot_be_rendered_is_written_back_as_not_notified() {
     let dir = tempfile::tempdir().unwrap();
     let loaded = common::demo_config(dir.path(), &[]);
     let file = common::copy_sample(dir.path(), "tests/fixtures/no_location_export.csv");
-    let store = open_store(&loaded).await.unwrap();
     let clock = Arc::new(ManualClock::new("2026-11-29T13:30:00Z".parse().unwrap()));
-    let service = build_service(&loaded, store.clone(), clock.clone()).unwrap();
-    let c = loaded.csv_connector(Some("openemr")).unwrap().clone();
-    import_csv(&service, &loaded, &c, &file, Some(clock.now()), |_| {})
-        .await
-        .unwrap();
+    let (store, service, _) =
+        common::service_with_import(&loaded, clock.clone(), "openemr", &file).await;
     while !service.tick(50).await.unwrap().is_idle() {}
     clock.set("2026-12-01T12:30:00Z".parse().unwrap());
     while !service.tick(50).await.unwrap().is_idle() {}

@@ -121,13 +121,6 @@ fn push_field(buf: &mut Vec<u8>, field: Option<&str>) {
     buf.push(0x1f);
 }
 
-impl Ingest {
-    /// A handle writing to `store`, stamping with `clock`.
-    pub fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
-        Ingest { store, clock }
-    }
-}
-
 /// Flattens an event into its stored columns, with its keyed hashes. A free function so that bulk
 /// imports run it on the reader thread, overlapping the database work.
 // PHI: flattening the appointment into its (PHI) columns is the reason the store exists.
@@ -197,6 +190,11 @@ fn build_row(keys: &Keys, e: &AppointmentEvent) -> AppointmentRow {
 }
 
 impl Ingest {
+    /// A handle writing to `store`, stamping with `clock`.
+    pub fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
+        Ingest { store, clock }
+    }
+
     /// Records the start of an import.
     pub async fn begin_import(&self, info: &ImportInfo) -> StoreResult<i64> {
         self.store.begin_import(info, self.clock.now()).await
@@ -215,26 +213,12 @@ impl Ingest {
     ) -> StoreResult<AcceptReceipt> {
         let keys = self.store.keys();
         let rows: Vec<AppointmentRow> = events.iter().map(|e| build_row(keys, e)).collect();
-        self.accept_rows(import_id, source, as_of, &rows, rejected, touch_seen)
-            .await
-    }
-
-    /// [`Ingest::accept`] for rows already flattened.
-    async fn accept_rows(
-        &self,
-        import_id: Option<i64>,
-        source: &str,
-        as_of: Timestamp,
-        rows: &[AppointmentRow],
-        rejected: &[Rejected],
-        touch_seen: bool,
-    ) -> StoreResult<AcceptReceipt> {
         self.store
             .accept_rows(
                 import_id,
                 source,
                 as_of,
-                rows,
+                &rows,
                 rejected,
                 touch_seen,
                 self.clock.now(),
@@ -260,16 +244,16 @@ impl Ingest {
             tokio::sync::mpsc::channel::<(Vec<AppointmentRow>, Vec<Rejected>, u64)>(2);
         let keys = self.store.keys().clone();
         let reader = tokio::task::spawn_blocking(move || {
-            let mut events = Vec::with_capacity(batch_size);
+            let mut rows = Vec::with_capacity(batch_size);
             let mut rejected = Vec::new();
             while let Some(item) = source.next_item() {
                 match item {
-                    SourceItem::Event(e) => events.push(build_row(&keys, &e)),
+                    SourceItem::Event(e) => rows.push(build_row(&keys, &e)),
                     SourceItem::Rejected(r) => rejected.push(r),
                 }
-                if events.len() + rejected.len() >= batch_size {
+                if rows.len() + rejected.len() >= batch_size {
                     let batch = (
-                        std::mem::replace(&mut events, Vec::with_capacity(batch_size)),
+                        std::mem::replace(&mut rows, Vec::with_capacity(batch_size)),
                         std::mem::take(&mut rejected),
                         source.position(),
                     );
@@ -278,7 +262,7 @@ impl Ingest {
                     }
                 }
             }
-            let _ = tx.blocking_send((events, rejected, source.position()));
+            let _ = tx.blocking_send((rows, rejected, source.position()));
         });
         let snapshot = info.mode == ImportMode::Snapshot;
         let mut summary = ImportSummary {
@@ -286,19 +270,21 @@ impl Ingest {
             ..ImportSummary::default()
         };
         let mut unreadable_ids = 0u64;
-        while let Some((events, rejected, position)) = rx.recv().await {
+        while let Some((rows, rejected, position)) = rx.recv().await {
             unreadable_ids += rejected.iter().filter(|r| r.filler_id.is_none()).count() as u64;
             let receipt = self
+                .store
                 .accept_rows(
                     Some(import_id),
                     &info.source,
                     info.as_of,
-                    &events,
+                    &rows,
                     &rejected,
                     snapshot,
+                    self.clock.now(),
                 )
                 .await?;
-            summary.rows_ok += events.len() as u64;
+            summary.rows_ok += rows.len() as u64;
             summary.rows_bad += rejected.len() as u64;
             summary.applied += receipt.applied;
             summary.unchanged += receipt.unchanged;

@@ -319,7 +319,14 @@ impl Sender {
         };
         // The appointment lacks what its template shows (a location, a given name): no message
         // can be sent for it, so, like a permanent WhatsApp failure, the EHR hears "not notified".
-        let params = match render_parameters(&template.body, &rec.appointment, &site.facts) {
+        // The header's one parameter, if any, renders with the body (same allow-list, one check).
+        let fields: Vec<_> = template
+            .header
+            .iter()
+            .chain(&template.body)
+            .copied()
+            .collect();
+        let mut params = match render_parameters(&fields, &rec.appointment, &site.facts) {
             Ok(p) => p,
             Err(e) => {
                 let reason = format!("cannot render template: {e}");
@@ -327,20 +334,10 @@ impl Sender {
                 return final_("failed", reason);
             }
         };
-        let header = match template.header.map(|f| {
-            render_parameters(&[f], &rec.appointment, &site.facts).map(|mut v| v.remove(0))
-        }) {
-            None => None,
-            Some(Ok(text)) => Some(BodyParameter {
-                name: template.header_parameter_name.clone(),
-                text,
-            }),
-            Some(Err(e)) => {
-                let reason = format!("cannot render template header: {e}");
-                self.store.record_not_notified(job.id, &reason, now).await?;
-                return final_("failed", reason);
-            }
-        };
+        let header = template.header.map(|_| BodyParameter {
+            name: template.header_parameter_name.clone(),
+            text: params.remove(0),
+        });
         let language = template.choose_language(
             rec.appointment.patient.preferred_language.as_deref(),
             &site.fallback_languages,

@@ -62,6 +62,29 @@ pub fn copy_sample(dir: &Path, relative: &str) -> PathBuf {
     to
 }
 
+/// Opens the store, wires the service on `clock`, and imports `file` through `connector` as of now:
+/// the start of most end-to-end tests.
+pub async fn service_with_import(
+    loaded: &Loaded,
+    clock: std::sync::Arc<medrelay_pipeline::clock::ManualClock>,
+    connector: &str,
+    file: &Path,
+) -> (
+    medrelay_pipeline::store::Store,
+    medrelay_pipeline::service::Service,
+    medrelay::wiring::CsvImportResult,
+) {
+    use medrelay_pipeline::clock::Clock;
+    let store = medrelay::wiring::open_store(loaded).await.unwrap();
+    let service = medrelay::wiring::build_service(loaded, store.clone(), clock.clone()).unwrap();
+    let c = loaded.csv_connector(Some(connector)).unwrap().clone();
+    let imported =
+        medrelay::wiring::import_csv(&service, loaded, &c, file, Some(clock.now()), |_| {})
+            .await
+            .unwrap();
+    (store, service, imported)
+}
+
 /// Runs the `medrelay` command line in-process with full arguments (program name first); returns the
 /// exit code and what it printed on stdout.
 pub async fn cli(args: &[&str]) -> (u8, String) {
