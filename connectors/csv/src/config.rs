@@ -225,6 +225,14 @@ fn default_opt_in_no() -> Vec<String> {
         .to_vec()
 }
 
+/// The values of `no` that are also in `yes` (trimmed, case-insensitive): a cell cannot mean both.
+fn overlapping<'a>(yes: &[String], no: &'a [String]) -> Vec<&'a String> {
+    let yes: Vec<String> = yes.iter().map(|s| s.trim().to_lowercase()).collect();
+    no.iter()
+        .filter(|n| yes.contains(&n.trim().to_lowercase()))
+        .collect()
+}
+
 /// Parses an instant in `fmt`: an offset in the text wins, otherwise the civil time is placed in `tz`
 /// with compatible disambiguation (a gap moves forward, a fold takes the earlier instant).
 pub(crate) fn parse_instant(fmt: &str, s: &str, tz: &TimeZone) -> Option<Timestamp> {
@@ -382,27 +390,13 @@ impl CsvProfile {
             }
         }
 
-        let yes: Vec<String> = self
-            .opt_in_yes
-            .iter()
-            .map(|s| s.trim().to_lowercase())
-            .collect();
-        for n in &self.opt_in_no {
-            if yes.contains(&n.trim().to_lowercase()) {
-                errs.push(format!("opt_in: \"{n}\" is both a yes and a no value"));
-            }
+        for n in overlapping(&self.opt_in_yes, &self.opt_in_no) {
+            errs.push(format!("opt_in: \"{n}\" is both a yes and a no value"));
         }
-        let protects: Vec<String> = self
-            .protection_yes
-            .iter()
-            .map(|s| s.trim().to_lowercase())
-            .collect();
-        for n in &self.protection_no {
-            if protects.contains(&n.trim().to_lowercase()) {
-                errs.push(format!(
-                    "protection: \"{n}\" is both a protecting and a non-protecting value"
-                ));
-            }
+        for n in overlapping(&self.protection_yes, &self.protection_no) {
+            errs.push(format!(
+                "protection: \"{n}\" is both a protecting and a non-protecting value"
+            ));
         }
 
         if errs.is_empty() { Ok(()) } else { Err(errs) }

@@ -335,9 +335,8 @@ impl Simulator {
                 if header_params != t.header_parameters {
                     return Err((
                         400,
-                        error_body(
+                        error_json(
                             132000,
-                            "Number of parameters does not match the expected number of params",
                             &format!(
                                 "header: number of localizable_params ({header_params}) does not match the expected number of params ({})",
                                 t.header_parameters
@@ -367,9 +366,8 @@ impl Simulator {
                     if given != expected || !header_ok {
                         return Err((
                             400,
-                            error_body(
+                            error_json(
                                 132000,
-                                "Number of parameters does not match the expected number of params",
                                 "parameter names do not match the template's named parameters",
                             ),
                         ));
@@ -378,9 +376,8 @@ impl Simulator {
                 if body_params != t.body_parameters {
                     return Err((
                         400,
-                        error_body(
+                        error_json(
                             132000,
-                            "Number of parameters does not match the expected number of params",
                             &format!(
                                 "body: number of localizable_params ({body_params}) does not match the expected number of params ({})",
                                 t.body_parameters
