@@ -1,0 +1,116 @@
+//! HL7v2 connector: SIU^S12..S26 scheduling messages, from an MLLP port or from files, mapped to the
+//! canonical appointment and answered with an ACK (AA) or a NAK (AE / AR with an ERR segment).
+//!
+//! The connector never touches the store: [`process`] turns bytes into an [`Outcome`], the caller
+//! (the pipeline's ingest) commits it, and only then is the ACK built ([`Processed::ack`]). The MLLP
+//! listener ([`mllp::serve`]) follows that order through a [`mllp::MessageSink`].
+//!
+//! hl7-parser does the structural parse; charsets ([`charset`]), escapes ([`escape`]) and
+//! timestamps ([`dtm`]) are decoded here because the parser gets them wrong (DEPENDENCIES.md).
+
+pub mod ack;
+pub mod charset;
+pub mod dtm;
+pub mod error;
+pub mod escape;
+pub mod file;
+pub mod message;
+pub mod mllp;
+pub mod siu;
+
+use jiff::Timestamp;
+use medrelay_mapping::AppointmentEvent;
+
+pub use error::{AckCode, ErrLocation, ErrorCode, Hl7Error};
+pub use siu::{Header, Hl7Options};
+
+/// What a message amounts to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// An appointment event to commit (then AA).
+    Event(Box<AppointmentEvent>),
+    /// A valid message that carries nothing for us (then AA, nothing stored); why, without PHI.
+    Ignored(&'static str),
+    /// A message we cannot accept: the raw bytes go to quarantine, then AE or AR.
+    Rejected(Hl7Error),
+}
+
+/// A processed message: its header (when readable) and outcome.
+#[derive(Debug)]
+pub struct Processed {
+    pub header: Option<Header>,
+    pub outcome: Outcome,
+}
+
+impl Processed {
+    /// The filler appointment id when it was readable, even from a rejected message (ids are not
+    /// patient data); a snapshot-free feed only uses it for the quarantine listing.
+    pub fn filler_id(&self) -> Option<&str> {
+        match &self.outcome {
+            Outcome::Event(e) => Some(&e.appointment.key.id),
+            _ => None,
+        }
+    }
+
+    /// The acknowledgement to send once the outcome is durable (`stored = true`). When it could
+    /// not be stored, the answer is AR 207 so that the sender keeps the message and sends it again.
+    pub fn ack(&self, stored: bool, opts: &Hl7Options, now: Timestamp) -> String {
+        if !stored {
+            let e = Hl7Error::reject(
+                ErrorCode::ApplicationInternal,
+                None,
+                "the message could not be stored; send it again later",
+            );
+            return ack::build(self.header.as_ref(), AckCode::Reject, Some(&e), opts, now);
+        }
+        match &self.outcome {
+            Outcome::Event(_) | Outcome::Ignored(_) => {
+                ack::build(self.header.as_ref(), AckCode::Accept, None, opts, now)
+            }
+            Outcome::Rejected(e) => ack::build(self.header.as_ref(), e.ack, Some(e), opts, now),
+        }
+    }
+}
+
+/// Decodes, parses and maps one message. `seq` orders messages with the same MSH-7 (a file's
+/// message number, or the receive time); `raw_ref` says where it came from (no PHI).
+pub fn process(raw: &[u8], opts: &Hl7Options, seq: i64, raw_ref: &str) -> Processed {
+    let rejected = |header, e| Processed {
+        header,
+        outcome: Outcome::Rejected(e),
+    };
+    let text = match charset::decode(raw, opts.fallback_charset) {
+        Ok(t) => t,
+        Err(e) => return rejected(None, e),
+    };
+    let prepared = match message::prepare(&text) {
+        Ok(p) => p,
+        Err(e) => return rejected(None, e),
+    };
+    let parsed = match message::Parsed::parse(&prepared) {
+        Ok(p) => p,
+        Err(e) => {
+            // The MSH alone may still be readable, so that the NAK echoes MSH-10.
+            let first = prepared.split(['\r', '\n']).next().unwrap_or("");
+            let header = message::Parsed::parse(first)
+                .ok()
+                .map(|p| siu::read_header(&p));
+            return rejected(header, e);
+        }
+    };
+    let header = siu::read_header(&parsed);
+    if let Err(e) = siu::check_header(&header) {
+        return rejected(Some(header), e);
+    }
+    match siu::map(&parsed, &header, opts, seq, raw_ref) {
+        Ok(siu::Mapped::Event(e)) => Processed {
+            header: Some(header),
+            outcome: Outcome::Event(e),
+        },
+        Ok(siu::Mapped::Ignored(why)) => Processed {
+            header: Some(header),
+            outcome: Outcome::Ignored(why),
+        },
+        Err(e) => rejected(Some(header), e),
+    }
+}

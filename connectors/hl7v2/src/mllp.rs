@@ -1,0 +1,282 @@
+//! MLLP (HL7 minimal lower layer protocol): `<VT> message <FS><CR>`, and the listener.
+//!
+//! The codec has a maximum frame length (hl7-mllp-codec has none: one endless frame would eat the
+//! memory). A frame over the limit is skipped to its end and answered with AR, so the sender keeps
+//! it. Each connection is served in order: read a frame, hand it to the [`MessageSink`] (which
+//! returns only once the outcome is durable), write the ACK in one write, read the next.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use jiff::Timestamp;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::{Decoder, Encoder, Framed};
+
+use crate::error::{ErrorCode, Hl7Error};
+use crate::siu::Hl7Options;
+use crate::{Outcome, Processed, process};
+
+const VT: u8 = 0x0b;
+const FS: u8 = 0x1c;
+const CR: u8 = 0x0d;
+
+/// One frame read from the wire.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A whole message.
+    Message(Vec<u8>),
+    /// A frame longer than the limit, skipped (its size so far).
+    TooLong(usize),
+}
+
+/// MLLP framing with a maximum message size.
+#[derive(Debug)]
+pub struct MllpCodec {
+    max: usize,
+    /// Inside a frame that exceeded the limit: discard until its end.
+    skipping: Option<usize>,
+}
+
+impl MllpCodec {
+    /// A codec accepting messages of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
+        MllpCodec {
+            max,
+            skipping: None,
+        }
+    }
+}
+
+impl Decoder for MllpCodec {
+    type Item = Frame;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, Self::Error> {
+        loop {
+            if let Some(seen) = self.skipping {
+                match buf.iter().position(|&b| b == FS) {
+                    Some(i) => {
+                        let n = seen + i;
+                        buf.advance(i + 1);
+                        if buf.first() == Some(&CR) {
+                            buf.advance(1);
+                        }
+                        self.skipping = None;
+                        return Ok(Some(Frame::TooLong(n)));
+                    }
+                    None => {
+                        self.skipping = Some(seen + buf.len());
+                        buf.clear();
+                        return Ok(None);
+                    }
+                }
+            }
+            // Anything before a start block is line noise between frames.
+            match buf.iter().position(|&b| b == VT) {
+                Some(0) => {}
+                Some(i) => buf.advance(i),
+                None => {
+                    buf.clear();
+                    return Ok(None);
+                }
+            }
+            match buf[1..].iter().position(|&b| b == FS) {
+                Some(i) if i <= self.max => {
+                    let body = buf[1..1 + i].to_vec();
+                    buf.advance(i + 2);
+                    if buf.first() == Some(&CR) {
+                        buf.advance(1);
+                    }
+                    return Ok(Some(Frame::Message(body)));
+                }
+                Some(_) => {
+                    self.skipping = Some(0);
+                    buf.advance(1);
+                    continue;
+                }
+                None if buf.len() - 1 > self.max => {
+                    self.skipping = Some(buf.len() - 1);
+                    buf.clear();
+                    return Ok(None);
+                }
+                None => {
+                    buf.reserve(4096);
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+impl Encoder<&str> for MllpCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, msg: &str, dst: &mut BytesMut) -> Result<(), Self::Error> {
+        dst.reserve(msg.len() + 3);
+        dst.put_u8(VT);
+        dst.put_slice(msg.as_bytes());
+        dst.put_u8(FS);
+        dst.put_u8(CR);
+        Ok(())
+    }
+}
+
+/// Where processed messages go: [`MessageSink::store`] commits the event, or the raw bytes to
+/// quarantine for a rejected message, and returns only once that is durable. `Err` (its text names
+/// no patient data) turns the answer into AR 207 so that the sender resends.
+#[async_trait::async_trait]
+pub trait MessageSink: Send + Sync + 'static {
+    async fn store(&self, processed: &Processed, raw: &[u8]) -> Result<(), String>;
+}
+
+/// Listener settings.
+#[derive(Clone, Debug)]
+pub struct ListenerOptions {
+    /// The feed's name, for logs.
+    pub feed: String,
+    pub max_message_bytes: usize,
+}
+
+/// The answer to one frame (after the sink has stored what needs storing).
+pub async fn answer(
+    frame: Frame,
+    opts: &Hl7Options,
+    sink: &dyn MessageSink,
+    feed: &str,
+    now: Timestamp,
+) -> String {
+    let raw = match frame {
+        Frame::Message(raw) => raw,
+        Frame::TooLong(n) => {
+            tracing::warn!(
+                feed,
+                bytes = n,
+                "MLLP frame over the size limit rejected (AR)"
+            );
+            let e = Hl7Error::reject(
+                ErrorCode::ApplicationInternal,
+                None,
+                "the message is larger than this interface accepts (max_message_bytes)",
+            );
+            return crate::ack::build(None, e.ack, Some(&e), opts, now);
+        }
+    };
+    // The receive time orders messages that share an MSH-7.
+    let processed = process(&raw, opts, now.as_microsecond(), "mllp");
+    let control_id = processed.header.as_ref().map(|h| h.control_id.as_str());
+    let stored = match sink.store(&processed, &raw).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(feed, error = %e, "HL7 message not stored; answering AR so it is resent");
+            false
+        }
+    };
+    match &processed.outcome {
+        Outcome::Rejected(e) => {
+            tracing::warn!(feed, control_id, error = %e, "HL7 message quarantined")
+        }
+        Outcome::Ignored(why) => tracing::info!(feed, control_id, why, "HL7 message ignored"),
+        Outcome::Event(_) => tracing::debug!(feed, control_id, "HL7 message accepted"),
+    }
+    processed.ack(stored, opts, now)
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    opts: Arc<Hl7Options>,
+    listener: Arc<ListenerOptions>,
+    sink: Arc<dyn MessageSink>,
+    now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+) {
+    let mut framed = Framed::new(stream, MllpCodec::new(listener.max_message_bytes));
+    while let Some(frame) = framed.next().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(feed = %listener.feed, %peer, error = %e, "MLLP connection error");
+                return;
+            }
+        };
+        let ack = answer(frame, &opts, sink.as_ref(), &listener.feed, now()).await;
+        // One write per ACK frame: some clients read the reply with a single recv.
+        if let Err(e) = framed.send(ack.as_str()).await {
+            tracing::warn!(feed = %listener.feed, %peer, error = %e, "could not send the ACK");
+            return;
+        }
+    }
+}
+
+/// Serves MLLP on `listener` until the task is dropped; one task per connection.
+pub async fn serve(
+    listener: TcpListener,
+    opts: Arc<Hl7Options>,
+    listener_opts: ListenerOptions,
+    sink: Arc<dyn MessageSink>,
+    now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+) -> std::io::Result<()> {
+    let listener_opts = Arc::new(listener_opts);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(
+            stream,
+            peer,
+            opts.clone(),
+            listener_opts.clone(),
+            sink.clone(),
+            now.clone(),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(codec: &mut MllpCodec, bytes: &[u8]) -> Vec<Frame> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn frames_noise_and_split_reads() {
+        let mut c = MllpCodec::new(100);
+        let f = decode_all(&mut c, b"noise\x0bMSH|1\r\x1c\r\r\n\x0bMSH|2\r\x1c\r");
+        assert_eq!(
+            f,
+            [
+                Frame::Message(b"MSH|1\r".to_vec()),
+                Frame::Message(b"MSH|2\r".to_vec())
+            ]
+        );
+        // A frame arriving in pieces.
+        let mut buf = BytesMut::from(&b"\x0bMSH|"[..]);
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"3\r\x1c");
+        assert_eq!(
+            c.decode(&mut buf).unwrap(),
+            Some(Frame::Message(b"MSH|3\r".to_vec()))
+        );
+    }
+
+    #[test]
+    fn an_oversized_frame_is_skipped_and_the_next_one_read() {
+        let mut c = MllpCodec::new(8);
+        let mut buf = BytesMut::from(&b"\x0bMSH|0123456789"[..]);
+        assert_eq!(c.decode(&mut buf).unwrap(), None);
+        assert!(buf.is_empty(), "memory is not kept for an oversized frame");
+        buf.extend_from_slice(b"more\x1c\r\x0bMSH|ok\x1c\r");
+        assert_eq!(c.decode(&mut buf).unwrap(), Some(Frame::TooLong(18)));
+        assert_eq!(
+            c.decode(&mut buf).unwrap(),
+            Some(Frame::Message(b"MSH|ok".to_vec()))
+        );
+    }
+}
