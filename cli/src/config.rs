@@ -402,11 +402,70 @@ pub struct CsvConnectorConfig {
     pub return_file: Option<ReturnFileConfig>,
 }
 
+fn default_max_message_bytes() -> usize {
+    1024 * 1024
+}
+
+fn default_publicity_opt_out() -> Vec<String> {
+    vec!["N".to_string()]
+}
+
+fn default_fallback_charset() -> String {
+    "8859/1".to_string()
+}
+
+/// An HL7v2 interface: SIU messages over MLLP (`listen`) and/or as files (`inbox`, `medrelay
+/// ingest hl7`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7ConnectorConfig {
+    /// The feed's name: how quarantine and the audit trail name it.
+    pub name: String,
+    /// The scheduling system whose ids (SCH-2) the feed carries (default: `name`); share it with
+    /// the nightly CSV of the same EHR so that both update one appointment.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// Configured site the appointments belong to (its zone reads times without an offset).
+    pub site: String,
+    /// The MLLP address `medrelay run` listens on, `IP:port` (e.g. `0.0.0.0:2575`).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Folder `medrelay run` watches for `.hl7` files.
+    #[serde(default)]
+    pub inbox: Option<PathBuf>,
+    /// Larger frames are answered AR without being buffered.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// The charset (MSH-18 spelling) of messages without MSH-18 that are not UTF-8.
+    #[serde(default = "default_fallback_charset")]
+    pub fallback_charset: String,
+    /// PD1-11 publicity codes meaning "do not contact" (an EHR opt-out). Default `["N"]`.
+    #[serde(default = "default_publicity_opt_out")]
+    pub publicity_opt_out: Vec<String>,
+    /// PD1-11 publicity codes this EHR uses for a messaging opt-in. Default none.
+    #[serde(default)]
+    pub publicity_opt_in: Vec<String>,
+    /// Our MSH-3 in ACKs.
+    #[serde(default)]
+    pub application: Option<String>,
+    /// Our MSH-4 in ACKs.
+    #[serde(default)]
+    pub facility: Option<String>,
+}
+
+impl Hl7ConnectorConfig {
+    /// The system whose ids the feed carries.
+    pub fn system(&self) -> &str {
+        self.system.as_deref().unwrap_or(&self.name)
+    }
+}
+
 /// Every connector medrelay knows.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ConnectorConfig {
     Csv(CsvConnectorConfig),
+    Hl7v2(Hl7ConnectorConfig),
 }
 
 impl CsvConnectorConfig {
@@ -421,6 +480,7 @@ impl ConnectorConfig {
     pub fn name(&self) -> &str {
         match self {
             ConnectorConfig::Csv(c) => &c.name,
+            ConnectorConfig::Hl7v2(c) => &c.name,
         }
     }
 
@@ -428,6 +488,7 @@ impl ConnectorConfig {
     pub fn system(&self) -> &str {
         match self {
             ConnectorConfig::Csv(c) => c.system(),
+            ConnectorConfig::Hl7v2(c) => c.system(),
         }
     }
 
@@ -435,6 +496,23 @@ impl ConnectorConfig {
     pub fn return_file(&self) -> Option<&ReturnFileConfig> {
         match self {
             ConnectorConfig::Csv(c) => c.return_file.as_ref(),
+            ConnectorConfig::Hl7v2(_) => None,
+        }
+    }
+
+    /// The site the connector's appointments belong to.
+    pub fn site(&self) -> &str {
+        match self {
+            ConnectorConfig::Csv(c) => &c.site,
+            ConnectorConfig::Hl7v2(c) => &c.site,
+        }
+    }
+
+    /// The folder `medrelay run` watches, if any.
+    pub fn inbox(&self) -> Option<&Path> {
+        match self {
+            ConnectorConfig::Csv(c) => c.inbox.as_deref(),
+            ConnectorConfig::Hl7v2(c) => c.inbox.as_deref(),
         }
     }
 }
@@ -539,7 +617,10 @@ impl Loaded {
             .config
             .connectors
             .iter()
-            .map(|ConnectorConfig::Csv(c)| c)
+            .filter_map(|c| match c {
+                ConnectorConfig::Csv(c) => Some(c),
+                _ => None,
+            })
             .collect();
         match name {
             Some(n) => csv
@@ -557,6 +638,83 @@ impl Loaded {
             )),
         }
     }
+
+    /// The HL7v2 connector called `name` (or the only one).
+    pub fn hl7_connector(&self, name: Option<&str>) -> Result<&Hl7ConnectorConfig, String> {
+        let all: Vec<&Hl7ConnectorConfig> = self
+            .config
+            .connectors
+            .iter()
+            .filter_map(|c| match c {
+                ConnectorConfig::Hl7v2(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        match name {
+            Some(n) => all.into_iter().find(|c| c.name == n).ok_or_else(|| {
+                format!("no HL7v2 connector named `{n}` in {}", self.path.display())
+            }),
+            None if all.len() == 1 => Ok(all[0]),
+            None if all.is_empty() => Err(format!(
+                "no HL7v2 connector ([[connectors]] type = \"hl7v2\") in {}",
+                self.path.display()
+            )),
+            None => Err(format!(
+                "{} HL7v2 connectors are configured; choose one with --connector",
+                all.len()
+            )),
+        }
+    }
+
+    /// The MLLP listeners to start: each HL7v2 connector with `listen`, parsed (validated at load).
+    pub fn mllp_listeners(&self) -> Vec<(&Hl7ConnectorConfig, std::net::SocketAddr)> {
+        self.config
+            .connectors
+            .iter()
+            .filter_map(|c| match c {
+                ConnectorConfig::Hl7v2(c) => {
+                    c.listen.as_deref().and_then(|l| l.parse().ok()).map(|a| (c, a))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// What is wrong with an HL7v2 connector's settings.
+fn validate_hl7(c: &Hl7ConnectorConfig) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Some(l) = &c.listen
+        && l.parse::<std::net::SocketAddr>().is_err()
+    {
+        errors.push(format!(
+            "connector `{}`: listen `{l}` must be IP:port, like 0.0.0.0:2575",
+            c.name
+        ));
+    }
+    if !(1024..=64 * 1024 * 1024).contains(&c.max_message_bytes) {
+        errors.push(format!(
+            "connector `{}`: max_message_bytes must be between 1024 and 67108864",
+            c.name
+        ));
+    }
+    if medrelay_connector_hl7v2::charset::encoding_for(&c.fallback_charset).is_none() {
+        errors.push(format!(
+            "connector `{}`: fallback_charset `{}` is not an MSH-18 character set (e.g. 8859/1, UNICODE UTF-8)",
+            c.name, c.fallback_charset
+        ));
+    }
+    if let Some(code) = c
+        .publicity_opt_out
+        .iter()
+        .find(|o| c.publicity_opt_in.iter().any(|i| i.eq_ignore_ascii_case(o)))
+    {
+        errors.push(format!(
+            "connector `{}`: publicity code `{code}` is both an opt-in and an opt-out",
+            c.name
+        ));
+    }
+    errors
 }
 
 /// Reads, parses and validates `path`.
@@ -619,23 +777,30 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         if !names.insert(c.name().to_string()) {
             errors.push(format!("connectors: duplicate name `{}`", c.name()));
         }
-        let ConnectorConfig::Csv(c) = c;
-        if !config.sites.contains_key(&c.site) {
-            errors.push(format!("connector `{}`: unknown site `{}`", c.name, c.site));
+        if !config.sites.contains_key(c.site()) {
+            errors.push(format!(
+                "connector `{}`: unknown site `{}`",
+                c.name(),
+                c.site()
+            ));
         }
+        if c.system().trim().is_empty() || c.system().contains('/') {
+            errors.push(format!(
+                "connector `{}`: system must be a non-empty name without `/`",
+                c.name()
+            ));
+        }
+        let c = match c {
+            ConnectorConfig::Csv(c) => c,
+            ConnectorConfig::Hl7v2(h) => {
+                errors.extend(validate_hl7(h));
+                continue;
+            }
+        };
         if !profiles.contains_key(&c.profile) {
             errors.push(format!(
                 "connector `{}`: unknown CSV profile `{}`",
                 c.name, c.profile
-            ));
-        }
-        if c.system
-            .as_deref()
-            .is_some_and(|s| s.trim().is_empty() || s.contains('/'))
-        {
-            errors.push(format!(
-                "connector `{}`: system must be a non-empty name without `/`",
-                c.name
             ));
         }
         if let Some(h) = &c.snapshot_horizon

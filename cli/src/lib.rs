@@ -5,6 +5,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod hl7;
 pub mod wiring;
 
 use std::io::Write;

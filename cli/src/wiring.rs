@@ -25,7 +25,7 @@ use medrelay_pipeline::whatsapp::webhook::BusinessNumber;
 use sha2::{Digest, Sha256};
 
 use crate::Failure;
-use crate::config::{ConnectorConfig, CsvConnectorConfig, CsvMode, Loaded, WhatsAppMode};
+use crate::config::{CsvConnectorConfig, CsvMode, Loaded, WhatsAppMode};
 
 /// Environment variable holding the installation secret (overrides the key file).
 pub const SECRET_ENV: &str = "MEDRELAY_SECRET";
@@ -171,12 +171,11 @@ pub fn build_service(
     // system with a return file is its target.
     let mut targets: Vec<(String, Arc<dyn WriteBack>)> = Vec::new();
     for (system, c) in loaded.write_back_targets() {
-        let ConnectorConfig::Csv(c) = c;
-        if let Some(rf) = &c.return_file {
+        if let Some(rf) = c.return_file() {
             let mut rf = rf.clone();
             rf.dir = loaded.resolve(&rf.dir);
             let target = CsvReturnFile::new(rf)
-                .map_err(|e| anyhow!("connector `{}` return_file: {}", c.name, e.join("; ")))?;
+                .map_err(|e| anyhow!("connector `{}` return_file: {}", c.name(), e.join("; ")))?;
             targets.push((system.to_string(), Arc::new(target)));
         }
     }
@@ -248,6 +247,11 @@ pub struct CsvImportResult {
     pub file: PathBuf,
     pub summary: ImportSummary,
     pub report: Option<PathBuf>,
+}
+
+/// Hex SHA-256 of bytes (input fingerprints in the imports table).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {

@@ -127,7 +127,9 @@ pub struct Patient {
     /// BCP-47 language tag (`pt-BR`, `es`), when the source knows it.
     pub preferred_language: Option<String>,
     /// EHR protection indicator (HL7 PD1-12 = Y, a confidential flag): never message this patient.
-    pub protected: bool,
+    /// `None` when the source says nothing (no PD1, no protection column, a blank cell): the
+    /// stored flag then stays as another feed of the same system set it.
+    pub protected: Option<bool>,
 }
 
 impl Patient {

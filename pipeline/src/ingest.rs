@@ -156,7 +156,11 @@ fn build_row(keys: &Keys, e: &AppointmentEvent) -> AppointmentRow {
         phone.as_deref(),
         p.preferred_language.as_deref(),
         ehr_consent,
-        Some(if p.protected { "protected" } else { "" }),
+        Some(match p.protected {
+            Some(true) => "protected",
+            Some(false) => "",
+            None => "?",
+        }),
     ] {
         push_field(&mut buf, f);
     }

@@ -370,7 +370,7 @@ fn appointment(id: &str, phone: &str, start: Timestamp) -> AppointmentEvent {
                     rank: 0,
                 }],
                 preferred_language: Some("pt-BR".into()),
-                protected: false,
+                protected: None,
             },
             ehr_consent: Some(EhrConsent::OptIn),
         },

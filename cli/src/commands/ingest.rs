@@ -1,4 +1,5 @@
-//! `medrelay ingest csv FILE...`: one-shot import, for nightly batch jobs.
+//! `medrelay ingest csv FILE...` and `medrelay ingest hl7 FILE...`: one-shot imports, for nightly
+//! batch jobs and for replaying HL7 message files an interface engine wrote.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,82 @@ use crate::{Failure, Output, exit};
 pub enum IngestCommand {
     /// Import CSV exports through a CSV connector.
     Csv(CsvArgs),
+    /// Import files of HL7v2 SIU messages through an HL7v2 connector (newline-separated, MLLP-framed
+    /// or FHS/BHS batch files). Rejected messages are quarantined and listed with their AE/AR reason.
+    Hl7(Hl7Args),
+}
+
+/// Arguments of `medrelay ingest hl7`.
+#[derive(Debug, Args)]
+pub struct Hl7Args {
+    /// The HL7v2 connector (required when several are configured).
+    #[arg(long)]
+    pub connector: Option<String>,
+    /// Files to import, in order.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// Prints one HL7 file's result.
+fn print_hl7_result(o: &mut Output<'_>, r: &crate::hl7::Hl7ImportResult) {
+    let s = &r.summary;
+    if o.json {
+        o.json(&serde_json::json!({
+            "file": r.file, "import_id": s.import_id, "messages_ok": s.rows_ok,
+            "messages_rejected": s.rows_bad, "ignored": r.ignored, "applied": s.applied,
+            "unchanged": s.unchanged, "rejected": r.rejected,
+        }));
+        return;
+    }
+    o.line(format!(
+        "{}: {} messages imported ({} new or changed, {} unchanged), {} ignored, {} rejected",
+        r.file.display(),
+        s.rows_ok,
+        s.applied,
+        s.unchanged,
+        r.ignored,
+        s.rows_bad
+    ));
+    for bad in &r.rejected {
+        o.line(format!(
+            "  message {} (line {}, MSH-10 {}): {} {}",
+            bad.message, bad.line, bad.control_id, bad.ack_code, bad.error
+        ));
+    }
+}
+
+/// `medrelay ingest hl7`: imports the files, plans, and returns 3 if any message was rejected.
+async fn run_hl7(
+    config: &Path,
+    clock: Arc<dyn Clock>,
+    args: Hl7Args,
+    o: &mut Output<'_>,
+) -> anyhow::Result<u8> {
+    let loaded = load_config(config)?;
+    let connector = loaded
+        .hl7_connector(args.connector.as_deref())
+        .map_err(Failure::usage)?
+        .clone();
+    let store = open_store(&loaded).await?;
+    let service = build_service(&loaded, store.clone(), clock.clone())?;
+    let mut any_bad = false;
+    for file in &args.files {
+        if !file.is_file() {
+            return Err(Failure::usage(format!("{}: no such file", file.display())));
+        }
+        let r = crate::hl7::import_file(&service, &loaded, &connector, file, clock.now()).await?;
+        any_bad |= r.summary.rows_bad > 0;
+        print_hl7_result(o, &r);
+    }
+    let plan = service.scheduler.plan_pending().await?;
+    if !o.json {
+        o.line(format!(
+            "planned messages for {} appointment(s)",
+            plan.appointments
+        ));
+    }
+    store.close().await;
+    Ok(if any_bad { exit::PARTIAL } else { exit::OK })
 }
 
 /// Arguments of `medrelay ingest csv`.
@@ -97,7 +174,10 @@ pub async fn run(
     command: IngestCommand,
     o: &mut Output<'_>,
 ) -> anyhow::Result<u8> {
-    let IngestCommand::Csv(args) = command;
+    let args = match command {
+        IngestCommand::Csv(args) => args,
+        IngestCommand::Hl7(args) => return run_hl7(config, clock, args, o).await,
+    };
     let loaded = load_config(config)?;
     let connector = loaded
         .csv_connector(args.connector.as_deref())

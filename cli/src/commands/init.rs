@@ -44,8 +44,7 @@ pub async fn run(args: InitArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
     }
     let loaded = crate::config::load(&config)?;
     for c in &loaded.config.connectors {
-        let crate::config::ConnectorConfig::Csv(c) = c;
-        if let Some(inbox) = &c.inbox {
+        if let Some(inbox) = c.inbox() {
             std::fs::create_dir_all(loaded.resolve(inbox))?;
         }
     }

@@ -45,8 +45,8 @@ pub struct RunArgs {
     pub once: bool,
 }
 
-/// CSV files waiting in a connector's inbox, oldest name first.
-fn inbox_files(dir: &Path) -> Vec<PathBuf> {
+/// Files waiting in a connector's inbox with one of `extensions`, oldest name first.
+fn inbox_files(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -55,7 +55,11 @@ fn inbox_files(dir: &Path) -> Vec<PathBuf> {
         .map(|e| e.path())
         .filter(|p| {
             p.is_file()
-                && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+                && p.extension().is_some_and(|e| {
+                    extensions
+                        .iter()
+                        .any(|x| e.eq_ignore_ascii_case(std::ffi::OsStr::new(x)))
+                })
                 && !p.to_string_lossy().ends_with(".report.csv")
         })
         .collect();
@@ -63,33 +67,62 @@ fn inbox_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Imports every file waiting in the inboxes; moves each to `done/` once committed.
-pub async fn import_inboxes(service: &Service, loaded: &Loaded) -> anyhow::Result<u64> {
+/// Imports every file waiting in the inboxes (CSV exports, HL7 message files); moves each to
+/// `done/` once committed, or to `failed/` when it could not be imported at all.
+pub async fn import_inboxes(
+    service: &Service,
+    loaded: &Loaded,
+    clock: &dyn Clock,
+) -> anyhow::Result<u64> {
     let mut imported = 0;
     for c in &loaded.config.connectors {
-        let ConnectorConfig::Csv(c) = c;
-        let Some(inbox) = &c.inbox else { continue };
+        let Some(inbox) = c.inbox() else { continue };
         let inbox = loaded.resolve(inbox);
-        for file in inbox_files(&inbox) {
-            let result = import_csv(service, loaded, c, &file, None, |_| {}).await;
-            let done = inbox.join(if result.is_ok() { "done" } else { "failed" });
-            std::fs::create_dir_all(&done)?;
+        let extensions: &[&str] = match c {
+            ConnectorConfig::Csv(_) => &["csv"],
+            ConnectorConfig::Hl7v2(_) => &["hl7", "txt"],
+        };
+        for file in inbox_files(&inbox, extensions) {
             let name = file.file_name().unwrap_or_default().to_os_string();
-            match result {
-                Ok(r) => {
-                    info!(connector = %c.name, file = ?name, rows = r.summary.rows_ok, rejected = r.summary.rows_bad,
-                          cancelled_absent = r.summary.swept, "imported");
-                    if let Some(report) = &r.report {
-                        let _ = std::fs::rename(
-                            report,
-                            done.join(report.file_name().unwrap_or_default()),
-                        );
+            let (ok, report) = match c {
+                ConnectorConfig::Csv(csv) => {
+                    match import_csv(service, loaded, csv, &file, None, |_| {}).await {
+                        Ok(r) => {
+                            info!(connector = %csv.name, file = ?name, rows = r.summary.rows_ok, rejected = r.summary.rows_bad,
+                                  cancelled_absent = r.summary.swept, "imported");
+                            (true, r.report)
+                        }
+                        Err(e) => {
+                            error!(connector = %csv.name, file = ?name, error = %e, "import failed; file moved to failed/");
+                            (false, None)
+                        }
                     }
-                    imported += 1;
                 }
-                Err(e) => {
-                    error!(connector = %c.name, file = ?name, error = %e, "import failed; file moved to failed/")
+                ConnectorConfig::Hl7v2(h) => {
+                    match crate::hl7::import_file(service, loaded, h, &file, clock.now()).await {
+                        Ok(r) => {
+                            info!(connector = %h.name, file = ?name, messages = r.summary.rows_ok,
+                                  rejected = r.summary.rows_bad, ignored = r.ignored, "imported");
+                            for bad in &r.rejected {
+                                warn!(connector = %h.name, file = ?name, message = bad.message, line = bad.line,
+                                      control_id = %bad.control_id, error = %bad.error, "HL7 message quarantined");
+                            }
+                            (true, None)
+                        }
+                        Err(e) => {
+                            error!(connector = %h.name, file = ?name, error = %e, "import failed; file moved to failed/");
+                            (false, None)
+                        }
+                    }
                 }
+            };
+            let done = inbox.join(if ok { "done" } else { "failed" });
+            std::fs::create_dir_all(&done)?;
+            if let Some(report) = &report {
+                let _ = std::fs::rename(report, done.join(report.file_name().unwrap_or_default()));
+            }
+            if ok {
+                imported += 1;
             }
             std::fs::rename(&file, done.join(&name))?;
         }
@@ -105,7 +138,7 @@ pub async fn pass(
     clock: &dyn Clock,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
-    import_inboxes(service, loaded).await?;
+    import_inboxes(service, loaded, clock).await?;
     // A send interrupted by a crash is retried after `[service] sending_grace` unless a status
     // webhook reconciled it first.
     service
@@ -231,6 +264,12 @@ pub async fn run_until(
     } else {
         start_webhook_endpoint(&loaded, &store, clock.clone(), woken.clone(), halt_rx).await?
     };
+    // MLLP listeners: each message is committed before its ACK; the loop is woken to plan it.
+    let listeners = if args.once {
+        Vec::new()
+    } else {
+        crate::hl7::start_listeners(&service, &loaded, clock.clone(), woken.clone()).await?
+    };
     if endpoint.is_none() && !args.once && loaded.config.whatsapp.mode == WhatsAppMode::Cloud {
         warn!(
             "no whatsapp.webhook.listen: delivery statuses and patient replies will not reach this service"
@@ -248,6 +287,10 @@ pub async fn run_until(
         });
     }
     let result = service_loop(&service, &loaded, clock.as_ref(), &stop, &woken, args.once).await;
+    // Stop accepting MLLP connections; a message not yet acknowledged is resent by its sender.
+    for (_, handle) in &listeners {
+        handle.abort();
+    }
     // The endpoint stops accepting and finishes in-flight requests before the store closes.
     halt_tx.send_replace(true);
     let mut endpoint_failed = None;

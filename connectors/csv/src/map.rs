@@ -467,12 +467,13 @@ impl Mapper {
         } else {
             opt_in
         };
+        // No column or a blank cell says nothing: another feed's flag stays.
         let protected = match &self.protection {
-            None => false,
+            None => None,
             Some(col) => match self.cell(rec, col)?.map(|v| v.to_lowercase()) {
-                None => false,
-                Some(v) if self.protects.contains(&v) => true,
-                Some(v) if self.does_not_protect.contains(&v) => false,
+                None => None,
+                Some(v) if self.protects.contains(&v) => Some(true),
+                Some(v) if self.does_not_protect.contains(&v) => Some(false),
                 Some(_) => {
                     return Err(CellError {
                         column: Some(col.header.clone()),

@@ -354,21 +354,21 @@ fn protection_indicator_and_publicity_code_columns() {
             .unwrap()
             .appointment
     };
-    assert!(by_id("P-1").patient.protected);
+    assert_eq!(by_id("P-1").patient.protected, Some(true));
     assert_eq!(by_id("P-1").ehr_consent, Some(EhrConsent::OptIn));
-    assert!(!by_id("P-2").patient.protected);
+    assert_eq!(by_id("P-2").patient.protected, Some(false));
     assert_eq!(
         by_id("P-2").ehr_consent,
         Some(EhrConsent::OptOut),
         "no publicity"
     );
-    assert!(!by_id("P-3").patient.protected);
+    assert_eq!(by_id("P-3").patient.protected, Some(false));
     assert_eq!(
         by_id("P-3").ehr_consent,
         Some(EhrConsent::OptIn),
         "family only"
     );
-    assert!(!by_id("P-5").patient.protected);
+    assert_eq!(by_id("P-5").patient.protected, None, "blank: no signal");
     assert_eq!(by_id("P-5").ehr_consent, None);
     assert_eq!(bad.len(), 1, "{bad:?}");
     assert_eq!(bad[0].line, 5);

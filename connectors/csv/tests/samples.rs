@@ -61,7 +61,7 @@ fn openemr_sample_maps_exactly() {
     assert_eq!(a.patient.id.as_ref().unwrap().expose(), "1001");
     assert_eq!(a.patient.given_name.as_ref().unwrap().expose(), "Alice");
     assert_eq!(a.patient.family_name.as_ref().unwrap().expose(), "Example");
-    assert!(!a.patient.protected);
+    assert_eq!(a.patient.protected, None);
     assert_eq!(a.patient.best_phone().unwrap().expose(), "+12127365001");
     assert_eq!(a.patient.phones[0].use_, PhoneUse::Other);
     assert_eq!(a.patient.phones[0].rank, 1);

@@ -424,8 +424,9 @@ pub fn map(
             .map(|v| v.to_ascii_uppercase())
             .as_deref()
         {
-            None | Some("N") => {}
-            Some("Y") => patient.protected = true,
+            None => {}
+            Some("N") => patient.protected = Some(false),
+            Some("Y") => patient.protected = Some(true),
             Some(_) => {
                 return Err(Hl7Error::content(
                     ErrorCode::TableValueNotFound,

@@ -65,7 +65,7 @@ fn microsoft_s12_maps_every_field_we_use() {
     // The sample's numbers are not real numbers: kept as unusable, with a reason and no value.
     assert!(patient.best_phone().is_none());
     assert!(!patient.phones.is_empty());
-    assert!(!patient.protected);
+    assert_eq!(patient.protected, None, "no PD1");
     assert_eq!(a.ehr_consent, None);
     let ack = ack_of(&p);
     assert!(ack.contains("\rMSA|AA|MSG00012\r"), "{ack}");
@@ -153,7 +153,7 @@ fn pd1_publicity_is_an_opt_out_and_protection_is_protected() {
     let first = process(&messages[0].bytes, &opts(), 1, "privacy 1");
     let a = &event(&first).appointment;
     assert_eq!(a.ehr_consent, Some(EhrConsent::OptOut), "PD1-11 = N");
-    assert!(!a.patient.protected);
+    assert_eq!(a.patient.protected, Some(false), "PD1-12 = N");
     assert_eq!(
         a.patient.given_name.as_ref().unwrap().expose(),
         "Maria Jos\u{e9}"
@@ -167,7 +167,7 @@ fn pd1_publicity_is_an_opt_out_and_protection_is_protected() {
 
     let second = process(&messages[1].bytes, &opts(), 2, "privacy 2");
     let a = &event(&second).appointment;
-    assert!(a.patient.protected, "PD1-12 = Y");
+    assert_eq!(a.patient.protected, Some(true), "PD1-12 = Y");
     assert_eq!(a.ehr_consent, None);
 
     // A site that records messaging opt-ins in PD1-11.

@@ -69,7 +69,7 @@ impl Store {
         }
         Ok(decide(
             &ConsentFacts {
-                protected: rec.appointment.patient.protected,
+                protected: rec.appointment.patient.protected == Some(true),
                 signals,
             },
             opt_in_required,

@@ -30,7 +30,8 @@ pub(crate) struct AppointmentRow {
     pub phone_problem: Option<String>,
     pub contact_hash: Option<String>,
     pub language: Option<String>,
-    pub protected: bool,
+    /// `None`: the source says nothing; the stored flag stays.
+    pub protected: Option<bool>,
     pub ehr_consent: Option<&'static str>,
     pub content_hash: String,
     pub raw_ref: String,
@@ -41,9 +42,9 @@ pub(crate) struct AppointmentRow {
 const UPSERT_SQL: &str = "INSERT INTO appointments (source, filler_id, placer_id, sv_at_us, sv_seq, status, start_at, end_at, \
      site, time_zone, location, practitioner, service_type, reason, patient_ref, given_name, family_name, \
      phone_e164, phone_problem, contact_hash, language, protected, ehr_consent, content_hash, \
-     seen_as_of_us, created_at, updated_at, change_token) \
+     seen_as_of_us, created_at, updated_at, change_token, ehr_consent_at_us) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-     ?21, ?22, ?23, ?24, ?25, ?26, ?26, ?27) \
+     ?21, COALESCE(?22, 0), ?23, ?24, ?25, ?26, ?26, ?27, CASE WHEN ?23 IS NULL THEN NULL ELSE ?4 END) \
      ON CONFLICT (source, filler_id) DO UPDATE SET \
      placer_id = excluded.placer_id, sv_at_us = excluded.sv_at_us, sv_seq = excluded.sv_seq, \
      status = excluded.status, start_at = excluded.start_at, end_at = excluded.end_at, \
@@ -51,8 +52,11 @@ const UPSERT_SQL: &str = "INSERT INTO appointments (source, filler_id, placer_id
      practitioner = excluded.practitioner, service_type = excluded.service_type, reason = excluded.reason, \
      patient_ref = excluded.patient_ref, given_name = excluded.given_name, family_name = excluded.family_name, \
      phone_e164 = excluded.phone_e164, phone_problem = excluded.phone_problem, \
-     contact_hash = excluded.contact_hash, language = excluded.language, protected = excluded.protected, \
-     ehr_consent = excluded.ehr_consent, \
+     contact_hash = excluded.contact_hash, language = excluded.language, \
+     protected = CASE WHEN ?22 IS NULL THEN appointments.protected ELSE excluded.protected END, \
+     ehr_consent = COALESCE(excluded.ehr_consent, appointments.ehr_consent), \
+     ehr_consent_at_us = CASE WHEN excluded.ehr_consent IS NULL OR excluded.ehr_consent IS appointments.ehr_consent \
+       THEN appointments.ehr_consent_at_us ELSE excluded.sv_at_us END, \
      revision = appointments.revision + (excluded.content_hash <> appointments.content_hash), \
      needs_plan = CASE WHEN excluded.content_hash <> appointments.content_hash THEN 1 ELSE appointments.needs_plan END, \
      patient_cancelled_at = CASE WHEN excluded.start_at <> appointments.start_at THEN NULL ELSE appointments.patient_cancelled_at END, \

@@ -290,7 +290,7 @@ impl Store {
                     .into_iter()
                     .collect(),
                 preferred_language: r.get("language"),
-                protected: r.get::<i64, _>("protected") != 0,
+                protected: Some(r.get::<i64, _>("protected") != 0),
             },
             ehr_consent: match r.get::<Option<&str>, _>("ehr_consent") {
                 Some("opt_in") => Some(EhrConsent::OptIn),
@@ -304,8 +304,13 @@ impl Store {
             appointment,
             contact_hash: r.get("contact_hash"),
             phone_problem: r.get("phone_problem"),
-            ehr_consent_at: Timestamp::from_microsecond(r.get("sv_at_us"))
-                .unwrap_or(Timestamp::UNIX_EPOCH),
+            // When the EHR value last changed (an unchanged value repeated by a later export is
+            // an old grant, which a newer revocation beats).
+            ehr_consent_at: Timestamp::from_microsecond(
+                r.get::<Option<i64>, _>("ehr_consent_at_us")
+                    .unwrap_or_else(|| r.get("sv_at_us")),
+            )
+            .unwrap_or(Timestamp::UNIX_EPOCH),
             patient_cancelled: r.get::<Option<i64>, _>("patient_cancelled_at").is_some(),
         }))
     }

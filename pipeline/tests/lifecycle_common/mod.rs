@@ -250,7 +250,7 @@ pub fn event(
                     rank: 0,
                 }],
                 preferred_language: Some("en".into()),
-                protected: false,
+                protected: None,
             },
             ehr_consent: Some(EhrConsent::OptIn),
         },
