@@ -672,9 +672,11 @@ impl Loaded {
             .connectors
             .iter()
             .filter_map(|c| match c {
-                ConnectorConfig::Hl7v2(c) => {
-                    c.listen.as_deref().and_then(|l| l.parse().ok()).map(|a| (c, a))
-                }
+                ConnectorConfig::Hl7v2(c) => c
+                    .listen
+                    .as_deref()
+                    .and_then(|l| l.parse().ok())
+                    .map(|a| (c, a)),
                 _ => None,
             })
             .collect()
@@ -886,7 +888,8 @@ mod tests {
     #[test]
     fn the_sample_config_is_valid() {
         let loaded = load(&sample()).unwrap();
-        assert_eq!(loaded.config.connectors.len(), 3);
+        assert_eq!(loaded.config.connectors.len(), 4);
+        assert!(loaded.hl7_connector(None).is_ok());
         assert!(loaded.profiles.contains_key("clinica"));
         assert!(loaded.csv_connector(Some("openemr")).is_ok());
         assert!(loaded.csv_connector(None).is_err());

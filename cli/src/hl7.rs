@@ -23,7 +23,12 @@ use crate::config::{Hl7ConnectorConfig, Loaded};
 /// The connector's mapping options: its system and site, and the site's zone and phone region.
 pub fn options(loaded: &Loaded, c: &Hl7ConnectorConfig) -> Hl7Options {
     let site = &loaded.compiled.sites[&c.site];
-    let mut o = Hl7Options::new(c.system(), &site.name, &site.time_zone, &site.default_region);
+    let mut o = Hl7Options::new(
+        c.system(),
+        &site.name,
+        &site.time_zone,
+        &site.default_region,
+    );
     if let Some(e) = medrelay_connector_hl7v2::charset::encoding_for(&c.fallback_charset) {
         o.fallback_charset = e;
     }
@@ -205,8 +210,7 @@ pub async fn import_file(
     path: &Path,
     now: Timestamp,
 ) -> anyhow::Result<Hl7ImportResult> {
-    let content =
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let content = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())

@@ -235,6 +235,58 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A store that is down: every commit fails.
+    struct Unavailable;
+
+    #[async_trait::async_trait]
+    impl MessageSink for Unavailable {
+        async fn store(&self, _: &Processed, _: &[u8]) -> Result<(), String> {
+            Err("database is locked".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_that_cannot_be_stored_is_answered_ar_so_the_sender_resends() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let opts = Arc::new(Hl7Options::new("s", "site", "UTC", "US"));
+        let server = tokio::spawn(serve(
+            listener,
+            opts,
+            ListenerOptions {
+                feed: "test".into(),
+                max_message_bytes: 64 * 1024,
+            },
+            Arc::new(Unavailable),
+            Arc::new(Timestamp::now),
+        ));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let msg =
+            "MSH|^~\\&|A|B|C|D|20261201||SIU^S12|X1|P|2.5\rSCH|1|2||||||||||^^^202612021000\r";
+        s.write_all(format!("\x0b{msg}\x1c\r").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.ends_with(b"\x1c\r") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        let ack = String::from_utf8(got).unwrap();
+        assert!(ack.contains("\rMSA|AR|X1\r"), "{ack}");
+        assert!(
+            ack.contains("|207^Application internal error^HL70357|"),
+            "{ack}"
+        );
+        assert!(
+            !ack.contains("locked"),
+            "internal errors stay in the log: {ack}"
+        );
+        server.abort();
+    }
 
     fn decode_all(codec: &mut MllpCodec, bytes: &[u8]) -> Vec<Frame> {
         let mut buf = BytesMut::from(bytes);
