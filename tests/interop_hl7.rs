@@ -1,0 +1,126 @@
+//! Interop with independent HL7v2 implementations: python-hl7's MLLP client sends real messages
+//! (our samples, the Microsoft v2.8 and HAPI v2.3 samples, a broken batch) to medrelay's MLLP
+//! listener, and every ACK medrelay answers is parsed by python-hl7 and validated by hl7apy in
+//! STRICT mode (segment structure, data types, lengths, table 0008 codes).
+//!
+//! Needs Python with hl7 0.4.5 and hl7apy 1.3.5: `.ci/interop` installs them and runs these tests
+//! with `MEDRELAY_PEERS_PYTHON` set (they are `#[ignore]`d in the plain `cargo test`).
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use medrelay::config::load;
+use medrelay_pipeline::clock::ManualClock;
+
+fn python() -> String {
+    std::env::var("MEDRELAY_PEERS_PYTHON").expect(
+        "MEDRELAY_PEERS_PYTHON must point at a Python with hl7 and hl7apy (run .ci/interop)",
+    )
+}
+
+/// python-hl7 sends `file` to `port`; one JSON object per message comes back.
+fn send_with_python_hl7(file: &std::path::Path, port: u16) -> Vec<serde_json::Value> {
+    let script = common::root().join("tests/peers/hl7_check.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg("send")
+        .arg(file)
+        .arg(port.to_string())
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python-hl7 and hl7apy: run .ci/interop"]
+async fn python_hl7_sends_and_hl7apy_validates_every_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    common::demo_config(dir.path(), &[]);
+    let path = dir.path().join("medrelay.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("# listen = \"0.0.0.0:2575\"", "listen = \"127.0.0.1:0\"");
+    std::fs::write(&path, text).unwrap();
+    let loaded = load(&path).unwrap();
+    let clock = Arc::new(ManualClock::new("2026-12-06T12:00:00Z".parse().unwrap()));
+    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
+    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let listeners = medrelay::hl7::start_listeners(
+        &service,
+        &loaded,
+        clock.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+    .await
+    .unwrap();
+    let port = listeners[0].0.port();
+
+    let fixtures = common::root().join("connectors/hl7v2/tests/fixtures");
+    // (file, [(MSH-10, MSA-1, ERR-3.1)], hl7apy verdict). hl7apy STRICT has no structure for any
+    // v2.3 ACK (it needs MSH-9.3, which v2.3 does not have), so a v2.3 ACK is parsed TOLERANT and read back.
+    let cases: Vec<(std::path::PathBuf, Vec<(&str, &str, &str)>, &str)> = vec![
+        (
+            common::root().join("samples/hl7/clinica_siu.hl7"),
+            vec![
+                ("CLI-0001", "AA", ""),
+                ("CLI-0002", "AA", ""),
+                ("CLI-0003", "AA", ""),
+                ("CLI-0004", "AA", ""),
+                ("CLI-0005", "AE", "101"),
+                ("CLI-0006", "AA", ""),
+            ],
+            "valid",
+        ),
+        (
+            fixtures.join("SIU-S12-02.hl7"),
+            vec![("MSG00012", "AA", "")],
+            "valid",
+        ),
+        (
+            fixtures.join("SIU_S14_nested_RGS_orsos_v23.hl7"),
+            vec![(" 38762", "AA", "")],
+            "parsed-tolerant",
+        ),
+        (
+            fixtures.join("broken_batch.hl7"),
+            vec![
+                ("BAD-0001", "AE", "101"),
+                ("BAD-0002", "AR", "200"),
+                ("BAD-0003", "AE", "102"),
+                ("OK-0004", "AA", ""),
+            ],
+            "valid",
+        ),
+    ];
+    for (file, expected, verdict) in cases {
+        // python-hl7 reads the file itself, so it sees exactly these bytes.
+        let results = tokio::task::spawn_blocking({
+            let file = file.clone();
+            move || send_with_python_hl7(&file, port)
+        })
+        .await
+        .unwrap();
+        assert_eq!(results.len(), expected.len(), "{file:?}: {results:?}");
+        for (r, (control, msa1, err3)) in results.iter().zip(expected) {
+            assert_eq!(r["control_id"], control, "{r}");
+            assert_eq!(r["msa1"], msa1, "{file:?} {r}");
+            assert_eq!(r["msa2"], control, "MSA-2 echoes MSH-10 exactly: {r}");
+            assert_eq!(r["err3"], err3, "{r}");
+            assert_eq!(r["hl7apy"], verdict, "hl7apy: {r}");
+        }
+    }
+    let q = store.quarantine_lines(10).await.unwrap();
+    assert_eq!(q.len(), 4, "every rejected message is in quarantine: {q:?}");
+    for (_, h) in &listeners {
+        h.abort();
+    }
+    store.close().await;
+}
