@@ -14,6 +14,9 @@ use std::sync::Arc;
 use medrelay::config::load;
 use medrelay_pipeline::clock::ManualClock;
 
+/// One message's expected answer: MSH-10, MSA-1, ERR-3.1.
+type Expected = (&'static str, &'static str, &'static str);
+
 fn python() -> String {
     std::env::var("MEDRELAY_PEERS_PYTHON").expect(
         "MEDRELAY_PEERS_PYTHON must point at a Python with hl7 and hl7apy (run .ci/interop)",
@@ -66,7 +69,7 @@ async fn python_hl7_sends_and_hl7apy_validates_every_ack() {
     let fixtures = common::root().join("connectors/hl7v2/tests/fixtures");
     // (file, [(MSH-10, MSA-1, ERR-3.1)], hl7apy verdict). hl7apy STRICT has no structure for any
     // v2.3 ACK (it needs MSH-9.3, which v2.3 does not have), so a v2.3 ACK is parsed TOLERANT and read back.
-    let cases: Vec<(std::path::PathBuf, Vec<(&str, &str, &str)>, &str)> = vec![
+    let cases: Vec<(std::path::PathBuf, Vec<Expected>, &str)> = vec![
         (
             common::root().join("samples/hl7/clinica_siu.hl7"),
             vec![
