@@ -45,9 +45,26 @@ const CANARIES: &[&str] = &[
     "7369920",
     "736-99",
     "736 99",
+    // The HL7 canaries (tests/fixtures/canary_siu.hl7); their phones contain 7369917 above.
+    "Dodecanary",
+    "Thaddeusqx",
+    "Tridecanary",
+    "Ulyssesqx",
+    "Tetradecanary",
+    "Valentinaqx",
+    "Pentadecanary",
+    "Wilhelminaqx",
+    "Hexadecanary",
+    "Xerxesqx",
 ];
 /// The given names that may legitimately appear inside an outbound template body.
-const ALLOWED_IN_BODY: &[&str] = &["Zebulonqx", "Yolandaqx", "Wilmaqx", "Vincentqx"];
+const ALLOWED_IN_BODY: &[&str] = &[
+    "Zebulonqx",
+    "Yolandaqx",
+    "Wilmaqx",
+    "Vincentqx",
+    "Thaddeusqx",
+];
 
 #[derive(Clone, Default)]
 struct Buffer(Arc<Mutex<Vec<u8>>>);
@@ -90,6 +107,156 @@ fn assert_clean(what: &str, text: &str) {
                 .join("\n")
         );
     }
+}
+
+/// Outbound bodies: only allow-listed given names, and only as template parameters.
+fn assert_bodies_clean(sent: &[serde_json::Value]) {
+    for body in sent {
+        let mut scrubbed = body.clone();
+        scrubbed["to"] = serde_json::json!("");
+        if let Some(components) = scrubbed["template"]["components"].as_array_mut() {
+            for c in components
+                .iter_mut()
+                .filter(|c| c["type"] == "body" || c["type"] == "header")
+            {
+                for p in c["parameters"].as_array_mut().unwrap() {
+                    let text = p["text"].as_str().unwrap().to_string();
+                    let allowed = ALLOWED_IN_BODY.contains(&text.as_str())
+                        || !CANARIES
+                            .iter()
+                            .any(|c| text.to_lowercase().contains(&c.to_lowercase()));
+                    assert!(allowed, "parameter `{text}` is not allow-listed");
+                    p["text"] = serde_json::json!("");
+                }
+            }
+        }
+        assert_clean(
+            "an outbound body outside its allow-listed parameters",
+            &scrubbed.to_string(),
+        );
+    }
+}
+
+/// Sends one MLLP frame and reads the ACK frame.
+async fn mllp_exchange(stream: &mut tokio::net::TcpStream, message: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut frame = vec![0x0b];
+    frame.extend_from_slice(message);
+    frame.extend_from_slice(&[0x1c, 0x0d]);
+    stream.write_all(&frame).await.unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !reply.ends_with(&[0x1c, 0x0d]) {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before the ACK");
+        reply.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(reply).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_canary_escapes_through_the_hl7_paths() {
+    let logs = logs();
+    let dir = tempfile::tempdir().unwrap();
+    common::demo_config(dir.path(), &[]);
+    let config_path = dir.path().join("medrelay.toml");
+    let text = std::fs::read_to_string(&config_path).unwrap().replace(
+        "# listen = \"0.0.0.0:2575\"",
+        "listen = \"127.0.0.1:0\"\npublicity_opt_in = [\"F\"]",
+    );
+    std::fs::write(&config_path, text).unwrap();
+    let loaded = medrelay::config::load(&config_path).unwrap();
+    let config = config_path.to_str().unwrap();
+    let file = common::copy_sample(dir.path(), "tests/fixtures/canary_siu.hl7");
+
+    // 1. A file of messages through `medrelay ingest hl7`: four rejected, listed with reasons.
+    let (code, out) = cli(&[
+        "medrelay",
+        "--config",
+        config,
+        "--now",
+        "2026-11-29T13:00:00Z",
+        "ingest",
+        "hl7",
+        file.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, medrelay::exit::PARTIAL, "{out}");
+    assert!(out.contains("4 rejected"), "{out}");
+    assert_clean("`ingest hl7` output", &out);
+
+    // 2. The same messages over MLLP: every ACK (AA, AE, AR with ERR) is clean.
+    let store = open_store(&loaded).await.unwrap();
+    let clock = Arc::new(ManualClock::new("2026-11-29T14:00:00Z".parse().unwrap()));
+    let service = build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let listeners = medrelay::hl7::start_listeners(
+        &service,
+        &loaded,
+        clock.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+    .await
+    .unwrap();
+    let mut stream = tokio::net::TcpStream::connect(listeners[0].0)
+        .await
+        .unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let messages = medrelay_connector_hl7v2::file::split(&bytes);
+    assert_eq!(messages.len(), 5);
+    let mut codes = Vec::new();
+    for m in &messages {
+        let ack = mllp_exchange(&mut stream, &m.bytes).await;
+        assert_clean("an ACK", &ack);
+        codes.push(ack.split("MSA|").nth(1).unwrap()[..2].to_string());
+    }
+    assert_eq!(codes, ["AR", "AA", "AE", "AE", "AE"]);
+
+    // 3. The opted-in (PD1-11 = F here) appointment is confirmed with the allow-listed given name.
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let sent = service.simulator.clone().unwrap().sent();
+    assert!(
+        sent.iter().any(|b| b["to"] == "5511973699171"),
+        "the HL7 canary patient was messaged: {sent:?}"
+    );
+    assert_bodies_clean(&sent);
+    let quarantine = store.quarantine_lines(100).await.unwrap();
+    assert_eq!(quarantine.len(), 8, "4 from the file, 4 over MLLP");
+    assert_clean(
+        "quarantine reasons",
+        &serde_json::to_string(&quarantine).unwrap(),
+    );
+    let audit = store
+        .audit_since(jiff::Timestamp::UNIX_EPOCH)
+        .await
+        .unwrap();
+    assert_clean("the audit trail", &serde_json::to_string(&audit).unwrap());
+    for (_, h) in &listeners {
+        h.abort();
+    }
+    store.close().await;
+    for args in [
+        vec!["explain", "clinica/HL7-CAN1"],
+        vec!["explain", "clinica/HL7-CAN1", "--json"],
+        vec!["status", "--json"],
+    ] {
+        let mut full = vec![
+            "medrelay",
+            "--config",
+            config,
+            "--now",
+            "2026-11-29T14:00:00Z",
+        ];
+        full.extend(args.iter().copied());
+        let (code, out) = cli(&full).await;
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert_clean(&format!("`medrelay {}`", args.join(" ")), &out);
+    }
+    let captured = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        captured.contains("HL7 message quarantined"),
+        "logging was captured"
+    );
+    assert_clean("the logs", &captured);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -157,30 +324,7 @@ async fn no_canary_escapes_through_any_path() {
         sent.iter().any(|b| b["to"] == "12127369918"),
         "the blocklisted patient was attempted (so the failure path ran)"
     );
-    for body in &sent {
-        let mut scrubbed = body.clone();
-        scrubbed["to"] = serde_json::json!("");
-        if let Some(components) = scrubbed["template"]["components"].as_array_mut() {
-            for c in components
-                .iter_mut()
-                .filter(|c| c["type"] == "body" || c["type"] == "header")
-            {
-                for p in c["parameters"].as_array_mut().unwrap() {
-                    let text = p["text"].as_str().unwrap().to_string();
-                    let allowed = ALLOWED_IN_BODY.contains(&text.as_str())
-                        || !CANARIES
-                            .iter()
-                            .any(|c| text.to_lowercase().contains(&c.to_lowercase()));
-                    assert!(allowed, "parameter `{text}` is not allow-listed");
-                    p["text"] = serde_json::json!("");
-                }
-            }
-        }
-        assert_clean(
-            "an outbound body outside its allow-listed parameters",
-            &scrubbed.to_string(),
-        );
-    }
+    assert_bodies_clean(&sent);
 
     // 3. Everything the service recorded about those events.
     let status = store.status_summary(clock.now()).await.unwrap();
