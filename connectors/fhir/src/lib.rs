@@ -1,0 +1,16 @@
+//! FHIR connector: Appointments (with their Patient and Consent resources) from Bundles, whether a
+//! REST search page, a collection file or a Subscription notification, mapped to the canonical
+//! appointment. Problems are reported as FHIR `OperationOutcome` issues.
+//!
+//! This is the one crate that depends on fhir-sdk (R4B models, wire-compatible with the R4 servers
+//! we meet), and no fhir-sdk type crosses its public API: downstream crates do not re-monomorphize
+//! its serde code (DEPENDENCIES.md: minutes per rebuild otherwise).
+
+pub mod consent;
+pub mod map;
+pub mod outcome;
+mod time;
+
+pub use consent::ConsentSelector;
+pub use map::{FhirOptions, MappedBundle, NotificationStatus, RejectedEntry, map_bundle};
+pub use outcome::{Issue, Severity, operation_outcome};
