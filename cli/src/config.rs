@@ -460,12 +460,98 @@ impl Hl7ConnectorConfig {
     }
 }
 
+fn default_subscription_path() -> String {
+    "/fhir/subscription".to_string()
+}
+
+fn default_fhir_body_limit() -> usize {
+    8 * 1024 * 1024
+}
+
+fn default_fhir_timeout() -> u64 {
+    20
+}
+
+fn default_fhir_window() -> String {
+    "14d".to_string()
+}
+
+/// `[connectors.subscription]`: the endpoint the EHR's FHIR Subscription (rest-hook) posts to.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirSubscriptionConfig {
+    /// `IP:port` `medrelay run` listens on (put it behind your TLS reverse proxy).
+    pub listen: String,
+    #[serde(default = "default_subscription_path")]
+    pub path: String,
+    /// Environment variable holding the exact `Authorization` header value the Subscription sends
+    /// (its `channel.header`), e.g. `Bearer 3f1c...`. Never the value itself.
+    pub authorization_env: String,
+    #[serde(default = "default_fhir_body_limit")]
+    pub body_limit: usize,
+}
+
+/// `[connectors.server]`: the EHR's FHIR REST base, for id-only notifications and for polling.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirServerConfig {
+    /// e.g. `https://ehr.example.org/fhir/R4`.
+    pub base_url: String,
+    /// Environment variable holding the whole `Authorization` header value, when needed.
+    #[serde(default)]
+    pub authorization_env: Option<String>,
+    #[serde(default = "default_fhir_timeout")]
+    pub timeout_secs: u64,
+    /// `medrelay run` (and `ingest fhir --server`) searches appointments starting from now to
+    /// now + this window, with their Patients and Consents.
+    #[serde(default = "default_fhir_window")]
+    pub window: String,
+    /// Search the server on every service pass (off: notifications only).
+    #[serde(default)]
+    pub poll: bool,
+}
+
+/// A FHIR connector: Bundles from a Subscription endpoint, from files (`inbox`, `medrelay ingest
+/// fhir FILE`) or from REST searches.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirConnectorConfig {
+    pub name: String,
+    /// The system whose appointment ids the feed carries (default: `name`).
+    #[serde(default)]
+    pub system: Option<String>,
+    pub site: String,
+    /// `Appointment.identifier.system` whose value is the appointment id (share it with the CSV
+    /// or HL7 feed of the same EHR); default the logical id.
+    #[serde(default)]
+    pub identifier_system: Option<String>,
+    /// Codings (`system|code`) that make a Consent a messaging consent (in `category`,
+    /// `provision.purpose` or `provision.action`). Empty: Consents are not read.
+    #[serde(default)]
+    pub consent_codes: Vec<String>,
+    /// Folder `medrelay run` watches for Bundle `.json` files.
+    #[serde(default)]
+    pub inbox: Option<PathBuf>,
+    #[serde(default)]
+    pub subscription: Option<FhirSubscriptionConfig>,
+    #[serde(default)]
+    pub server: Option<FhirServerConfig>,
+}
+
+impl FhirConnectorConfig {
+    /// The system whose ids the feed carries.
+    pub fn system(&self) -> &str {
+        self.system.as_deref().unwrap_or(&self.name)
+    }
+}
+
 /// Every connector medrelay knows.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ConnectorConfig {
     Csv(CsvConnectorConfig),
     Hl7v2(Hl7ConnectorConfig),
+    Fhir(FhirConnectorConfig),
 }
 
 impl CsvConnectorConfig {
@@ -481,6 +567,7 @@ impl ConnectorConfig {
         match self {
             ConnectorConfig::Csv(c) => &c.name,
             ConnectorConfig::Hl7v2(c) => &c.name,
+            ConnectorConfig::Fhir(c) => &c.name,
         }
     }
 
@@ -489,6 +576,7 @@ impl ConnectorConfig {
         match self {
             ConnectorConfig::Csv(c) => c.system(),
             ConnectorConfig::Hl7v2(c) => c.system(),
+            ConnectorConfig::Fhir(c) => c.system(),
         }
     }
 
@@ -496,7 +584,7 @@ impl ConnectorConfig {
     pub fn return_file(&self) -> Option<&ReturnFileConfig> {
         match self {
             ConnectorConfig::Csv(c) => c.return_file.as_ref(),
-            ConnectorConfig::Hl7v2(_) => None,
+            ConnectorConfig::Hl7v2(_) | ConnectorConfig::Fhir(_) => None,
         }
     }
 
@@ -505,6 +593,7 @@ impl ConnectorConfig {
         match self {
             ConnectorConfig::Csv(c) => &c.site,
             ConnectorConfig::Hl7v2(c) => &c.site,
+            ConnectorConfig::Fhir(c) => &c.site,
         }
     }
 
@@ -513,6 +602,7 @@ impl ConnectorConfig {
         match self {
             ConnectorConfig::Csv(c) => c.inbox.as_deref(),
             ConnectorConfig::Hl7v2(c) => c.inbox.as_deref(),
+            ConnectorConfig::Fhir(c) => c.inbox.as_deref(),
         }
     }
 }
@@ -666,6 +756,34 @@ impl Loaded {
         }
     }
 
+    /// The FHIR connector called `name` (or the only one).
+    pub fn fhir_connector(&self, name: Option<&str>) -> Result<&FhirConnectorConfig, String> {
+        let all: Vec<&FhirConnectorConfig> = self
+            .config
+            .connectors
+            .iter()
+            .filter_map(|c| match c {
+                ConnectorConfig::Fhir(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        match name {
+            Some(n) => all
+                .into_iter()
+                .find(|c| c.name == n)
+                .ok_or_else(|| format!("no FHIR connector named `{n}` in {}", self.path.display())),
+            None if all.len() == 1 => Ok(all[0]),
+            None if all.is_empty() => Err(format!(
+                "no FHIR connector ([[connectors]] type = \"fhir\") in {}",
+                self.path.display()
+            )),
+            None => Err(format!(
+                "{} FHIR connectors are configured; choose one with --connector",
+                all.len()
+            )),
+        }
+    }
+
     /// The MLLP listeners to start: each HL7v2 connector with `listen`, parsed (validated at load).
     pub fn mllp_listeners(&self) -> Vec<(&Hl7ConnectorConfig, std::net::SocketAddr)> {
         self.config
@@ -681,6 +799,74 @@ impl Loaded {
             })
             .collect()
     }
+}
+
+/// What is wrong with a FHIR connector's settings.
+fn validate_fhir(c: &FhirConnectorConfig) -> Vec<String> {
+    let mut errors = Vec::new();
+    let name = &c.name;
+    for code in &c.consent_codes {
+        if code
+            .split_once('|')
+            .is_none_or(|(s, k)| s.is_empty() || k.is_empty())
+        {
+            errors.push(format!(
+                "connector `{name}`: consent code `{code}` must be `system|code`, like http://loinc.org|59284-0"
+            ));
+        }
+    }
+    if let Some(s) = &c.subscription {
+        if s.listen.parse::<std::net::SocketAddr>().is_err() {
+            errors.push(format!(
+                "connector `{name}`: subscription.listen `{}` must be IP:port, like 0.0.0.0:8444",
+                s.listen
+            ));
+        }
+        if !s.path.starts_with('/') {
+            errors.push(format!(
+                "connector `{name}`: subscription.path must start with /"
+            ));
+        }
+        if !is_env_name(&s.authorization_env) {
+            errors.push(format!(
+                "connector `{name}`: subscription.authorization_env `{}` must be an environment variable name (secrets never go in this file)",
+                s.authorization_env
+            ));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&s.body_limit) {
+            errors.push(format!(
+                "connector `{name}`: subscription.body_limit must be between 1024 and 67108864"
+            ));
+        }
+    }
+    if let Some(s) = &c.server {
+        if !(s.base_url.starts_with("https://") || s.base_url.starts_with("http://")) {
+            errors.push(format!(
+                "connector `{name}`: server.base_url `{}` must be an http(s) URL",
+                s.base_url
+            ));
+        }
+        if s.authorization_env
+            .as_deref()
+            .is_some_and(|e| !is_env_name(e))
+        {
+            errors.push(format!(
+                "connector `{name}`: server.authorization_env must be an environment variable name"
+            ));
+        }
+        if s.timeout_secs == 0 {
+            errors.push(format!(
+                "connector `{name}`: server.timeout_secs must be at least 1"
+            ));
+        }
+        if parse_duration(&s.window).is_none_or(|d| !d.is_positive()) {
+            errors.push(format!(
+                "connector `{name}`: server.window `{}` is not a duration like `14d`",
+                s.window
+            ));
+        }
+    }
+    errors
 }
 
 /// What is wrong with an HL7v2 connector's settings.
@@ -798,6 +984,10 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
                 errors.extend(validate_hl7(h));
                 continue;
             }
+            ConnectorConfig::Fhir(f) => {
+                errors.extend(validate_fhir(f));
+                continue;
+            }
         };
         if !profiles.contains_key(&c.profile) {
             errors.push(format!(
@@ -888,7 +1078,8 @@ mod tests {
     #[test]
     fn the_sample_config_is_valid() {
         let loaded = load(&sample()).unwrap();
-        assert_eq!(loaded.config.connectors.len(), 4);
+        assert_eq!(loaded.config.connectors.len(), 5);
+        assert!(loaded.fhir_connector(None).is_ok());
         assert!(loaded.hl7_connector(None).is_ok());
         assert!(loaded.profiles.contains_key("clinica"));
         assert!(loaded.csv_connector(Some("openemr")).is_ok());

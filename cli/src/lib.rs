@@ -5,6 +5,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod fhir;
 pub mod hl7;
 pub mod wiring;
 

@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     // Logs go to stderr; `MEDRELAY_LOG` (or RUST_LOG syntax) sets the level. Dependencies that log
     // request URLs (which could carry search parameters) are kept at warn.
     let filter = EnvFilter::try_from_env("MEDRELAY_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,reqwest=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,reqwest=warn,fhir_sdk=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

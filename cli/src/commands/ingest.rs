@@ -22,6 +22,87 @@ pub enum IngestCommand {
     /// Import files of HL7v2 SIU messages through an HL7v2 connector (newline-separated, MLLP-framed
     /// or FHS/BHS batch files). Rejected messages are quarantined and listed with their AE/AR reason.
     Hl7(Hl7Args),
+    /// Import FHIR Bundles (searchset, collection, transaction or Subscription notification JSON)
+    /// through a FHIR connector, or search its server with `--server`. Entries that cannot be read
+    /// are quarantined and listed with their OperationOutcome issue.
+    Fhir(FhirArgs),
+}
+
+/// Arguments of `medrelay ingest fhir`.
+#[derive(Debug, Args)]
+pub struct FhirArgs {
+    /// The FHIR connector (required when several are configured).
+    #[arg(long)]
+    pub connector: Option<String>,
+    /// Search the connector's `[server]` for appointments in its window instead of reading files.
+    #[arg(long)]
+    pub server: bool,
+    /// Bundle files to import, in order.
+    #[arg(required_unless_present = "server")]
+    pub files: Vec<PathBuf>,
+}
+
+/// Prints one FHIR import's result.
+fn print_fhir_result(o: &mut Output<'_>, r: &crate::fhir::FhirImportResult) {
+    if o.json {
+        o.json(&serde_json::json!({
+            "input": r.origin, "appointments": r.appointments, "applied": r.receipt.applied,
+            "unchanged": r.receipt.unchanged, "rejected": r.rejected,
+        }));
+        return;
+    }
+    o.line(format!(
+        "{}: {} appointments imported ({} new or changed, {} unchanged), {} entries rejected",
+        r.origin,
+        r.appointments,
+        r.receipt.applied,
+        r.receipt.unchanged,
+        r.rejected.len()
+    ));
+    for bad in &r.rejected {
+        o.line(format!("  {bad}"));
+    }
+}
+
+/// `medrelay ingest fhir`: imports, plans, and returns 3 if any entry was rejected.
+async fn run_fhir(
+    config: &Path,
+    clock: Arc<dyn Clock>,
+    args: FhirArgs,
+    o: &mut Output<'_>,
+) -> anyhow::Result<u8> {
+    let loaded = load_config(config)?;
+    let connector = loaded
+        .fhir_connector(args.connector.as_deref())
+        .map_err(Failure::usage)?
+        .clone();
+    let store = open_store(&loaded).await?;
+    let service = build_service(&loaded, store.clone(), clock.clone())?;
+    let mut results = Vec::new();
+    if args.server {
+        results.push(crate::fhir::poll(&service, &loaded, &connector, clock.now()).await?);
+    }
+    for file in &args.files {
+        if !file.is_file() {
+            return Err(Failure::usage(format!("{}: no such file", file.display())));
+        }
+        results.push(
+            crate::fhir::import_file(&service, &loaded, &connector, file, clock.now()).await?,
+        );
+    }
+    let any_bad = results.iter().any(|r| !r.rejected.is_empty());
+    for r in &results {
+        print_fhir_result(o, r);
+    }
+    let plan = service.scheduler.plan_pending().await?;
+    if !o.json {
+        o.line(format!(
+            "planned messages for {} appointment(s)",
+            plan.appointments
+        ));
+    }
+    store.close().await;
+    Ok(if any_bad { exit::PARTIAL } else { exit::OK })
 }
 
 /// Arguments of `medrelay ingest hl7`.
@@ -177,6 +258,7 @@ pub async fn run(
     let args = match command {
         IngestCommand::Csv(args) => args,
         IngestCommand::Hl7(args) => return run_hl7(config, clock, args, o).await,
+        IngestCommand::Fhir(args) => return run_fhir(config, clock, args, o).await,
     };
     let loaded = load_config(config)?;
     let connector = loaded

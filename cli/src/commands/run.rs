@@ -81,6 +81,7 @@ pub async fn import_inboxes(
         let extensions: &[&str] = match c {
             ConnectorConfig::Csv(_) => &["csv"],
             ConnectorConfig::Hl7v2(_) => &["hl7", "txt"],
+            ConnectorConfig::Fhir(_) => &["json"],
         };
         for file in inbox_files(&inbox, extensions) {
             let name = file.file_name().unwrap_or_default().to_os_string();
@@ -94,6 +95,22 @@ pub async fn import_inboxes(
                         }
                         Err(e) => {
                             error!(connector = %csv.name, file = ?name, error = %e, "import failed; file moved to failed/");
+                            (false, None)
+                        }
+                    }
+                }
+                ConnectorConfig::Fhir(f) => {
+                    match crate::fhir::import_file(service, loaded, f, &file, clock.now()).await {
+                        Ok(r) => {
+                            info!(connector = %f.name, file = ?name, appointments = r.appointments,
+                                  rejected = r.rejected.len(), "imported");
+                            for bad in &r.rejected {
+                                warn!(connector = %f.name, file = ?name, issue = %bad, "FHIR entry quarantined");
+                            }
+                            (true, None)
+                        }
+                        Err(e) => {
+                            error!(connector = %f.name, file = ?name, error = %e, "import failed; file moved to failed/");
                             (false, None)
                         }
                     }
@@ -130,6 +147,28 @@ pub async fn import_inboxes(
     Ok(imported)
 }
 
+/// Searches each FHIR connector's server that has `poll = true`. A server that is down is logged
+/// and tried again next pass; it never stops the service.
+async fn poll_fhir_servers(service: &Service, loaded: &Loaded, clock: &dyn Clock) {
+    for c in &loaded.config.connectors {
+        let ConnectorConfig::Fhir(f) = c else {
+            continue;
+        };
+        if !f.server.as_ref().is_some_and(|s| s.poll) {
+            continue;
+        }
+        match crate::fhir::poll(service, loaded, f, clock.now()).await {
+            Ok(r) => {
+                info!(connector = %f.name, appointments = r.appointments, rejected = r.rejected.len(),
+                           applied = r.receipt.applied, "FHIR server searched")
+            }
+            Err(e) => {
+                warn!(connector = %f.name, error = %e, "FHIR server search failed; retrying next pass")
+            }
+        }
+    }
+}
+
 /// One full pass, repeated until idle or until `stop` is set (checked between ticks, so in-flight
 /// work always finishes).
 pub async fn pass(
@@ -139,6 +178,7 @@ pub async fn pass(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     import_inboxes(service, loaded, clock).await?;
+    poll_fhir_servers(service, loaded, clock).await;
     // A send interrupted by a crash is retried after `[service] sending_grace` unless a status
     // webhook reconciled it first.
     service
@@ -268,7 +308,12 @@ pub async fn run_until(
     let listeners = if args.once {
         Vec::new()
     } else {
-        crate::hl7::start_listeners(&service, &loaded, clock.clone(), woken.clone()).await?
+        let mut all =
+            crate::hl7::start_listeners(&service, &loaded, clock.clone(), woken.clone()).await?;
+        all.extend(
+            crate::fhir::start_endpoints(&service, &loaded, clock.clone(), woken.clone()).await?,
+        );
+        all
     };
     if endpoint.is_none() && !args.once && loaded.config.whatsapp.mode == WhatsAppMode::Cloud {
         warn!(
@@ -287,7 +332,8 @@ pub async fn run_until(
         });
     }
     let result = service_loop(&service, &loaded, clock.as_ref(), &stop, &woken, args.once).await;
-    // Stop accepting MLLP connections; a message not yet acknowledged is resent by its sender.
+    // Stop accepting MLLP connections and FHIR notifications; whatever was not yet acknowledged
+    // is sent again by its sender.
     for (_, handle) in &listeners {
         handle.abort();
     }

@@ -9,6 +9,8 @@
 pub mod consent;
 pub mod map;
 pub mod outcome;
+pub mod server;
+pub mod subscription;
 mod time;
 
 pub use consent::ConsentSelector;

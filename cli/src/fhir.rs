@@ -1,0 +1,268 @@
+//! Wiring of the FHIR connector: its options, the sink that commits notifications before they are
+//! answered, Bundle files, REST polling, and the Subscription endpoints `medrelay run` serves.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use jiff::Timestamp;
+use medrelay_connector_fhir::server::FhirServer;
+use medrelay_connector_fhir::subscription::{
+    BundleSink, ResourceFetcher, SubscriptionState, router,
+};
+use medrelay_connector_fhir::{ConsentSelector, FhirOptions, Issue, MappedBundle, map_bundle};
+use medrelay_pipeline::clock::Clock;
+use medrelay_pipeline::ingest::{AcceptReceipt, Ingest, Rejected};
+use medrelay_pipeline::service::Service;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::info;
+
+use crate::config::{FhirConnectorConfig, Loaded};
+
+/// The connector's mapping options.
+pub fn options(loaded: &Loaded, c: &FhirConnectorConfig) -> FhirOptions {
+    let site = &loaded.compiled.sites[&c.site];
+    FhirOptions {
+        system: c.system().to_string(),
+        site: site.name.clone(),
+        time_zone: site.time_zone.clone(),
+        default_region: site.default_region.clone(),
+        identifier_system: c.identifier_system.clone(),
+        consent: ConsentSelector {
+            codes: c.consent_codes.clone(),
+        },
+    }
+}
+
+/// The quarantine rows of a mapped Bundle (and of a body that is not one).
+fn quarantined(
+    mapped: &MappedBundle,
+    whole: Option<(&Issue, &[u8])>,
+    origin: &str,
+) -> Vec<Rejected> {
+    let mut out: Vec<Rejected> = mapped
+        .rejected
+        .iter()
+        .map(|r| Rejected {
+            location: format!("{origin} {}", r.location),
+            column: r.issue.expression.clone(),
+            reason: r.issue.to_string(),
+            raw: r.raw.clone(),
+            filler_id: r.filler_id.clone(),
+        })
+        .collect();
+    if let Some((issue, raw)) = whole {
+        out.push(Rejected {
+            location: origin.to_string(),
+            column: issue.expression.clone(),
+            reason: issue.to_string(),
+            raw: raw.to_vec(),
+            filler_id: None,
+        });
+    }
+    out
+}
+
+/// Commits a mapped Bundle in one transaction: its events and its quarantined entries.
+async fn commit(
+    ingest: &Ingest,
+    feed: &str,
+    now: Timestamp,
+    mapped: &MappedBundle,
+    whole: Option<(&Issue, &[u8])>,
+    origin: &str,
+) -> Result<AcceptReceipt, String> {
+    let rejected = quarantined(mapped, whole, origin);
+    if mapped.events.is_empty() && rejected.is_empty() {
+        return Ok(AcceptReceipt::default());
+    }
+    ingest
+        .accept(None, feed, now, &mapped.events, &rejected, false)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Commits what the Subscription endpoint received, then wakes the service loop to plan it.
+pub struct IngestBundleSink {
+    pub ingest: Ingest,
+    pub feed: String,
+    pub clock: Arc<dyn Clock>,
+    pub woken: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl BundleSink for IngestBundleSink {
+    async fn store(
+        &self,
+        mapped: &MappedBundle,
+        whole: Option<(&Issue, &[u8])>,
+    ) -> Result<(), String> {
+        commit(
+            &self.ingest,
+            &self.feed,
+            self.clock.now(),
+            mapped,
+            whole,
+            "subscription",
+        )
+        .await?;
+        self.woken.notify_one();
+        Ok(())
+    }
+}
+
+/// The connector's FHIR server client, when `[connectors.server]` is set.
+pub fn server(c: &FhirConnectorConfig) -> anyhow::Result<Option<FhirServer>> {
+    let Some(s) = &c.server else { return Ok(None) };
+    let auth = match &s.authorization_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| {
+            anyhow!(
+                "connector `{}`: environment variable {var} (server.authorization_env) is not set",
+                c.name
+            )
+        })?),
+        None => None,
+    };
+    FhirServer::new(
+        &s.base_url,
+        auth.as_deref(),
+        Duration::from_secs(s.timeout_secs),
+    )
+    .map(Some)
+    .map_err(|e| anyhow!("connector `{}`: {e}", c.name))
+}
+
+/// Binds every FHIR connector's Subscription endpoint and serves it.
+pub async fn start_endpoints(
+    service: &Service,
+    loaded: &Loaded,
+    clock: Arc<dyn Clock>,
+    woken: Arc<Notify>,
+) -> anyhow::Result<Vec<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)>> {
+    let mut out = Vec::new();
+    for c in &loaded.config.connectors {
+        let crate::config::ConnectorConfig::Fhir(c) = c else {
+            continue;
+        };
+        let Some(sub) = &c.subscription else { continue };
+        let authorization = std::env::var(&sub.authorization_env).map_err(|_| {
+            anyhow!(
+                "connector `{}`: environment variable {} (subscription.authorization_env) is not set",
+                c.name,
+                sub.authorization_env
+            )
+        })?;
+        let addr: SocketAddr = sub.listen.parse().context("subscription.listen")?;
+        let fetcher = server(c)?.map(|s| Arc::new(s) as Arc<dyn ResourceFetcher>);
+        let now_clock = clock.clone();
+        let state = SubscriptionState {
+            feed: c.name.clone(),
+            opts: Arc::new(options(loaded, c)),
+            sink: Arc::new(IngestBundleSink {
+                ingest: service.ingest.clone(),
+                feed: c.name.clone(),
+                clock: clock.clone(),
+                woken: woken.clone(),
+            }),
+            fetcher,
+            authorization: Arc::from(authorization.as_str()),
+            now: Arc::new(move || now_clock.now()),
+        };
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (connector `{}`)", c.name))?;
+        let local = listener.local_addr()?;
+        info!(connector = %c.name, address = %local, path = %sub.path, "FHIR subscription endpoint listening");
+        let app = router(state, &sub.path, sub.body_limit);
+        out.push((
+            local,
+            tokio::spawn(async move { axum::serve(listener, app).await }),
+        ));
+    }
+    Ok(out)
+}
+
+/// The result of importing one Bundle (a file, or a server search).
+#[derive(Clone, Debug)]
+pub struct FhirImportResult {
+    pub origin: String,
+    pub appointments: usize,
+    pub receipt: AcceptReceipt,
+    /// One line per rejected entry (location and issue; no values).
+    pub rejected: Vec<String>,
+}
+
+async fn import_bytes(
+    service: &Service,
+    loaded: &Loaded,
+    c: &FhirConnectorConfig,
+    bytes: &[u8],
+    origin: &str,
+    now: Timestamp,
+) -> anyhow::Result<FhirImportResult> {
+    let (mapped, whole) = match map_bundle(bytes, &options(loaded, c), now) {
+        Ok(m) => (m, None),
+        Err(issue) => (MappedBundle::default(), Some(issue)),
+    };
+    let receipt = commit(
+        &service.ingest,
+        &c.name,
+        now,
+        &mapped,
+        whole.as_ref().map(|i| (i, bytes)),
+        origin,
+    )
+    .await
+    .map_err(|e| anyhow!("{origin}: not imported: {e}"))?;
+    let mut rejected: Vec<String> = mapped
+        .rejected
+        .iter()
+        .map(|r| format!("{}: {}", r.location, r.issue))
+        .collect();
+    rejected.extend(whole.map(|i| format!("the input: {i}")));
+    Ok(FhirImportResult {
+        origin: origin.to_string(),
+        appointments: mapped.events.len(),
+        receipt,
+        rejected,
+    })
+}
+
+/// Imports one Bundle file (searchset, collection, transaction or notification).
+pub async fn import_file(
+    service: &Service,
+    loaded: &Loaded,
+    c: &FhirConnectorConfig,
+    path: &Path,
+    now: Timestamp,
+) -> anyhow::Result<FhirImportResult> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    import_bytes(service, loaded, c, &bytes, &name, now).await
+}
+
+/// Searches the connector's server for appointments from now to now + window and imports them.
+pub async fn poll(
+    service: &Service,
+    loaded: &Loaded,
+    c: &FhirConnectorConfig,
+    now: Timestamp,
+) -> anyhow::Result<FhirImportResult> {
+    let server = server(c)?.ok_or_else(|| anyhow!("connector `{}` has no [server]", c.name))?;
+    let window = c
+        .server
+        .as_ref()
+        .and_then(|s| medrelay_mapping::plan::parse_duration(&s.window))
+        .unwrap_or(jiff::SignedDuration::from_hours(24 * 14));
+    let bundle = server
+        .appointments_between(now, now + window)
+        .await
+        .map_err(|e| anyhow!("connector `{}`: search failed: {e}", c.name))?;
+    import_bytes(service, loaded, c, &bundle, "server search", now).await
+}

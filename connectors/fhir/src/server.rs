@@ -1,0 +1,250 @@
+//! The EHR's FHIR server, through fhir-sdk's client: read what an id-only notification points at,
+//! search a window of Appointments (with their Patients and Consents), and write patient answers
+//! back with JSON Patch. Results leave this module as JSON bytes, never as fhir-sdk types.
+//!
+//! Retries are off (`retries(0)`): a POST retried by the HTTP layer can create twice; the
+//! pipeline's outbox retries instead. Every request has a timeout. fhir-sdk logs request URLs
+//! at info level and search URLs can carry patient ids: the CLI filters `fhir_sdk=warn`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fhir_sdk::client::{Client, RequestSettings};
+use fhir_sdk::header::{self, HeaderValue};
+use fhir_sdk::version::FhirR4B;
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use crate::map::normalize_reference;
+
+/// A FHIR server connection (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct FhirServer {
+    client: Client<FhirR4B>,
+    base: String,
+}
+
+/// Why a request failed (status and resource type only; no body, which may carry PHI).
+fn failure(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+impl FhirServer {
+    /// Connects to `base_url` (`https://ehr/fhir/R4`), with `authorization` as the whole
+    /// `Authorization` header value when the server needs one.
+    pub fn new(
+        base_url: &str,
+        authorization: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        let url = fhir_sdk::Url::parse(&format!("{base}/"))
+            .map_err(|e| failure("base_url is not a URL", e))?;
+        let mut settings = RequestSettings::default().retries(0).timeout(Some(timeout));
+        if let Some(a) = authorization {
+            let v = HeaderValue::from_str(a)
+                .map_err(|_| "the authorization value is not a valid header".to_owned())?;
+            settings = settings.header(header::AUTHORIZATION, v);
+        }
+        let client = Client::<FhirR4B>::builder()
+            .base_url(url)
+            .request_settings(settings)
+            .allow_version_mismatch()
+            .build()
+            .map_err(|e| failure("cannot build the FHIR client", e))?;
+        Ok(FhirServer { client, base })
+    }
+
+    fn absolute(&self, reference: &str) -> String {
+        if reference.starts_with("http://") || reference.starts_with("https://") {
+            reference.to_owned()
+        } else {
+            format!("{}/{}", self.base, normalize_reference(reference))
+        }
+    }
+
+    /// GETs JSON from a URL or a `Type/id` reference.
+    pub async fn get_json(&self, reference: &str) -> Result<Value, String> {
+        let url = self.absolute(reference);
+        let response = self
+            .client
+            .send_custom_request(|c| c.get(&url).header(header::ACCEPT, "application/fhir+json"))
+            .await
+            .map_err(|e| failure("FHIR request failed", e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("FHIR server answered {status}"));
+        }
+        response
+            .json::<Value>()
+            .await
+            .map_err(|e| failure("FHIR response is not JSON", e))
+    }
+
+    /// Follows a searchset's `next` links, collecting every entry.
+    async fn search_all(&self, first: String, entries: &mut Vec<Value>) -> Result<(), String> {
+        let mut next = Some(first);
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > 1000 {
+                return Err("more than 1000 search pages; narrow the window".into());
+            }
+            let page = self.get_json(&url).await?;
+            entries.extend(page["entry"].as_array().cloned().unwrap_or_default());
+            next = page["link"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|l| l["relation"] == "next")
+                .and_then(|l| l["url"].as_str().map(str::to_owned));
+        }
+        Ok(())
+    }
+
+    /// Adds the Consents of every Patient in `entries` (one search per 50 patients).
+    async fn add_consents(&self, entries: &mut Vec<Value>) -> Result<(), String> {
+        let patients: BTreeSet<String> = entries
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Patient")
+            .filter_map(|e| {
+                e["resource"]["id"]
+                    .as_str()
+                    .map(|id| format!("Patient/{id}"))
+            })
+            .collect();
+        let patients: Vec<String> = patients.into_iter().collect();
+        for chunk in patients.chunks(50) {
+            let url = format!(
+                "{}/Consent?patient={}&_count=100",
+                self.base,
+                chunk.join(",")
+            );
+            self.search_all(url, entries).await?;
+        }
+        Ok(())
+    }
+
+    /// Appointments starting in `[from, until)`, with their Patients and the Patients' Consents,
+    /// as one collection Bundle (JSON bytes) for [`crate::map_bundle`].
+    pub async fn appointments_between(
+        &self,
+        from: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<u8>, String> {
+        let mut entries = Vec::new();
+        let url = format!(
+            "{}/Appointment?date=ge{}&date=lt{}&_include=Appointment:patient&_count=100",
+            self.base,
+            from.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        );
+        self.search_all(url, &mut entries).await?;
+        self.add_missing_patients(&mut entries).await?;
+        self.add_consents(&mut entries).await?;
+        Ok(collection(entries))
+    }
+
+    /// Reads Patients the Appointments reference but the search did not include.
+    async fn add_missing_patients(&self, entries: &mut Vec<Value>) -> Result<(), String> {
+        let have: BTreeSet<String> = entries
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Patient")
+            .filter_map(|e| {
+                e["resource"]["id"]
+                    .as_str()
+                    .map(|id| format!("Patient/{id}"))
+            })
+            .collect();
+        let wanted: BTreeSet<String> = entries
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Appointment")
+            .flat_map(|e| {
+                e["resource"]["participant"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|p| p["actor"]["reference"].as_str().map(normalize_reference))
+            .filter(|r| r.starts_with("Patient/"))
+            .collect();
+        for r in wanted.difference(&have) {
+            let p = self.get_json(r).await?;
+            entries.push(json!({"fullUrl": self.absolute(r), "resource": p}));
+        }
+        Ok(())
+    }
+
+    /// Writes a JSON Patch to `Type/id`, conditional on `version` (If-Match) when given.
+    /// Returns the new version id when the server reports one.
+    pub async fn patch(
+        &self,
+        reference: &str,
+        ops: &Value,
+        version: Option<&str>,
+    ) -> Result<Option<String>, PatchError> {
+        let url = self.absolute(reference);
+        let body = ops.to_string();
+        let response = self
+            .client
+            .send_custom_request(|c| {
+                let mut r = c
+                    .patch(&url)
+                    .header(header::CONTENT_TYPE, "application/json-patch+json")
+                    .header(header::ACCEPT, "application/fhir+json")
+                    .body(body);
+                if let Some(v) = version {
+                    r = r.header(header::IF_MATCH, format!("W/\"{v}\""));
+                }
+                r
+            })
+            .await
+            .map_err(|e| PatchError::Retryable(failure("FHIR request failed", e)))?;
+        let status = response.status();
+        match status.as_u16() {
+            200..=299 => {
+                let v: Value = response.json().await.unwrap_or(Value::Null);
+                Ok(v["meta"]["versionId"].as_str().map(str::to_owned))
+            }
+            412 => Err(PatchError::Conflict),
+            408 | 429 | 500..=599 => Err(PatchError::Retryable(format!(
+                "FHIR server answered {status}"
+            ))),
+            _ => Err(PatchError::Permanent(format!(
+                "FHIR server answered {status}"
+            ))),
+        }
+    }
+}
+
+/// Why a patch failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatchError {
+    /// The resource changed since the version we hold (412).
+    #[error("the resource changed on the server (412)")]
+    Conflict,
+    #[error("{0}")]
+    Retryable(String),
+    #[error("{0}")]
+    Permanent(String),
+}
+
+fn collection(entries: Vec<Value>) -> Vec<u8> {
+    json!({"resourceType": "Bundle", "type": "collection", "entry": entries})
+        .to_string()
+        .into_bytes()
+}
+
+#[async_trait::async_trait]
+impl crate::subscription::ResourceFetcher for FhirServer {
+    async fn fetch(&self, references: &[String]) -> Result<Vec<u8>, String> {
+        let mut entries = Vec::new();
+        for r in references {
+            let v = self.get_json(r).await?;
+            entries.push(json!({"fullUrl": self.absolute(r), "resource": v}));
+        }
+        self.add_missing_patients(&mut entries).await?;
+        self.add_consents(&mut entries).await?;
+        Ok(collection(entries))
+    }
+}

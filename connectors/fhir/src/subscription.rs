@@ -1,0 +1,200 @@
+//! The FHIR Subscription notification endpoint (R4 backport / R4B / R5 `rest-hook` channel).
+//!
+//! `POST <path>` with a notification Bundle:
+//! - a missing or wrong `Authorization` header (the Subscription's `channel.header`): 401, nothing
+//!   stored;
+//! - a body that is not a Bundle: the raw bytes go to quarantine, then 400 with an OperationOutcome;
+//! - a handshake or heartbeat: 200;
+//! - an event notification: every entry's Appointment is committed through the [`BundleSink`],
+//!   entries that cannot be read go to quarantine, and only then 200 with an OperationOutcome that
+//!   lists them (error issues) or says "accepted";
+//! - id-only notifications are read from the server first ([`ResourceFetcher`]); without one, 422;
+//! - a failed commit: 503 with a `transient` issue, so the server delivers again.
+//!
+//! Responses are `application/fhir+json`. Logs carry counts and entry locations, never the body.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use jiff::Timestamp;
+use serde_json::Value;
+
+use crate::map::{FhirOptions, MappedBundle, map_bundle};
+use crate::outcome::{Issue, operation_outcome};
+
+/// Where mapped notifications go. `store` commits the events and the rejected entries (and, for a
+/// body that is not a Bundle, `whole` with the raw bytes) and returns only once that is durable.
+#[async_trait::async_trait]
+pub trait BundleSink: Send + Sync + 'static {
+    async fn store(
+        &self,
+        mapped: &MappedBundle,
+        whole: Option<(&Issue, &[u8])>,
+    ) -> Result<(), String>;
+}
+
+/// Reads resources an id-only notification points at; returns a Bundle (JSON) of them with their
+/// Patients and Consents.
+#[async_trait::async_trait]
+pub trait ResourceFetcher: Send + Sync + 'static {
+    async fn fetch(&self, references: &[String]) -> Result<Vec<u8>, String>;
+}
+
+/// What the endpoint needs.
+#[derive(Clone)]
+pub struct SubscriptionState {
+    pub feed: String,
+    pub opts: Arc<FhirOptions>,
+    pub sink: Arc<dyn BundleSink>,
+    pub fetcher: Option<Arc<dyn ResourceFetcher>>,
+    /// The exact `Authorization` header value the Subscription sends.
+    pub authorization: Arc<str>,
+    pub now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+}
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn fhir(status: StatusCode, body: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn one(status: StatusCode, code: &'static str, diagnostics: &str) -> Response {
+    fhir(
+        status,
+        operation_outcome(&[Issue::error(code, diagnostics, None)]),
+    )
+}
+
+async fn notify(State(s): State<SubscriptionState>, headers: HeaderMap, body: Bytes) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !same(auth, s.authorization.as_bytes()) {
+        tracing::warn!(feed = %s.feed, "FHIR notification with a missing or wrong Authorization header");
+        return one(
+            StatusCode::UNAUTHORIZED,
+            "security",
+            "missing or wrong Authorization header",
+        );
+    }
+    let now = (s.now)();
+    let mut mapped = match map_bundle(&body, &s.opts, now) {
+        Ok(m) => m,
+        Err(issue) => {
+            return match s
+                .sink
+                .store(&MappedBundle::default(), Some((&issue, &body)))
+                .await
+            {
+                Ok(()) => {
+                    tracing::warn!(feed = %s.feed, %issue, "FHIR notification quarantined");
+                    fhir(StatusCode::BAD_REQUEST, operation_outcome(&[issue]))
+                }
+                Err(e) => {
+                    tracing::error!(feed = %s.feed, error = %e, "FHIR notification not stored");
+                    one(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "transient",
+                        "not stored; deliver again",
+                    )
+                }
+            };
+        }
+    };
+    let kind = mapped
+        .notification
+        .as_ref()
+        .map(|n| n.kind.clone())
+        .unwrap_or_default();
+    if matches!(kind.as_str(), "handshake" | "heartbeat") {
+        tracing::info!(feed = %s.feed, kind, "FHIR subscription {kind}");
+        return fhir(StatusCode::OK, operation_outcome(&[]));
+    }
+    // id-only: read what the notification points at.
+    if mapped.events.is_empty() && mapped.rejected.is_empty() {
+        let focus: Vec<String> = mapped
+            .notification
+            .as_ref()
+            .map(|n| n.focus.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(mapped.missing.iter().cloned())
+            .filter(|r| r.contains("Appointment/"))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !focus.is_empty() {
+            let Some(fetcher) = &s.fetcher else {
+                return one(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "not-supported",
+                    "id-only notifications need the connector's server settings to read the resources",
+                );
+            };
+            let fetched = match fetcher.fetch(&focus).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(feed = %s.feed, error = %e, "could not read the notified resources");
+                    return one(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "transient",
+                        "the notified resources could not be read; deliver again",
+                    );
+                }
+            };
+            match map_bundle(&fetched, &s.opts, now) {
+                Ok(m) => {
+                    mapped.events = m.events;
+                    mapped.rejected = m.rejected;
+                }
+                Err(issue) => {
+                    return fhir(StatusCode::BAD_GATEWAY, operation_outcome(&[issue]));
+                }
+            }
+        }
+    }
+    if let Err(e) = s.sink.store(&mapped, None).await {
+        tracing::error!(feed = %s.feed, error = %e, "FHIR notification not stored");
+        return one(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "not stored; deliver again",
+        );
+    }
+    for r in &mapped.rejected {
+        tracing::warn!(feed = %s.feed, entry = %r.location, issue = %r.issue, "FHIR entry quarantined");
+    }
+    tracing::info!(feed = %s.feed, appointments = mapped.events.len(), rejected = mapped.rejected.len(),
+                   "FHIR notification stored");
+    let issues: Vec<Issue> = mapped
+        .rejected
+        .iter()
+        .map(|r| {
+            let mut i = r.issue.clone();
+            i.diagnostics = format!("{}: {}", r.location, i.diagnostics);
+            i
+        })
+        .collect();
+    fhir(StatusCode::OK, operation_outcome(&issues))
+}
+
+/// The endpoint as a router: `POST path`, with a body limit.
+pub fn router(state: SubscriptionState, path: &str, body_limit: usize) -> Router {
+    Router::new()
+        .route(path, post(notify))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
