@@ -50,6 +50,15 @@ const CANARIES: &[&str] = &[
     // The HL7 canaries (tests/fixtures/canary_siu.hl7).
     "973699171",
     "973699172",
+    // The FHIR canaries (tests/fixtures/canary_fhir_bundle.json).
+    "Heptadecanary",
+    "Yvonneqx",
+    "Octodecanary",
+    "Nonadecanary",
+    "Zacharyqx",
+    "Icosacanary",
+    "Wendellqx",
+    "973699181",
     "Dodecanary",
     "Thaddeusqx",
     "Tridecanary",
@@ -68,6 +77,7 @@ const ALLOWED_IN_BODY: &[&str] = &[
     "Wilmaqx",
     "Vincentqx",
     "Thaddeusqx",
+    "Yvonneqx",
 ];
 
 #[derive(Clone, Default)]
@@ -258,6 +268,125 @@ async fn no_canary_escapes_through_the_hl7_paths() {
     let captured = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
         captured.contains("HL7 message quarantined"),
+        "logging was captured"
+    );
+    assert_clean("the logs", &captured);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_canary_escapes_through_the_fhir_paths() {
+    const AUTH_ENV: &str = "MEDRELAY_CANARY_FHIR_AUTH";
+    // SAFETY: the only environment write in this test binary, before the endpoint reads it.
+    unsafe { std::env::set_var(AUTH_ENV, "Bearer canary-test") };
+    let logs = logs();
+    let dir = tempfile::tempdir().unwrap();
+    common::demo_config(dir.path(), &[]);
+    let config_path = dir.path().join("medrelay.toml");
+    let text = std::fs::read_to_string(&config_path).unwrap().replace(
+        "# [connectors.subscription]\n# listen = \"127.0.0.1:8444\"\n# path = \"/fhir/subscription\"\n# authorization_env = \"CLINICA_FHIR_SUBSCRIPTION_AUTH\"",
+        &format!("[connectors.subscription]\nlisten = \"127.0.0.1:0\"\nauthorization_env = \"{AUTH_ENV}\""),
+    );
+    std::fs::write(&config_path, text).unwrap();
+    let loaded = medrelay::config::load(&config_path).unwrap();
+    let config = config_path.to_str().unwrap();
+    let file = common::copy_sample(dir.path(), "tests/fixtures/canary_fhir_bundle.json");
+
+    // 1. A Bundle file through `medrelay ingest fhir`: three entries rejected, listed with issues.
+    let (code, out) = cli(&[
+        "medrelay",
+        "--config",
+        config,
+        "--now",
+        "2026-11-29T13:00:00Z",
+        "ingest",
+        "fhir",
+        file.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, medrelay::exit::PARTIAL, "{out}");
+    assert!(out.contains("3 entries rejected"), "{out}");
+    assert_clean("`ingest fhir` output", &out);
+
+    // 2. The same Bundle, and a body that is not JSON, through the Subscription endpoint.
+    let store = open_store(&loaded).await.unwrap();
+    let clock = Arc::new(ManualClock::new("2026-11-29T14:00:00Z".parse().unwrap()));
+    let service = build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let endpoints = medrelay::fhir::start_endpoints(
+        &service,
+        &loaded,
+        clock.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/fhir/subscription", endpoints[0].0);
+    let client = reqwest::Client::new();
+    for (body, status) in [
+        (std::fs::read(&file).unwrap(), 200),
+        (b"Heptadecanary Yvonneqx MRNCANARY81 {".to_vec(), 400),
+        (
+            b"{\"resourceType\": \"Patient\", \"name\": [{\"family\": \"Icosacanary\"}]}".to_vec(),
+            400,
+        ),
+    ] {
+        let resp = client
+            .post(&url)
+            .header("authorization", "Bearer canary-test")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        assert_clean("an OperationOutcome", &resp.text().await.unwrap());
+    }
+
+    // 3. The opted-in appointment is confirmed with the allow-listed given name only.
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let sent = service.simulator.clone().unwrap().sent();
+    assert!(
+        sent.iter().any(|b| b["to"] == "5511973699181"),
+        "the FHIR canary patient was messaged: {sent:?}"
+    );
+    assert_bodies_clean(&sent);
+    let quarantine = store.quarantine_lines(100).await.unwrap();
+    assert_eq!(
+        quarantine.len(),
+        8,
+        "3 from the file, 3 + 2 bodies over HTTP"
+    );
+    assert_clean(
+        "quarantine reasons",
+        &serde_json::to_string(&quarantine).unwrap(),
+    );
+    let audit = store
+        .audit_since(jiff::Timestamp::UNIX_EPOCH)
+        .await
+        .unwrap();
+    assert_clean("the audit trail", &serde_json::to_string(&audit).unwrap());
+    for (_, h) in &endpoints {
+        h.abort();
+    }
+    store.close().await;
+    for args in [
+        vec!["explain", "clinica/FHIR-CAN1"],
+        vec!["explain", "clinica/FHIR-CAN1", "--json"],
+        vec!["status", "--json"],
+    ] {
+        let mut full = vec![
+            "medrelay",
+            "--config",
+            config,
+            "--now",
+            "2026-11-29T14:00:00Z",
+        ];
+        full.extend(args.iter().copied());
+        let (code, out) = cli(&full).await;
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert_clean(&format!("`medrelay {}`", args.join(" ")), &out);
+    }
+    let captured = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        captured.contains("FHIR notification stored"),
         "logging was captured"
     );
     assert_clean("the logs", &captured);
