@@ -185,3 +185,88 @@ async fn medplum_serves_what_medrelay_searches_and_validates_its_outcomes() {
         assert_eq!(status, 201, "Medplum's validator accepts {oo}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node with Medplum's FHIR router: run .ci/interop"]
+async fn a_patient_tap_is_patched_into_the_medplum_appointment() {
+    use medrelay_pipeline::clock::{Clock, ManualClock};
+    use medrelay_pipeline::whatsapp::simulator::PatientAction;
+    use std::sync::Arc;
+
+    let (_server, base) = start_medplum();
+    let client = reqwest::Client::new();
+    let notification: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(common::root().join("samples/fhir/clinica_notification.json")).unwrap(),
+    )
+    .unwrap();
+    for e in notification["entry"].as_array().unwrap() {
+        let mut r = e["resource"].clone();
+        if r["id"] == "ag-30011" {
+            // The patient has not answered yet.
+            r["participant"][0]["status"] = serde_json::json!("needs-action");
+        }
+        if matches!(r["id"].as_str(), Some("ag-30011" | "p-2011" | "c-2011")) {
+            assert_eq!(put(&client, &base, &r).await, 200);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    common::demo_config(dir.path(), &[]);
+    let path = dir.path().join("medrelay.toml");
+    // The FHIR feed as a system of its own, writing back to the server.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "name = \"clinica-fhir\"\nsystem = \"clinica\"\n",
+            "name = \"clinica-fhir\"\nwrite_back = true\n",
+        )
+        .replace(
+            "# [connectors.server]\n# base_url = \"https://ehr.clinica.example/fhir/R4\"",
+            &format!("[connectors.server]\nbase_url = \"{base}\""),
+        );
+    std::fs::write(&path, text).unwrap();
+    let loaded = medrelay::config::load(&path).unwrap();
+    assert_eq!(
+        loaded
+            .write_back_targets()
+            .iter()
+            .map(|(s, c)| (*s, c.name()))
+            .find(|(s, _)| *s == "clinica-fhir"),
+        Some(("clinica-fhir", "clinica-fhir"))
+    );
+    let clock = Arc::new(ManualClock::new("2026-12-01T13:00:05Z".parse().unwrap()));
+    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
+    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let c = loaded.fhir_connector(Some("clinica-fhir")).unwrap().clone();
+    let r = medrelay::fhir::poll(&service, &loaded, &c, clock.now())
+        .await
+        .unwrap();
+    assert_eq!(r.appointments, 1);
+    let sim = service.simulator.clone().unwrap();
+    sim.script("+5511911112222", [PatientAction::Tap("confirm".into())]);
+    for _ in 0..20 {
+        if service.tick(50).await.unwrap().is_idle() {
+            break;
+        }
+    }
+    let appointment: serde_json::Value = client
+        .get(format!("{base}/Appointment/ag-30011"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        appointment["participant"][0]["status"], "accepted",
+        "the tap was patched into the patient participant: {appointment}"
+    );
+    assert_eq!(
+        appointment["participant"][1]["status"], "accepted",
+        "the practitioner is untouched"
+    );
+    assert_eq!(
+        appointment["status"], "booked",
+        "medrelay never cancels or books on its own"
+    );
+    store.close().await;
+}

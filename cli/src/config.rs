@@ -536,6 +536,9 @@ pub struct FhirConnectorConfig {
     pub subscription: Option<FhirSubscriptionConfig>,
     #[serde(default)]
     pub server: Option<FhirServerConfig>,
+    /// Write patient answers back to `[server]` (JSON Patch of the patient participant's status).
+    #[serde(default)]
+    pub write_back: bool,
 }
 
 impl FhirConnectorConfig {
@@ -585,6 +588,15 @@ impl ConnectorConfig {
         match self {
             ConnectorConfig::Csv(c) => c.return_file.as_ref(),
             ConnectorConfig::Hl7v2(_) | ConnectorConfig::Fhir(_) => None,
+        }
+    }
+
+    /// Whether replies for this connector's system can be written back through it.
+    pub fn writes_back(&self) -> bool {
+        match self {
+            ConnectorConfig::Csv(c) => c.return_file.is_some(),
+            ConnectorConfig::Hl7v2(_) => false,
+            ConnectorConfig::Fhir(c) => c.write_back && c.server.is_some(),
         }
     }
 
@@ -689,12 +701,12 @@ impl Loaded {
             .map_or(name, ConnectorConfig::system)
     }
 
-    /// One write-back target per system: the first connector of the system that has a
-    /// `return_file`. Feeds of one system share appointments, so each reply must be written once.
+    /// One write-back target per system: the first connector of the system that writes back (a CSV
+    /// `return_file`, a FHIR connector with `write_back`). Feeds of one system share appointments, so each reply must be written once.
     pub fn write_back_targets(&self) -> Vec<(&str, &ConnectorConfig)> {
         let mut out: Vec<(&str, &ConnectorConfig)> = Vec::new();
         for c in &self.config.connectors {
-            if c.return_file().is_some() && !out.iter().any(|(s, _)| *s == c.system()) {
+            if c.writes_back() && !out.iter().any(|(s, _)| *s == c.system()) {
                 out.push((c.system(), c));
             }
         }
@@ -838,6 +850,11 @@ fn validate_fhir(c: &FhirConnectorConfig) -> Vec<String> {
                 "connector `{name}`: subscription.body_limit must be between 1024 and 67108864"
             ));
         }
+    }
+    if c.write_back && c.server.is_none() {
+        errors.push(format!(
+            "connector `{name}`: write_back needs a [connectors.server] to write to"
+        ));
     }
     if let Some(s) = &c.server {
         if !(s.base_url.starts_with("https://") || s.base_url.starts_with("http://")) {

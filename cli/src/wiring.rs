@@ -177,6 +177,17 @@ pub fn build_service(
             let target = CsvReturnFile::new(rf)
                 .map_err(|e| anyhow!("connector `{}` return_file: {}", c.name(), e.join("; ")))?;
             targets.push((system.to_string(), Arc::new(target)));
+        } else if let crate::config::ConnectorConfig::Fhir(f) = c
+            && let Some(server) = crate::fhir::server(f)?
+        {
+            let handle = tokio::runtime::Handle::try_current()
+                .map_err(|_| anyhow!("FHIR write-back needs the async runtime"))?;
+            let target = medrelay_connector_fhir::write_back::FhirWriteBack::new(
+                server,
+                f.identifier_system.clone(),
+                handle,
+            );
+            targets.push((system.to_string(), Arc::new(target)));
         }
     }
     let compiled = Arc::new(loaded.compiled.clone());

@@ -12,6 +12,7 @@ pub mod outcome;
 pub mod server;
 pub mod subscription;
 mod time;
+pub mod write_back;
 
 pub use consent::ConsentSelector;
 pub use map::{FhirOptions, MappedBundle, NotificationStatus, RejectedEntry, map_bundle};
