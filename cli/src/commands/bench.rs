@@ -1,4 +1,5 @@
-//! `medrelay bench csv` and `medrelay bench plan`: throughput on this machine, with peak memory.
+//! `medrelay bench csv`, `medrelay bench plan` (and `bench mllp`, in `bench_hl7`): throughput on
+//! this machine, with peak memory.
 //!
 //! Build with `--release`; numbers are recorded in BENCHMARKS.md. Synthetic rows are generated into a
 //! temporary file first (streamed, never held in memory), so the measurement is the import alone.
@@ -21,6 +22,8 @@ pub enum BenchCommand {
     Csv(BenchArgs),
     /// Import N appointments, then time planning them (plan + outbox rows).
     Plan(BenchArgs),
+    /// Send N HL7 SIU messages over MLLP, each committed before its ACK.
+    Mllp(super::bench_hl7::MllpBenchArgs),
 }
 
 /// Arguments of the benchmarks.
@@ -100,6 +103,7 @@ pub async fn run(command: BenchCommand, o: &mut Output<'_>) -> anyhow::Result<u8
     let (args, plan) = match command {
         BenchCommand::Csv(a) => (a, false),
         BenchCommand::Plan(a) => (a, true),
+        BenchCommand::Mllp(a) => return super::bench_hl7::run(a, o).await,
     };
     let dir = tempfile::tempdir()?;
     let config_path = dir.path().join("medrelay.toml");

@@ -1,0 +1,146 @@
+//! `medrelay bench mllp`: HL7 SIU messages over a real MLLP connection into a fresh SQLite store,
+//! each committed (its own transaction, fsync) before its ACK, one message in flight at a time as
+//! an interface engine sends them. Reports messages/s and ACK latency percentiles; `--parse-only`
+//! times decoding and mapping alone.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use medrelay_pipeline::clock::SystemClock;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::load_str;
+use crate::wiring::{build_service, open_store};
+use crate::{Output, exit};
+
+/// Arguments of `medrelay bench mllp`.
+#[derive(Debug, Args)]
+pub struct MllpBenchArgs {
+    /// Number of messages.
+    #[arg(long, default_value_t = 5_000)]
+    pub messages: u64,
+    /// Only decode, parse and map (no network, no database).
+    #[arg(long)]
+    pub parse_only: bool,
+}
+
+/// The i-th synthetic SIU^S12 (v2.5.1, the sample clinic's shape, with PD1).
+fn message(i: u64) -> String {
+    let day = 2 + (i % 25);
+    let hour = 8 + (i % 9);
+    format!(
+        "MSH|^~\\&|AGENDA|CLINICA-SP|MEDRELAY|CLINICA-SP|20261201{hh:02}{mm:02}00-0300||SIU^S12^SIU_S12|BENCH-{i}|P|2.5.1||||||UNICODE UTF-8\r\
+         SCH|PL-{i}|BENCH-AG-{i}||||ROTINA|Consulta^Consulta|NORMAL|30|MIN|^^^202612{day:02}{hour:02}00-0300^202612{day:02}{hour:02}30-0300||||||||||||||Booked\r\
+         PID|1||P-{pid}^^^CLINICA^MR||Exemplo^Jo\u{e3}o^^^^^L||19800101|M|||||^PRN^CP^^55^11^9{phone:08}||por\r\
+         PD1|||||||||||F^Family only^HL70215|N\r\
+         RGS|1\r\
+         AIS|1||CONS^Consulta^L\r\
+         AIL|1||PAU1^^^Cl\u{ed}nica S\u{e3}o Paulo \u{2013} Unidade Paulista\r\
+         AIP|1||7001^Fict\u{ed}cia^Ana^^^Dra.\r",
+        hh = 8 + (i / 3600) % 10,
+        mm = (i / 60) % 60,
+        pid = 100_000 + i % 50_000,
+        phone = 10_000_000 + i % 50_000,
+    )
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Runs the benchmark.
+pub async fn run(args: MllpBenchArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
+    let dir = tempfile::tempdir()?;
+    let config_path = dir.path().join("medrelay.toml");
+    let config = super::init::STARTER_CONFIG
+        .replace("# listen = \"0.0.0.0:2575\"", "listen = \"127.0.0.1:0\"");
+    std::fs::write(&config_path, &config)?;
+    std::fs::write(
+        dir.path().join("profiles.toml"),
+        super::init::STARTER_PROFILES,
+    )?;
+    super::init::write_secret(&dir.path().join("medrelay.key"))?;
+    let loaded = load_str(&config, &config_path)?;
+    let messages: Vec<String> = (0..args.messages).map(message).collect();
+    let bytes: usize = messages.iter().map(String::len).sum();
+    if args.parse_only {
+        let c = loaded.hl7_connector(None).map_err(anyhow::Error::msg)?;
+        let opts = crate::hl7::options(&loaded, c);
+        let t = Instant::now();
+        let mut ok = 0u64;
+        for (i, m) in messages.iter().enumerate() {
+            let p = medrelay_connector_hl7v2::process(m.as_bytes(), &opts, i as i64, "bench");
+            ok += matches!(p.outcome, medrelay_connector_hl7v2::Outcome::Event(_)) as u64;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        o.line(format!(
+            "decoded, parsed and mapped {ok} of {} SIU messages ({:.1} KiB) in {secs:.3} s ({:.0} msg/s), no network, no database",
+            args.messages,
+            bytes as f64 / 1024.0,
+            args.messages as f64 / secs
+        ));
+        return Ok(exit::OK);
+    }
+    let store = open_store(&loaded).await?;
+    let clock: Arc<dyn medrelay_pipeline::clock::Clock> = Arc::new(SystemClock);
+    let service = build_service(&loaded, store.clone(), clock.clone())?;
+    let listeners = crate::hl7::start_listeners(
+        &service,
+        &loaded,
+        clock,
+        Arc::new(tokio::sync::Notify::new()),
+    )
+    .await?;
+    let mut stream = tokio::net::TcpStream::connect(listeners[0].0).await?;
+    stream.set_nodelay(true)?;
+    let mut latencies = Vec::with_capacity(messages.len());
+    let mut buf = vec![0u8; 8192];
+    let mut accepted = 0u64;
+    let t = Instant::now();
+    for m in &messages {
+        let sent = Instant::now();
+        let mut frame = Vec::with_capacity(m.len() + 3);
+        frame.push(0x0b);
+        frame.extend_from_slice(m.as_bytes());
+        frame.extend_from_slice(&[0x1c, 0x0d]);
+        stream.write_all(&frame).await?;
+        let mut reply = Vec::new();
+        while !reply.ends_with(&[0x1c, 0x0d]) {
+            let n = stream.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "the listener closed the connection");
+            reply.extend_from_slice(&buf[..n]);
+        }
+        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+        accepted += reply.windows(7).any(|w| w == b"\rMSA|AA") as u64;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let result = serde_json::json!({
+        "messages": args.messages, "accepted": accepted, "seconds": secs,
+        "messages_per_second": args.messages as f64 / secs,
+        "ack_ms_p50": percentile(&latencies, 0.5), "ack_ms_p99": percentile(&latencies, 0.99),
+        "ack_ms_max": latencies.last().copied().unwrap_or(f64::NAN),
+        "peak_rss_mib": super::bench::peak_rss_mib(),
+    });
+    o.line(format!(
+        "{} SIU messages over one MLLP connection, each committed before its ACK: {accepted} AA in {secs:.2} s ({:.0} msg/s); ACK latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; peak RSS {:.1} MiB",
+        args.messages,
+        args.messages as f64 / secs,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(f64::NAN),
+        super::bench::peak_rss_mib().unwrap_or(f64::NAN)
+    ));
+    if o.json {
+        o.json(&result);
+    }
+    for (_, h) in &listeners {
+        h.abort();
+    }
+    store.close().await;
+    Ok(exit::OK)
+}
