@@ -4,7 +4,9 @@
 //! It shows the whole loop: CSV exports in two real-world shapes (and a broken one) are imported, the
 //! plan is made in each site's zone, reminders go to the simulator, simulated patients tap Confirm or
 //! Cancel, and the answers land in each connector's return CSV. A second snapshot of the OpenEMR feed,
-//! a day later, moves one appointment and drops another: watch the old reminders being withdrawn.
+//! a day later, moves one appointment and drops another: watch the old reminders being withdrawn. On
+//! 1 December the clinic's FHIR server notifies a Consent that opts one CSV patient out and another
+//! patient in; on 6 December its HL7 interface reschedules, cancels and protects (SIU with PD1).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use clap::Args;
 use jiff::{SignedDuration, Timestamp};
 use medrelay_pipeline::clock::{Clock, ManualClock};
 
-use super::ingest::print_result;
+use super::ingest::{print_fhir_result, print_hl7_result, print_result};
 use super::init::{STARTER_CONFIG, STARTER_PROFILES, write_secret};
 use crate::config::load;
 use crate::wiring::{build_service, import_csv, open_store};
@@ -22,6 +24,8 @@ use crate::{Output, exit};
 const OPENEMR: &str = include_str!("../../../samples/csv/openemr_future_appointments.csv");
 const CLINICA: &[u8] = include_bytes!("../../../samples/csv/clinica_export_win1252.csv");
 const BROKEN: &str = include_str!("../../../samples/csv/broken_export.csv");
+const FHIR_NOTIFICATION: &[u8] = include_bytes!("../../../samples/fhir/clinica_notification.json");
+const HL7_SIU: &[u8] = include_bytes!("../../../samples/hl7/clinica_siu.hl7");
 
 /// Arguments of `medrelay demo`.
 #[derive(Debug, Args)]
@@ -81,6 +85,8 @@ pub async fn run(args: DemoArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
     )?;
     let clinica = write(&inputs, "clinica_export_win1252.csv", CLINICA)?;
     let broken = write(&inputs, "broken_export.csv", BROKEN.as_bytes())?;
+    let fhir_notification = write(&inputs, "clinica_notification.json", FHIR_NOTIFICATION)?;
+    let hl7_siu = write(&inputs, "clinica_siu.hl7", HL7_SIU)?;
     let day_two = write(
         &inputs,
         "openemr_future_appointments_day2.csv",
@@ -111,6 +117,9 @@ pub async fn run(args: DemoArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
     }
     let end: Timestamp = "2026-12-21T00:00:00Z".parse()?;
     let day_two_at: Timestamp = "2026-11-30T12:00:00Z".parse()?;
+    let fhir_at: Timestamp = "2026-12-01T13:00:00Z".parse()?;
+    let hl7_at: Timestamp = "2026-12-06T13:00:00Z".parse()?;
+    let (mut fhir_done, mut hl7_done) = (false, false);
     let mut day_two_done = false;
     let mut ticks = 0u64;
     while clock.now() < end {
@@ -126,6 +135,33 @@ pub async fn run(args: DemoArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
             let r = import_csv(&service, &loaded, c, &day_two, Some(clock.now()), |_| {}).await?;
             print_result(o, &r);
             day_two_done = true;
+        }
+        if !fhir_done && clock.now() >= fhir_at {
+            o.line("");
+            o.line(format!(
+                "== {}: the clinic's FHIR server notifies (Subscription bundle with Consents)",
+                clock.now()
+            ));
+            let c = loaded
+                .fhir_connector(Some("clinica-fhir"))
+                .map_err(anyhow::Error::msg)?;
+            let r = crate::fhir::import_file(&service, &loaded, c, &fhir_notification, clock.now())
+                .await?;
+            print_fhir_result(o, &r);
+            fhir_done = true;
+        }
+        if !hl7_done && clock.now() >= hl7_at {
+            o.line("");
+            o.line(format!(
+                "== {}: the clinic's HL7 interface sends SIU messages",
+                clock.now()
+            ));
+            let c = loaded
+                .hl7_connector(Some("clinica-hl7"))
+                .map_err(anyhow::Error::msg)?;
+            let r = crate::hl7::import_file(&service, &loaded, c, &hl7_siu, clock.now()).await?;
+            print_hl7_result(o, &r);
+            hl7_done = true;
         }
         loop {
             ticks += 1;
@@ -154,7 +190,10 @@ pub async fn run(args: DemoArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
     o.line(format!("message steps: {}", fmt(&s.jobs_by_state)));
     o.line(format!("WhatsApp statuses: {}", fmt(&s.messages_by_status)));
     o.line(format!("patient replies: {}", fmt(&s.replies_by_outcome)));
-    o.line(format!("quarantined rows: {}", s.quarantined));
+    o.line(format!(
+        "quarantined inputs (CSV rows, HL7 messages, FHIR entries): {}",
+        s.quarantined
+    ));
     if let Some(sim) = &service.simulator {
         let sent = sim.sent();
         o.line(format!(
@@ -183,6 +222,10 @@ pub async fn run(args: DemoArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
     o.line("");
     o.line(format!(
         "try: medrelay --config {} explain openemr/50002   (the rescheduled appointment)",
+        config_path.display()
+    ));
+    o.line(format!(
+        "     medrelay --config {} explain clinica/AG-30010  (protected by the HL7 feed)",
         config_path.display()
     ));
     store.close().await;

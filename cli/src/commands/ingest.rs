@@ -43,7 +43,7 @@ pub struct FhirArgs {
 }
 
 /// Prints one FHIR import's result.
-fn print_fhir_result(o: &mut Output<'_>, r: &crate::fhir::FhirImportResult) {
+pub fn print_fhir_result(o: &mut Output<'_>, r: &crate::fhir::FhirImportResult) {
     if o.json {
         o.json(&serde_json::json!({
             "input": r.origin, "appointments": r.appointments, "applied": r.receipt.applied,
@@ -117,7 +117,7 @@ pub struct Hl7Args {
 }
 
 /// Prints one HL7 file's result.
-fn print_hl7_result(o: &mut Output<'_>, r: &crate::hl7::Hl7ImportResult) {
+pub fn print_hl7_result(o: &mut Output<'_>, r: &crate::hl7::Hl7ImportResult) {
     let s = &r.summary;
     if o.json {
         o.json(&serde_json::json!({

@@ -97,7 +97,7 @@ pub fn normalize_reference(r: &str) -> String {
 }
 
 /// Parses one resource, reporting only where it failed (serde's message can quote a value).
-fn parse<T: serde::de::DeserializeOwned>(v: &Value, kind: &str, at: &str) -> Result<T, Issue> {
+fn parse<T: serde::de::DeserializeOwned>(v: &Value, kind: &str) -> Result<T, Issue> {
     serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
@@ -118,7 +118,7 @@ fn parse<T: serde::de::DeserializeOwned>(v: &Value, kind: &str, at: &str) -> Res
         } else {
             format!("{kind}.{path}")
         };
-        Issue::error(code, format!("{at}: {what}"), Some(expression))
+        Issue::error(code, what, Some(expression))
     })
 }
 
@@ -486,11 +486,11 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
         };
         match kind {
             "Parameters" if i == 0 => out.notification = Some(notification_status(r)),
-            "Appointment" => match parse::<Appointment>(r, kind, &at) {
+            "Appointment" => match parse::<Appointment>(r, kind) {
                 Ok(a) => appointments.push((i, a, e.clone())),
                 Err(issue) => out.rejected.push(reject(issue)),
             },
-            "Patient" => match parse::<Patient>(r, kind, &at) {
+            "Patient" => match parse::<Patient>(r, kind) {
                 Ok(p) => {
                     for k in keys {
                         idx.patients.insert(k, p.clone());
@@ -498,7 +498,7 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
                 }
                 Err(issue) => out.rejected.push(reject(issue)),
             },
-            "Consent" => match parse::<Consent>(r, kind, &at) {
+            "Consent" => match parse::<Consent>(r, kind) {
                 Ok(c) => {
                     if let Some(p) = c.patient.as_ref().and_then(|p| p.reference.as_deref()) {
                         idx.consents.push((normalize_reference(p), c));
