@@ -14,7 +14,6 @@ use medrelay_connector_hl7v2::file::split;
 use medrelay_pipeline::clock::ManualClock;
 use medrelay_pipeline::service::Service;
 use sqlx::Connection;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn settle(service: &Service) {
@@ -27,23 +26,6 @@ fn sent_to(service: &Service, digits: &str) -> Vec<serde_json::Value> {
         .into_iter()
         .filter(|b| b["to"] == digits)
         .collect()
-}
-
-/// Sends one frame and reads the ACK frame (until FS CR).
-async fn exchange(stream: &mut TcpStream, message: &[u8]) -> String {
-    let mut frame = vec![0x0b];
-    frame.extend_from_slice(message);
-    frame.extend_from_slice(&[0x1c, 0x0d]);
-    stream.write_all(&frame).await.unwrap();
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !reply.ends_with(&[0x1c, 0x0d]) {
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n > 0, "connection closed before the ACK");
-        reply.extend_from_slice(&buf[..n]);
-    }
-    assert_eq!(reply[0], 0x0b);
-    String::from_utf8(reply[1..reply.len() - 2].to_vec()).unwrap()
 }
 
 fn setup(dir: &std::path::Path) -> (String, medrelay::config::Loaded) {
@@ -85,7 +67,7 @@ async fn siu_over_mllp_updates_csv_appointments_and_acks_after_commit() {
     assert_eq!(messages.len(), 6);
     let mut acks = Vec::new();
     for m in &messages {
-        acks.push(exchange(&mut stream, &m.bytes).await);
+        acks.push(common::mllp_exchange(&mut stream, &m.bytes).await);
     }
     for (i, ack) in acks.iter().enumerate() {
         let expected = if i == 4 { "AE" } else { "AA" };

@@ -151,21 +151,35 @@ fn assert_bodies_clean(sent: &[serde_json::Value]) {
     }
 }
 
-/// Sends one MLLP frame and reads the ACK frame.
-async fn mllp_exchange(stream: &mut tokio::net::TcpStream, message: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut frame = vec![0x0b];
-    frame.extend_from_slice(message);
-    frame.extend_from_slice(&[0x1c, 0x0d]);
-    stream.write_all(&frame).await.unwrap();
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !reply.ends_with(&[0x1c, 0x0d]) {
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n > 0, "connection closed before the ACK");
-        reply.extend_from_slice(&buf[..n]);
+/// The store's own records after a connector run: quarantine reasons (exactly `quarantined` of
+/// them) and the audit trail.
+async fn assert_records_clean(store: &medrelay_pipeline::store::Store, quarantined: usize) {
+    let quarantine = store.quarantine_lines(100).await.unwrap();
+    assert_eq!(quarantine.len(), quarantined, "{quarantine:?}");
+    assert_clean(
+        "quarantine reasons",
+        &serde_json::to_string(&quarantine).unwrap(),
+    );
+    let audit = store
+        .audit_since(jiff::Timestamp::UNIX_EPOCH)
+        .await
+        .unwrap();
+    assert_clean("the audit trail", &serde_json::to_string(&audit).unwrap());
+}
+
+/// The operator's views of one appointment and of the status, at `now`.
+async fn assert_commands_clean(config: &str, now: &str, appointment: &str) {
+    for args in [
+        vec!["explain", appointment],
+        vec!["explain", appointment, "--json"],
+        vec!["status", "--json"],
+    ] {
+        let mut full = vec!["medrelay", "--config", config, "--now", now];
+        full.extend(args.iter().copied());
+        let (code, out) = cli(&full).await;
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert_clean(&format!("`medrelay {}`", args.join(" ")), &out);
     }
-    String::from_utf8(reply).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -219,7 +233,7 @@ async fn no_canary_escapes_through_the_hl7_paths() {
     assert_eq!(messages.len(), 5);
     let mut codes = Vec::new();
     for m in &messages {
-        let ack = mllp_exchange(&mut stream, &m.bytes).await;
+        let ack = common::mllp_exchange(&mut stream, &m.bytes).await;
         assert_clean("an ACK", &ack);
         codes.push(ack.split("MSA|").nth(1).unwrap()[..2].to_string());
     }
@@ -233,38 +247,13 @@ async fn no_canary_escapes_through_the_hl7_paths() {
         "the HL7 canary patient was messaged: {sent:?}"
     );
     assert_bodies_clean(&sent);
-    let quarantine = store.quarantine_lines(100).await.unwrap();
-    assert_eq!(quarantine.len(), 8, "4 from the file, 4 over MLLP");
-    assert_clean(
-        "quarantine reasons",
-        &serde_json::to_string(&quarantine).unwrap(),
-    );
-    let audit = store
-        .audit_since(jiff::Timestamp::UNIX_EPOCH)
-        .await
-        .unwrap();
-    assert_clean("the audit trail", &serde_json::to_string(&audit).unwrap());
+    // 4 from the file, 4 over MLLP.
+    assert_records_clean(&store, 8).await;
     for (_, h) in &listeners {
         h.abort();
     }
     store.close().await;
-    for args in [
-        vec!["explain", "clinica/HL7-CAN1"],
-        vec!["explain", "clinica/HL7-CAN1", "--json"],
-        vec!["status", "--json"],
-    ] {
-        let mut full = vec![
-            "medrelay",
-            "--config",
-            config,
-            "--now",
-            "2026-11-29T14:00:00Z",
-        ];
-        full.extend(args.iter().copied());
-        let (code, out) = cli(&full).await;
-        assert_eq!(code, 0, "{args:?}: {out}");
-        assert_clean(&format!("`medrelay {}`", args.join(" ")), &out);
-    }
+    assert_commands_clean(config, "2026-11-29T14:00:00Z", "clinica/HL7-CAN1").await;
     let captured = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
         captured.contains("HL7 message quarantined"),
@@ -348,42 +337,13 @@ async fn no_canary_escapes_through_the_fhir_paths() {
         "the FHIR canary patient was messaged: {sent:?}"
     );
     assert_bodies_clean(&sent);
-    let quarantine = store.quarantine_lines(100).await.unwrap();
-    assert_eq!(
-        quarantine.len(),
-        8,
-        "3 from the file, 3 + 2 bodies over HTTP"
-    );
-    assert_clean(
-        "quarantine reasons",
-        &serde_json::to_string(&quarantine).unwrap(),
-    );
-    let audit = store
-        .audit_since(jiff::Timestamp::UNIX_EPOCH)
-        .await
-        .unwrap();
-    assert_clean("the audit trail", &serde_json::to_string(&audit).unwrap());
+    // 3 from the file, 3 + 2 bodies over HTTP.
+    assert_records_clean(&store, 8).await;
     for (_, h) in &endpoints {
         h.abort();
     }
     store.close().await;
-    for args in [
-        vec!["explain", "clinica/FHIR-CAN1"],
-        vec!["explain", "clinica/FHIR-CAN1", "--json"],
-        vec!["status", "--json"],
-    ] {
-        let mut full = vec![
-            "medrelay",
-            "--config",
-            config,
-            "--now",
-            "2026-11-29T14:00:00Z",
-        ];
-        full.extend(args.iter().copied());
-        let (code, out) = cli(&full).await;
-        assert_eq!(code, 0, "{args:?}: {out}");
-        assert_clean(&format!("`medrelay {}`", args.join(" ")), &out);
-    }
+    assert_commands_clean(config, "2026-11-29T14:00:00Z", "clinica/FHIR-CAN1").await;
     let captured = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
         captured.contains("FHIR notification stored"),

@@ -1,4 +1,4 @@
-//! `medrelay bench csv`, `medrelay bench plan` (and `bench mllp`, in `bench_hl7`): throughput on
+//! `medrelay bench csv`, `medrelay bench plan` (and `bench mllp`, `bench fhir`, in `bench_connectors`): throughput on
 //! this machine, with peak memory.
 //!
 //! Build with `--release`; numbers are recorded in BENCHMARKS.md. Synthetic rows are generated into a
@@ -23,7 +23,9 @@ pub enum BenchCommand {
     /// Import N appointments, then time planning them (plan + outbox rows).
     Plan(BenchArgs),
     /// Send N HL7 SIU messages over MLLP, each committed before its ACK.
-    Mllp(super::bench_hl7::MllpBenchArgs),
+    Mllp(super::bench_connectors::MllpBenchArgs),
+    /// Map and commit a FHIR Bundle of N Appointments with their Patients and Consents.
+    Fhir(super::bench_connectors::FhirBenchArgs),
 }
 
 /// Arguments of the benchmarks.
@@ -103,7 +105,8 @@ pub async fn run(command: BenchCommand, o: &mut Output<'_>) -> anyhow::Result<u8
     let (args, plan) = match command {
         BenchCommand::Csv(a) => (a, false),
         BenchCommand::Plan(a) => (a, true),
-        BenchCommand::Mllp(a) => return super::bench_hl7::run(a, o).await,
+        BenchCommand::Mllp(a) => return super::bench_connectors::run(a, o).await,
+        BenchCommand::Fhir(a) => return super::bench_connectors::run_fhir(a, o).await,
     };
     let dir = tempfile::tempdir()?;
     let config_path = dir.path().join("medrelay.toml");

@@ -94,6 +94,17 @@ async fn run_fhir(
     for r in &results {
         print_fhir_result(o, r);
     }
+    plan_and_close(&service, store, o, any_bad).await
+}
+
+/// The end of every import command: plan what changed, close the store, and exit 3 when some
+/// input was rejected.
+async fn plan_and_close(
+    service: &medrelay_pipeline::service::Service,
+    store: medrelay_pipeline::store::Store,
+    o: &mut Output<'_>,
+    any_bad: bool,
+) -> anyhow::Result<u8> {
     let plan = service.scheduler.plan_pending().await?;
     if !o.json {
         o.line(format!(
@@ -167,15 +178,7 @@ async fn run_hl7(
         any_bad |= r.summary.rows_bad > 0;
         print_hl7_result(o, &r);
     }
-    let plan = service.scheduler.plan_pending().await?;
-    if !o.json {
-        o.line(format!(
-            "planned messages for {} appointment(s)",
-            plan.appointments
-        ));
-    }
-    store.close().await;
-    Ok(if any_bad { exit::PARTIAL } else { exit::OK })
+    plan_and_close(&service, store, o, any_bad).await
 }
 
 /// Arguments of `medrelay ingest csv`.
@@ -293,13 +296,5 @@ pub async fn run(
         any_bad |= result.summary.rows_bad > 0;
         print_result(o, &result);
     }
-    let plan = service.scheduler.plan_pending().await?;
-    if !o.json {
-        o.line(format!(
-            "planned messages for {} appointment(s)",
-            plan.appointments
-        ));
-    }
-    store.close().await;
-    Ok(if any_bad { exit::PARTIAL } else { exit::OK })
+    plan_and_close(&service, store, o, any_bad).await
 }

@@ -2,7 +2,7 @@
 
 pub mod audit;
 pub mod bench;
-pub mod bench_hl7;
+pub mod bench_connectors;
 pub mod check;
 pub mod consent;
 pub mod demo;

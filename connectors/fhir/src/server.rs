@@ -104,15 +104,7 @@ impl FhirServer {
 
     /// Adds the Consents of every Patient in `entries` (one search per 50 patients).
     async fn add_consents(&self, entries: &mut Vec<Value>) -> Result<(), String> {
-        let patients: BTreeSet<String> = entries
-            .iter()
-            .filter(|e| e["resource"]["resourceType"] == "Patient")
-            .filter_map(|e| {
-                e["resource"]["id"]
-                    .as_str()
-                    .map(|id| format!("Patient/{id}"))
-            })
-            .collect();
+        let patients = patients_in(entries);
         let patients: Vec<String> = patients.into_iter().collect();
         for chunk in patients.chunks(50) {
             let url = format!(
@@ -147,15 +139,7 @@ impl FhirServer {
 
     /// Reads Patients the Appointments reference but the search did not include.
     async fn add_missing_patients(&self, entries: &mut Vec<Value>) -> Result<(), String> {
-        let have: BTreeSet<String> = entries
-            .iter()
-            .filter(|e| e["resource"]["resourceType"] == "Patient")
-            .filter_map(|e| {
-                e["resource"]["id"]
-                    .as_str()
-                    .map(|id| format!("Patient/{id}"))
-            })
-            .collect();
+        let have = patients_in(entries);
         let wanted: BTreeSet<String> = entries
             .iter()
             .filter(|e| e["resource"]["resourceType"] == "Appointment")
@@ -227,6 +211,19 @@ pub enum PatchError {
     Retryable(String),
     #[error("{0}")]
     Permanent(String),
+}
+
+/// `Patient/id` of every Patient among `entries`.
+fn patients_in(entries: &[Value]) -> BTreeSet<String> {
+    entries
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Patient")
+        .filter_map(|e| {
+            e["resource"]["id"]
+                .as_str()
+                .map(|id| format!("Patient/{id}"))
+        })
+        .collect()
 }
 
 fn collection(entries: Vec<Value>) -> Vec<u8> {
