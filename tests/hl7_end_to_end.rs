@@ -52,14 +52,7 @@ async fn siu_over_mllp_updates_csv_appointments_and_acks_after_commit() {
     let before_30010 = sent_to(&service, "5511921098765").len();
     assert_eq!(before_30010, 1, "AG-30010's booking confirmation went out");
 
-    let listeners = medrelay::hl7::start_listeners(
-        &service,
-        &loaded,
-        clock.clone(),
-        Arc::new(tokio::sync::Notify::new()),
-    )
-    .await
-    .unwrap();
+    let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
     assert_eq!(listeners.len(), 1);
     let mut stream = TcpStream::connect(listeners[0].0).await.unwrap();
     let sample = std::fs::read(common::root().join("samples/hl7/clinica_siu.hl7")).unwrap();

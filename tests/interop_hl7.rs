@@ -56,14 +56,7 @@ async fn python_hl7_sends_and_hl7apy_validates_every_ack() {
     let clock = Arc::new(ManualClock::new("2026-12-06T12:00:00Z".parse().unwrap()));
     let store = medrelay::wiring::open_store(&loaded).await.unwrap();
     let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
-    let listeners = medrelay::hl7::start_listeners(
-        &service,
-        &loaded,
-        clock.clone(),
-        Arc::new(tokio::sync::Notify::new()),
-    )
-    .await
-    .unwrap();
+    let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
     let port = listeners[0].0.port();
 
     let fixtures = common::root().join("connectors/hl7v2/tests/fixtures");

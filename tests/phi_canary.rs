@@ -217,14 +217,7 @@ async fn no_canary_escapes_through_the_hl7_paths() {
     let store = open_store(&loaded).await.unwrap();
     let clock = Arc::new(ManualClock::new("2026-11-29T14:00:00Z".parse().unwrap()));
     let service = build_service(&loaded, store.clone(), clock.clone()).unwrap();
-    let listeners = medrelay::hl7::start_listeners(
-        &service,
-        &loaded,
-        clock.clone(),
-        Arc::new(tokio::sync::Notify::new()),
-    )
-    .await
-    .unwrap();
+    let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
     let mut stream = tokio::net::TcpStream::connect(listeners[0].0)
         .await
         .unwrap();

@@ -121,3 +121,22 @@ pub async fn mllp_exchange(stream: &mut tokio::net::TcpStream, message: &[u8]) -
     assert_eq!(reply[0], 0x0b, "an ACK frame starts with VT");
     String::from_utf8(reply[1..reply.len() - 2].to_vec()).unwrap()
 }
+
+/// Starts the MLLP listeners of `loaded` (configure `listen = "127.0.0.1:0"`) for `service`.
+pub async fn start_mllp(
+    service: &medrelay_pipeline::service::Service,
+    loaded: &Loaded,
+    clock: std::sync::Arc<medrelay_pipeline::clock::ManualClock>,
+) -> Vec<(
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    medrelay::hl7::start_listeners(
+        service,
+        loaded,
+        clock,
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    )
+    .await
+    .unwrap()
+}

@@ -100,6 +100,21 @@ pub fn generate(path: &std::path::Path, rows: u64) -> std::io::Result<()> {
     w.flush()
 }
 
+/// A temporary folder with `config` (the starter configuration, maybe edited), its profiles and a
+/// fresh secret, loaded: every benchmark starts from an empty store there.
+pub fn bench_setup(config: &str) -> anyhow::Result<(tempfile::TempDir, crate::config::Loaded)> {
+    let dir = tempfile::tempdir()?;
+    let config_path = dir.path().join("medrelay.toml");
+    std::fs::write(&config_path, config)?;
+    std::fs::write(
+        dir.path().join("profiles.toml"),
+        super::init::STARTER_PROFILES,
+    )?;
+    super::init::write_secret(&dir.path().join("medrelay.key"))?;
+    let loaded = load_str(config, &config_path)?;
+    Ok((dir, loaded))
+}
+
 /// Runs a benchmark.
 pub async fn run(command: BenchCommand, o: &mut Output<'_>) -> anyhow::Result<u8> {
     let (args, plan) = match command {
@@ -108,15 +123,7 @@ pub async fn run(command: BenchCommand, o: &mut Output<'_>) -> anyhow::Result<u8
         BenchCommand::Mllp(a) => return super::bench_connectors::run(a, o).await,
         BenchCommand::Fhir(a) => return super::bench_connectors::run_fhir(a, o).await,
     };
-    let dir = tempfile::tempdir()?;
-    let config_path = dir.path().join("medrelay.toml");
-    std::fs::write(&config_path, super::init::STARTER_CONFIG)?;
-    std::fs::write(
-        dir.path().join("profiles.toml"),
-        super::init::STARTER_PROFILES,
-    )?;
-    super::init::write_secret(&dir.path().join("medrelay.key"))?;
-    let loaded = load_str(super::init::STARTER_CONFIG, &config_path)?;
+    let (dir, loaded) = bench_setup(super::init::STARTER_CONFIG)?;
     let file = dir.path().join("bench.csv");
     let t = Instant::now();
     generate(&file, args.rows)?;

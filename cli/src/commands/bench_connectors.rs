@@ -13,7 +13,6 @@ use clap::Args;
 use medrelay_pipeline::clock::SystemClock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::load_str;
 use crate::wiring::{build_service, open_store};
 use crate::{Output, exit};
 
@@ -57,17 +56,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Runs the benchmark.
 pub async fn run(args: MllpBenchArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
-    let dir = tempfile::tempdir()?;
-    let config_path = dir.path().join("medrelay.toml");
     let config = super::init::STARTER_CONFIG
         .replace("# listen = \"0.0.0.0:2575\"", "listen = \"127.0.0.1:0\"");
-    std::fs::write(&config_path, &config)?;
-    std::fs::write(
-        dir.path().join("profiles.toml"),
-        super::init::STARTER_PROFILES,
-    )?;
-    super::init::write_secret(&dir.path().join("medrelay.key"))?;
-    let loaded = load_str(&config, &config_path)?;
+    let (_dir, loaded) = super::bench::bench_setup(&config)?;
     let messages: Vec<String> = (0..args.messages).map(message).collect();
     let bytes: usize = messages.iter().map(String::len).sum();
     if args.parse_only {
@@ -193,15 +184,7 @@ fn fhir_bundle(n: u64) -> Vec<u8> {
 
 /// Runs `bench fhir`.
 pub async fn run_fhir(args: FhirBenchArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
-    let dir = tempfile::tempdir()?;
-    let config_path = dir.path().join("medrelay.toml");
-    std::fs::write(&config_path, super::init::STARTER_CONFIG)?;
-    std::fs::write(
-        dir.path().join("profiles.toml"),
-        super::init::STARTER_PROFILES,
-    )?;
-    super::init::write_secret(&dir.path().join("medrelay.key"))?;
-    let loaded = load_str(super::init::STARTER_CONFIG, &config_path)?;
+    let (dir, loaded) = super::bench::bench_setup(super::init::STARTER_CONFIG)?;
     let c = loaded.fhir_connector(None).map_err(anyhow::Error::msg)?;
     let bundle = fhir_bundle(args.appointments);
     let file = dir.path().join("bench.json");
