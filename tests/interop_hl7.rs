@@ -120,3 +120,40 @@ async fn python_hl7_sends_and_hl7apy_validates_every_ack() {
     }
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python-hl7: run .ci/interop"]
+async fn python_hl7_receives_the_write_back_srm_and_acks_it() {
+    use std::io::{BufRead, BufReader};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(python())
+        .arg(common::root().join("tests/peers/hl7_ack_server.py"))
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    let (store, _dir) = common::hl7_tap_written_back_to(&format!("127.0.0.1:{port}")).await;
+    let s = store.status_summary(jiff::Timestamp::now()).await.unwrap();
+    assert_eq!(
+        s.writeback_pending, 0,
+        "python-hl7's AA completed the batch: {s:?}"
+    );
+    store.close().await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut received = String::new();
+    out.read_line(&mut received).unwrap();
+    let fields: Vec<&str> = received.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "{received}");
+    assert_eq!(fields[0], "SRM^S03^SRM_S01");
+    assert!(fields[1].starts_with("MRWB"), "{received}");
+    assert_eq!(fields[2], "AG-30007");
+}

@@ -451,6 +451,34 @@ pub struct Hl7ConnectorConfig {
     /// Our MSH-4 in ACKs.
     #[serde(default)]
     pub facility: Option<String>,
+    /// Send patient answers back to the EHR's inbound interface as SRM messages.
+    #[serde(default)]
+    pub write_back: Option<Hl7WriteBackSection>,
+}
+
+/// `[connectors.write_back]` of an HL7v2 connector.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7WriteBackSection {
+    /// `host:port` of the EHR's inbound MLLP interface.
+    pub send_to: String,
+    #[serde(default = "default_fhir_timeout")]
+    pub timeout_secs: u64,
+    /// The EHR's MSH-5 / MSH-6.
+    #[serde(default)]
+    pub receiving_application: String,
+    #[serde(default)]
+    pub receiving_facility: String,
+    /// MSH-12 of the messages sent.
+    #[serde(default = "default_hl7_version")]
+    pub version: String,
+    /// NTE-3 codes per action: `confirm`, `cancel`, `reschedule`, `not_notified`.
+    #[serde(default)]
+    pub action_codes: BTreeMap<String, String>,
+}
+
+fn default_hl7_version() -> String {
+    "2.5.1".to_string()
 }
 
 impl Hl7ConnectorConfig {
@@ -595,7 +623,7 @@ impl ConnectorConfig {
     pub fn writes_back(&self) -> bool {
         match self {
             ConnectorConfig::Csv(c) => c.return_file.is_some(),
-            ConnectorConfig::Hl7v2(_) => false,
+            ConnectorConfig::Hl7v2(c) => c.write_back.is_some(),
             ConnectorConfig::Fhir(c) => c.write_back && c.server.is_some(),
         }
     }
@@ -908,6 +936,31 @@ fn validate_hl7(c: &Hl7ConnectorConfig) -> Vec<String> {
             "connector `{}`: fallback_charset `{}` is not an MSH-18 character set (e.g. 8859/1, UNICODE UTF-8)",
             c.name, c.fallback_charset
         ));
+    }
+    if let Some(w) = &c.write_back {
+        if w.send_to
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            errors.push(format!(
+                "connector `{}`: write_back.send_to `{}` must be host:port",
+                c.name, w.send_to
+            ));
+        }
+        for k in w.action_codes.keys() {
+            if !["confirm", "cancel", "reschedule", "not_notified"].contains(&k.as_str()) {
+                errors.push(format!(
+                    "connector `{}`: write_back.action_codes: unknown action `{k}`",
+                    c.name
+                ));
+            }
+        }
+        if w.timeout_secs == 0 {
+            errors.push(format!(
+                "connector `{}`: write_back.timeout_secs must be at least 1",
+                c.name
+            ));
+        }
     }
     if let Some(code) = c
         .publicity_opt_out

@@ -43,6 +43,32 @@ pub fn options(loaded: &Loaded, c: &Hl7ConnectorConfig) -> Hl7Options {
     o
 }
 
+/// The write-back target of an HL7v2 connector with `[connectors.write_back]`.
+pub fn write_back_target(
+    c: &Hl7ConnectorConfig,
+    w: &crate::config::Hl7WriteBackSection,
+) -> medrelay_connector_hl7v2::write_back::Hl7WriteBack {
+    use medrelay_connector_hl7v2::write_back::{Hl7WriteBack, Hl7WriteBackConfig};
+    let mut cfg = Hl7WriteBackConfig::new(&w.send_to);
+    cfg.timeout = std::time::Duration::from_secs(w.timeout_secs);
+    if let Some(a) = &c.application {
+        cfg.application = a.clone();
+    }
+    cfg.facility = c.facility.clone().unwrap_or_default();
+    cfg.receiving_application = w.receiving_application.clone();
+    cfg.receiving_facility = w.receiving_facility.clone();
+    cfg.version = w.version.clone();
+    for (i, action) in ["confirm", "cancel", "reschedule", "not_notified"]
+        .iter()
+        .enumerate()
+    {
+        if let Some(code) = w.action_codes.get(*action) {
+            cfg.action_codes[i] = code.clone();
+        }
+    }
+    Hl7WriteBack::new(cfg)
+}
+
 /// A rejected message as the quarantine keeps it: where (file and message, or the MLLP control
 /// id), which field, why, and the raw bytes.
 fn quarantined(p: &Processed, location: String, raw: &[u8]) -> Option<Rejected> {

@@ -177,6 +177,13 @@ pub fn build_service(
             let target = CsvReturnFile::new(rf)
                 .map_err(|e| anyhow!("connector `{}` return_file: {}", c.name(), e.join("; ")))?;
             targets.push((system.to_string(), Arc::new(target)));
+        } else if let crate::config::ConnectorConfig::Hl7v2(h) = c
+            && let Some(w) = &h.write_back
+        {
+            targets.push((
+                system.to_string(),
+                Arc::new(crate::hl7::write_back_target(h, w)),
+            ));
         } else if let crate::config::ConnectorConfig::Fhir(f) = c
             && let Some(server) = crate::fhir::server(f)?
         {

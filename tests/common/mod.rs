@@ -140,3 +140,52 @@ pub async fn start_mllp(
     .await
     .unwrap()
 }
+
+/// An HL7 feed of its own system (`clinica-hl7`, writing back to `addr` over MLLP, no opt-in
+/// required) imports the sample SIU file; the simulated patient of AG-30007 taps Confirm on the
+/// 48 h reminder; the service runs until idle. Returns the store (still open) and its folder.
+pub async fn hl7_tap_written_back_to(
+    addr: &str,
+) -> (medrelay_pipeline::store::Store, tempfile::TempDir) {
+    use medrelay_pipeline::clock::{Clock, ManualClock};
+    use medrelay_pipeline::whatsapp::simulator::PatientAction;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    demo_config(dir.path(), &[]);
+    let path = dir.path().join("medrelay.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        // The HL7 feed as a system of its own, writing back over MLLP.
+        .replace(
+            "name = \"clinica-hl7\"\nsystem = \"clinica\"\n",
+            "name = \"clinica-hl7\"\n",
+        )
+        .replace(
+            "# [connectors.write_back]\n# send_to = \"ehr.example.org:2576\"",
+            &format!("[connectors.write_back]\nsend_to = \"{addr}\""),
+        )
+        // HL7 carries no opt-in; this site does not require one.
+        .replace("opt_in_required = true", "opt_in_required = false");
+    std::fs::write(&path, text).unwrap();
+    let loaded = load(&path).unwrap();
+    let clock = Arc::new(ManualClock::new("2026-12-06T13:30:00Z".parse().unwrap()));
+    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
+    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let c = loaded.hl7_connector(None).unwrap().clone();
+    let file = root().join("samples/hl7/clinica_siu.hl7");
+    medrelay::hl7::import_file(&service, &loaded, &c, &file, clock.now())
+        .await
+        .unwrap();
+    let sim = service.simulator.clone().unwrap();
+    sim.script("+5511954321098", [PatientAction::Tap("confirm".into())]);
+    // The booking confirmation now; the 48 h reminder (with the buttons) on 8 Dec 14:05 local.
+    for at in ["2026-12-06T13:30:00Z", "2026-12-08T17:05:00Z"] {
+        clock.set(at.parse().unwrap());
+        for _ in 0..20 {
+            if service.tick(50).await.unwrap().is_idle() {
+                break;
+            }
+        }
+    }
+    (store, dir)
+}

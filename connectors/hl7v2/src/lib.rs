@@ -17,6 +17,7 @@ pub mod file;
 pub mod message;
 pub mod mllp;
 pub mod siu;
+pub mod write_back;
 
 use jiff::Timestamp;
 use medrelay_mapping::AppointmentEvent;
