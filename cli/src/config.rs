@@ -330,7 +330,8 @@ fn env_set(var: &str) -> bool {
 }
 
 /// Secrets that the configuration needs from the environment and that are missing: the Cloud API
-/// token in cloud mode; the app secret and verify token when the webhook endpoint is served. Names
+/// token in cloud mode; the app secret and verify token when the webhook endpoint is served; a FHIR
+/// connector's Subscription and server Authorization values. Names
 /// variables, never values. Separate from [`load`] so commands that do not send can run without them.
 pub fn environment_problems(loaded: &Loaded) -> Vec<String> {
     let mut p = Vec::new();
@@ -362,6 +363,27 @@ pub fn environment_problems(loaded: &Loaded) -> Vec<String> {
                     "environment variable {var} (whatsapp.webhook.{key}) with {what} is not set; the webhook endpoint needs it"
                 ));
             }
+        }
+    }
+    for c in &loaded.config.connectors {
+        let ConnectorConfig::Fhir(f) = c else {
+            continue;
+        };
+        if let Some(s) = &f.subscription
+            && !env_set(&s.authorization_env)
+        {
+            p.push(format!(
+                "environment variable {} (connector `{}` subscription.authorization_env) with the Subscription's Authorization header is not set",
+                s.authorization_env, f.name
+            ));
+        }
+        if let Some(var) = f.server.as_ref().and_then(|s| s.authorization_env.as_ref())
+            && !env_set(var)
+        {
+            p.push(format!(
+                "environment variable {var} (connector `{}` server.authorization_env) is not set",
+                f.name
+            ));
         }
     }
     p
@@ -1256,15 +1278,43 @@ mod tests {
                  app_secret_env = \"MEDRELAY_UNIT_NEVER_SET_2\"\n\
                  verify_token_env = \"MEDRELAY_UNIT_NEVER_SET_3\"\n\n[whatsapp.simulator]\n",
                 1,
+            )
+            .replace(
+                "# [connectors.subscription]\n# listen = \"127.0.0.1:8444\"\n# path = \"/fhir/subscription\"\n# authorization_env = \"CLINICA_FHIR_SUBSCRIPTION_AUTH\"",
+                "[connectors.subscription]\nlisten = \"127.0.0.1:8444\"\nauthorization_env = \"MEDRELAY_UNIT_NEVER_SET_4\"",
             );
         let loaded = load_str(&text, &sample()).unwrap();
         let p = environment_problems(&loaded);
-        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(p.len(), 4, "{p:?}");
         for (i, m) in p.iter().enumerate() {
             assert!(
                 m.contains(&format!("MEDRELAY_UNIT_NEVER_SET_{}", i + 1)),
                 "{m}"
             );
+        }
+    }
+
+    #[test]
+    fn hl7_and_fhir_connector_settings_are_checked() {
+        let text = std::fs::read_to_string(sample())
+            .unwrap()
+            .replace("# listen = \"0.0.0.0:2575\"", "listen = \"port 2575\"")
+            .replace(
+                "# fallback_charset = \"8859/1\"",
+                "fallback_charset = \"EBCDIC\"",
+            )
+            .replace(
+                "consent_codes = [\"http://loinc.org|59284-0\"]",
+                "consent_codes = [\"59284-0\"]\nwrite_back = true",
+            );
+        let e = load_str(&text, &sample()).unwrap_err();
+        for needle in [
+            "listen `port 2575` must be IP:port",
+            "fallback_charset `EBCDIC`",
+            "consent code `59284-0` must be `system|code`",
+            "write_back needs a [connectors.server]",
+        ] {
+            assert!(e.errors.iter().any(|m| m.contains(needle)), "{needle}: {e}");
         }
     }
 }
