@@ -223,7 +223,9 @@ fn map_patient(p: &Patient, opts: &FhirOptions) -> CanonicalPatient {
 }
 
 struct Indexed {
-    patients: HashMap<String, Patient>,
+    /// Patients once each; `patients` maps every key (reference, full URL) to one of them.
+    patient_list: Vec<Patient>,
+    patients: HashMap<String, usize>,
     consents: Vec<(String, Consent)>,
     displays: HashMap<String, String>,
 }
@@ -311,7 +313,7 @@ fn map_appointment(
     });
     let (patient, ehr) = match patient_ref
         .as_ref()
-        .and_then(|r| idx.patients.get(r).map(|p| (r, p)))
+        .and_then(|r| idx.patients.get(r).map(|&i| (r, &idx.patient_list[i])))
     {
         Some((r, p)) => {
             let consents: Vec<&Consent> = idx
@@ -446,12 +448,14 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
         .and_then(|t| t.parse::<Timestamp>().ok())
         .unwrap_or(now);
     let mut idx = Indexed {
+        patient_list: Vec::new(),
         patients: HashMap::new(),
         consents: Vec::new(),
         displays: HashMap::new(),
     };
-    let mut appointments: Vec<(usize, Appointment, Value)> = Vec::new();
-    let entries = v["entry"].as_array().cloned().unwrap_or_default();
+    let mut appointments: Vec<(usize, Appointment)> = Vec::new();
+    let no_entries = Vec::new();
+    let entries = v["entry"].as_array().unwrap_or(&no_entries);
     for (i, e) in entries.iter().enumerate() {
         let at = format!("Bundle.entry[{i}]");
         let full_url = e["fullUrl"].as_str().map(str::to_owned);
@@ -487,13 +491,14 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
         match kind {
             "Parameters" if i == 0 => out.notification = Some(notification_status(r)),
             "Appointment" => match parse::<Appointment>(r, kind) {
-                Ok(a) => appointments.push((i, a, e.clone())),
+                Ok(a) => appointments.push((i, a)),
                 Err(issue) => out.rejected.push(reject(issue)),
             },
             "Patient" => match parse::<Patient>(r, kind) {
                 Ok(p) => {
+                    idx.patient_list.push(p);
                     for k in keys {
-                        idx.patients.insert(k, p.clone());
+                        idx.patients.insert(k, idx.patient_list.len() - 1);
                     }
                 }
                 Err(issue) => out.rejected.push(reject(issue)),
@@ -520,7 +525,7 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
             _ => out.other += 1,
         }
     }
-    for (i, a, raw) in appointments {
+    for (i, a) in appointments {
         match map_appointment(&a, &idx, opts, fallback) {
             Ok(e) => out.events.push(e),
             Err(issue) => out.rejected.push(RejectedEntry {
@@ -529,7 +534,7 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
                     a.id.as_deref().unwrap_or("(no id)")
                 ),
                 issue,
-                raw: serde_json::to_vec(&raw).unwrap_or_default(),
+                raw: serde_json::to_vec(&entries[i]).unwrap_or_default(),
                 filler_id: a.id.clone(),
             }),
         }
