@@ -260,9 +260,32 @@ pub async fn poll(
         .as_ref()
         .and_then(|s| medrelay_mapping::plan::parse_duration(&s.window))
         .unwrap_or(jiff::SignedDuration::from_hours(24 * 14));
-    let bundle = server
+    let pages = server
         .appointments_between(now, now + window)
         .await
         .map_err(|e| anyhow!("connector `{}`: search failed: {e}", c.name))?;
-    import_bytes(service, loaded, c, &bundle, "server search", now).await
+    // Each page is mapped and committed on its own; the result adds them up.
+    let mut total = FhirImportResult {
+        origin: "server search".to_string(),
+        appointments: 0,
+        receipt: AcceptReceipt::default(),
+        rejected: Vec::new(),
+    };
+    for (n, page) in pages.iter().enumerate() {
+        let r = import_bytes(
+            service,
+            loaded,
+            c,
+            page,
+            &format!("server search page {}", n + 1),
+            now,
+        )
+        .await?;
+        total.appointments += r.appointments;
+        total.receipt.applied += r.receipt.applied;
+        total.receipt.unchanged += r.receipt.unchanged;
+        total.receipt.quarantined += r.receipt.quarantined;
+        total.rejected.extend(r.rejected);
+    }
+    Ok(total)
 }

@@ -23,6 +23,8 @@ use medrelay_mapping::{
     Patient as CanonicalPatient, Phi, PhoneUse, SourceVersion,
 };
 use serde_json::Value;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 use crate::consent::{ConsentSelector, ehr_consent};
 use crate::outcome::Issue;
@@ -97,8 +99,9 @@ pub fn normalize_reference(r: &str) -> String {
 }
 
 /// Parses one resource, reporting only where it failed (serde's message can quote a value).
-fn parse<T: serde::de::DeserializeOwned>(v: &Value, kind: &str) -> Result<T, Issue> {
-    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
+fn parse<T: serde::de::DeserializeOwned>(json: &str, kind: &str) -> Result<T, Issue> {
+    let mut de = serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         let (code, what) = if inner.starts_with("missing field") {
@@ -417,22 +420,56 @@ fn notification_status(params: &Value) -> NotificationStatus {
     s
 }
 
+/// The Bundle as read: entries borrowed from the input, each resource kept as raw JSON until it
+/// is needed (a whole search page as a `serde_json::Value` costs about 25x its size).
+#[derive(serde::Deserialize)]
+struct RawBundle<'a> {
+    #[serde(rename = "resourceType", default, borrow)]
+    resource_type: Option<Cow<'a, str>>,
+    #[serde(rename = "type", default, borrow)]
+    bundle_type: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    entry: Vec<RawEntry<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawEntry<'a> {
+    #[serde(rename = "fullUrl", default, borrow)]
+    full_url: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    resource: Option<&'a RawValue>,
+}
+
+/// The two things read from every resource before deciding what to do with it.
+#[derive(serde::Deserialize)]
+struct Probe<'a> {
+    #[serde(rename = "resourceType", default, borrow)]
+    resource_type: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+}
+
 /// Maps a Bundle's bytes. `now` stands in for `meta.lastUpdated` when neither the resource nor the
 /// Bundle has a time. An input that is not a Bundle at all is one `Err` issue (then a 400 with an
 /// OperationOutcome, and the raw body in quarantine).
 pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<MappedBundle, Issue> {
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+    let not_json = |e: serde_json::Error| {
         Issue::error(
             "structure",
             format!(
-                "the body is not JSON (line {}, column {})",
+                "the body is not a JSON Bundle (line {}, column {})",
                 e.line(),
                 e.column()
             ),
             None,
         )
-    })?;
-    if v["resourceType"] != "Bundle" {
+    };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| Issue::error("structure", "the body is not UTF-8", None))?;
+    let bundle: RawBundle<'_> = serde_json::from_str(text).map_err(not_json)?;
+    if bundle.resource_type.as_deref() != Some("Bundle") {
         return Err(Issue::error(
             "structure",
             "expected a Bundle resource",
@@ -440,11 +477,12 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
         ));
     }
     let mut out = MappedBundle {
-        bundle_type: v["type"].as_str().unwrap_or_default().to_owned(),
+        bundle_type: bundle.bundle_type.as_deref().unwrap_or_default().to_owned(),
         ..MappedBundle::default()
     };
-    let fallback = v["timestamp"]
-        .as_str()
+    let fallback = bundle
+        .timestamp
+        .as_deref()
         .and_then(|t| t.parse::<Timestamp>().ok())
         .unwrap_or(now);
     let mut idx = Indexed {
@@ -454,19 +492,22 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
         displays: HashMap::new(),
     };
     let mut appointments: Vec<(usize, Appointment)> = Vec::new();
-    let no_entries = Vec::new();
-    let entries = v["entry"].as_array().unwrap_or(&no_entries);
-    for (i, e) in entries.iter().enumerate() {
+    for (i, e) in bundle.entry.iter().enumerate() {
         let at = format!("Bundle.entry[{i}]");
-        let full_url = e["fullUrl"].as_str().map(str::to_owned);
-        let Some(r) = e.get("resource").filter(|r| r.is_object()) else {
+        let full_url = e.full_url.as_deref().map(str::to_owned);
+        let Some(raw) = e.resource.filter(|r| r.get().trim_start().starts_with('{')) else {
             if let Some(u) = full_url {
                 out.missing.push(u);
             }
             continue;
         };
-        let kind = r["resourceType"].as_str().unwrap_or_default();
-        let reference = match r["id"].as_str() {
+        let probe: Probe<'_> = serde_json::from_str(raw.get()).unwrap_or(Probe {
+            resource_type: None,
+            id: None,
+        });
+        let kind = probe.resource_type.as_deref().unwrap_or_default();
+        let id = probe.id.as_deref();
+        let reference = match id {
             Some(id) => format!("{kind}/{id}"),
             None => full_url.clone().unwrap_or_else(|| kind.to_owned()),
         };
@@ -478,23 +519,26 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
         let reject = |issue: Issue| RejectedEntry {
             location: format!(
                 "{at} {}",
-                if r["id"].is_string() {
+                if id.is_some() {
                     reference.as_str()
                 } else {
                     kind
                 }
             ),
             issue,
-            raw: serde_json::to_vec(e).unwrap_or_default(),
-            filler_id: r["id"].as_str().map(str::to_owned),
+            raw: raw.get().as_bytes().to_vec(),
+            filler_id: id.map(str::to_owned),
         };
         match kind {
-            "Parameters" if i == 0 => out.notification = Some(notification_status(r)),
-            "Appointment" => match parse::<Appointment>(r, kind) {
+            "Parameters" if i == 0 => {
+                let v: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+                out.notification = Some(notification_status(&v));
+            }
+            "Appointment" => match parse::<Appointment>(raw.get(), kind) {
                 Ok(a) => appointments.push((i, a)),
                 Err(issue) => out.rejected.push(reject(issue)),
             },
-            "Patient" => match parse::<Patient>(r, kind) {
+            "Patient" => match parse::<Patient>(raw.get(), kind) {
                 Ok(p) => {
                     idx.patient_list.push(p);
                     for k in keys {
@@ -503,7 +547,7 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
                 }
                 Err(issue) => out.rejected.push(reject(issue)),
             },
-            "Consent" => match parse::<Consent>(r, kind) {
+            "Consent" => match parse::<Consent>(raw.get(), kind) {
                 Ok(c) => {
                     if let Some(p) = c.patient.as_ref().and_then(|p| p.reference.as_deref()) {
                         idx.consents.push((normalize_reference(p), c));
@@ -512,14 +556,12 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
                 Err(issue) => out.rejected.push(reject(issue)),
             },
             "Location" | "Practitioner" | "PractitionerRole" | "HealthcareService" => {
-                if let Some(name) = display_name(r) {
+                let v: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+                if let Some(name) = display_name(&v) {
                     for k in keys {
                         idx.displays.insert(k, name.clone());
                     }
                 }
-                out.other += 1;
-            }
-            "OperationOutcome" => {
                 out.other += 1;
             }
             _ => out.other += 1,
@@ -534,7 +576,10 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
                     a.id.as_deref().unwrap_or("(no id)")
                 ),
                 issue,
-                raw: serde_json::to_vec(&entries[i]).unwrap_or_default(),
+                raw: bundle.entry[i]
+                    .resource
+                    .map(|r| r.get().as_bytes().to_vec())
+                    .unwrap_or_default(),
                 filler_id: a.id.clone(),
             }),
         }

@@ -92,12 +92,7 @@ impl FhirServer {
             }
             let page = self.get_json(&url).await?;
             entries.extend(page["entry"].as_array().cloned().unwrap_or_default());
-            next = page["link"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|l| l["relation"] == "next")
-                .and_then(|l| l["url"].as_str().map(str::to_owned));
+            next = next_link(&page);
         }
         Ok(())
     }
@@ -117,24 +112,39 @@ impl FhirServer {
         Ok(())
     }
 
-    /// Appointments starting in `[from, until)`, with their Patients and the Patients' Consents,
-    /// as one collection Bundle (JSON bytes) for [`crate::map_bundle`].
+    /// Appointments starting in `[from, until)`, one collection Bundle (JSON bytes, for
+    /// [`crate::map_bundle`]) per search page, each with the page's Patients and their Consents:
+    /// memory follows the page size, not the window.
     pub async fn appointments_between(
         &self,
         from: Timestamp,
         until: Timestamp,
-    ) -> Result<Vec<u8>, String> {
-        let mut entries = Vec::new();
-        let url = format!(
+    ) -> Result<Vec<Vec<u8>>, String> {
+        let mut next = Some(format!(
             "{}/Appointment?date=ge{}&date=lt{}&_include=Appointment:patient&_count=100",
             self.base,
             from.strftime("%Y-%m-%dT%H:%M:%SZ"),
             until.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        );
-        self.search_all(url, &mut entries).await?;
-        self.add_missing_patients(&mut entries).await?;
-        self.add_consents(&mut entries).await?;
-        Ok(collection(entries))
+        ));
+        let mut pages = Vec::new();
+        while let Some(url) = next.take() {
+            if pages.len() >= 1000 {
+                return Err("more than 1000 search pages; narrow the window".into());
+            }
+            let page = self.get_json(&url).await?;
+            next = next_link(&page);
+            let mut entries = match page {
+                Value::Object(mut o) => match o.remove("entry") {
+                    Some(Value::Array(a)) => a,
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            self.add_missing_patients(&mut entries).await?;
+            self.add_consents(&mut entries).await?;
+            pages.push(collection(entries));
+        }
+        Ok(pages)
     }
 
     /// Reads Patients the Appointments reference but the search did not include.
@@ -211,6 +221,16 @@ pub enum PatchError {
     Retryable(String),
     #[error("{0}")]
     Permanent(String),
+}
+
+/// A searchset's `next` link.
+fn next_link(page: &Value) -> Option<String> {
+    page["link"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str().map(str::to_owned))
 }
 
 /// `Patient/id` of every Patient among `entries`.
