@@ -556,9 +556,16 @@ pub struct FhirServerConfig {
     /// now + this window, with their Patients and Consents.
     #[serde(default = "default_fhir_window")]
     pub window: String,
-    /// Search the server on every service pass (off: notifications only).
+    /// Search the server from `medrelay run` (off: notifications and `ingest fhir --server` only).
     #[serde(default)]
     pub poll: bool,
+    /// How often `run` searches when `poll` is on.
+    #[serde(default = "default_fhir_poll_every")]
+    pub poll_every: String,
+}
+
+fn default_fhir_poll_every() -> String {
+    "15m".to_string()
 }
 
 /// A FHIR connector: Bundles from a Subscription endpoint, from files (`inbox`, `medrelay ingest
@@ -924,6 +931,12 @@ fn validate_fhir(c: &FhirConnectorConfig) -> Vec<String> {
         if s.timeout_secs == 0 {
             errors.push(format!(
                 "connector `{name}`: server.timeout_secs must be at least 1"
+            ));
+        }
+        if parse_duration(&s.poll_every).is_none_or(|d| !d.is_positive()) {
+            errors.push(format!(
+                "connector `{name}`: server.poll_every `{}` is not a duration like `15m`",
+                s.poll_every
             ));
         }
         if parse_duration(&s.window).is_none_or(|d| !d.is_positive()) {

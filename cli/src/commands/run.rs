@@ -147,16 +147,31 @@ pub async fn import_inboxes(
     Ok(imported)
 }
 
-/// Searches each FHIR connector's server that has `poll = true`. A server that is down is logged
-/// and tried again next pass; it never stops the service.
-async fn poll_fhir_servers(service: &Service, loaded: &Loaded, clock: &dyn Clock) {
+/// Searches each FHIR connector's server that has `poll = true`, at most every `poll_every`
+/// (`last` remembers when). A server that is down is logged and tried again next time; it never
+/// stops the service.
+async fn poll_fhir_servers(
+    service: &Service,
+    loaded: &Loaded,
+    clock: &dyn Clock,
+    last: &mut std::collections::HashMap<String, jiff::Timestamp>,
+) {
     for c in &loaded.config.connectors {
         let ConnectorConfig::Fhir(f) = c else {
             continue;
         };
-        if !f.server.as_ref().is_some_and(|s| s.poll) {
+        let Some(server) = f.server.as_ref().filter(|s| s.poll) else {
+            continue;
+        };
+        let every = medrelay_mapping::plan::parse_duration(&server.poll_every)
+            .unwrap_or(SignedDuration::from_mins(15));
+        if last
+            .get(&f.name)
+            .is_some_and(|t| clock.now().duration_since(*t) < every)
+        {
             continue;
         }
+        last.insert(f.name.clone(), clock.now());
         match crate::fhir::poll(service, loaded, f, clock.now()).await {
             Ok(r) => {
                 info!(connector = %f.name, appointments = r.appointments, rejected = r.rejected.len(),
@@ -178,7 +193,6 @@ pub async fn pass(
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
     import_inboxes(service, loaded, clock).await?;
-    poll_fhir_servers(service, loaded, clock).await;
     // A send interrupted by a crash is retried after `[service] sending_grace` unless a status
     // webhook reconciled it first.
     service
@@ -370,6 +384,7 @@ async fn service_loop(
     once: bool,
 ) -> anyhow::Result<()> {
     let mut last_prune: Option<jiff::Timestamp> = None;
+    let mut last_fhir_poll = std::collections::HashMap::new();
     while !stop.load(Ordering::SeqCst) {
         if last_prune
             .is_none_or(|t| clock.now().duration_since(t) >= SignedDuration::from_hours(24))
@@ -378,6 +393,7 @@ async fn service_loop(
             info!(?r, "retention applied");
             last_prune = Some(clock.now());
         }
+        poll_fhir_servers(service, loaded, clock, &mut last_fhir_poll).await;
         pass(service, loaded, clock, stop).await?;
         if once {
             break;

@@ -164,7 +164,11 @@ pub async fn answer(
         }
     };
     // The receive time orders messages that share an MSH-7.
-    let processed = process(&raw, opts, now.as_microsecond(), "mllp");
+    let mut processed = process(&raw, opts, now.as_microsecond(), "mllp");
+    // Where the event came from: the MLLP message's control id (an id, never patient data).
+    if let (Outcome::Event(e), Some(h)) = (&mut processed.outcome, &processed.header) {
+        e.raw_ref = format!("mllp MSH-10 {}", h.control_id.trim());
+    }
     let control_id = processed.header.as_ref().map(|h| h.control_id.as_str());
     let stored = match sink.store(&processed, &raw).await {
         Ok(()) => true,
