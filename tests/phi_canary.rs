@@ -151,6 +151,42 @@ fn assert_bodies_clean(sent: &[serde_json::Value]) {
     }
 }
 
+/// The demo configuration in `dir` with `from` replaced by `to`, loaded; and its path.
+fn edited_demo_config(
+    dir: &std::path::Path,
+    from: &str,
+    to: &str,
+) -> (medrelay::config::Loaded, String) {
+    common::demo_config(dir, &[]);
+    let path = dir.join("medrelay.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    (
+        medrelay::config::load(&path).unwrap(),
+        path.to_str().unwrap().to_string(),
+    )
+}
+
+/// `medrelay ingest KIND FILE` at the canary import time: exit 3, `rejected` in the output, and no
+/// canary anywhere in it.
+async fn ingest_rejecting(config: &str, kind: &str, file: &std::path::Path, rejected: &str) {
+    let (code, out) = cli(&[
+        "medrelay",
+        "--config",
+        config,
+        "--now",
+        "2026-11-29T13:00:00Z",
+        "ingest",
+        kind,
+        file.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, medrelay::exit::PARTIAL, "{out}");
+    assert!(out.contains(rejected), "{out}");
+    assert_clean(&format!("`ingest {kind}` output"), &out);
+}
+
 /// The store's own records after a connector run: quarantine reasons (exactly `quarantined` of
 /// them) and the audit trail.
 async fn assert_records_clean(store: &medrelay_pipeline::store::Store, quarantined: usize) {
@@ -186,32 +222,17 @@ async fn assert_commands_clean(config: &str, now: &str, appointment: &str) {
 async fn no_canary_escapes_through_the_hl7_paths() {
     let logs = logs();
     let dir = tempfile::tempdir().unwrap();
-    common::demo_config(dir.path(), &[]);
-    let config_path = dir.path().join("medrelay.toml");
-    let text = std::fs::read_to_string(&config_path).unwrap().replace(
+    let (loaded, config) = edited_demo_config(
+        dir.path(),
         "# listen = \"0.0.0.0:2575\"",
-        "listen = \"127.0.0.1:0\"\npublicity_opt_in = [\"F\"]",
+        "listen = \"127.0.0.1:0\"
+publicity_opt_in = [\"F\"]",
     );
-    std::fs::write(&config_path, text).unwrap();
-    let loaded = medrelay::config::load(&config_path).unwrap();
-    let config = config_path.to_str().unwrap();
+    let config = config.as_str();
     let file = common::copy_sample(dir.path(), "tests/fixtures/canary_siu.hl7");
 
     // 1. A file of messages through `medrelay ingest hl7`: four rejected, listed with reasons.
-    let (code, out) = cli(&[
-        "medrelay",
-        "--config",
-        config,
-        "--now",
-        "2026-11-29T13:00:00Z",
-        "ingest",
-        "hl7",
-        file.to_str().unwrap(),
-    ])
-    .await;
-    assert_eq!(code, medrelay::exit::PARTIAL, "{out}");
-    assert!(out.contains("4 rejected"), "{out}");
-    assert_clean("`ingest hl7` output", &out);
+    ingest_rejecting(config, "hl7", &file, "4 rejected").await;
 
     // 2. The same messages over MLLP: every ACK (AA, AE, AR with ERR) is clean.
     let store = open_store(&loaded).await.unwrap();
@@ -262,32 +283,18 @@ async fn no_canary_escapes_through_the_fhir_paths() {
     unsafe { std::env::set_var(AUTH_ENV, "Bearer canary-test") };
     let logs = logs();
     let dir = tempfile::tempdir().unwrap();
-    common::demo_config(dir.path(), &[]);
-    let config_path = dir.path().join("medrelay.toml");
-    let text = std::fs::read_to_string(&config_path).unwrap().replace(
+    let (loaded, config) = edited_demo_config(
+        dir.path(),
         "# [connectors.subscription]\n# listen = \"127.0.0.1:8444\"\n# path = \"/fhir/subscription\"\n# authorization_env = \"CLINICA_FHIR_SUBSCRIPTION_AUTH\"",
-        &format!("[connectors.subscription]\nlisten = \"127.0.0.1:0\"\nauthorization_env = \"{AUTH_ENV}\""),
+        &format!(
+            "[connectors.subscription]\nlisten = \"127.0.0.1:0\"\nauthorization_env = \"{AUTH_ENV}\""
+        ),
     );
-    std::fs::write(&config_path, text).unwrap();
-    let loaded = medrelay::config::load(&config_path).unwrap();
-    let config = config_path.to_str().unwrap();
+    let config = config.as_str();
     let file = common::copy_sample(dir.path(), "tests/fixtures/canary_fhir_bundle.json");
 
     // 1. A Bundle file through `medrelay ingest fhir`: three entries rejected, listed with issues.
-    let (code, out) = cli(&[
-        "medrelay",
-        "--config",
-        config,
-        "--now",
-        "2026-11-29T13:00:00Z",
-        "ingest",
-        "fhir",
-        file.to_str().unwrap(),
-    ])
-    .await;
-    assert_eq!(code, medrelay::exit::PARTIAL, "{out}");
-    assert!(out.contains("3 entries rejected"), "{out}");
-    assert_clean("`ingest fhir` output", &out);
+    ingest_rejecting(config, "fhir", &file, "3 entries rejected").await;
 
     // 2. The same Bundle, and a body that is not JSON, through the Subscription endpoint.
     let store = open_store(&loaded).await.unwrap();
