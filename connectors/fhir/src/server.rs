@@ -24,9 +24,38 @@ pub struct FhirServer {
     base: String,
 }
 
-/// Why a request failed (status and resource type only; no body, which may carry PHI).
+/// Why a request failed, for logs and write-back errors: the HTTP client's message with every URL
+/// replaced by `<url>` (search URLs carry patient references), never a body.
 fn failure(what: &str, e: impl std::fmt::Display) -> String {
-    format!("{what}: {e}")
+    let text = e.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("http://").or_else(|| rest.find("https://")) {
+        out.push_str(&rest[..i]);
+        out.push_str("<url>");
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == ')' || c == '"')
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    format!("{what}: {out}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn failures_carry_no_url() {
+        let f = super::failure(
+            "FHIR request failed",
+            "error sending request for url (http://ehr/fhir/Consent?patient=Patient/p-2002): connection refused",
+        );
+        assert_eq!(
+            f,
+            "FHIR request failed: error sending request for url (<url>): connection refused"
+        );
+    }
 }
 
 impl FhirServer {
