@@ -157,6 +157,11 @@ async fn subscription_notifications_update_csv_appointments_and_consent() {
         explain.contains("listed by clinica, clinica-fhir"),
         "{explain}"
     );
+    // From the Appointment's version (meta.lastUpdated 13:00Z = 10:00 local), by the FHIR feed.
+    assert!(
+        explain.contains("EHR opt-out since 2026-12-01 10:00 -03, from feed clinica-fhir"),
+        "{explain}"
+    );
     let (_, explain) = cli(&config, &["explain", "clinica/AG-30011"]).await;
     assert!(explain.contains("EHR records an opt-in"), "{explain}");
     settle(&service).await;

@@ -119,6 +119,11 @@ async fn siu_over_mllp_updates_csv_appointments_and_acks_after_commit() {
         explain.contains("EHR records an opt-in"),
         "the CSV opt-in stays:\n{explain}"
     );
+    // The CSV import (as of 6 Dec 09:00 local) set it; the HL7 message said nothing about it.
+    assert!(
+        explain.contains("EHR opt-in since 2026-12-06 09:00 -03, from feed clinica\n"),
+        "{explain}"
+    );
     // ...the S15 cancelled AG-30009, the S12 with PD1-11 = N is an opt-out...
     let (_, explain) = cli(&config, &["explain", "clinica/AG-30009"]).await;
     assert!(explain.contains("cancelled"), "{explain}");
@@ -127,6 +132,10 @@ async fn siu_over_mllp_updates_csv_appointments_and_acks_after_commit() {
     // ...and PD1-12 = Y protects AG-30010's patient, although the CSV said "Sim".
     let (_, explain) = cli(&config, &["explain", "clinica/AG-30010"]).await;
     assert!(explain.contains("protected in the EHR"), "{explain}");
+    assert!(
+        explain.contains("EHR protection flag set by feed clinica-hl7"),
+        "{explain}"
+    );
 
     // Time passes to the 48 h reminders of AG-30007 (10 Dec 14:00 local) and AG-30010 (18 Dec).
     clock.set("2026-12-08T17:05:00Z".parse().unwrap());

@@ -13,6 +13,7 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use medrelay_mapping::consent::Purpose;
+use medrelay_mapping::model::EhrConsent;
 use medrelay_mapping::template::render_parameters;
 use medrelay_pipeline::store::Store;
 use serde_json::json;
@@ -116,6 +117,13 @@ async fn describe(
             "phone_problem": rec.phone_problem,
             "contact": rec.contact_hash,
             "consent": consent.iter().map(|(p, ok, r)| json!({"purpose": p, "permitted": ok, "reason": r})).collect::<Vec<_>>(),
+            "ehr_privacy": {
+                "consent": a.ehr_consent.map(|c| match c { EhrConsent::OptIn => "opt_in", EhrConsent::OptOut => "opt_out" }),
+                "consent_since": a.ehr_consent.map(|_| rec.ehr_consent_at),
+                "consent_feed": rec.ehr_consent_feed,
+                "protected": a.patient.protected == Some(true),
+                "protected_feed": rec.protected_feed,
+            },
             "steps": serde_json::to_value(&steps)?,
         }));
         return Ok(());
@@ -140,6 +148,28 @@ async fn describe(
         o.line(format!(
             "  consent {p}: {} ({reason})",
             if *ok { "permitted" } else { "denied" }
+        ));
+    }
+    // Where the EHR's own signals came from: one system can have CSV, HL7 and FHIR feeds.
+    if let Some(c) = a.ehr_consent {
+        o.line(format!(
+            "  EHR {} since {}, from feed {}",
+            match c {
+                EhrConsent::OptIn => "opt-in",
+                EhrConsent::OptOut => "opt-out",
+            },
+            local(rec.ehr_consent_at, &a.time_zone),
+            rec.ehr_consent_feed
+                .as_deref()
+                .unwrap_or("(before feeds were recorded)")
+        ));
+    }
+    if a.patient.protected == Some(true) {
+        o.line(format!(
+            "  EHR protection flag set by feed {}",
+            rec.protected_feed
+                .as_deref()
+                .unwrap_or("(before feeds were recorded)")
         ));
     }
     if steps.is_empty() {

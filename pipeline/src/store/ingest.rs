@@ -42,9 +42,10 @@ pub(crate) struct AppointmentRow {
 const UPSERT_SQL: &str = "INSERT INTO appointments (source, filler_id, placer_id, sv_at_us, sv_seq, status, start_at, end_at, \
      site, time_zone, location, practitioner, service_type, reason, patient_ref, given_name, family_name, \
      phone_e164, phone_problem, contact_hash, language, protected, ehr_consent, content_hash, \
-     seen_as_of_us, created_at, updated_at, change_token, ehr_consent_at_us) \
+     seen_as_of_us, created_at, updated_at, change_token, ehr_consent_at_us, ehr_consent_feed, protected_feed) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-     ?21, COALESCE(?22, 0), ?23, ?24, ?25, ?26, ?26, ?27, CASE WHEN ?23 IS NULL THEN NULL ELSE ?4 END) \
+     ?21, COALESCE(?22, 0), ?23, ?24, ?25, ?26, ?26, ?27, CASE WHEN ?23 IS NULL THEN NULL ELSE ?4 END, CASE WHEN ?23 IS NULL THEN NULL ELSE ?28 END, \
+     CASE WHEN ?22 IS NULL THEN NULL ELSE ?28 END) \
      ON CONFLICT (source, filler_id) DO UPDATE SET \
      placer_id = excluded.placer_id, sv_at_us = excluded.sv_at_us, sv_seq = excluded.sv_seq, \
      status = excluded.status, start_at = excluded.start_at, end_at = excluded.end_at, \
@@ -57,6 +58,10 @@ const UPSERT_SQL: &str = "INSERT INTO appointments (source, filler_id, placer_id
      ehr_consent = COALESCE(excluded.ehr_consent, appointments.ehr_consent), \
      ehr_consent_at_us = CASE WHEN excluded.ehr_consent IS NULL OR excluded.ehr_consent IS appointments.ehr_consent \
        THEN appointments.ehr_consent_at_us ELSE excluded.sv_at_us END, \
+     ehr_consent_feed = CASE WHEN excluded.ehr_consent IS NULL OR excluded.ehr_consent IS appointments.ehr_consent \
+       THEN appointments.ehr_consent_feed ELSE excluded.ehr_consent_feed END, \
+     protected_feed = CASE WHEN ?22 IS NULL OR excluded.protected = appointments.protected \
+       THEN COALESCE(appointments.protected_feed, excluded.protected_feed) ELSE excluded.protected_feed END, \
      revision = appointments.revision + (excluded.content_hash <> appointments.content_hash), \
      needs_plan = CASE WHEN excluded.content_hash <> appointments.content_hash THEN 1 ELSE appointments.needs_plan END, \
      patient_cancelled_at = CASE WHEN excluded.start_at <> appointments.start_at THEN NULL ELSE appointments.patient_cancelled_at END, \
@@ -130,6 +135,7 @@ fn upsert_rows(
                     as_of_us,
                     now_s,
                     token,
+                    feed,
                 ],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )

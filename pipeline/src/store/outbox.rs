@@ -85,6 +85,10 @@ pub struct AppointmentRecord {
     pub contact_hash: Option<String>,
     pub phone_problem: Option<String>,
     pub ehr_consent_at: Timestamp,
+    /// The feed whose input set the EHR consent signal (for `explain`).
+    pub ehr_consent_feed: Option<String>,
+    /// The feed whose input set the protection flag.
+    pub protected_feed: Option<String>,
     pub patient_cancelled: bool,
 }
 
@@ -311,6 +315,8 @@ impl Store {
                     .unwrap_or_else(|| r.get("sv_at_us")),
             )
             .unwrap_or(Timestamp::UNIX_EPOCH),
+            ehr_consent_feed: r.get("ehr_consent_feed"),
+            protected_feed: r.get("protected_feed"),
             patient_cancelled: r.get::<Option<i64>, _>("patient_cancelled_at").is_some(),
         }))
     }
