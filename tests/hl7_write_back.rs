@@ -83,11 +83,22 @@ async fn a_tap_goes_back_to_the_ehr_as_an_srm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ae_from_the_ehr_is_not_taken_as_written() {
     let (got, store, _dir) = run_with_inbound("AE").await;
-    assert!(got.iter().any(|m| m.contains("SRM^S03")), "{got:?}");
+    // Sent once: the refused batch waits out its backoff instead of being resent every pass.
+    assert_eq!(
+        got.iter().filter(|m| m.contains("SRM^S03")).count(),
+        1,
+        "{got:?}"
+    );
     let s = store.status_summary(jiff::Timestamp::now()).await.unwrap();
     assert!(
         s.writeback_pending >= 1,
         "the reply is still waiting: {s:?}"
+    );
+    assert!(
+        s.open_alerts
+            .iter()
+            .any(|(_, kind, detail)| kind == "writeback_rejected" && detail.contains("AE")),
+        "staff are told: {s:?}"
     );
     store.close().await;
 }

@@ -42,7 +42,16 @@ impl WriteBackWorker {
     pub async fn run_once(&self) -> StoreResult<WriteBackReport> {
         let mut report = WriteBackReport::default();
         for (source, target) in &self.targets {
-            let mut batches = self.store.incomplete_batches(source).await?;
+            // Replies go back in order (a cancel after a confirm must not be overtaken by it): a
+            // batch waiting out its backoff holds the target, and a failure stops the pass.
+            let incomplete = self
+                .store
+                .incomplete_batches(source, self.clock.now())
+                .await?;
+            if incomplete.iter().any(|(_, due)| !due) {
+                continue;
+            }
+            let mut batches: Vec<i64> = incomplete.into_iter().map(|(id, _)| id).collect();
             if let Some(b) = self.store.assign_batch(source, self.clock.now()).await? {
                 batches.push(b);
             }
@@ -67,12 +76,16 @@ impl WriteBackWorker {
                     Ok((Err(e), _)) => {
                         report.errors += 1;
                         let permanent = matches!(e, WriteBackError::Permanent(_));
-                        warn!(source = %source, batch = batch_id, error = %e, permanent, "write-back failed; will retry");
-                        self.store.fail_batch(batch_id, &e.to_string()).await?;
+                        warn!(source = %source, batch = batch_id, error = %e, permanent, "write-back failed; will retry with backoff");
+                        self.store
+                            .fail_batch(batch_id, &e.to_string(), permanent, self.clock.now())
+                            .await?;
+                        break;
                     }
                     Err(e) => {
                         report.errors += 1;
                         warn!(source = %source, batch = batch_id, error = %e, "write-back task failed");
+                        break;
                     }
                 }
             }

@@ -12,14 +12,31 @@ use sqlx::Row;
 use super::{Store, StoreResult, audit, secs, ts};
 
 impl Store {
-    /// Batches of `target` that were assigned but not completed.
-    pub async fn incomplete_batches(&self, target: &str) -> StoreResult<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM writeback_batches WHERE target = ? AND completed_at IS NULL ORDER BY id",
+    /// Batches of `target` that were assigned but not completed, oldest first, each with whether it
+    /// is due: never failed, or failed longer ago than its backoff (30 s doubling per failure, at
+    /// most 1 h).
+    pub async fn incomplete_batches(
+        &self,
+        target: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<(i64, bool)>> {
+        let rows = sqlx::query(
+            "SELECT id, failures, failed_at FROM writeback_batches \
+             WHERE target = ? AND completed_at IS NULL ORDER BY id",
         )
         .bind(target)
         .fetch_all(self.pool())
-        .await?)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let failures: i64 = r.get("failures");
+                let failed_at: Option<i64> = r.get("failed_at");
+                let due =
+                    failed_at.is_none_or(|at| secs(now) - at >= write_back_backoff_secs(failures));
+                (r.get("id"), due)
+            })
+            .collect())
     }
 
     /// Assigns every accepted, not yet written reply for appointments of `source` to a new batch.
@@ -113,12 +130,54 @@ impl Store {
     }
 
     /// Records a failed write attempt (the batch stays incomplete and is retried).
-    pub async fn fail_batch(&self, batch: i64, error: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE writeback_batches SET last_error = ? WHERE id = ?")
-            .bind(error)
-            .bind(batch)
-            .execute(self.pool())
+    pub async fn fail_batch(
+        &self,
+        batch: i64,
+        error: &str,
+        permanent: bool,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let previous: Option<String> =
+            sqlx::query_scalar("SELECT last_error FROM writeback_batches WHERE id = ?")
+                .bind(batch)
+                .fetch_optional(self.pool())
+                .await?
+                .flatten();
+        sqlx::query(
+            "UPDATE writeback_batches SET last_error = ?, failures = failures + 1, failed_at = ? WHERE id = ?",
+        )
+        .bind(error)
+        .bind(secs(now))
+        .bind(batch)
+        .execute(self.pool())
+        .await?;
+        // The EHR refused it: staff must look (once per distinct error, not on every retry).
+        if permanent && previous.as_deref() != Some(error) {
+            self.raise_alert(
+                "writeback_rejected",
+                &format!("write-back batch {batch} refused by the EHR: {error}"),
+                now,
+            )
             .await?;
+        }
         Ok(())
+    }
+}
+
+/// Seconds a write-back batch that has failed `failures` times waits before it is tried again:
+/// 30 s after the first failure, doubling with each further one, at most an hour.
+pub fn write_back_backoff_secs(failures: i64) -> i64 {
+    (30i64 << (failures - 1).clamp(0, 7)).min(3600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_back_backoff_secs;
+
+    #[test]
+    fn backoff_doubles_from_30_seconds_up_to_an_hour() {
+        let waits: Vec<i64> = (1..=9).map(write_back_backoff_secs).collect();
+        assert_eq!(waits, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        assert_eq!(write_back_backoff_secs(1_000), 3600);
     }
 }
