@@ -428,6 +428,14 @@ fn default_max_message_bytes() -> usize {
     1024 * 1024
 }
 
+fn default_max_connections() -> usize {
+    32
+}
+
+fn default_frame_timeout() -> u64 {
+    60
+}
+
 fn default_publicity_opt_out() -> Vec<String> {
     vec!["N".to_string()]
 }
@@ -458,6 +466,12 @@ pub struct Hl7ConnectorConfig {
     /// Larger frames are answered AR without being buffered.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// MLLP connections served at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a started frame may take to complete before its connection is closed.
+    #[serde(default = "default_frame_timeout")]
+    pub frame_timeout_secs: u64,
     /// The charset (MSH-18 spelling) of messages without MSH-18 that are not UTF-8.
     #[serde(default = "default_fallback_charset")]
     pub fallback_charset: String,
@@ -957,6 +971,12 @@ fn validate_hl7(c: &Hl7ConnectorConfig) -> Vec<String> {
     {
         errors.push(format!(
             "connector `{}`: listen `{l}` must be IP:port, like 0.0.0.0:2575",
+            c.name
+        ));
+    }
+    if c.max_connections == 0 || c.frame_timeout_secs == 0 {
+        errors.push(format!(
+            "connector `{}`: max_connections and frame_timeout_secs must be at least 1",
             c.name
         ));
     }

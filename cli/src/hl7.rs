@@ -150,6 +150,8 @@ pub async fn start_listeners(
             ListenerOptions {
                 feed: c.name.clone(),
                 max_message_bytes: c.max_message_bytes,
+                max_connections: c.max_connections,
+                frame_timeout: std::time::Duration::from_secs(c.frame_timeout_secs),
             },
             sink,
             Arc::new(move || now_clock.now()),

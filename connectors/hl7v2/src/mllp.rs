@@ -137,6 +137,24 @@ pub struct ListenerOptions {
     /// The feed's name, for logs.
     pub feed: String,
     pub max_message_bytes: usize,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// A frame that has started must be complete within this time, or the connection is closed
+    /// (a stalled sender cannot hold a connection slot with half a message). Idle connections
+    /// between frames are kept: interface engines hold them open for hours.
+    pub frame_timeout: std::time::Duration,
+}
+
+impl ListenerOptions {
+    /// The defaults: 1 MiB frames, 32 connections, 60 s to finish a frame.
+    pub fn new(feed: &str) -> Self {
+        ListenerOptions {
+            feed: feed.to_owned(),
+            max_message_bytes: 1024 * 1024,
+            max_connections: 32,
+            frame_timeout: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 /// The answer to one frame (after the sink has stored what needs storing).
@@ -196,7 +214,17 @@ async fn connection(
     now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
 ) {
     let mut framed = Framed::new(stream, MllpCodec::new(listener.max_message_bytes));
-    while let Some(frame) = framed.next().await {
+    loop {
+        // `next` is cancel-safe: a timeout loses no bytes (they stay in the read buffer).
+        let frame = match tokio::time::timeout(listener.frame_timeout, framed.next()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(_) if framed.read_buffer().is_empty() => continue,
+            Err(_) => {
+                tracing::warn!(feed = %listener.feed, %peer, "MLLP frame not completed in time; connection closed");
+                return;
+            }
+        };
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
@@ -221,18 +249,34 @@ pub async fn serve(
     sink: Arc<dyn MessageSink>,
     now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
 ) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        listener_opts.max_connections.max(1),
+    ));
     let listener_opts = Arc::new(listener_opts);
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            // Out of file descriptors, a connection reset before accept: transient, keep serving.
+            Err(e) => {
+                tracing::warn!(feed = %listener_opts.feed, error = %e, "MLLP accept failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(
-            stream,
-            peer,
+        let (opts, listener_opts, sink, now) = (
             opts.clone(),
             listener_opts.clone(),
             sink.clone(),
             now.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            connection(stream, peer, opts, listener_opts, sink, now).await;
+            drop(slot);
+        });
     }
 }
 
@@ -252,6 +296,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stalled_half_frame_closes_the_connection_but_idle_ones_stay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut o = ListenerOptions::new("test");
+        o.frame_timeout = std::time::Duration::from_millis(200);
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Hl7Options::new("s", "site", "UTC", "US")),
+            o,
+            Arc::new(Unavailable),
+            Arc::new(Timestamp::now),
+        ));
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        stalled.write_all(b"\x0bMSH|^~\\&|A").await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            stalled.read(&mut buf).await.unwrap(),
+            0,
+            "closed by the server"
+        );
+        // The idle connection still works: a message on it is answered.
+        idle.write_all(b"\x0bnot hl7\x1c\r").await.unwrap();
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(n > 0 && buf[0] == 0x0b, "answered");
+        server.abort();
+    }
+
+    #[tokio::test]
     async fn a_message_that_cannot_be_stored_is_answered_ar_so_the_sender_resends() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -259,10 +333,7 @@ mod tests {
         let server = tokio::spawn(serve(
             listener,
             opts,
-            ListenerOptions {
-                feed: "test".into(),
-                max_message_bytes: 64 * 1024,
-            },
+            ListenerOptions::new("test"),
             Arc::new(Unavailable),
             Arc::new(Timestamp::now),
         ));
