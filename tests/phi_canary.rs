@@ -187,6 +187,24 @@ async fn ingest_rejecting(config: &str, kind: &str, file: &std::path::Path, reje
     assert_clean(&format!("`ingest {kind}` output"), &out);
 }
 
+/// Runs the service until idle; `to` was messaged, and every outbound body is clean.
+async fn assert_messaged_cleanly(service: &medrelay_pipeline::service::Service, to: &str) {
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let sent = service.simulator.clone().unwrap().sent();
+    assert!(
+        sent.iter().any(|b| b["to"] == to),
+        "the canary patient was messaged: {sent:?}"
+    );
+    assert_bodies_clean(&sent);
+}
+
+/// Every captured log line is clean (`marker` shows the path of interest was logged at all).
+fn assert_logs_clean(logs: &Buffer, marker: &str) {
+    let captured = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(captured.contains(marker), "logging was captured");
+    assert_clean("the logs", &captured);
+}
+
 /// The store's own records after a connector run: quarantine reasons (exactly `quarantined` of
 /// them) and the audit trail.
 async fn assert_records_clean(store: &medrelay_pipeline::store::Store, quarantined: usize) {
@@ -254,13 +272,7 @@ publicity_opt_in = [\"F\"]",
     assert_eq!(codes, ["AR", "AA", "AE", "AE", "AE"]);
 
     // 3. The opted-in (PD1-11 = F here) appointment is confirmed with the allow-listed given name.
-    while !service.tick(50).await.unwrap().is_idle() {}
-    let sent = service.simulator.clone().unwrap().sent();
-    assert!(
-        sent.iter().any(|b| b["to"] == "5511973699171"),
-        "the HL7 canary patient was messaged: {sent:?}"
-    );
-    assert_bodies_clean(&sent);
+    assert_messaged_cleanly(&service, "5511973699171").await;
     // 4 from the file, 4 over MLLP.
     assert_records_clean(&store, 8).await;
     for (_, h) in &listeners {
@@ -268,12 +280,7 @@ publicity_opt_in = [\"F\"]",
     }
     store.close().await;
     assert_commands_clean(config, "2026-11-29T14:00:00Z", "clinica/HL7-CAN1").await;
-    let captured = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        captured.contains("HL7 message quarantined"),
-        "logging was captured"
-    );
-    assert_clean("the logs", &captured);
+    assert_logs_clean(logs, "HL7 message quarantined");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -330,13 +337,7 @@ async fn no_canary_escapes_through_the_fhir_paths() {
     }
 
     // 3. The opted-in appointment is confirmed with the allow-listed given name only.
-    while !service.tick(50).await.unwrap().is_idle() {}
-    let sent = service.simulator.clone().unwrap().sent();
-    assert!(
-        sent.iter().any(|b| b["to"] == "5511973699181"),
-        "the FHIR canary patient was messaged: {sent:?}"
-    );
-    assert_bodies_clean(&sent);
+    assert_messaged_cleanly(&service, "5511973699181").await;
     // 3 from the file, 3 + 2 bodies over HTTP.
     assert_records_clean(&store, 8).await;
     for (_, h) in &endpoints {
@@ -344,12 +345,7 @@ async fn no_canary_escapes_through_the_fhir_paths() {
     }
     store.close().await;
     assert_commands_clean(config, "2026-11-29T14:00:00Z", "clinica/FHIR-CAN1").await;
-    let captured = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        captured.contains("FHIR notification stored"),
-        "logging was captured"
-    );
-    assert_clean("the logs", &captured);
+    assert_logs_clean(logs, "FHIR notification stored");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -473,10 +469,5 @@ async fn no_canary_escapes_through_any_path() {
         assert_clean(&format!("`medrelay {}`", args.join(" ")), &out);
     }
 
-    let captured = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert!(
-        captured.contains("message accepted by WhatsApp"),
-        "logging was captured"
-    );
-    assert_clean("the logs", &captured);
+    assert_logs_clean(logs, "message accepted by WhatsApp");
 }

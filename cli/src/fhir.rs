@@ -240,10 +240,7 @@ pub async fn import_file(
     now: Timestamp,
 ) -> anyhow::Result<FhirImportResult> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let name = crate::wiring::input_name(path);
     import_bytes(service, loaded, c, &bytes, &name, now).await
 }
 

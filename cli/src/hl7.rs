@@ -47,6 +47,7 @@ pub fn options(loaded: &Loaded, c: &Hl7ConnectorConfig) -> Hl7Options {
 pub fn write_back_target(
     c: &Hl7ConnectorConfig,
     w: &crate::config::Hl7WriteBackSection,
+    handle: tokio::runtime::Handle,
 ) -> medrelay_connector_hl7v2::write_back::Hl7WriteBack {
     use medrelay_connector_hl7v2::write_back::{Hl7WriteBack, Hl7WriteBackConfig};
     let mut cfg = Hl7WriteBackConfig::new(&w.send_to);
@@ -66,7 +67,7 @@ pub fn write_back_target(
             cfg.action_codes[i] = code.clone();
         }
     }
-    Hl7WriteBack::new(cfg)
+    Hl7WriteBack::new(cfg, handle)
 }
 
 /// A rejected message as the quarantine keeps it: where (file and message, or the MLLP control
@@ -239,10 +240,7 @@ pub async fn import_file(
     now: Timestamp,
 ) -> anyhow::Result<Hl7ImportResult> {
     let content = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let file_name = crate::wiring::input_name(path);
     let rejected = Arc::new(std::sync::Mutex::new(Vec::new()));
     let ignored = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let messages: Vec<(usize, file::FileMessage)> = file::split(&content)

@@ -170,6 +170,11 @@ pub fn build_service(
     // Replies are written per system (the appointments' source), once: the first connector of the
     // system with a return file is its target.
     let mut targets: Vec<(String, Arc<dyn WriteBack>)> = Vec::new();
+    // HL7 and FHIR targets run their network I/O on this runtime from the write-back thread.
+    let runtime = || {
+        tokio::runtime::Handle::try_current()
+            .map_err(|_| anyhow!("HL7 and FHIR write-back need the async runtime"))
+    };
     for (system, c) in loaded.write_back_targets() {
         if let Some(rf) = c.return_file() {
             let mut rf = rf.clone();
@@ -182,13 +187,12 @@ pub fn build_service(
         {
             targets.push((
                 system.to_string(),
-                Arc::new(crate::hl7::write_back_target(h, w)),
+                Arc::new(crate::hl7::write_back_target(h, w, runtime()?)),
             ));
         } else if let crate::config::ConnectorConfig::Fhir(f) = c
             && let Some(server) = crate::fhir::server(f)?
         {
-            let handle = tokio::runtime::Handle::try_current()
-                .map_err(|_| anyhow!("FHIR write-back needs the async runtime"))?;
+            let handle = runtime()?;
             let target = medrelay_connector_fhir::write_back::FhirWriteBack::new(
                 server,
                 f.identifier_system.clone(),
@@ -267,6 +271,13 @@ pub struct CsvImportResult {
     pub report: Option<PathBuf>,
 }
 
+/// The last component of an input's path, as imports, quarantine and reports name it.
+pub fn input_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default()
+}
+
 /// Hex SHA-256 of bytes (input fingerprints in the imports table).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -320,10 +331,7 @@ pub async fn import_csv(
         },
     )
     .map_err(|e| anyhow!("{}: {e}", file.display()))?;
-    let file_name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let file_name = input_name(file);
     let report = Arc::new(Mutex::new(Some(RowReport::new(file))));
     let info = ImportInfo {
         source: connector.name.clone(),

@@ -103,23 +103,12 @@ pub async fn cli_with_config(config: &str, args: &[&str]) -> (u8, String) {
     cli(&full).await
 }
 
-/// Sends one MLLP frame (VT message FS CR) and reads the answer frame until FS CR; returns the
-/// ACK without its framing.
+/// Sends one MLLP frame and reads the answer frame; returns the ACK without its framing.
 pub async fn mllp_exchange(stream: &mut tokio::net::TcpStream, message: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut frame = vec![0x0b];
-    frame.extend_from_slice(message);
-    frame.extend_from_slice(&[0x1c, 0x0d]);
-    stream.write_all(&frame).await.unwrap();
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !reply.ends_with(&[0x1c, 0x0d]) {
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n > 0, "connection closed before the ACK");
-        reply.extend_from_slice(&buf[..n]);
-    }
-    assert_eq!(reply[0], 0x0b, "an ACK frame starts with VT");
-    String::from_utf8(reply[1..reply.len() - 2].to_vec()).unwrap()
+    let ack = medrelay_connector_hl7v2::mllp::exchange(stream, message)
+        .await
+        .expect("an ACK frame");
+    String::from_utf8(ack).unwrap()
 }
 
 /// Starts the MLLP listeners of `loaded` (configure `listen = "127.0.0.1:0"`) for `service`.

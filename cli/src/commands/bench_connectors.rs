@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use clap::Args;
 use medrelay_pipeline::clock::SystemClock;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::wiring::{build_service, open_store};
 use crate::{Output, exit};
@@ -92,22 +91,11 @@ pub async fn run(args: MllpBenchArgs, o: &mut Output<'_>) -> anyhow::Result<u8> 
     let mut stream = tokio::net::TcpStream::connect(listeners[0].0).await?;
     stream.set_nodelay(true)?;
     let mut latencies = Vec::with_capacity(messages.len());
-    let mut buf = vec![0u8; 8192];
     let mut accepted = 0u64;
     let t = Instant::now();
     for m in &messages {
         let sent = Instant::now();
-        let mut frame = Vec::with_capacity(m.len() + 3);
-        frame.push(0x0b);
-        frame.extend_from_slice(m.as_bytes());
-        frame.extend_from_slice(&[0x1c, 0x0d]);
-        stream.write_all(&frame).await?;
-        let mut reply = Vec::new();
-        while !reply.ends_with(&[0x1c, 0x0d]) {
-            let n = stream.read(&mut buf).await?;
-            anyhow::ensure!(n > 0, "the listener closed the connection");
-            reply.extend_from_slice(&buf[..n]);
-        }
+        let reply = medrelay_connector_hl7v2::mllp::exchange(&mut stream, m.as_bytes()).await?;
         latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
         accepted += reply.windows(7).any(|w| w == b"\rMSA|AA") as u64;
     }

@@ -44,15 +44,6 @@ pub struct Processed {
 }
 
 impl Processed {
-    /// The filler appointment id when it was readable, even from a rejected message (ids are not
-    /// patient data); a snapshot-free feed only uses it for the quarantine listing.
-    pub fn filler_id(&self) -> Option<&str> {
-        match &self.outcome {
-            Outcome::Event(e) => Some(&e.appointment.key.id),
-            _ => None,
-        }
-    }
-
     /// The acknowledgement to send once the outcome is durable (`stored = true`). When it could
     /// not be stored, the answer is AR 207 so that the sender keeps the message and sends it again.
     pub fn ack(&self, stored: bool, opts: &Hl7Options, now: Timestamp) -> String {

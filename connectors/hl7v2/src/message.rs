@@ -80,11 +80,6 @@ impl<'m> Parsed<'m> {
         self.message.segment(name)
     }
 
-    /// Every segment, in order.
-    pub fn segments(&self) -> impl Iterator<Item = &Segment<'m>> {
-        self.message.segments()
-    }
-
     /// A field's raw (still escaped) text, as sent.
     pub fn raw(&self, seg: &Segment<'m>, field: usize) -> &'m str {
         seg.field(field).map(|f| f.raw_value()).unwrap_or("")

@@ -110,16 +110,57 @@ impl Decoder for MllpCodec {
     }
 }
 
+impl Encoder<&[u8]> for MllpCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, msg: &[u8], dst: &mut BytesMut) -> Result<(), Self::Error> {
+        dst.reserve(msg.len() + 3);
+        dst.put_u8(VT);
+        dst.put_slice(msg);
+        dst.put_u8(FS);
+        dst.put_u8(CR);
+        Ok(())
+    }
+}
+
 impl Encoder<&str> for MllpCodec {
     type Error = std::io::Error;
 
     fn encode(&mut self, msg: &str, dst: &mut BytesMut) -> Result<(), Self::Error> {
-        dst.reserve(msg.len() + 3);
-        dst.put_u8(VT);
-        dst.put_slice(msg.as_bytes());
-        dst.put_u8(FS);
-        dst.put_u8(CR);
-        Ok(())
+        self.encode(msg.as_bytes(), dst)
+    }
+}
+
+/// The largest answer [`exchange`] reads.
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// The client side: sends `message` as one frame and reads the answer frame (some servers write
+/// it in several writes; noise before it is skipped). Returns the answer without its framing.
+/// Used by the write-back, the benchmark and the tests, so that there is one MLLP client.
+pub async fn exchange<S>(stream: &mut S, message: &[u8]) -> std::io::Result<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut codec = MllpCodec::new(MAX_ANSWER_BYTES);
+    let mut out = BytesMut::new();
+    codec.encode(message, &mut out)?;
+    stream.write_all(&out).await?;
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        match codec.decode(&mut buf)? {
+            Some(Frame::Message(answer)) => return Ok(answer),
+            Some(Frame::TooLong(_)) => {
+                return Err(std::io::Error::other("the answer is larger than 1 MiB"));
+            }
+            None => {}
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection before its answer",
+            ));
+        }
     }
 }
 
@@ -340,17 +381,7 @@ mod tests {
         let mut s = TcpStream::connect(addr).await.unwrap();
         let msg =
             "MSH|^~\\&|A|B|C|D|20261201||SIU^S12|X1|P|2.5\rSCH|1|2||||||||||^^^202612021000\r";
-        s.write_all(format!("\x0b{msg}\x1c\r").as_bytes())
-            .await
-            .unwrap();
-        let mut buf = vec![0u8; 4096];
-        let mut got = Vec::new();
-        while !got.ends_with(b"\x1c\r") {
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
-        let ack = String::from_utf8(got).unwrap();
+        let ack = String::from_utf8(exchange(&mut s, msg.as_bytes()).await.unwrap()).unwrap();
         assert!(ack.contains("\rMSA|AR|X1\r"), "{ack}");
         assert!(
             ack.contains("|207^Application internal error^HL70357|"),

@@ -13,8 +13,6 @@
 //! AE (the EHR refuses the content) is a permanent failure; AR, a timeout or a closed connection
 //! are retried. No patient data in error strings: MSA codes and ERR-3 codes only.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use hl7_parser::message::Separators;
@@ -23,7 +21,10 @@ use medrelay_mapping::ports::{
 };
 use medrelay_mapping::reply::ReplyAction;
 
+use tokio::net::TcpStream;
+
 use crate::escape::escape;
+use crate::mllp::exchange;
 
 /// Where and how replies are sent.
 #[derive(Clone, Debug)]
@@ -112,97 +113,53 @@ pub fn srm(c: &Confirmation, cfg: &Hl7WriteBackConfig) -> String {
     m
 }
 
-/// What one exchange answered.
-fn send_and_read(stream: &mut TcpStream, message: &str) -> std::io::Result<Vec<u8>> {
-    let mut frame = Vec::with_capacity(message.len() + 3);
-    frame.push(0x0b);
-    frame.extend_from_slice(message.as_bytes());
-    frame.extend_from_slice(&[0x1c, 0x0d]);
-    stream.write_all(&frame)?;
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 4096];
-    // Some servers write an ACK in several writes: read until FS CR.
-    while !reply.ends_with(&[0x1c, 0x0d]) {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the interface closed the connection before its ACK",
-            ));
-        }
-        reply.extend_from_slice(&buf[..n]);
-        if reply.len() > 1024 * 1024 {
-            return Err(std::io::Error::other("the ACK is larger than 1 MiB"));
-        }
-    }
-    Ok(reply)
-}
-
-/// MSA-1 and ERR-3.1 of an ACK (tolerant: any separators, any segment order).
+/// MSA-1 and ERR-3.1 of an ACK, read with the same parser as inbound messages; empty when the
+/// answer is not a readable HL7 message.
 fn ack_codes(reply: &[u8]) -> (String, String) {
     let text = String::from_utf8_lossy(reply);
-    let text = text.trim_matches(|c| c == '\u{b}' || c == '\u{1c}' || c == '\r' || c == '\n');
-    let field_sep = text.get(3..4).unwrap_or("|").to_owned();
-    let mut msa = String::new();
-    let mut err = String::new();
-    for seg in text.split(['\r', '\n']) {
-        let f: Vec<&str> = seg.split(field_sep.as_str()).collect();
-        match f.first().copied() {
-            Some("MSA") => msa = f.get(1).copied().unwrap_or("").to_owned(),
-            Some("ERR") if err.is_empty() => {
-                err = f
-                    .get(3)
-                    .and_then(|v| v.split('^').next())
-                    .unwrap_or("")
-                    .to_owned();
-            }
-            _ => {}
-        }
-    }
-    (msa, err)
+    let Ok(prepared) = crate::message::prepare(&text) else {
+        return (String::new(), String::new());
+    };
+    let Ok(p) = crate::message::Parsed::parse(&prepared) else {
+        return (String::new(), String::new());
+    };
+    let field = |seg: &str, n: usize| {
+        p.segment(seg)
+            .and_then(|s| p.value(s, n, 1, 1))
+            .unwrap_or_default()
+    };
+    (field("MSA", 1), field("ERR", 3))
 }
 
 /// The HL7 write-back target of one connector.
 pub struct Hl7WriteBack {
     cfg: Hl7WriteBackConfig,
+    handle: tokio::runtime::Handle,
 }
 
 impl Hl7WriteBack {
-    /// A target sending to `cfg.send_to`.
-    pub fn new(cfg: Hl7WriteBackConfig) -> Self {
-        Hl7WriteBack { cfg }
+    /// A target sending to `cfg.send_to`; `handle` runs the exchanges (write-back runs on a
+    /// blocking thread) through the connector's one MLLP client, [`crate::mllp::exchange`].
+    pub fn new(cfg: Hl7WriteBackConfig, handle: tokio::runtime::Handle) -> Self {
+        Hl7WriteBack { cfg, handle }
     }
 
-    fn connect(&self) -> Result<TcpStream, WriteBackError> {
-        let unavailable = |e: std::io::Error| {
-            WriteBackError::Retryable(format!(
-                "HL7 interface {} unavailable: {e}",
-                self.cfg.send_to
-            ))
-        };
-        let addr = self
-            .cfg
-            .send_to
-            .to_socket_addrs()
-            .map_err(unavailable)?
-            .next()
-            .ok_or_else(|| WriteBackError::Permanent("send_to resolves to no address".into()))?;
-        let s = TcpStream::connect_timeout(&addr, self.cfg.timeout).map_err(unavailable)?;
-        s.set_read_timeout(Some(self.cfg.timeout))
-            .map_err(unavailable)?;
-        s.set_write_timeout(Some(self.cfg.timeout))
-            .map_err(unavailable)?;
-        Ok(s)
+    fn unavailable(&self, e: impl std::fmt::Display) -> WriteBackError {
+        WriteBackError::Retryable(format!("HL7 interface {}: {e}", self.cfg.send_to))
     }
-}
 
-impl WriteBack for Hl7WriteBack {
-    fn write_batch(&self, batch: &WriteBackBatch) -> Result<WriteReceipt, WriteBackError> {
-        let mut stream = self.connect()?;
+    async fn write(&self, batch: &WriteBackBatch) -> Result<WriteReceipt, WriteBackError> {
+        let t = self.cfg.timeout;
+        let mut stream = tokio::time::timeout(t, TcpStream::connect(&self.cfg.send_to))
+            .await
+            .map_err(|_| self.unavailable("connect timed out"))?
+            .map_err(|e| self.unavailable(e))?;
         for item in &batch.items {
-            let reply = send_and_read(&mut stream, &srm(item, &self.cfg)).map_err(|e| {
-                WriteBackError::Retryable(format!("HL7 interface {}: {e}", self.cfg.send_to))
-            })?;
+            let reply =
+                tokio::time::timeout(t, exchange(&mut stream, srm(item, &self.cfg).as_bytes()))
+                    .await
+                    .map_err(|_| self.unavailable("no ACK in time"))?
+                    .map_err(|e| self.unavailable(e))?;
             let (msa, err) = ack_codes(&reply);
             match msa.as_str() {
                 "AA" | "CA" => {}
@@ -233,6 +190,12 @@ impl WriteBack for Hl7WriteBack {
                 batch.batch_id
             ),
         })
+    }
+}
+
+impl WriteBack for Hl7WriteBack {
+    fn write_batch(&self, batch: &WriteBackBatch) -> Result<WriteReceipt, WriteBackError> {
+        self.handle.block_on(self.write(batch))
     }
 }
 
@@ -281,7 +244,7 @@ mod tests {
 
     #[test]
     fn ack_codes_are_read_from_any_ack() {
-        let (msa, err) = ack_codes(b"\x0bMSH|^~\\&|EHR||||20261208||ACK^S03|1|P|2.5.1\rMSA|AE|MRWB42\rERR||ARQ^1^2|101^Required^HL70357|E\r\x1c\r");
+        let (msa, err) = ack_codes(b"MSH|^~\\&|EHR||||20261208||ACK^S03|1|P|2.5.1\rMSA|AE|MRWB42\rERR||ARQ^1^2|101^Required^HL70357|E\r");
         assert_eq!((msa.as_str(), err.as_str()), ("AE", "101"));
         assert_eq!(ack_codes(b"garbage").0, "");
     }
