@@ -59,6 +59,8 @@ const CANARIES: &[&str] = &[
     "Icosacanary",
     "Wendellqx",
     "973699181",
+    // A rejected Patient's logical id (a patient identifier).
+    "PATIDCANARY",
     "Dodecanary",
     "Thaddeusqx",
     "Tridecanary",

@@ -516,18 +516,21 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
             .flatten()
             .map(|k| normalize_reference(&k))
             .collect();
+        // A Patient's id identifies the patient: it names no rejected entry (quarantine reasons
+        // and logs carry no patient identifier); the raw entry keeps it.
+        let shown_id = id.filter(|_| kind != "Patient");
         let reject = |issue: Issue| RejectedEntry {
-            location: format!(
-                "{at} {}",
-                if id.is_some() {
-                    reference.as_str()
-                } else {
-                    kind
-                }
-            ),
+            location: match shown_id {
+                Some(_) => format!("{at} {reference}"),
+                None => format!("{at} {kind}"),
+            },
             issue,
             raw: raw.get().as_bytes().to_vec(),
-            filler_id: id.map(str::to_owned),
+            filler_id: if kind == "Appointment" {
+                shown_id.map(str::to_owned)
+            } else {
+                None
+            },
         };
         match kind {
             "Parameters" if i == 0 => {
