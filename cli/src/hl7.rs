@@ -40,6 +40,21 @@ pub fn options(loaded: &Loaded, c: &Hl7ConnectorConfig) -> Hl7Options {
     if let Some(f) = &c.facility {
         o.facility = f.clone();
     }
+    // Validated at load (`validate_hl7`): unknown values cannot reach here.
+    o.ordering = medrelay_connector_hl7v2::Ordering::parse(&c.ordering).unwrap_or_default();
+    o.status_map = c
+        .status_map
+        .iter()
+        .filter_map(|(local, status)| {
+            medrelay_mapping::AppointmentStatus::from_code(status)
+                .map(|s| (medrelay_connector_hl7v2::siu::status_key(local), s))
+        })
+        .collect();
+    o.location_parts = c
+        .location_parts
+        .iter()
+        .filter_map(|p| medrelay_connector_hl7v2::LocationPart::parse(p))
+        .collect();
     o
 }
 
@@ -106,7 +121,7 @@ impl MessageSink for IngestSink {
         let result = match &p.outcome {
             Outcome::Event(e) => {
                 self.ingest
-                    .accept(None, &self.feed, now, std::slice::from_ref(e), &[], false)
+                    .accept_changes(None, &self.feed, now, std::slice::from_ref(e), &[], false)
                     .await
             }
             Outcome::Rejected(_) => {
@@ -186,6 +201,8 @@ struct FileItems {
     messages: std::vec::IntoIter<(usize, file::FileMessage)>,
     opts: Hl7Options,
     file_name: String,
+    /// When the file arrived: the version of its messages in arrival ordering.
+    arrived: Timestamp,
     position: u64,
     rejected: Arc<std::sync::Mutex<Vec<FileRejection>>>,
     ignored: Arc<std::sync::atomic::AtomicU64>,
@@ -196,16 +213,18 @@ impl ItemSource for FileItems {
         loop {
             let (n, m) = self.messages.next()?;
             self.position += m.bytes.len() as u64;
-            // The message number orders messages sharing an MSH-7; a re-import is a repeat.
+            // The file's order is the arrival order; a re-import is a repeat (same MSH-10, same
+            // content), whenever it comes.
             let raw_ref = format!("{} message {n}", self.file_name);
-            let p = process(&m.bytes, &self.opts, n as i64, &raw_ref);
-            match &p.outcome {
-                Outcome::Event(e) => return Some(SourceItem::Event(e.clone())),
+            let arrival = medrelay_connector_hl7v2::Arrival::new(self.arrived, n as i64);
+            let p = process(&m.bytes, &self.opts, arrival, &raw_ref);
+            match p.outcome {
+                Outcome::Event(e) => return Some(SourceItem::from(e)),
                 Outcome::Ignored(_) => {
                     self.ignored
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                Outcome::Rejected(e) => {
+                Outcome::Rejected(ref e) => {
                     let control_id = p
                         .header
                         .as_ref()
@@ -263,6 +282,7 @@ pub async fn import_file(
                 messages: messages.into_iter(),
                 opts: options(loaded, c),
                 file_name,
+                arrived: now,
                 position: 0,
                 rejected: rejected.clone(),
                 ignored: ignored.clone(),

@@ -171,8 +171,12 @@ pub struct Appointment {
     /// The placer's id (HL7 SCH-1, an order number), kept as an alias to link feeds.
     pub placer_id: Option<String>,
     pub status: AppointmentStatus,
+    /// The start; when `time_unknown`, the first instant of the local day.
     pub start: Timestamp,
     pub end: Option<Timestamp>,
+    /// The source knows the day and not the time (a date-only CSV column, a placeholder midnight):
+    /// reminders are planned per day and no message shows a time.
+    pub time_unknown: bool,
     /// The configured site this appointment belongs to.
     pub site: String,
     /// IANA time zone of the site, e.g. `America/Sao_Paulo`.
@@ -196,12 +200,89 @@ pub struct AppointmentEvent {
     pub version: SourceVersion,
     /// Where the raw input is (file and line, MLLP message control id): never PHI.
     pub raw_ref: String,
+    /// The sender's identity of the message that carried the event (HL7 `MSH-3^MSH-4^MSH-10`), when
+    /// it has one: a message sent again is recognised as a repeat whenever it arrives, which is what
+    /// lets a stream apply in arrival order without a re-sent old message undoing a newer one.
+    pub message_id: Option<String>,
 }
 
 impl AppointmentEvent {
     /// The appointment key.
     pub fn key(&self) -> &AppointmentKey {
         &self.appointment.key
+    }
+}
+
+/// A change of status that names the appointment and nothing else: a FHIR `cancelled` Appointment
+/// without `start` (FHIR's app-3 allows it), an HL7 S15 without timing, a CSV cancel row without a
+/// time. It updates a stored appointment's status and never creates one, so a cancellation is never
+/// lost for want of a start it does not need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusChange {
+    pub key: AppointmentKey,
+    /// The placer's id, to find the appointment when the filler id is not known under this system.
+    pub placer_id: Option<String>,
+    /// Never [`AppointmentStatus::Booked`]: a booking needs its time.
+    pub status: AppointmentStatus,
+    pub version: SourceVersion,
+    /// Where the raw input is (no PHI).
+    pub raw_ref: String,
+    /// As [`AppointmentEvent::message_id`].
+    pub message_id: Option<String>,
+}
+
+/// What a connector produced for one appointment: a full description or a status change alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Appointment(Box<AppointmentEvent>),
+    Status(StatusChange),
+}
+
+impl Change {
+    /// The appointment key.
+    pub fn key(&self) -> &AppointmentKey {
+        match self {
+            Change::Appointment(e) => e.key(),
+            Change::Status(s) => &s.key,
+        }
+    }
+
+    /// The status the change sets.
+    pub fn status(&self) -> AppointmentStatus {
+        match self {
+            Change::Appointment(e) => e.appointment.status,
+            Change::Status(s) => s.status,
+        }
+    }
+
+    /// Where the raw input is, to be set by a caller that knows it better than the mapper.
+    pub fn raw_ref_mut(&mut self) -> &mut String {
+        match self {
+            Change::Appointment(e) => &mut e.raw_ref,
+            Change::Status(s) => &mut s.raw_ref,
+        }
+    }
+
+    /// The version the change carries.
+    pub fn version(&self) -> SourceVersion {
+        match self {
+            Change::Appointment(e) => e.version,
+            Change::Status(s) => s.version,
+        }
+    }
+
+    /// The full event, when the change is one (tests and tools that read the mapped appointment).
+    pub fn as_event(&self) -> Option<&AppointmentEvent> {
+        match self {
+            Change::Appointment(e) => Some(e),
+            Change::Status(_) => None,
+        }
+    }
+}
+
+impl From<AppointmentEvent> for Change {
+    fn from(e: AppointmentEvent) -> Self {
+        Change::Appointment(Box::new(e))
     }
 }
 

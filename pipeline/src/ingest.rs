@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
+use medrelay_mapping::model::{Change, StatusChange};
 use medrelay_mapping::AppointmentEvent;
 use medrelay_mapping::model::EhrConsent;
 
@@ -65,7 +66,18 @@ pub struct Rejected {
 #[derive(Clone, Debug)]
 pub enum SourceItem {
     Event(Box<AppointmentEvent>),
+    /// A status change that names the appointment only (a cancel without timing).
+    Status(StatusChange),
     Rejected(Rejected),
+}
+
+impl From<Change> for SourceItem {
+    fn from(c: Change) -> Self {
+        match c {
+            Change::Appointment(e) => SourceItem::Event(e),
+            Change::Status(s) => SourceItem::Status(s),
+        }
+    }
 }
 
 /// What a committed batch did.
@@ -73,8 +85,14 @@ pub enum SourceItem {
 pub struct AcceptReceipt {
     /// Rows that created or updated an appointment (newer than what was stored).
     pub applied: u64,
-    /// Rows that were not newer than what was stored (re-imports, late arrivals).
+    /// Rows that said what was already stored (re-imports, repeats of a message).
     pub unchanged: u64,
+    /// Rows that differed from the stored appointment but were older than its version, so they
+    /// were ignored (recorded in `ignored_events`, shown by `status` and `explain`; an ignored
+    /// cancellation of a booked appointment raises an alert). Never counted as unchanged.
+    pub older_ignored: u64,
+    /// Status changes for an appointment that is not stored (nothing to change; recorded).
+    pub unknown_ignored: u64,
     pub quarantined: u64,
 }
 
@@ -86,6 +104,10 @@ pub struct ImportSummary {
     pub rows_bad: u64,
     pub applied: u64,
     pub unchanged: u64,
+    /// See [`AcceptReceipt::older_ignored`].
+    pub older_ignored: u64,
+    /// See [`AcceptReceipt::unknown_ignored`].
+    pub unknown_ignored: u64,
     pub swept: u64,
     /// Why a snapshot sweep was skipped, if it was.
     pub sweep_note: Option<String>,
@@ -190,6 +212,54 @@ fn build_row(keys: &Keys, e: &AppointmentEvent) -> AppointmentRow {
         ehr_consent,
         content_hash: keys.content_hash(&buf),
         raw_ref: e.raw_ref.clone(),
+        message_id: e.message_id.clone(),
+        status_only: false,
+    }
+}
+
+/// The row of a status change: only the key, placer id, version and status mean anything; the
+/// store updates nothing else (`status_only`). Its content hash covers the status alone, so a
+/// repeat is recognised and a later full description is always a change.
+fn build_status_row(keys: &Keys, s: &StatusChange) -> AppointmentRow {
+    let mut buf = Vec::with_capacity(32);
+    push_field(&mut buf, Some("status-only"));
+    push_field(&mut buf, Some(s.status.as_str()));
+    AppointmentRow {
+        source: s.key.source.clone(),
+        filler_id: s.key.id.clone(),
+        placer_id: s.placer_id.clone(),
+        sv_at_us: s.version.at.as_microsecond(),
+        sv_seq: s.version.seq,
+        status: s.status.as_str(),
+        start_at: 0,
+        end_at: None,
+        site: String::new(),
+        time_zone: String::new(),
+        location: None,
+        practitioner: None,
+        service_type: None,
+        reason: None,
+        patient_ref: None,
+        given_name: None,
+        family_name: None,
+        phone_e164: None,
+        phone_problem: None,
+        contact_hash: None,
+        language: None,
+        protected: None,
+        ehr_consent: None,
+        content_hash: keys.content_hash(&buf),
+        raw_ref: s.raw_ref.clone(),
+        message_id: s.message_id.clone(),
+        status_only: true,
+    }
+}
+
+/// The row of any change.
+fn build_change_row(keys: &Keys, c: &Change) -> AppointmentRow {
+    match c {
+        Change::Appointment(e) => build_row(keys, e),
+        Change::Status(s) => build_status_row(keys, s),
     }
 }
 
@@ -217,6 +287,36 @@ impl Ingest {
     ) -> StoreResult<AcceptReceipt> {
         let keys = self.store.keys();
         let rows: Vec<AppointmentRow> = events.iter().map(|e| build_row(keys, e)).collect();
+        self.accept_rows(import_id, source, as_of, rows, rejected, touch_seen)
+            .await
+    }
+
+    /// As [`Ingest::accept`], for changes that may be status changes alone (a FHIR Bundle, an
+    /// HL7 message), applied in their order within one transaction.
+    pub async fn accept_changes(
+        &self,
+        import_id: Option<i64>,
+        source: &str,
+        as_of: Timestamp,
+        changes: &[Change],
+        rejected: &[Rejected],
+        touch_seen: bool,
+    ) -> StoreResult<AcceptReceipt> {
+        let keys = self.store.keys();
+        let rows: Vec<AppointmentRow> = changes.iter().map(|c| build_change_row(keys, c)).collect();
+        self.accept_rows(import_id, source, as_of, rows, rejected, touch_seen)
+            .await
+    }
+
+    async fn accept_rows(
+        &self,
+        import_id: Option<i64>,
+        source: &str,
+        as_of: Timestamp,
+        rows: Vec<AppointmentRow>,
+        rejected: &[Rejected],
+        touch_seen: bool,
+    ) -> StoreResult<AcceptReceipt> {
         self.store
             .accept_rows(
                 import_id,
@@ -253,6 +353,7 @@ impl Ingest {
             while let Some(item) = source.next_item() {
                 match item {
                     SourceItem::Event(e) => rows.push(build_row(&keys, &e)),
+                    SourceItem::Status(s) => rows.push(build_status_row(&keys, &s)),
                     SourceItem::Rejected(r) => rejected.push(r),
                 }
                 if rows.len() + rejected.len() >= batch_size {
@@ -292,6 +393,8 @@ impl Ingest {
             summary.rows_bad += rejected.len() as u64;
             summary.applied += receipt.applied;
             summary.unchanged += receipt.unchanged;
+            summary.older_ignored += receipt.older_ignored;
+            summary.unknown_ignored += receipt.unknown_ignored;
             progress(Progress {
                 rows: summary.rows_ok,
                 bad: summary.rows_bad,

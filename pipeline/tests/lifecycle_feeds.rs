@@ -290,3 +290,75 @@ async fn no_show_follow_up_and_per_type_steps() {
     assert_eq!(to_l1[0]["to"], "12127365104");
     h.store.close().await;
 }
+
+/// Regression: an older event that differs from the stored appointment was counted "unchanged";
+/// it is "older, ignored", recorded, and an older cancellation of a booking raises an alert.
+#[tokio::test]
+async fn older_cancellation_is_counted_older_ignored_not_unchanged() {
+    use medrelay_mapping::model::{AppointmentKey, Change, SourceVersion, StatusChange};
+    let h = Harness::new(t0()).await;
+    let start = t0() + SignedDuration::from_hours(72);
+    let booked = event("emr", "F1", 1, AppointmentStatus::Booked, start, v(10), 1);
+    h.deliver("hl7", &[booked.clone()]).await;
+    let cancel = event("emr", "F1", 1, AppointmentStatus::Cancelled, start, v(5), 2);
+    let ingest = &h.service.ingest;
+    let now = h.clock.now();
+    let r = ingest
+        .accept(None, "hl7", now, &[cancel], &[], false)
+        .await
+        .unwrap();
+    assert_eq!((r.applied, r.unchanged, r.older_ignored), (0, 0, 1));
+    // The very same booking again is unchanged, not older.
+    let r = ingest
+        .accept(None, "hl7", now, &[booked], &[], false)
+        .await
+        .unwrap();
+    assert_eq!((r.applied, r.unchanged, r.older_ignored), (0, 1, 0));
+    let status = h.store.status_summary(now).await.unwrap();
+    assert!(
+        status
+            .open_alerts
+            .iter()
+            .any(|(_, kind, _)| kind == "older_cancellation_ignored"),
+        "{status:?}"
+    );
+    assert_eq!(status.ignored_events.get("older"), Some(&1));
+
+    // A status change alone: newer cancels, a repeat is unchanged, an unknown id is ignored.
+    let status_change = |id: &str, at| {
+        Change::Status(StatusChange {
+            key: AppointmentKey {
+                source: "emr".into(),
+                id: id.into(),
+            },
+            placer_id: None,
+            status: AppointmentStatus::Cancelled,
+            version: SourceVersion { at, seq: 3 },
+            raw_ref: "test:status".into(),
+            message_id: Some("A^B^M1".into()),
+        })
+    };
+    let r = ingest
+        .accept_changes(None, "hl7", now, &[status_change("F1", v(20))], &[], false)
+        .await
+        .unwrap();
+    assert_eq!(r.applied, 1);
+    let r = ingest
+        .accept_changes(None, "hl7", now, &[status_change("F1", v(30))], &[], false)
+        .await
+        .unwrap();
+    assert_eq!((r.applied, r.unchanged), (0, 1), "a repeat of the message");
+    let r = ingest
+        .accept_changes(None, "hl7", now, &[status_change("F9", v(20))], &[], false)
+        .await
+        .unwrap();
+    assert_eq!((r.applied, r.unknown_ignored), (0, 1));
+    h.settle().await;
+    let id = h.store.find_appointment("emr/F1").await.unwrap().unwrap();
+    let rec = h.store.load_appointment(id).await.unwrap().unwrap();
+    assert_eq!(rec.appointment.status, AppointmentStatus::Cancelled);
+    assert_eq!(rec.appointment.start, start, "the slot is kept");
+    let steps = h.store.steps_of(id).await.unwrap();
+    assert!(steps.iter().all(|s| s.state != "pending"), "{steps:?}");
+    h.store.close().await;
+}

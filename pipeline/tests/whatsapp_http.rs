@@ -353,6 +353,7 @@ fn appointment(id: &str, phone: &str, start: Timestamp) -> AppointmentEvent {
             status: AppointmentStatus::Booked,
             start,
             end: None,
+            time_unknown: false,
             site: "main".into(),
             time_zone: "America/Sao_Paulo".into(),
             location: Some("Clinic".into()),
@@ -376,6 +377,7 @@ fn appointment(id: &str, phone: &str, start: Timestamp) -> AppointmentEvent {
         },
         version: SourceVersion { at: t0(), seq: 1 },
         raw_ref: format!("test:{id}"),
+        message_id: None,
     }
 }
 

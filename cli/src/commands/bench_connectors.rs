@@ -66,7 +66,8 @@ pub async fn run(args: MllpBenchArgs, o: &mut Output<'_>) -> anyhow::Result<u8> 
         let t = Instant::now();
         let mut ok = 0u64;
         for (i, m) in messages.iter().enumerate() {
-            let p = medrelay_connector_hl7v2::process(m.as_bytes(), &opts, i as i64, "bench");
+            let arrival = medrelay_connector_hl7v2::Arrival::new(jiff::Timestamp::now(), i as i64);
+            let p = medrelay_connector_hl7v2::process(m.as_bytes(), &opts, arrival, "bench");
             ok += matches!(p.outcome, medrelay_connector_hl7v2::Outcome::Event(_)) as u64;
         }
         let secs = t.elapsed().as_secs_f64();
@@ -202,7 +203,7 @@ pub async fn run_fhir(args: FhirBenchArgs, o: &mut Output<'_>) -> anyhow::Result
         args.appointments,
         bundle.len() as f64 / 1048576.0,
         args.appointments as f64 / map_secs,
-        mapped.events.iter().filter(|e| e.appointment.ehr_consent.is_some()).count(),
+        mapped.events.iter().filter(|e| e.as_event().is_some_and(|e| e.appointment.ehr_consent.is_some())).count(),
         r.appointments as f64 / import_secs,
         super::bench::peak_rss_mib().unwrap_or(f64::NAN)
     ));

@@ -106,6 +106,9 @@ async fn describe(
         })
         .collect();
     let feeds = store.feeds_of(id).await?;
+    let ignored = store
+        .ignored_events(Some((&a.key.source, &a.key.id)), 20)
+        .await?;
     if o.json {
         o.json(&json!({
             "appointment": a.key.to_string(),
@@ -125,6 +128,7 @@ async fn describe(
                 "protected_feed": rec.protected_feed,
             },
             "steps": serde_json::to_value(&steps)?,
+            "ignored_events": serde_json::to_value(&ignored)?,
         }));
         return Ok(());
     }
@@ -170,6 +174,19 @@ async fn describe(
             rec.protected_feed
                 .as_deref()
                 .unwrap_or("(before feeds were recorded)")
+        ));
+    }
+    // Events that changed nothing although they differed: said as such, never as "unchanged".
+    for i in &ignored {
+        o.line(format!(
+            "  ignored: a {} event from feed {} ({}, version {}) is older than the stored {} (version {}): older, ignored",
+            i.status,
+            i.feed,
+            i.raw_ref,
+            local(i.version_at, &a.time_zone),
+            i.stored_status.as_deref().unwrap_or("appointment"),
+            i.stored_version_at
+                .map_or("-".to_string(), |t| local(t, &a.time_zone)),
         ));
     }
     if steps.is_empty() {

@@ -42,12 +42,28 @@ pub struct FhirArgs {
     pub files: Vec<PathBuf>,
 }
 
+/// The lines that say what was ignored and why: an event older than the stored appointment is
+/// "older, ignored", never folded into "unchanged" (a cancellation among them raised an alert).
+pub fn ignored_lines(o: &mut Output<'_>, older: u64, unknown: u64) {
+    if older > 0 {
+        o.line(format!(
+            "  {older} older, ignored: older than the stored version of their appointment (`medrelay status` lists them; an ignored cancellation raised an alert)"
+        ));
+    }
+    if unknown > 0 {
+        o.line(format!(
+            "  {unknown} status change(s) for appointments not on record, ignored (nothing to change)"
+        ));
+    }
+}
+
 /// Prints one FHIR import's result.
 pub fn print_fhir_result(o: &mut Output<'_>, r: &crate::fhir::FhirImportResult) {
     if o.json {
         o.json(&serde_json::json!({
             "input": r.origin, "appointments": r.appointments, "applied": r.receipt.applied,
-            "unchanged": r.receipt.unchanged, "rejected": r.rejected,
+            "unchanged": r.receipt.unchanged, "older_ignored": r.receipt.older_ignored,
+            "unknown_ignored": r.receipt.unknown_ignored, "rejected": r.rejected,
         }));
         return;
     }
@@ -59,6 +75,7 @@ pub fn print_fhir_result(o: &mut Output<'_>, r: &crate::fhir::FhirImportResult) 
         r.receipt.unchanged,
         r.rejected.len()
     ));
+    ignored_lines(o, r.receipt.older_ignored, r.receipt.unknown_ignored);
     for bad in &r.rejected {
         o.line(format!("  {bad}"));
     }
@@ -134,7 +151,8 @@ pub fn print_hl7_result(o: &mut Output<'_>, r: &crate::hl7::Hl7ImportResult) {
         o.json(&serde_json::json!({
             "file": r.file, "import_id": s.import_id, "messages_ok": s.rows_ok,
             "messages_rejected": s.rows_bad, "ignored": r.ignored, "applied": s.applied,
-            "unchanged": s.unchanged, "rejected": r.rejected,
+            "unchanged": s.unchanged, "older_ignored": s.older_ignored,
+            "unknown_ignored": s.unknown_ignored, "rejected": r.rejected,
         }));
         return;
     }
@@ -147,6 +165,7 @@ pub fn print_hl7_result(o: &mut Output<'_>, r: &crate::hl7::Hl7ImportResult) {
         r.ignored,
         s.rows_bad
     ));
+    ignored_lines(o, s.older_ignored, s.unknown_ignored);
     for bad in &r.rejected {
         o.line(format!(
             "  message {} (line {}, MSH-10 {}): {} {}",
@@ -201,7 +220,8 @@ pub fn print_result(o: &mut Output<'_>, r: &CsvImportResult) {
     if o.json {
         o.json(&serde_json::json!({
             "file": r.file, "import_id": s.import_id, "rows_ok": s.rows_ok, "rows_bad": s.rows_bad,
-            "applied": s.applied, "unchanged": s.unchanged, "cancelled_absent": s.swept,
+            "applied": s.applied, "unchanged": s.unchanged, "older_ignored": s.older_ignored,
+            "unknown_ignored": s.unknown_ignored, "cancelled_absent": s.swept,
             "sweep_note": s.sweep_note, "report": r.report,
         }));
         return;
@@ -214,6 +234,7 @@ pub fn print_result(o: &mut Output<'_>, r: &CsvImportResult) {
         s.unchanged,
         s.rows_bad
     ));
+    ignored_lines(o, s.older_ignored, s.unknown_ignored);
     if s.swept > 0 {
         o.line(format!(
             "  {} appointment(s) absent from this snapshot were cancelled",

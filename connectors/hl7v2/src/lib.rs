@@ -8,28 +8,30 @@
 //! hl7-parser does the structural parse; charsets ([`charset`]), escapes ([`escape`]) and
 //! timestamps ([`dtm`]) are decoded here because the parser gets them wrong (DEPENDENCIES.md).
 
+pub mod access;
 pub mod ack;
 pub mod charset;
 pub mod dtm;
 pub mod error;
 pub mod escape;
 pub mod file;
+pub mod limits;
 pub mod message;
 pub mod mllp;
 pub mod siu;
 pub mod write_back;
 
 use jiff::Timestamp;
-use medrelay_mapping::AppointmentEvent;
+use medrelay_mapping::Change;
 
 pub use error::{AckCode, ErrLocation, ErrorCode, Hl7Error};
-pub use siu::{Header, Hl7Options};
+pub use siu::{Arrival, Header, Hl7Options, LocationPart, Ordering};
 
 /// What a message amounts to.
 #[derive(Debug)]
 pub enum Outcome {
-    /// An appointment event to commit (then AA).
-    Event(Box<AppointmentEvent>),
+    /// An appointment event (or a status change alone) to commit (then AA).
+    Event(Change),
     /// A valid message that carries nothing for us (then AA, nothing stored); why, without PHI.
     Ignored(&'static str),
     /// A message we cannot accept: the raw bytes go to quarantine, then AE or AR.
@@ -64,9 +66,10 @@ impl Processed {
     }
 }
 
-/// Decodes, parses and maps one message. `seq` orders messages with the same MSH-7 (a file's
-/// message number, or the receive time); `raw_ref` says where it came from (no PHI).
-pub fn process(raw: &[u8], opts: &Hl7Options, seq: i64, raw_ref: &str) -> Processed {
+/// Decodes, parses and maps one message. `arrival` is when and in which order it arrived (the
+/// version in arrival ordering, the tie-breaker otherwise: see [`Ordering`]); `raw_ref` says where
+/// it came from (no PHI).
+pub fn process(raw: &[u8], opts: &Hl7Options, arrival: Arrival, raw_ref: &str) -> Processed {
     let rejected = |header, e| Processed {
         header,
         outcome: Outcome::Rejected(e),
@@ -94,7 +97,7 @@ pub fn process(raw: &[u8], opts: &Hl7Options, seq: i64, raw_ref: &str) -> Proces
     if let Err(e) = siu::check_header(&header) {
         return rejected(Some(header), e);
     }
-    match siu::map(&parsed, &header, opts, seq, raw_ref) {
+    match siu::map(&parsed, &header, opts, arrival, raw_ref) {
         Ok(siu::Mapped::Event(e)) => Processed {
             header: Some(header),
             outcome: Outcome::Event(e),

@@ -5,10 +5,14 @@
 //! - start and end TQ1-7 / TQ1-8 (v2.5+), else SCH-11.4 / SCH-11.5, else AIS-4; an end from
 //!   SCH-9 + SCH-10 (duration and unit) when none is given;
 //! - status from the trigger (S15/S16 cancelled, S17 deleted = entered-in-error, S26 no-show),
-//!   otherwise SCH-25 (table 0278), otherwise booked;
+//!   otherwise SCH-25 (table 0278 codes, common synonyms, then the connector's `status_map`),
+//!   otherwise booked; a non-booked status without any timing is a [`StatusChange`] (it needs
+//!   only the appointment's identity);
+//! - version per [`Ordering`]: arrival order by default (the stream's order), or MSH-7 / EVN;
 //! - patient PID-3 (the MR identifier), PID-5 (legal name), PID-13 / PID-14 phones (XTN, emails
 //!   skipped), PID-15 language; PD1-11 publicity code and PD1-12 protection indicator;
-//! - location AIL-3 (description, facility, point of care), practitioner AIP-3 (XCN name),
+//! - location AIL-3 (a PL: the parts in [`Hl7Options::location_parts`], by default the
+//!   description, else the facility, else the point of care), practitioner AIP-3 (XCN name),
 //!   service type AIS-3 (else SCH-8), reason SCH-7. NTE notes are never read.
 //!
 //! Error reasons name the field, never its value.
@@ -18,8 +22,8 @@ use jiff::{SignedDuration, Timestamp};
 use medrelay_mapping::model::EhrConsent;
 use medrelay_mapping::phone::normalize_e164;
 use medrelay_mapping::{
-    Appointment, AppointmentEvent, AppointmentKey, AppointmentStatus, ContactPhone, Patient, Phi,
-    PhoneUse, SourceVersion,
+    Appointment, AppointmentEvent, AppointmentKey, AppointmentStatus, Change, ContactPhone,
+    Patient, Phi, PhoneUse, SourceVersion, StatusChange,
 };
 
 use crate::dtm::{self, Precision};
@@ -46,6 +50,138 @@ pub struct Hl7Options {
     /// Our MSH-3 / MSH-4 in ACKs.
     pub application: String,
     pub facility: String,
+    /// Which clock orders the messages about one appointment.
+    pub ordering: Ordering,
+    /// Local SCH-25 values (normalised with [`status_key`]) and the status each means; consulted
+    /// before the built-in codes and synonyms.
+    pub status_map: Vec<(String, AppointmentStatus)>,
+    /// Which parts of the AIL-3 location (a PL) make the appointment's location, joined by ", ";
+    /// empty: the description, else the facility, else the point of care.
+    pub location_parts: Vec<LocationPart>,
+}
+
+/// How the messages about one appointment are ordered (each event's [`SourceVersion`]).
+///
+/// The default is arrival order: the messages of one ordered stream (one MLLP connection, one
+/// file) apply in the order the sender sent them, whatever MSH-7 says, because senders' clocks skew,
+/// batches are replayed and some systems stamp MSH-7 from another field; a cancellation sent after
+/// a booking then always cancels it. A message sent again (same MSH-3/4/10, same content) is a
+/// repeat whenever it arrives. A site whose interface engine reorders messages can order by the
+/// message time instead; an event older than the stored one is then ignored and reported as such.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ordering {
+    /// The order of arrival on the connection or in the file.
+    #[default]
+    Arrival,
+    /// MSH-7 (message date/time); the arrival order breaks ties.
+    MessageTime,
+    /// EVN-6 (event occurred), else EVN-2 (recorded), else MSH-7; the arrival order breaks ties.
+    EventTime,
+}
+
+impl Ordering {
+    /// Parses the configuration value (`arrival`, `message_time`, `event_time`).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "arrival" => Self::Arrival,
+            "message_time" => Self::MessageTime,
+            "event_time" => Self::EventTime,
+            _ => return None,
+        })
+    }
+}
+
+/// A part of a PL (person location) data type, as AIL-3 carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocationPart {
+    /// PL.1 point of care (a clinic, a unit).
+    PointOfCare,
+    /// PL.2 room: a room change is a change the patient must hear about.
+    Room,
+    /// PL.3 bed.
+    Bed,
+    /// PL.4 facility (HD.1).
+    Facility,
+    /// PL.7 building.
+    Building,
+    /// PL.8 floor.
+    Floor,
+    /// PL.9 location description.
+    Description,
+}
+
+impl LocationPart {
+    /// Every configuration name, for error messages.
+    pub const NAMES: &'static str =
+        "point_of_care, room, bed, facility, building, floor, description";
+
+    /// Parses a configuration name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "point_of_care" => Self::PointOfCare,
+            "room" => Self::Room,
+            "bed" => Self::Bed,
+            "facility" => Self::Facility,
+            "building" => Self::Building,
+            "floor" => Self::Floor,
+            "description" => Self::Description,
+            _ => return None,
+        })
+    }
+
+    fn component(self) -> usize {
+        match self {
+            Self::PointOfCare => 1,
+            Self::Room => 2,
+            Self::Bed => 3,
+            Self::Facility => 4,
+            Self::Building => 7,
+            Self::Floor => 8,
+            Self::Description => 9,
+        }
+    }
+}
+
+/// When and in which order a message arrived: the version of an event in arrival ordering, and
+/// the tie-breaker in the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arrival {
+    pub at: Timestamp,
+    pub seq: i64,
+}
+
+impl Arrival {
+    /// An arrival at `at`, `seq` in its stream (a file's message number).
+    pub fn new(at: Timestamp, seq: i64) -> Self {
+        Arrival { at, seq }
+    }
+
+    /// A message received now on a connection: `seq` grows across all connections of the process
+    /// (seeded from the wall clock), so two messages received in one clock tick keep their order.
+    pub fn received(at: Timestamp) -> Self {
+        use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
+        static NEXT: AtomicI64 = AtomicI64::new(0);
+        let _ = NEXT.compare_exchange(
+            0,
+            Timestamp::now().as_microsecond(),
+            AtomicOrdering::Relaxed,
+            AtomicOrdering::Relaxed,
+        );
+        Arrival {
+            at,
+            seq: NEXT.fetch_add(1, AtomicOrdering::Relaxed),
+        }
+    }
+}
+
+/// The key under which an SCH-25 value is looked up: lower case, letters and digits only
+/// (`No-Show`, `no_show` and `NOSHOW` are one value).
+pub fn status_key(value: &str) -> String {
+    value
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 impl Hl7Options {
@@ -61,6 +197,9 @@ impl Hl7Options {
             publicity_opt_in: Vec::new(),
             application: "MEDRELAY".to_owned(),
             facility: String::new(),
+            ordering: Ordering::Arrival,
+            status_map: Vec::new(),
+            location_parts: Vec::new(),
         }
     }
 }
@@ -151,24 +290,42 @@ fn trigger(code: &str) -> Option<Trigger> {
     })
 }
 
-/// SCH-25 filler status (table 0278) -> status; `None` for an unknown code.
-fn filler_status(code: &str) -> Option<AppointmentStatus> {
-    Some(match code.to_ascii_lowercase().as_str() {
-        "booked" | "overbook" | "started" => AppointmentStatus::Booked,
-        "pending" => AppointmentStatus::Pending,
-        "waitlist" => AppointmentStatus::Waitlist,
-        "complete" => AppointmentStatus::Fulfilled,
-        "cancelled" | "canceled" | "dc" => AppointmentStatus::Cancelled,
-        "deleted" => AppointmentStatus::EnteredInError,
-        "noshow" => AppointmentStatus::Noshow,
-        "blocked" => return None,
+/// SCH-25 filler status -> status: the connector's `status_map` first, then table 0278's codes and
+/// the synonyms real feeds send (English, Portuguese, Spanish, French, Italian, German words;
+/// status words only, never single letters, whose meaning differs between vendors: map those in
+/// `status_map`). `None` for an unknown value.
+pub fn filler_status(value: &str, status_map: &[(String, AppointmentStatus)]) -> Option<AppointmentStatus> {
+    use AppointmentStatus as S;
+    let key = status_key(value);
+    if let Some((_, s)) = status_map.iter().find(|(k, _)| *k == key) {
+        return Some(*s);
+    }
+    Some(match key.as_str() {
+        // Table 0278 (Booked, Overbook, Started; the rest below).
+        "booked" | "overbook" | "started" | "confirmed" | "scheduled" | "arrived" | "checkedin"
+        | "inprogress" | "confirmado" | "confirmada" | "agendado" | "agendada" | "marcado"
+        | "marcada" | "programado" | "programada" | "reservado" | "confirme" | "confirmé"
+        | "confirmato" | "prenotato" | "bestätigt" | "bestaetigt" | "gebucht" => S::Booked,
+        "pending" | "tentative" | "requested" | "pendente" | "pendiente" | "enattente"
+        | "inattesa" | "ausstehend" => S::Pending,
+        "waitlist" | "waitinglist" | "listadeespera" | "listedattente" => S::Waitlist,
+        "complete" | "completed" | "fulfilled" | "done" | "attended" | "seen" | "realizado"
+        | "realizada" | "atendido" | "atendida" | "concluido" | "concluído" | "termine"
+        | "terminé" | "effectue" | "effectué" | "eseguito" | "erledigt" => S::Fulfilled,
+        "cancelled" | "canceled" | "dc" | "discontinued" | "cancelado" | "cancelada"
+        | "annule" | "annulé" | "annulee" | "annulée" | "annullato" | "annullata"
+        | "cancellato" | "storniert" | "abgesagt" => S::Cancelled,
+        "deleted" | "enteredinerror" | "excluido" | "excluído" | "eliminado" | "supprime"
+        | "supprimé" | "eliminato" | "gelöscht" | "geloescht" => S::EnteredInError,
+        "noshow" | "didnotattend" | "dna" | "faltou" | "naocompareceu" | "nãocompareceu"
+        | "ausente" | "nopresentado" | "absent" | "assente" | "nichterschienen" => S::Noshow,
         _ => return None,
     })
 }
 
 /// The result of mapping a message body.
 pub enum Mapped {
-    Event(Box<AppointmentEvent>),
+    Event(Change),
     /// A valid message with nothing for us (why, no PHI).
     Ignored(&'static str),
 }
@@ -306,7 +463,7 @@ pub fn map(
     p: &Parsed<'_>,
     header: &Header,
     opts: &Hl7Options,
-    seq: i64,
+    arrival: Arrival,
     raw_ref: &str,
 ) -> Result<Mapped, Hl7Error> {
     let zone = TimeZone::get(&opts.time_zone).map_err(|_| {
@@ -335,6 +492,32 @@ pub fn map(
     let sent = dtm::parse(&sent, &zone)
         .ok_or_else(|| bad("MSH", 7, "a valid HL7 date/time"))?
         .at;
+    let version = match opts.ordering {
+        Ordering::Arrival => SourceVersion {
+            at: arrival.at,
+            seq: arrival.seq,
+        },
+        Ordering::MessageTime => SourceVersion {
+            at: sent,
+            seq: arrival.seq,
+        },
+        Ordering::EventTime => {
+            let evn = match instant(p, "EVN", 6, 1, &zone)? {
+                Some(t) => Some(t),
+                None => instant(p, "EVN", 2, 1, &zone)?,
+            };
+            SourceVersion {
+                at: evn.unwrap_or(sent),
+                seq: arrival.seq,
+            }
+        }
+    };
+    let message_id = Some(format!(
+        "{}^{}^{}",
+        header.sending_application,
+        header.sending_facility,
+        header.control_id.trim()
+    ));
     let sch = p
         .segment("SCH")
         .ok_or_else(|| missing("SCH", 0, "the SCH segment"))?;
@@ -350,13 +533,41 @@ pub fn map(
             None => instant(p, "AIS", 4, 1, &zone)?,
         },
     };
-    let start = start.ok_or_else(|| {
-        Hl7Error::content(
-            ErrorCode::RequiredFieldMissing,
-            ErrLocation::field("TQ1", 7),
-            "the appointment start is required (TQ1-7, SCH-11.4 or AIS-4)",
-        )
-    })?;
+    let status = match trigger {
+        Trigger::Status(s) => s,
+        _ => match p.value(sch, 25, 1, 1) {
+            None => AppointmentStatus::Booked,
+            Some(code) => filler_status(&code, &opts.status_map).ok_or_else(|| {
+                Hl7Error::content(
+                    ErrorCode::TableValueNotFound,
+                    ErrLocation::field("SCH", 25),
+                    "SCH-25 (filler status) is neither a table 0278 code nor a known synonym; \
+                     map the sender's value in the connector's `status_map`",
+                )
+            })?,
+        },
+    };
+    let Some(start) = start else {
+        if status == AppointmentStatus::Booked {
+            return Err(Hl7Error::content(
+                ErrorCode::RequiredFieldMissing,
+                ErrLocation::field("TQ1", 7),
+                "a booked appointment needs its start (TQ1-7, SCH-11.4 or AIS-4)",
+            ));
+        }
+        // A cancellation, no-show or deletion needs only the identity.
+        return Ok(Mapped::Event(Change::Status(StatusChange {
+            key: AppointmentKey {
+                source: opts.system.clone(),
+                id: filler_id,
+            },
+            placer_id,
+            status,
+            version,
+            raw_ref: raw_ref.to_owned(),
+            message_id,
+        })));
+    };
     let mut end = match instant(p, "TQ1", 8, 1, &zone)? {
         Some(e) => Some(e),
         None => instant(p, "SCH", 11, 5, &zone)?,
@@ -379,20 +590,6 @@ pub fn map(
     if end.is_some_and(|e| e < start) {
         return Err(bad("TQ1", 8, "after the start"));
     }
-
-    let status = match trigger {
-        Trigger::Status(s) => s,
-        _ => match p.value(sch, 25, 1, 1) {
-            None => AppointmentStatus::Booked,
-            Some(code) => filler_status(&code).ok_or_else(|| {
-                Hl7Error::content(
-                    ErrorCode::TableValueNotFound,
-                    ErrLocation::field("SCH", 25),
-                    "SCH-25 is not a filler status code of table 0278",
-                )
-            })?,
-        },
-    };
 
     // Patient.
     let mut patient = Patient::default();
@@ -447,9 +644,18 @@ pub fn map(
 
     // Resources: the first of each kind, in any resource group.
     let location = p.segment("AIL").and_then(|ail| {
-        p.value(ail, 3, 1, 9)
-            .or_else(|| p.sub(ail, 3, 1, 4, 1))
-            .or_else(|| p.value(ail, 3, 1, 1))
+        let part = |part: LocationPart| match part {
+            LocationPart::Facility => p.sub(ail, 3, 1, 4, 1),
+            other => p.value(ail, 3, 1, other.component()),
+        };
+        if opts.location_parts.is_empty() {
+            part(LocationPart::Description)
+                .or_else(|| part(LocationPart::Facility))
+                .or_else(|| part(LocationPart::PointOfCare))
+        } else {
+            let parts: Vec<String> = opts.location_parts.iter().filter_map(|&l| part(l)).collect();
+            (!parts.is_empty()).then(|| parts.join(", "))
+        }
     });
     let practitioner = p.segment("AIP").and_then(|aip| {
         let name: Vec<String> = [6, 3, 2]
@@ -474,6 +680,7 @@ pub fn map(
         status,
         start,
         end,
+        time_unknown: false,
         site: opts.site.clone(),
         time_zone: opts.time_zone.clone(),
         location,
@@ -483,9 +690,10 @@ pub fn map(
         patient,
         ehr_consent,
     };
-    Ok(Mapped::Event(Box::new(AppointmentEvent {
+    Ok(Mapped::Event(Change::from(AppointmentEvent {
         appointment,
-        version: SourceVersion { at: sent, seq },
+        version,
         raw_ref: raw_ref.to_owned(),
+        message_id,
     })))
 }

@@ -5,7 +5,9 @@
 #![allow(clippy::disallowed_methods)]
 
 use medrelay_connector_hl7v2::file::split;
-use medrelay_connector_hl7v2::{AckCode, ErrorCode, Hl7Options, Outcome, Processed, process};
+use medrelay_connector_hl7v2::{
+    AckCode, Arrival, ErrorCode, Hl7Options, Ordering, Outcome, Processed, process,
+};
 use medrelay_mapping::model::EhrConsent;
 use medrelay_mapping::{AppointmentEvent, AppointmentStatus, PhoneUse};
 
@@ -23,9 +25,14 @@ fn opts() -> Hl7Options {
 
 fn event(p: &Processed) -> &AppointmentEvent {
     match &p.outcome {
-        Outcome::Event(e) => e,
+        Outcome::Event(e) => e.as_event().expect("a full appointment event"),
         other => panic!("expected an event, got {other:?}"),
     }
+}
+
+/// The n-th message of a stream that arrived at a fixed moment.
+fn at(n: i64) -> Arrival {
+    Arrival::new("2026-12-01T11:00:00Z".parse().unwrap(), n)
 }
 
 fn ack_of(p: &Processed) -> String {
@@ -34,11 +41,9 @@ fn ack_of(p: &Processed) -> String {
 
 #[test]
 fn microsoft_s12_maps_every_field_we_use() {
-    let p = process(
-        &fixture("SIU-S12-02.hl7"),
-        &opts(),
-        1,
-        "SIU-S12-02.hl7 message 1",
+    let mut by_msh7 = opts();
+    by_msh7.ordering = Ordering::MessageTime;
+    let p = process(&fixture("SIU-S12-02.hl7"), &by_msh7, at(1), "SIU-S12-02.hl7 message 1",
     );
     let e = event(&p);
     let a = &e.appointment;
@@ -106,7 +111,7 @@ fn microsoft_triggers_set_the_status() {
             "2021-08-18T09:15:00Z",
         ),
     ] {
-        let p = process(&fixture(file), &opts(), 1, file);
+        let p = process(&fixture(file), &opts(), at(1), file);
         let a = &event(&p).appointment;
         assert_eq!(
             (a.status, a.start.to_string().as_str()),
@@ -119,11 +124,7 @@ fn microsoft_triggers_set_the_status() {
 
 #[test]
 fn hapi_v23_with_sch11_and_a_duration() {
-    let p = process(
-        &fixture("SIU_S14_nested_RGS_orsos_v23.hl7"),
-        &opts(),
-        1,
-        "hapi",
+    let p = process(&fixture("SIU_S14_nested_RGS_orsos_v23.hl7"), &opts(), at(1), "hapi",
     );
     let a = &event(&p).appointment;
     assert_eq!(
@@ -150,7 +151,7 @@ fn hapi_v23_with_sch11_and_a_duration() {
 fn pd1_publicity_is_an_opt_out_and_protection_is_protected() {
     let messages = split(&fixture("privacy_pd1.hl7"));
     assert_eq!(messages.len(), 2);
-    let first = process(&messages[0].bytes, &opts(), 1, "privacy 1");
+    let first = process(&messages[0].bytes, &opts(), at(1), "privacy 1");
     let a = &event(&first).appointment;
     assert_eq!(a.ehr_consent, Some(EhrConsent::OptOut), "PD1-11 = N");
     assert_eq!(a.patient.protected, Some(false), "PD1-12 = N");
@@ -165,7 +166,7 @@ fn pd1_publicity_is_an_opt_out_and_protection_is_protected() {
     assert_eq!(a.practitioner.as_deref(), Some("Dra. Ana Almeida"));
     assert_eq!(a.start.to_string(), "2026-12-03T13:00:00Z");
 
-    let second = process(&messages[1].bytes, &opts(), 2, "privacy 2");
+    let second = process(&messages[1].bytes, &opts(), at(2), "privacy 2");
     let a = &event(&second).appointment;
     assert_eq!(a.patient.protected, Some(true), "PD1-12 = Y");
     assert_eq!(a.ehr_consent, None);
@@ -174,13 +175,13 @@ fn pd1_publicity_is_an_opt_out_and_protection_is_protected() {
     let mut o = opts();
     o.publicity_opt_out = vec![];
     o.publicity_opt_in = vec!["N".into()];
-    let p = process(&messages[0].bytes, &o, 1, "privacy 1");
+    let p = process(&messages[0].bytes, &o, at(1), "privacy 1");
     assert_eq!(event(&p).appointment.ehr_consent, Some(EhrConsent::OptIn));
 }
 
 #[test]
 fn latin1_declared_in_msh18_keeps_accents_and_escapes() {
-    let p = process(&fixture("latin1_msh18.hl7"), &opts(), 1, "latin1");
+    let p = process(&fixture("latin1_msh18.hl7"), &opts(), at(1), "latin1");
     let a = &event(&p).appointment;
     assert_eq!(
         a.patient.family_name.as_ref().unwrap().expose(),
@@ -197,7 +198,7 @@ fn broken_messages_get_ae_or_ar_with_err_and_no_patient_data() {
     let results: Vec<Processed> = messages
         .iter()
         .enumerate()
-        .map(|(i, m)| process(&m.bytes, &opts(), i as i64, "broken"))
+        .map(|(i, m)| process(&m.bytes, &opts(), at(i as i64), "broken"))
         .collect();
     let expect = [
         (
@@ -237,7 +238,7 @@ fn broken_messages_get_ae_or_ar_with_err_and_no_patient_data() {
 
 #[test]
 fn not_hl7_at_all_is_rejected_with_an_ack_that_still_parses() {
-    let p = process(b"GET / HTTP/1.1\r\n\r\n", &opts(), 1, "noise");
+    let p = process(b"GET / HTTP/1.1\r\n\r\n", &opts(), at(1), "noise");
     let Outcome::Rejected(e) = &p.outcome else {
         panic!()
     };

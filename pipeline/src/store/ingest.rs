@@ -3,6 +3,8 @@
 use jiff::Timestamp;
 use serde_json::json;
 
+use medrelay_mapping::AppointmentStatus;
+
 use super::{Store, StoreError, StoreResult, audit, secs};
 use crate::ingest::{AcceptReceipt, ImportInfo, ImportSummary, Rejected};
 
@@ -35,6 +37,10 @@ pub(crate) struct AppointmentRow {
     pub ehr_consent: Option<&'static str>,
     pub content_hash: String,
     pub raw_ref: String,
+    /// The sender's message identity (HL7 MSH-3^4^10): a repeat of an applied message is skipped.
+    pub message_id: Option<String>,
+    /// A status change alone: only key, placer id, version, status and hash are meaningful.
+    pub status_only: bool,
 }
 
 /// Inserts a new appointment or moves a stored one to a strictly newer source version. Returns the
@@ -72,9 +78,30 @@ const UPSERT_SQL: &str = "INSERT INTO appointments (source, filler_id, placer_id
      WHERE (excluded.sv_at_us, excluded.sv_seq) > (appointments.sv_at_us, appointments.sv_seq) \
      RETURNING id, change_token";
 
+/// Moves a stored appointment to a strictly newer version by a status change alone (no timing,
+/// no patient). The content hash becomes the change's own, so a repeat is unchanged and a later
+/// full description of the appointment is a change. Never inserts: there is nothing to remind.
+const STATUS_SQL: &str = "UPDATE appointments SET \
+     placer_id = COALESCE(?3, placer_id), sv_at_us = ?4, sv_seq = ?5, status = ?6, \
+     revision = revision + (content_hash <> ?7), \
+     needs_plan = CASE WHEN content_hash <> ?7 THEN 1 ELSE needs_plan END, \
+     updated_at = CASE WHEN content_hash <> ?7 THEN ?8 ELSE updated_at END, \
+     change_token = CASE WHEN content_hash <> ?7 THEN ?9 ELSE change_token END, \
+     content_hash = ?7 \
+     WHERE source = ?1 AND filler_id = ?2 AND (?4, ?5) > (sv_at_us, sv_seq) \
+     RETURNING id, change_token";
+
 /// One row per applied event.
-const EVENT_SQL: &str = "INSERT INTO events (source, filler_id, sv_at_us, sv_seq, import_id, raw_ref, content_hash, received_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const EVENT_SQL: &str = "INSERT INTO events (source, filler_id, sv_at_us, sv_seq, import_id, raw_ref, content_hash, received_at, message_id) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// A message already applied to this appointment, sent again (same message identity, same content).
+const REPEAT_SQL: &str = "SELECT 1 FROM events WHERE source = ?1 AND filler_id = ?2 AND message_id = ?3 AND content_hash = ?4 LIMIT 1";
+
+/// An event that changed nothing although it differed from what is stored: older than the stored
+/// version, or a status change for an appointment that is not stored.
+const IGNORED_SQL: &str = "INSERT INTO ignored_events (feed, source, filler_id, sv_at_us, sv_seq, stored_sv_at_us, \
+     status, stored_status, reason, import_id, raw_ref, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
 /// This feed has seen this appointment (also when the row lost to a newer version: the appointment
 /// is still present in the feed's input).
@@ -82,8 +109,18 @@ const FEED_SQL: &str = "INSERT INTO appointment_feeds (feed, appointment_id, see
      ON CONFLICT (feed, appointment_id) DO UPDATE SET \
      seen_as_of_us = MAX(appointment_feeds.seen_as_of_us, excluded.seen_as_of_us)";
 
-/// Applies a batch row by row with prepared statements: upsert, event (when applied), feed mark.
-/// Returns how many rows changed an appointment's content.
+/// What a batch's rows did (see [`AcceptReceipt`]).
+#[derive(Default)]
+struct RowCounts {
+    applied: u64,
+    older: u64,
+    unknown: u64,
+}
+
+/// Applies a batch row by row with prepared statements: upsert (or status update), event (when
+/// applied), feed mark; a row that differs from the stored appointment but is older is recorded in
+/// `ignored_events` (with an alert when it would have cancelled a booked appointment), never
+/// counted as unchanged.
 ///
 /// This is the bulk-import hot path (BENCHMARKS.md): one prepared statement per kind, executed in a
 /// loop on the transaction's own connection, measured about twice as fast as multi-row statements
@@ -96,16 +133,58 @@ fn upsert_rows(
     now_s: i64,
     token: i64,
     rows: &[AppointmentRow],
-) -> StoreResult<u64> {
+) -> StoreResult<RowCounts> {
     use rusqlite::{OptionalExtension, params};
     let mut upsert = conn.prepare(UPSERT_SQL)?;
+    let mut status_update = conn.prepare(STATUS_SQL)?;
     let mut event = conn.prepare(EVENT_SQL)?;
     let mut seen = conn.prepare(FEED_SQL)?;
-    let mut lookup =
-        conn.prepare("SELECT id FROM appointments WHERE source = ?1 AND filler_id = ?2")?;
-    let mut applied = 0u64;
+    let mut repeat = conn.prepare(REPEAT_SQL)?;
+    let mut ignored = conn.prepare(IGNORED_SQL)?;
+    let mut lookup = conn.prepare(
+        "SELECT id, sv_at_us, status, content_hash FROM appointments WHERE source = ?1 AND filler_id = ?2",
+    )?;
+    let mut counts = RowCounts::default();
     for r in rows {
-        let moved: Option<(i64, i64)> = upsert
+        if let Some(message_id) = &r.message_id
+            && repeat
+                .query_row(
+                    params![r.source, r.filler_id, message_id, r.content_hash],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some()
+        {
+            // The same message again (a resend, a re-imported file): unchanged, whenever it came.
+            if let Some((id, ..)) = lookup
+                .query_row(params![r.source, r.filler_id], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                })
+                .optional()?
+            {
+                seen.execute(params![feed, id, as_of_us])?;
+            }
+            continue;
+        }
+        let moved: Option<(i64, i64)> = if r.status_only {
+            status_update
+                .query_row(
+                    params![
+                        r.source,
+                        r.filler_id,
+                        r.placer_id,
+                        r.sv_at_us,
+                        r.sv_seq,
+                        r.status,
+                        r.content_hash,
+                        now_s,
+                        token,
+                    ],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?
+        } else {
+            upsert
             .query_row(
                 params![
                     r.source,
@@ -139,11 +218,12 @@ fn upsert_rows(
                 ],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
-            .optional()?;
+            .optional()?
+        };
         let id = match moved {
             Some((id, change_token)) => {
                 if change_token == token {
-                    applied += 1;
+                    counts.applied += 1;
                 }
                 event.execute(params![
                     r.source,
@@ -153,23 +233,77 @@ fn upsert_rows(
                     import_id,
                     r.raw_ref,
                     r.content_hash,
-                    now_s
+                    now_s,
+                    r.message_id,
                 ])?;
                 id
             }
             None => {
-                match lookup
-                    .query_row(params![r.source, r.filler_id], |row| row.get(0))
-                    .optional()?
-                {
-                    Some(id) => id,
-                    None => continue,
+                let stored: Option<(i64, i64, String, String)> = lookup
+                    .query_row(params![r.source, r.filler_id], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                    })
+                    .optional()?;
+                let Some((id, stored_at_us, stored_status, stored_hash)) = stored else {
+                    // Only a status change can miss: there is no appointment to change.
+                    counts.unknown += 1;
+                    ignored.execute(params![
+                        feed,
+                        r.source,
+                        r.filler_id,
+                        r.sv_at_us,
+                        r.sv_seq,
+                        Option::<i64>::None,
+                        r.status,
+                        Option::<String>::None,
+                        "unknown",
+                        import_id,
+                        r.raw_ref,
+                        now_s,
+                    ])?;
+                    continue;
+                };
+                let same = stored_hash == r.content_hash
+                    || (r.status_only && stored_status == r.status);
+                if !same {
+                    counts.older += 1;
+                    ignored.execute(params![
+                        feed,
+                        r.source,
+                        r.filler_id,
+                        r.sv_at_us,
+                        r.sv_seq,
+                        stored_at_us,
+                        r.status,
+                        stored_status,
+                        "older",
+                        import_id,
+                        r.raw_ref,
+                        now_s,
+                    ])?;
+                    let cancels = AppointmentStatus::from_code(r.status)
+                        .is_some_and(AppointmentStatus::is_withdrawn);
+                    let booked = AppointmentStatus::from_code(&stored_status)
+                        .is_some_and(|s| !s.is_withdrawn());
+                    if cancels && booked {
+                        conn.execute(
+                            "INSERT INTO alerts (at, kind, detail) VALUES (?1, 'older_cancellation_ignored', ?2)",
+                            params![
+                                now_s,
+                                format!(
+                                    "feed {feed}: a `{}` event for {}/{} ({}) is older than the stored version and was ignored; the appointment stays {stored_status}: check the sender's clock or the connector's `ordering`",
+                                    r.status, r.source, r.filler_id, r.raw_ref
+                                )
+                            ],
+                        )?;
+                    }
                 }
+                id
             }
         };
         seen.execute(params![feed, id, as_of_us])?;
     }
-    Ok(applied)
+    Ok(counts)
 }
 
 /// Rewrites the filler id of rows that name an appointment only by its placer id (alias): a row
@@ -272,7 +406,7 @@ impl Store {
         let now_s = secs(now);
         let as_of_us = as_of.as_microsecond();
         let mut tx = self.write_tx().await?;
-        let applied;
+        let counts;
         let resolved = resolve_placer_aliases(&mut tx, rows).await?;
         let rows = resolved.as_deref().unwrap_or(rows);
         let token: i64 = sqlx::query_scalar(
@@ -294,7 +428,7 @@ impl Store {
             let run = || upsert_rows(&conn, import_id, source, as_of_us, now_s, token, rows);
             // A batch is tens of milliseconds of synchronous SQLite work: on the service's
             // multi-threaded runtime, let other tasks (webhooks, the sender) move to another worker.
-            applied = match tokio::runtime::Handle::current().runtime_flavor() {
+            counts = match tokio::runtime::Handle::current().runtime_flavor() {
                 tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
                 _ => run(),
             }?;
@@ -334,17 +468,20 @@ impl Store {
             .await?;
         }
         let receipt = AcceptReceipt {
-            applied,
-            unchanged: rows.len() as u64 - applied,
+            applied: counts.applied,
+            unchanged: rows.len() as u64 - counts.applied - counts.older - counts.unknown,
+            older_ignored: counts.older,
+            unknown_ignored: counts.unknown,
             quarantined: rejected.len() as u64,
         };
         audit::append(
             &mut tx,
+            &self.keys,
             now,
             &format!("connector:{source}"),
             "ingest",
             &import_id.map_or_else(|| "batch".to_string(), |i| format!("import:{i}")),
-            json!({"applied": receipt.applied, "unchanged": receipt.unchanged, "quarantined": receipt.quarantined}),
+            json!({"applied": receipt.applied, "unchanged": receipt.unchanged, "older_ignored": receipt.older_ignored, "unknown_ignored": receipt.unknown_ignored, "quarantined": receipt.quarantined}),
         )
         .await?;
         tx.commit().await?;
@@ -385,6 +522,7 @@ impl Store {
         .rows_affected();
         audit::append(
             &mut tx,
+            &self.keys,
             now,
             &format!("connector:{source}"),
             "snapshot_sweep",
@@ -404,12 +542,14 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE imports SET finished_at = ?, rows_ok = ?, rows_bad = ?, rows_applied = ?, swept = ?, sweep_note = ? WHERE id = ?",
+            "UPDATE imports SET finished_at = ?, rows_ok = ?, rows_bad = ?, rows_applied = ?, rows_older = ?, rows_unknown = ?, swept = ?, sweep_note = ? WHERE id = ?",
         )
         .bind(secs(now))
         .bind(summary.rows_ok as i64)
         .bind(summary.rows_bad as i64)
         .bind(summary.applied as i64)
+        .bind(summary.older_ignored as i64)
+        .bind(summary.unknown_ignored as i64)
         .bind(summary.swept as i64)
         .bind(&summary.sweep_note)
         .bind(import_id)

@@ -233,6 +233,7 @@ pub fn event(
             status,
             start,
             end: Some(start + SignedDuration::from_mins(30)),
+            time_unknown: false,
             site: "ny".into(),
             time_zone: ZONE.into(),
             location: Some("Midtown Test Clinic".into()),
@@ -256,6 +257,7 @@ pub fn event(
         },
         version: SourceVersion { at, seq },
         raw_ref: format!("test:{seq}"),
+        message_id: None,
     }
 }
 
