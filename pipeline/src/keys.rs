@@ -2,7 +2,7 @@
 //!
 //! The secret (`MEDRELAY_SECRET`, or the key file `medrelay init` writes) never appears in config or
 //! logs. From it we derive one key per use, so that a contact hash cannot be turned into a valid button
-//! signature and vice versa.
+//! signature and vice versa, and an audit seal is of no use anywhere else.
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -14,6 +14,8 @@ pub struct Keys {
     contact: Hmac<Sha256>,
     button: Vec<u8>,
     content: Hmac<Sha256>,
+    /// Chains and seals the audit trail (records, head, checkpoints).
+    audit: Hmac<Sha256>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -46,6 +48,7 @@ impl Keys {
             contact: mac(&derive(secret, "medrelay/contact-hash/v1")),
             button: derive(secret, "medrelay/button-payload/v1"),
             content: mac(&derive(secret, "medrelay/content-hash/v1")),
+            audit: mac(&derive(secret, "medrelay/audit-chain/v1")),
         }
     }
 
@@ -65,6 +68,27 @@ impl Keys {
     pub fn content_hash(&self, data: &[u8]) -> String {
         keyed(&self.content, data)
     }
+
+    /// The audit trail's HMAC-SHA256 (hex, full length) over `parts`, each followed by a unit
+    /// separator. Someone who can write the database but does not hold the secret cannot compute it,
+    /// so cannot rewrite a record, the head or a checkpoint and make it verify.
+    pub fn audit_mac(&self, parts: &[&str]) -> String {
+        hex::encode(self.audit_state(parts).finalize().into_bytes())
+    }
+
+    /// Whether `stored` (hex) is the audit MAC of `parts`, compared in constant time.
+    pub fn audit_mac_matches(&self, parts: &[&str], stored: &str) -> bool {
+        hex::decode(stored).is_ok_and(|tag| self.audit_state(parts).verify_slice(&tag).is_ok())
+    }
+
+    fn audit_state(&self, parts: &[&str]) -> Hmac<Sha256> {
+        let mut m = self.audit.clone();
+        for part in parts {
+            m.update(part.as_bytes());
+            m.update(&[0x1f]);
+        }
+        m
+    }
 }
 
 #[cfg(test)]
@@ -79,5 +103,16 @@ mod tests {
         assert!(!h.contains("98765"));
         assert_ne!(h, Keys::from_secret(b"t").contact_hash("5511987654321"));
         assert!(!format!("{k:?}").contains('s'.to_string().repeat(2).as_str()));
+    }
+
+    #[test]
+    fn audit_mac_needs_the_secret_and_separates_parts() {
+        let k = Keys::from_secret(b"s");
+        let tag = k.audit_mac(&["record", "1", "genesis"]);
+        assert_eq!(tag.len(), 64);
+        assert!(k.audit_mac_matches(&["record", "1", "genesis"], &tag));
+        assert!(!k.audit_mac_matches(&["record", "1genesis"], &tag));
+        assert!(!Keys::from_secret(b"t").audit_mac_matches(&["record", "1", "genesis"], &tag));
+        assert!(!k.audit_mac_matches(&["record", "1", "genesis"], "not hex"));
     }
 }

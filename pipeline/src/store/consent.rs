@@ -159,6 +159,7 @@ impl Store {
         }
         audit::append(
             &mut tx,
+            &self.keys,
             at,
             actor,
             if granted { "consent_grant" } else { "consent_revoke" },

@@ -145,6 +145,7 @@ impl Store {
         if changed {
             audit::append(
                 &mut tx,
+                &self.keys,
                 now,
                 "whatsapp",
                 "status",
@@ -235,6 +236,7 @@ impl Store {
         if inserted {
             audit::append(
                 &mut tx,
+                &self.keys,
                 now,
                 "whatsapp",
                 "not_notified",
@@ -306,6 +308,7 @@ impl Store {
             }
             audit::append(
                 &mut tx,
+                &self.keys,
                 now,
                 "whatsapp",
                 "reply",
@@ -329,6 +332,7 @@ impl Store {
             .await?;
         audit::append(
             &mut tx,
+            &self.keys,
             now,
             "system",
             "alert",

@@ -77,10 +77,12 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Store { pool, keys })
+        let store = Store { pool, keys };
+        audit::seal_after_upgrade(&store).await?;
+        Ok(store)
     }
 
-    /// The derived keys (contact hashes, button signatures).
+    /// The derived keys (contact hashes, button signatures, the audit chain).
     pub fn keys(&self) -> &Keys {
         &self.keys
     }

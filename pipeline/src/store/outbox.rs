@@ -200,6 +200,7 @@ impl Store {
         if !planned.is_empty() {
             audit::append(
                 &mut tx,
+                &self.keys,
                 now,
                 "scheduler",
                 "plan",
@@ -357,6 +358,7 @@ impl Store {
                 .await?;
                 audit::append(
                     &mut tx,
+                    &self.keys,
                     now,
                     "sender",
                     "send",
@@ -400,6 +402,7 @@ impl Store {
                 .await?;
                 audit::append(
                     &mut tx,
+                    &self.keys,
                     now,
                     "sender",
                     state,

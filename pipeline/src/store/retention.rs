@@ -78,6 +78,7 @@ impl Store {
         };
         audit::append(
             &mut tx,
+            &self.keys,
             now,
             "retention",
             "prune",

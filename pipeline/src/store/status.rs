@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -22,10 +22,45 @@ pub struct StatusSummary {
     pub last_imports: Vec<ImportLine>,
 }
 
-/// One import, for the summary.
+/// How long an unfinished import may go without committing a batch before `status` calls it
+/// incomplete. Batches are committed every few thousand rows (seconds apart even on a loaded
+/// machine, about a minute for a slow FHIR server page), so an import this quiet has lost its process
+/// (killed, crashed) or failed. Derived from the database alone, so it holds whichever process or
+/// machine ran the import.
+pub const IMPORT_STALLED_AFTER: SignedDuration = SignedDuration::from_mins(10);
+
+/// Where an import stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportState {
+    /// It finished; its totals are final.
+    #[default]
+    Finished,
+    /// Not finished, and a batch was committed within [`IMPORT_STALLED_AFTER`]: still going.
+    Running,
+    /// Not finished, and nothing committed for longer: its process was killed or it failed. Its
+    /// committed batches stay (and are counted); importing the input again completes it.
+    Incomplete,
+}
+
+/// An import's progress: the state, and the batches it committed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportProgress {
+    pub state: ImportState,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    /// Batches committed (one transaction each) and when the newest was.
+    pub batches: i64,
+    pub last_commit_at: Option<Timestamp>,
+}
+
+/// One import, for the summary. The row counts of an unfinished import are those of its
+/// committed batches.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImportLine {
     pub id: i64,
+    #[serde(flatten)]
+    pub progress: ImportProgress,
     pub source: String,
     pub input_name: String,
     pub mode: String,
@@ -65,8 +100,66 @@ async fn group(store: &Store, sql: &'static str) -> StoreResult<BTreeMap<String,
 }
 
 impl Store {
-    /// Counts by state, the oldest due job, errors.
+    /// Counts by state, the oldest due job, errors, recent imports (an unfinished one with what
+    /// its batches committed, and whether it is still running).
     pub async fn status_summary(&self, now: Timestamp) -> StoreResult<StatusSummary> {
+        let mut summary = self.summary_counts(now).await?;
+        for line in &mut summary.last_imports {
+            self.import_progress(line, now).await?;
+        }
+        Ok(summary)
+    }
+
+    /// Fills `line.progress`; for an unfinished import also its row counts, summed from the audit
+    /// records of its committed batches (the totals are only written when an import finishes).
+    async fn import_progress(&self, line: &mut ImportLine, now: Timestamp) -> StoreResult<()> {
+        let r = sqlx::query(
+            "SELECT started_at, finished_at, \
+             (SELECT COUNT(*) FROM ingest_batches WHERE import_id = ?1) AS batches, \
+             (SELECT MAX(committed_at) FROM ingest_batches WHERE import_id = ?1) AS last_commit \
+             FROM imports WHERE id = ?1",
+        )
+        .bind(line.id)
+        .fetch_one(self.pool())
+        .await?;
+        let started: i64 = r.get("started_at");
+        let finished: Option<i64> = r.get("finished_at");
+        let last_commit: Option<i64> = r.get("last_commit");
+        line.progress = ImportProgress {
+            state: ImportState::Finished,
+            started_at: Some(ts(started)),
+            finished_at: finished.map(ts),
+            batches: r.get("batches"),
+            last_commit_at: last_commit.map(ts),
+        };
+        if finished.is_some() {
+            return Ok(());
+        }
+        let quiet_since = ts(last_commit.unwrap_or(started).max(started));
+        line.progress.state = if now.duration_since(quiet_since) > IMPORT_STALLED_AFTER {
+            ImportState::Incomplete
+        } else {
+            ImportState::Running
+        };
+        let c = sqlx::query(
+            "SELECT COALESCE(SUM(json_extract(detail, '$.applied')), 0) AS applied, \
+             COALESCE(SUM(json_extract(detail, '$.unchanged')), 0) \
+               + COALESCE(SUM(json_extract(detail, '$.older_ignored')), 0) \
+               + COALESCE(SUM(json_extract(detail, '$.unknown_ignored')), 0) AS not_applied, \
+             COALESCE(SUM(json_extract(detail, '$.quarantined')), 0) AS rejected \
+             FROM audit_log WHERE action = 'ingest' AND subject = ?",
+        )
+        .bind(format!("import:{}", line.id))
+        .fetch_one(self.pool())
+        .await?;
+        let applied: i64 = c.get("applied");
+        line.rows_applied = applied;
+        line.rows_ok = applied + c.get::<i64, _>("not_applied");
+        line.rows_bad = c.get("rejected");
+        Ok(())
+    }
+
+    async fn summary_counts(&self, now: Timestamp) -> StoreResult<StatusSummary> {
         let oldest: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(due_at) FROM outbox WHERE state = 'pending' AND due_at <= ?",
         )
@@ -115,6 +208,7 @@ impl Store {
                 .iter()
                 .map(|r| ImportLine {
                     id: r.get("id"),
+                    progress: ImportProgress::default(),
                     source: r.get("source"),
                     input_name: r.get("input_name"),
                     mode: r.get("mode"),

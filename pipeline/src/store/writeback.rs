@@ -118,6 +118,7 @@ impl Store {
         .await?;
         audit::append(
             &mut tx,
+            &self.keys,
             now,
             "writeback",
             "writeback",
