@@ -108,6 +108,17 @@ impl Default for RetentionConfig {
     }
 }
 
+/// `[audit]`: where signed checkpoints of the audit trail go.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Folder for the checkpoints `audit export` and the daily job of `run` write and `audit verify`
+    /// compares (default: `audit-checkpoints` next to the database). They detect truncation of the
+    /// whole trail only if they survive it: other storage, or copied off the machine.
+    #[serde(default)]
+    pub checkpoint_dir: Option<PathBuf>,
+}
+
 /// Which WhatsApp the service talks to.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -710,6 +721,8 @@ pub struct Config {
     pub service: ServiceConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
     pub whatsapp: WhatsAppConfig,
     pub sites: BTreeMap<String, SiteConfig>,
     #[serde(default)]
@@ -759,6 +772,20 @@ impl Loaded {
             p.to_path_buf()
         } else {
             self.base.join(p)
+        }
+    }
+
+    /// The folder of audit checkpoints: `[audit] checkpoint_dir`, else `audit-checkpoints` in the
+    /// database's folder.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        match &self.config.audit.checkpoint_dir {
+            Some(dir) => self.resolve(dir),
+            None => {
+                let db = self.resolve(&self.config.store.path);
+                db.parent()
+                    .unwrap_or(Path::new("."))
+                    .join("audit-checkpoints")
+            }
         }
     }
 

@@ -105,7 +105,7 @@ pub enum Command {
     /// Record or show consent decisions made by staff.
     #[command(subcommand)]
     Consent(commands::consent::ConsentCommand),
-    /// Verify or export the hash-chained audit trail.
+    /// Verify or export the keyed, hash-chained audit trail (and write signed checkpoints).
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
     /// Apply the retention policy now: prune raw inputs and old patient data (the audit chain stays).
@@ -175,7 +175,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Plan(a) => commands::explain::plan(&cli.config, a, &mut o).await,
         Command::Explain(a) => commands::explain::explain(&cli.config, a, &mut o).await,
         Command::Consent(c) => commands::consent::run(&cli.config, clock.clone(), c, &mut o).await,
-        Command::Audit(c) => commands::audit::run(&cli.config, c, &mut o).await,
+        Command::Audit(c) => commands::audit::run(&cli.config, clock.clone(), c, &mut o).await,
         Command::Prune => commands::prune::run(&cli.config, clock.clone(), &mut o).await,
         Command::Simulate(a) => commands::simulate::run(&cli.config, a, &mut o).await,
         Command::Templates(c) => commands::templates::run(&cli.config, c, &mut o).await,

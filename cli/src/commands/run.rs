@@ -361,6 +361,14 @@ pub async fn run_until(
             Err(e) => endpoint_failed = Some(anyhow::Error::from(e)),
         }
     }
+    // A checkpoint at a clean stop: whatever happens to the database while the service is down
+    // (an older copy put back, the trail emptied) shows against it.
+    if !args.once {
+        match super::audit::write_checkpoint(&store, &loaded, clock.now()).await {
+            Ok(path) => info!(checkpoint = %path.display(), "audit checkpoint written"),
+            Err(e) => warn!(error = %e, "audit checkpoint not written"),
+        }
+    }
     store.close().await;
     result?;
     if let Some(e) = endpoint_failed {
@@ -373,8 +381,33 @@ pub async fn run_until(
     Ok(exit::OK)
 }
 
+/// The daily audit checkpoint (see `audit::checkpoint_if_due`). A folder that cannot be written is
+/// logged and tried again the next day; a trail whose head is missing or altered gets no checkpoint
+/// and raises an `audit_broken` alert for staff.
+async fn daily_checkpoint(
+    service: &Service,
+    loaded: &Loaded,
+    clock: &dyn Clock,
+) -> anyhow::Result<()> {
+    match super::audit::checkpoint_if_due(&service.store, loaded, clock.now()).await {
+        Ok(Some(path)) => info!(checkpoint = %path.display(), "audit checkpoint written"),
+        Ok(None) => {}
+        Err(e) => {
+            warn!(error = %e, "audit checkpoint not written");
+            if let Some(medrelay_pipeline::store::StoreError::Inconsistent(why)) = e.downcast_ref()
+            {
+                service
+                    .store
+                    .raise_alert("audit_broken", why, clock.now())
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Passes until `stop`, waiting `poll_interval` (or a wake-up: a stored webhook, a signal) between
-/// them; retention once a day.
+/// them; retention and an audit checkpoint once a day.
 async fn service_loop(
     service: &Service,
     loaded: &Loaded,
@@ -392,6 +425,7 @@ async fn service_loop(
             let r = super::prune::prune_now(&service.store, loaded, clock.now()).await?;
             info!(?r, "retention applied");
             last_prune = Some(clock.now());
+            daily_checkpoint(service, loaded, clock).await?;
         }
         poll_fhir_servers(service, loaded, clock, &mut last_fhir_poll).await;
         pass(service, loaded, clock, stop).await?;

@@ -36,7 +36,7 @@ fn progress_note(i: &ImportLine) -> Option<String> {
             "running: not finished yet, {batches} so far (the last at {last}); the counts are those batches"
         )),
         ImportState::Incomplete => Some(format!(
-            "INCOMPLETE: never finished, nothing committed since {last} (its process was stopped or the import failed); the counts are its {batches}. Import the file again to finish it (re-imports are idempotent; a FHIR server search is repeated by the next poll){}",
+            "INCOMPLETE: never finished, nothing committed since {last} (its process was stopped or the import failed); the counts are its {batches}; import the file again to finish it (re-imports are idempotent; a FHIR server search is repeated by the next poll){}",
             if i.mode == "snapshot" {
                 "; absent appointments were not cancelled"
             } else {
