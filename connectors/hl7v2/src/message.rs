@@ -5,6 +5,7 @@ use hl7_parser::message::{Segment, Separators};
 
 use crate::error::{ErrLocation, ErrorCode, Hl7Error};
 use crate::escape::unescape;
+use crate::limits::ParseLimits;
 
 /// Removes the v2.7 truncation character from MSH-2 (`^~\&#`): hl7-parser would otherwise shift
 /// every MSH field by one. It has no meaning in a message we receive.
@@ -35,6 +36,21 @@ pub fn prepare(text: &str) -> Result<std::borrow::Cow<'_, str>, Hl7Error> {
     Ok(drop_truncation_character(t))
 }
 
+/// A value decoded (escapes resolved), trimmed, `None` when empty or `""` (HL7 null). A control
+/// character the sender escaped (`\X00\`, `\.br\`) becomes a space: raw control characters are
+/// rejected by [`Parsed::parse`], and none reaches a stored name or id.
+fn decoded(raw: &str, separators: &Separators) -> Option<String> {
+    let mut v = unescape(raw, separators);
+    if v.chars().any(char::is_control) {
+        v = v
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+    }
+    let v = v.trim();
+    (!v.is_empty() && v != "\"\"").then(|| v.to_owned())
+}
+
 /// A parsed message with decoded accessors (escapes resolved by [`unescape`]).
 #[derive(Debug)]
 pub struct Parsed<'m> {
@@ -43,8 +59,12 @@ pub struct Parsed<'m> {
 
 impl<'m> Parsed<'m> {
     /// Parses prepared text. hl7-parser silently ends a message at a segment it cannot parse, so
-    /// the number of parsed segments is compared with the number of lines.
+    /// the number of parsed segments is compared with the number of lines. Before anything is
+    /// built, the text is held to [`ParseLimits::CEILING`] (AR; the MLLP listener has already held
+    /// it to the configured limits) and checked for control characters (AE 102 at their field).
     pub fn parse(text: &'m str) -> Result<Self, Hl7Error> {
+        crate::limits::check(text.as_bytes(), &ParseLimits::CEILING)?;
+        crate::limits::check_controls(text)?;
         let message = Message::parse_with_lenient_newlines(text, true).map_err(|_| {
             Hl7Error::reject(
                 ErrorCode::SegmentSequence,
@@ -96,9 +116,7 @@ impl<'m> Parsed<'m> {
         let f = seg.field(field)?;
         let r = f.repeat(repetition)?;
         let c = r.component(component)?;
-        let v = unescape(c.raw_value(), self.separators());
-        let v = v.trim();
-        (!v.is_empty() && v != "\"\"").then(|| v.to_owned())
+        decoded(c.raw_value(), self.separators())
     }
 
     /// A subcomponent (all 1-based), decoded; `None` when empty.
@@ -112,9 +130,7 @@ impl<'m> Parsed<'m> {
     ) -> Option<String> {
         let c = seg.field(field)?.repeat(repetition)?.component(component)?;
         let s = c.subcomponent(subcomponent)?;
-        let v = unescape(s.raw_value(), self.separators());
-        let v = v.trim();
-        (!v.is_empty() && v != "\"\"").then(|| v.to_owned())
+        decoded(s.raw_value(), self.separators())
     }
 
     /// How many repetitions a field has (0 when absent).
@@ -145,6 +161,21 @@ mod tests {
         let e = Parsed::parse(&t).unwrap_err();
         assert_eq!(e.code, ErrorCode::SegmentSequence);
         assert!(e.reason.contains("segment 3 of 4"), "{}", e.reason);
+    }
+
+    #[test]
+    fn an_escaped_nul_never_reaches_a_decoded_value() {
+        let t = prepare(
+            "MSH|^~\\&|A|B|C|D|20260101||SIU^S12|1|P|2.5\rPID|||9||Sou\\X00\\za^Ma\\X1B\\ria",
+        )
+        .unwrap();
+        let p = Parsed::parse(&t).unwrap();
+        let pid = p.segment("PID").unwrap();
+        assert_eq!(p.value(pid, 5, 1, 1).as_deref(), Some("Sou za"));
+        assert_eq!(p.sub(pid, 5, 1, 2, 1).as_deref(), Some("Ma ria"));
+        // Raw, they are not data at all.
+        let t = prepare("MSH|^~\\&|A|B|C|D|20260101||SIU^S12|1|P|2.5\rPID|||9||Sou\0za").unwrap();
+        assert_eq!(Parsed::parse(&t).unwrap_err().code, ErrorCode::DataType);
     }
 
     #[test]
