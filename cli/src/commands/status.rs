@@ -73,6 +73,19 @@ pub async fn run(
             .map_or("none".to_string(), |t| t.to_string())
     ));
     o.line(format!("quarantined inputs: {}", s.quarantined));
+    let d = &s.quarantine_dropped;
+    if d.messages > 0 {
+        o.line(format!(
+            "not kept (quarantine quota): {} messages, {} bytes",
+            d.messages, d.bytes
+        ));
+        for (feed, source, messages, bytes) in &d.recent {
+            let from = if source == "*" { "all sources" } else { source };
+            o.line(format!(
+                "  {feed} from {from}: {messages} messages, {bytes} bytes"
+            ));
+        }
+    }
     o.line(format!(
         "replies waiting for write-back: {}",
         s.writeback_pending

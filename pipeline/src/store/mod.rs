@@ -19,6 +19,7 @@ pub mod consent;
 pub mod inbound;
 pub mod ingest;
 pub mod outbox;
+pub mod quarantine;
 pub mod retention;
 pub mod status;
 pub mod writeback;

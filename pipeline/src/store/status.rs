@@ -20,6 +20,8 @@ pub struct StatusSummary {
     pub writeback_pending: i64,
     pub open_alerts: Vec<(Timestamp, String, String)>,
     pub last_imports: Vec<ImportLine>,
+    /// Rejected input answered but not kept, over the quarantine quota (see `store::quarantine`).
+    pub quarantine_dropped: super::quarantine::DroppedSummary,
 }
 
 /// How long an unfinished import may go without committing a batch before `status` calls it
@@ -218,6 +220,9 @@ impl Store {
                     swept: r.get("swept"),
                 })
                 .collect(),
+            quarantine_dropped: self
+                .quarantine_dropped(now - jiff::SignedDuration::from_hours(24))
+                .await?,
         })
     }
 
