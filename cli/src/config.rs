@@ -13,6 +13,7 @@ use medrelay_pipeline::config::{
 };
 use medrelay_pipeline::http::simulator::SimServerConfig;
 use medrelay_pipeline::http::webhook::DEFAULT_BODY_LIMIT;
+use medrelay_pipeline::store::quarantine::QuotaLimits;
 use medrelay_pipeline::whatsapp::cloud::CloudApiConfig;
 use medrelay_pipeline::whatsapp::simulator::{ReplyMix, SimulatorConfig};
 use serde::Deserialize;
@@ -447,6 +448,58 @@ fn default_frame_timeout() -> u64 {
     60
 }
 
+fn default_idle_timeout() -> u64 {
+    300
+}
+
+fn default_write_timeout() -> u64 {
+    10
+}
+
+fn default_max_connections_per_source() -> usize {
+    8
+}
+
+fn default_max_segments() -> usize {
+    medrelay_connector_hl7v2::limits::ParseLimits::DEFAULT.max_segments
+}
+
+fn default_max_fields() -> usize {
+    medrelay_connector_hl7v2::limits::ParseLimits::DEFAULT.max_fields
+}
+
+fn default_max_repetitions() -> usize {
+    medrelay_connector_hl7v2::limits::ParseLimits::DEFAULT.max_repetitions
+}
+
+fn default_max_components() -> usize {
+    medrelay_connector_hl7v2::limits::ParseLimits::DEFAULT.max_components
+}
+
+fn default_parse_budget_ms() -> u64 {
+    5_000
+}
+
+fn default_quarantine_window_secs() -> u64 {
+    QuotaLimits::DEFAULT.window.as_secs()
+}
+
+fn default_quarantine_max_messages() -> u64 {
+    QuotaLimits::DEFAULT.max_messages
+}
+
+fn default_quarantine_max_bytes() -> u64 {
+    QuotaLimits::DEFAULT.max_bytes
+}
+
+fn default_quarantine_max_messages_per_source() -> u64 {
+    QuotaLimits::DEFAULT.max_messages_per_source
+}
+
+fn default_quarantine_max_bytes_per_source() -> u64 {
+    QuotaLimits::DEFAULT.max_bytes_per_source
+}
+
 fn default_publicity_opt_out() -> Vec<String> {
     vec!["N".to_string()]
 }
@@ -483,6 +536,50 @@ pub struct Hl7ConnectorConfig {
     /// Seconds a started frame may take to complete before its connection is closed.
     #[serde(default = "default_frame_timeout")]
     pub frame_timeout_secs: u64,
+    /// Seconds a connection may stay without starting a frame (noise does not count) before it
+    /// is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Seconds an ACK may take to be written before the (non-reading) client is dropped.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_secs: u64,
+    /// MLLP connections one source address may hold at once.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Source networks (`10.0.0.0/8`, `127.0.0.1`) that may connect; empty: any.
+    #[serde(default)]
+    pub allow_from: Vec<String>,
+    /// Source networks (the EHR's engine) that may use the `reserved_connections` slots.
+    #[serde(default)]
+    pub reserved_for: Vec<String>,
+    /// Slots of `max_connections` kept for `reserved_for`.
+    #[serde(default)]
+    pub reserved_connections: usize,
+    /// Most segments, fields, repetitions and components one message may have (checked before
+    /// it is parsed; beyond them the answer is AR).
+    #[serde(default = "default_max_segments")]
+    pub max_segments: usize,
+    #[serde(default = "default_max_fields")]
+    pub max_fields: usize,
+    #[serde(default = "default_max_repetitions")]
+    pub max_repetitions: usize,
+    #[serde(default = "default_max_components")]
+    pub max_components: usize,
+    /// Milliseconds one message's parse may take (beyond: AR, quarantined).
+    #[serde(default = "default_parse_budget_ms")]
+    pub parse_budget_ms: u64,
+    /// The quarantine quota: rejected messages kept per moving window, for the feed and per
+    /// source address; beyond it they are answered and counted but not kept.
+    #[serde(default = "default_quarantine_window_secs")]
+    pub quarantine_window_secs: u64,
+    #[serde(default = "default_quarantine_max_messages")]
+    pub quarantine_max_messages: u64,
+    #[serde(default = "default_quarantine_max_bytes")]
+    pub quarantine_max_bytes: u64,
+    #[serde(default = "default_quarantine_max_messages_per_source")]
+    pub quarantine_max_messages_per_source: u64,
+    #[serde(default = "default_quarantine_max_bytes_per_source")]
+    pub quarantine_max_bytes_per_source: u64,
     /// The charset (MSH-18 spelling) of messages without MSH-18 that are not UTF-8.
     #[serde(default = "default_fallback_charset")]
     pub fallback_charset: String,
@@ -533,6 +630,123 @@ impl Hl7ConnectorConfig {
     pub fn system(&self) -> &str {
         self.system.as_deref().unwrap_or(&self.name)
     }
+
+    /// The MLLP listener's settings (networks that do not parse are left out: `check` and
+    /// `load` refuse such a configuration before a listener starts).
+    pub fn listener_options(&self) -> medrelay_connector_hl7v2::mllp::ListenerOptions {
+        use std::time::Duration;
+        let networks = |v: &[String]| v.iter().filter_map(|n| n.parse().ok()).collect();
+        let mut o = medrelay_connector_hl7v2::mllp::ListenerOptions::new(&self.name);
+        o.max_message_bytes = self.max_message_bytes;
+        o.max_connections = self.max_connections;
+        o.frame_timeout = Duration::from_secs(self.frame_timeout_secs);
+        o.idle_timeout = Duration::from_secs(self.idle_timeout_secs);
+        o.write_timeout = Duration::from_secs(self.write_timeout_secs);
+        o.max_connections_per_source = self.max_connections_per_source.min(self.max_connections);
+        o.allow_from = networks(&self.allow_from);
+        o.reserved_for = networks(&self.reserved_for);
+        o.reserved_connections = self.reserved_connections;
+        o.limits = self.parse_limits();
+        o.parse_budget = Duration::from_millis(self.parse_budget_ms);
+        o
+    }
+
+    fn parse_limits(&self) -> medrelay_connector_hl7v2::limits::ParseLimits {
+        medrelay_connector_hl7v2::limits::ParseLimits {
+            max_segments: self.max_segments,
+            max_fields: self.max_fields,
+            max_repetitions: self.max_repetitions,
+            max_components: self.max_components,
+        }
+    }
+
+    /// The feed's quarantine quota.
+    pub fn quarantine_limits(&self) -> QuotaLimits {
+        QuotaLimits {
+            window: std::time::Duration::from_secs(self.quarantine_window_secs),
+            max_messages: self.quarantine_max_messages,
+            max_bytes: self.quarantine_max_bytes,
+            max_messages_per_source: self.quarantine_max_messages_per_source,
+            max_bytes_per_source: self.quarantine_max_bytes_per_source,
+        }
+    }
+}
+
+/// What is wrong with an HL7v2 connector's MLLP protections (timeouts, connection limits,
+/// networks, parse limits, quarantine quota).
+fn validate_hl7_protections(c: &Hl7ConnectorConfig) -> Vec<String> {
+    use medrelay_connector_hl7v2::access::Network;
+    let mut errors = Vec::new();
+    let mut problem = |p: String| errors.push(format!("connector `{}`: {p}", c.name));
+    if !(1..=86_400).contains(&c.idle_timeout_secs) {
+        problem("idle_timeout_secs must be between 1 and 86400".into());
+    }
+    if !(1..=600).contains(&c.write_timeout_secs) {
+        problem("write_timeout_secs must be between 1 and 600".into());
+    }
+    if c.max_connections_per_source == 0 {
+        problem("max_connections_per_source must be at least 1".into());
+    }
+    let mut networks = |key: &str, list: &[String]| -> Vec<Network> {
+        list.iter()
+            .filter_map(|n| match n.parse::<Network>() {
+                Ok(net) => Some(net),
+                Err(e) => {
+                    problem(format!("{key}: {e}"));
+                    None
+                }
+            })
+            .collect()
+    };
+    let allow = networks("allow_from", &c.allow_from);
+    let reserved = networks("reserved_for", &c.reserved_for);
+    if !allow.is_empty() {
+        for r in &reserved {
+            if !allow.iter().any(|a| a.covers(r)) {
+                problem(format!(
+                    "reserved_for `{r}` is not inside allow_from, so it could never connect"
+                ));
+            }
+        }
+    }
+    if c.reserved_connections > 0 && c.reserved_for.is_empty() {
+        problem("reserved_connections needs reserved_for (the EHR's addresses)".into());
+    }
+    if c.reserved_connections >= c.max_connections.max(1) {
+        problem("reserved_connections must be less than max_connections".into());
+    }
+    if let Some(key) = c.parse_limits().out_of_range() {
+        let ceiling = medrelay_connector_hl7v2::limits::ParseLimits::CEILING;
+        problem(format!(
+            "{key} must be between 1 and the ceiling ({} segments, {} fields, {} repetitions, {} components)",
+            ceiling.max_segments,
+            ceiling.max_fields,
+            ceiling.max_repetitions,
+            ceiling.max_components
+        ));
+    }
+    if !(10..=600_000).contains(&c.parse_budget_ms) {
+        problem("parse_budget_ms must be between 10 and 600000".into());
+    }
+    if !(60..=30 * 86_400).contains(&c.quarantine_window_secs) {
+        problem("quarantine_window_secs must be between 60 and 2592000 (30 days)".into());
+    }
+    if c.quarantine_max_messages_per_source == 0
+        || c.quarantine_max_messages_per_source > c.quarantine_max_messages
+    {
+        problem(
+            "quarantine_max_messages_per_source must be between 1 and quarantine_max_messages"
+                .into(),
+        );
+    }
+    if c.quarantine_max_bytes_per_source == 0
+        || c.quarantine_max_bytes_per_source > c.quarantine_max_bytes
+    {
+        problem(
+            "quarantine_max_bytes_per_source must be between 1 and quarantine_max_bytes".into(),
+        );
+    }
+    errors
 }
 
 fn default_subscription_path() -> String {
@@ -992,7 +1206,7 @@ fn validate_fhir(c: &FhirConnectorConfig) -> Vec<String> {
 
 /// What is wrong with an HL7v2 connector's settings.
 fn validate_hl7(c: &Hl7ConnectorConfig) -> Vec<String> {
-    let mut errors = Vec::new();
+    let mut errors = validate_hl7_protections(c);
     if let Some(l) = &c.listen
         && l.parse::<std::net::SocketAddr>().is_err()
     {

@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use jiff::Timestamp;
-use medrelay_connector_hl7v2::mllp::{ListenerOptions, MessageSink};
+use medrelay_connector_hl7v2::mllp::{MessageSink, QuarantineGate};
 use medrelay_connector_hl7v2::{Hl7Options, Outcome, Processed, file, process};
 use medrelay_pipeline::clock::Clock;
 use medrelay_pipeline::ingest::{
     ImportInfo, ImportMode, ImportSummary, Ingest, ItemSource, Rejected, SourceItem,
 };
 use medrelay_pipeline::service::Service;
+use medrelay_pipeline::store::quarantine::{Admission, QuarantineQuota};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::info;
@@ -160,21 +161,64 @@ pub async fn start_listeners(
             woken: woken.clone(),
         });
         let now_clock = clock.clone();
+        let mut listener_opts = c.listener_options();
+        listener_opts.quarantine_gate = Some(QuotaGate::open(service, c, clock.clone()).await?);
         let handle = tokio::spawn(medrelay_connector_hl7v2::mllp::serve(
             listener,
             Arc::new(options(loaded, c)),
-            ListenerOptions {
-                feed: c.name.clone(),
-                max_message_bytes: c.max_message_bytes,
-                max_connections: c.max_connections,
-                frame_timeout: std::time::Duration::from_secs(c.frame_timeout_secs),
-            },
+            listener_opts,
             sink,
             Arc::new(move || now_clock.now()),
         ));
         out.push((local, handle));
     }
     Ok(out)
+}
+
+/// The feed's quarantine quota, asked by the listener before a rejected message's raw bytes go
+/// to quarantine (per source address and for the feed; see `store::quarantine`).
+struct QuotaGate {
+    quota: Arc<QuarantineQuota>,
+    clock: Arc<dyn Clock>,
+}
+
+impl QuotaGate {
+    async fn open(
+        service: &Service,
+        c: &Hl7ConnectorConfig,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Arc<dyn QuarantineGate>> {
+        let quota = QuarantineQuota::open(
+            service.store.clone(),
+            &c.name,
+            c.quarantine_limits(),
+            clock.now(),
+        )
+        .await
+        .context("cannot read the quarantine of the feed for its quota")?;
+        let quota = Arc::new(quota);
+        // Ends by itself once the listener (the last owner of the quota) is gone.
+        quota.spawn_flusher(std::time::Duration::from_secs(1));
+        Ok(Arc::new(QuotaGate { quota, clock }))
+    }
+}
+
+#[async_trait::async_trait]
+impl QuarantineGate for QuotaGate {
+    async fn admit(&self, source: std::net::IpAddr, bytes: usize) -> bool {
+        match self
+            .quota
+            .admit(&source.to_string(), bytes as u64, self.clock.now())
+            .await
+        {
+            Ok(a) => a == Admission::Keep,
+            // The store is failing: let the sink try, so that the answer says so (AR 207).
+            Err(e) => {
+                tracing::warn!(error = %e, "quarantine quota not checked");
+                true
+            }
+        }
+    }
 }
 
 /// One message of a file that could not be accepted, for the command's report.
