@@ -12,7 +12,9 @@ use medrelay_connector_fhir::server::FhirServer;
 use medrelay_connector_fhir::subscription::{
     BundleSink, ResourceFetcher, SubscriptionState, router,
 };
-use medrelay_connector_fhir::{ConsentSelector, FhirOptions, Issue, MappedBundle, map_bundle};
+use medrelay_connector_fhir::{
+    ConsentSelector, FhirOptions, Issue, MappedBundle, id_only_without_server, map_bundle,
+};
 use medrelay_pipeline::clock::Clock;
 use medrelay_pipeline::ingest::{AcceptReceipt, Ingest, Rejected};
 use medrelay_pipeline::service::Service;
@@ -66,7 +68,8 @@ fn quarantined(
     out
 }
 
-/// Commits a mapped Bundle in one transaction: its events and its quarantined entries.
+/// Commits a mapped Bundle in one transaction: its changes (full appointments and status changes
+/// of appointments without a start, in entry order) and its quarantined entries.
 async fn commit(
     ingest: &Ingest,
     feed: &str,
@@ -80,7 +83,7 @@ async fn commit(
         return Ok(AcceptReceipt::default());
     }
     ingest
-        .accept(None, feed, now, &mapped.events, &rejected, false)
+        .accept_changes(None, feed, now, &mapped.events, &rejected, false)
         .await
         .map_err(|e| e.to_string())
 }
@@ -203,10 +206,33 @@ async fn import_bytes(
     origin: &str,
     now: Timestamp,
 ) -> anyhow::Result<FhirImportResult> {
-    let (mapped, whole) = match map_bundle(bytes, &options(loaded, c), now) {
+    let opts = options(loaded, c);
+    let (mut mapped, mut whole) = match map_bundle(bytes, &opts, now) {
         Ok(m) => (m, None),
         Err(issue) => (MappedBundle::default(), Some(issue)),
     };
+    // An id-only notification saved to a file: read what it points at, as the Subscription
+    // endpoint does; without a server it is refused in the endpoint's words (there a 422) and the
+    // file is quarantined, never reported as "0 imported".
+    let references = mapped.id_only_references();
+    if !references.is_empty() {
+        match server(c)? {
+            Some(server) => {
+                let fetched = ResourceFetcher::fetch(&server, &references)
+                    .await
+                    .map_err(|e| {
+                        anyhow!("{origin}: the notified resources could not be read: {e}")
+                    })?;
+                let read = map_bundle(&fetched, &opts, now).map_err(|issue| {
+                    anyhow!("{origin}: the server's answer is not a Bundle: {issue}")
+                })?;
+                mapped.events = read.events;
+                mapped.rejected = read.rejected;
+                mapped.r5 = read.r5;
+            }
+            None => whole = Some(id_only_without_server()),
+        }
+    }
     let receipt = commit(
         &service.ingest,
         &c.name,

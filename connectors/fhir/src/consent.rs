@@ -9,14 +9,16 @@
 //! - a `permit` that is `inactive`, `rejected`, `entered-in-error` or whose period has ended before
 //!   the appointment is a withdrawn opt-in: an opt-out (revocation wins);
 //! - anything else says nothing (the stored signal stays).
+//!
+//! R5 names these elements differently (`date`, `decision`, `period`, `regulatoryBasis`; status
+//! `not-done` for R4's `rejected`, and `unknown`, which like any non-active permit is an opt-out):
+//! the same rule reads both through one view of a Consent.
 
-use fhir_sdk::r4b::codes::{ConsentProvisionType, ConsentState};
-use fhir_sdk::r4b::resources::Consent;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use medrelay_mapping::model::EhrConsent;
 
-use crate::time::{instant, moment, period_contains};
+use crate::view::{ConsentStatus, ConsentView};
 
 /// The codings that make a Consent a messaging consent, as `system|code`.
 #[derive(Clone, Debug, Default)]
@@ -35,63 +37,17 @@ impl ConsentSelector {
     }
 
     /// Whether this Consent is about messaging.
-    pub fn selects(&self, c: &Consent) -> bool {
-        let cat = c.category.iter().flatten().any(|cc| {
-            cc.coding
-                .iter()
-                .flatten()
-                .any(|x| self.matches(x.system.as_deref(), x.code.as_deref()))
-        });
-        cat || c
-            .provision
-            .as_ref()
-            .is_some_and(|p| self.provision_selects(p))
-    }
-
-    fn provision_selects(&self, p: &fhir_sdk::r4b::resources::ConsentProvision) -> bool {
-        p.purpose
+    pub(crate) fn selects(&self, c: &ConsentView) -> bool {
+        c.codes
             .iter()
-            .flatten()
             .any(|x| self.matches(x.system.as_deref(), x.code.as_deref()))
-            || p.action.iter().flatten().any(|cc| {
-                cc.coding
-                    .iter()
-                    .flatten()
-                    .any(|x| self.matches(x.system.as_deref(), x.code.as_deref()))
-            })
-            || p.provision
-                .iter()
-                .flatten()
-                .any(|n| self.provision_selects(n))
     }
 }
 
-/// permit (true) / deny (false), from `provision.type` or the policy rule.
-fn decision(c: &Consent) -> Option<bool> {
-    if let Some(t) = c.provision.as_ref().and_then(|p| p.r#type) {
-        return Some(matches!(t, ConsentProvisionType::Permit));
-    }
-    let rule = c.policy_rule.as_ref()?;
-    rule.coding
-        .iter()
-        .flatten()
-        .find_map(|x| match x.code.as_deref() {
-            Some("OPTIN" | "OPTINR") => Some(true),
-            Some("OPTOUT" | "OPTOUTE") => Some(false),
-            _ => None,
-        })
-}
-
-fn recorded_at(c: &Consent, zone: &TimeZone) -> Option<Timestamp> {
-    c.date_time
-        .as_ref()
-        .and_then(|d| moment(d, zone))
-        .or_else(|| c.meta.as_ref()?.last_updated.as_ref().map(instant))
-}
-
-/// The signal the patient's Consents give for an appointment starting at `start`.
-pub fn ehr_consent(
-    consents: &[&Consent],
+/// The signal the patient's Consents (R4B or R5, as read into views) give for an appointment
+/// starting at `start`.
+pub(crate) fn ehr_consent(
+    consents: &[&ConsentView],
     selector: &ConsentSelector,
     start: Timestamp,
     zone: &TimeZone,
@@ -99,17 +55,13 @@ pub fn ehr_consent(
     let newest = consents
         .iter()
         .filter(|c| selector.selects(c))
-        .filter(|c| !matches!(c.status, ConsentState::Draft | ConsentState::Proposed))
-        .max_by_key(|c| recorded_at(c, zone))?;
-    let permit = decision(newest)?;
-    let covers = newest
-        .provision
-        .as_ref()
-        .and_then(|p| p.period.as_ref())
-        .is_none_or(|p| period_contains(p, start, zone));
+        .filter(|c| !matches!(c.status, ConsentStatus::Draft | ConsentStatus::Proposed))
+        .max_by_key(|c| c.recorded.and_then(|r| r.moment(zone)))?;
+    let permit = newest.permit?;
+    let covers = newest.period.is_none_or(|p| p.contains(start, zone));
     match (newest.status, permit, covers) {
-        (ConsentState::Active, true, true) => Some(EhrConsent::OptIn),
-        (ConsentState::Active, false, true) => Some(EhrConsent::OptOut),
+        (ConsentStatus::Active, true, true) => Some(EhrConsent::OptIn),
+        (ConsentStatus::Active, false, true) => Some(EhrConsent::OptOut),
         (_, true, _) => Some(EhrConsent::OptOut),
         _ => None,
     }

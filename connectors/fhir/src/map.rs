@@ -1,13 +1,22 @@
-//! A FHIR Bundle (search result, collection, Subscription notification) -> canonical events.
+//! A FHIR Bundle (search result, collection, Subscription notification) -> canonical changes.
 //!
-//! The Bundle is read as JSON and each entry parsed on its own into fhir-sdk's R4B models, so one
-//! bad entry is one rejection (with an [`Issue`]) and the rest keep flowing. Where fields come from:
+//! The Bundle is read as JSON and each entry parsed on its own, so one bad entry is one rejection
+//! (with an [`Issue`]) and the rest keep flowing. Entries are R4 / R4B (parsed into fhir-sdk's R4B
+//! models) unless one of the Bundle's Appointments or Consents has an element only R5 has: then
+//! every Appointment, Patient and Consent of it is read by the targeted R5 reader (`r5.rs`).
+//! Both fill the same views (`view.rs`), so a resource maps to the same canonical values in
+//! either release. Where fields come from:
 //! - id: the `identifier` with the configured system, else the logical id; version
 //!   `meta.lastUpdated` (else the Bundle's timestamp) and `meta.versionId`;
-//! - status, start, end (or `minutesDuration`); location, practitioner and patient from the
-//!   participants (`Location/`, `Practitioner/` / `PractitionerRole/`, `Patient/` references,
-//!   resolved in the Bundle when included); service type from `serviceType`, else
-//!   `appointmentType`; reason from `reasonCode` / `description` (kept only to be filtered);
+//! - status, start, end (or `minutesDuration`). An Appointment that is not `booked` and has no
+//!   `start` (a `cancelled`, `noshow` or `entered-in-error` one, which FHIR allows) is a status
+//!   change alone ([`Change::Status`]): it updates the stored appointment and never creates one.
+//!   A `booked` one without `start` is rejected;
+//! - location, practitioner and patient from the participants (`Location/`, `Practitioner/` /
+//!   `PractitionerRole/`, `Patient/` references, resolved in the Bundle when included; R5
+//!   `subject` first for the patient); service type from `serviceType` (R5: its concept, else the
+//!   referenced HealthcareService), else `appointmentType`; reason from `reasonCode` (R5
+//!   `reason`) / `description` (kept only to be filtered);
 //! - patient: MR identifier, official/usual name, phone/sms telecom, preferred language, and
 //!   `meta.security` R/V (restricted, very restricted) as the protection flag;
 //! - EHR consent from the patient's `Consent` resources in the Bundle: see [`crate::consent`].
@@ -19,8 +28,8 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use medrelay_mapping::phone::normalize_e164;
 use medrelay_mapping::{
-    Appointment as Canonical, AppointmentEvent, AppointmentKey, AppointmentStatus, ContactPhone,
-    Patient as CanonicalPatient, Phi, PhoneUse, SourceVersion,
+    Appointment as Canonical, AppointmentEvent, AppointmentKey, AppointmentStatus, Change,
+    ContactPhone, Patient as CanonicalPatient, Phi, PhoneUse, SourceVersion, StatusChange,
 };
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -28,7 +37,7 @@ use std::borrow::Cow;
 
 use crate::consent::{ConsentSelector, ehr_consent};
 use crate::outcome::Issue;
-use crate::time::instant;
+use crate::view::{AppointmentView, ConsentView, Named, PatientView};
 
 /// What the connector needs to map resources (from its configuration and site).
 #[derive(Clone, Debug)]
@@ -73,12 +82,46 @@ pub struct NotificationStatus {
 pub struct MappedBundle {
     pub bundle_type: String,
     pub notification: Option<NotificationStatus>,
-    pub events: Vec<AppointmentEvent>,
+    /// Whether the Bundle was read as FHIR R5 (one of its Appointments or Consents is in R5's form).
+    pub r5: bool,
+    /// In entry order: full appointments, and status changes of appointments without a start.
+    pub events: Vec<Change>,
     pub rejected: Vec<RejectedEntry>,
     /// Entries without a resource (id-only notifications): their full URLs, to be read.
     pub missing: Vec<String>,
     /// Entries of other types (Location, Encounter...), counted, not used.
     pub other: usize,
+}
+
+impl MappedBundle {
+    /// The Appointments an id-only notification points at (its `focus` references and the full
+    /// URLs of entries without a resource), sorted and once each; empty when the Bundle carries the
+    /// resources themselves or is about something else. The Subscription endpoint and the file
+    /// import read these from the server, or refuse the Bundle with [`id_only_without_server`].
+    pub fn id_only_references(&self) -> Vec<String> {
+        if !self.events.is_empty() || !self.rejected.is_empty() {
+            return Vec::new();
+        }
+        self.notification
+            .iter()
+            .flat_map(|n| n.focus.iter())
+            .chain(self.missing.iter())
+            .filter(|r| r.contains("Appointment/"))
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+}
+
+/// The issue for an id-only notification when the connector has no server to read it from: the
+/// same words from the Subscription endpoint (422) and from a file import (quarantined, exit 3).
+pub fn id_only_without_server() -> Issue {
+    Issue::error(
+        "not-supported",
+        "id-only notifications need the connector's server settings to read the resources",
+        None,
+    )
 }
 
 /// `Type/id` of a reference or full URL (`https://x/fhir/Patient/1/_history/2` -> `Patient/1`);
@@ -99,7 +142,7 @@ pub fn normalize_reference(r: &str) -> String {
 }
 
 /// Parses one resource, reporting only where it failed (serde's message can quote a value).
-fn parse<T: serde::de::DeserializeOwned>(json: &str, kind: &str) -> Result<T, Issue> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(json: &str, kind: &str) -> Result<T, Issue> {
     let mut de = serde_json::Deserializer::from_str(json);
     serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -125,67 +168,43 @@ fn parse<T: serde::de::DeserializeOwned>(json: &str, kind: &str) -> Result<T, Is
     })
 }
 
-fn text_of(cc: Option<&fhir_sdk::r4b::types::CodeableConcept>) -> Option<String> {
-    let cc = cc?;
-    cc.text
-        .clone()
-        .filter(|t| !t.trim().is_empty())
-        .or_else(|| {
-            cc.coding
-                .iter()
-                .flatten()
-                .find_map(|c| c.display.clone().or_else(|| c.code.clone()))
-        })
-}
-
 // PHI: patient fields are read into Phi values; nothing here is logged.
 #[allow(clippy::disallowed_methods)]
-fn map_patient(p: &Patient, opts: &FhirOptions) -> CanonicalPatient {
-    use fhir_sdk::r4b::codes::{ContactPointSystem, ContactPointUse, NameUse};
+fn map_patient(p: &PatientView, opts: &FhirOptions) -> CanonicalPatient {
     let mut out = CanonicalPatient::default();
     let mrn = p
-        .identifier
+        .identifiers
         .iter()
-        .flatten()
-        .find(|i| {
-            i.r#type.as_ref().is_some_and(|t| {
-                t.coding
-                    .iter()
-                    .flatten()
-                    .any(|c| c.code.as_deref() == Some("MR"))
-            })
-        })
-        .or_else(|| p.identifier.iter().flatten().next())
+        .find(|i| i.mr)
+        .or_else(|| p.identifiers.first())
         .and_then(|i| i.value.clone());
     out.id = mrn.or_else(|| p.id.clone()).map(Phi::new);
-    let names: Vec<_> = p.name.iter().flatten().collect();
-    let name = names
+    let name = p
+        .names
         .iter()
-        .find(|n| matches!(n.r#use, Some(NameUse::Official)))
+        .find(|n| n.use_.as_deref() == Some("official"))
         .or_else(|| {
-            names
+            p.names
                 .iter()
-                .find(|n| matches!(n.r#use, Some(NameUse::Usual) | None))
+                .find(|n| matches!(n.use_.as_deref(), Some("usual") | None))
         })
-        .or_else(|| names.first());
+        .or_else(|| p.names.first());
     if let Some(n) = name {
         out.family_name = n.family.clone().map(Phi::new);
-        out.given_name = n.given.iter().flatten().next().cloned().map(Phi::new);
+        out.given_name = n.given.clone().map(Phi::new);
     }
-    for (i, t) in p.telecom.iter().flatten().enumerate() {
-        if !matches!(
-            t.system,
-            Some(ContactPointSystem::Phone | ContactPointSystem::Sms)
-        ) {
+    for (i, t) in p.telecom.iter().enumerate() {
+        let system = t.system.as_deref();
+        if !matches!(system, Some("phone" | "sms")) {
             continue;
         }
-        let use_ = match t.r#use {
-            Some(ContactPointUse::Mobile) => PhoneUse::Mobile,
-            Some(ContactPointUse::Home) => PhoneUse::Home,
-            Some(ContactPointUse::Work) => PhoneUse::Work,
+        let use_ = match t.use_.as_deref() {
+            Some("mobile") => PhoneUse::Mobile,
+            Some("home") => PhoneUse::Home,
+            Some("work") => PhoneUse::Work,
             // An old number is not a number to message.
-            Some(ContactPointUse::Old) => continue,
-            _ if matches!(t.system, Some(ContactPointSystem::Sms)) => PhoneUse::Mobile,
+            Some("old") => continue,
+            _ if system == Some("sms") => PhoneUse::Mobile,
             _ => PhoneUse::Other,
         };
         let Some(value) = t.value.as_deref() else {
@@ -199,27 +218,19 @@ fn map_patient(p: &Patient, opts: &FhirOptions) -> CanonicalPatient {
             e164,
             unusable,
             use_,
-            rank: t.rank.map_or(i as u32 + 100, |r| r.get()),
+            rank: t.rank.unwrap_or(i as u32 + 100),
         });
     }
-    let langs: Vec<_> = p.communication.iter().flatten().collect();
-    out.preferred_language = langs
+    out.preferred_language = p
+        .languages
         .iter()
-        .find(|c| c.preferred == Some(true))
-        .or_else(|| langs.first())
-        .and_then(|c| {
-            c.language
-                .coding
-                .iter()
-                .flatten()
-                .find_map(|c| c.code.clone())
-        });
+        .find(|(preferred, _)| *preferred == Some(true))
+        .or_else(|| p.languages.first())
+        .and_then(|(_, code)| code.clone());
     // v3-Confidentiality R (restricted) or V (very restricted): never message.
-    let restricted = p.meta.as_ref().is_some_and(|m| {
-        m.security.iter().flatten().any(|c| {
-            c.system.as_deref() == Some("http://terminology.hl7.org/CodeSystem/v3-Confidentiality")
-                && matches!(c.code.as_deref(), Some("R" | "V"))
-        })
+    let restricted = p.security.iter().any(|c| {
+        c.system.as_deref() == Some("http://terminology.hl7.org/CodeSystem/v3-Confidentiality")
+            && matches!(c.code.as_deref(), Some("R" | "V"))
     });
     out.protected = Some(restricted);
     out
@@ -227,20 +238,19 @@ fn map_patient(p: &Patient, opts: &FhirOptions) -> CanonicalPatient {
 
 struct Indexed {
     /// Patients once each; `patients` maps every key (reference, full URL) to one of them.
-    patient_list: Vec<Patient>,
+    patient_list: Vec<PatientView>,
     patients: HashMap<String, usize>,
-    consents: Vec<(String, Consent)>,
+    consents: Vec<(String, ConsentView)>,
     displays: HashMap<String, String>,
 }
 
-fn actor_display(a: &Appointment, idx: &Indexed, kinds: &[&str]) -> Option<String> {
-    a.participant.iter().flatten().find_map(|p| {
-        let actor = p.actor.as_ref()?;
+fn actor_display(a: &AppointmentView, idx: &Indexed, kinds: &[&str]) -> Option<String> {
+    a.participants.iter().find_map(|actor| {
         let r = actor.reference.as_deref().map(normalize_reference);
         let kind_ok = r
             .as_deref()
             .is_some_and(|r| kinds.iter().any(|k| r.starts_with(&format!("{k}/"))))
-            || actor.r#type.as_deref().is_some_and(|t| kinds.contains(&t));
+            || actor.kind.as_deref().is_some_and(|t| kinds.contains(&t));
         if !kind_ok {
             return None;
         }
@@ -251,21 +261,39 @@ fn actor_display(a: &Appointment, idx: &Indexed, kinds: &[&str]) -> Option<Strin
     })
 }
 
+/// The text of a concept, else the display of what it references in the Bundle.
+fn named_text(n: &Named, idx: &Indexed) -> Option<String> {
+    n.text.clone().or_else(|| {
+        n.reference
+            .as_deref()
+            .and_then(|r| idx.displays.get(&normalize_reference(r)).cloned())
+    })
+}
+
+/// `Patient/..` (or `urn:uuid:..`) the appointment is for: R5 `subject`, else a participant.
+fn patient_reference(a: &AppointmentView) -> Option<String> {
+    a.subject.iter().chain(a.participants.iter()).find_map(|p| {
+        p.reference
+            .as_deref()
+            .map(normalize_reference)
+            .filter(|r| r.starts_with("Patient/") || r.starts_with("urn:uuid:"))
+    })
+}
+
 // PHI: appointment fields are read into the canonical model (Phi where they are patient data).
 #[allow(clippy::disallowed_methods)]
 fn map_appointment(
-    a: &Appointment,
+    a: &AppointmentView,
     idx: &Indexed,
     opts: &FhirOptions,
     fallback_version: Timestamp,
-) -> Result<AppointmentEvent, Issue> {
+) -> Result<Change, Issue> {
     let id = match &opts.identifier_system {
         Some(sys) => a
-            .identifier
+            .identifiers
             .iter()
-            .flatten()
-            .find(|i| i.system.as_deref() == Some(sys.as_str()))
-            .and_then(|i| i.value.clone())
+            .find(|(s, _)| s.as_deref() == Some(sys.as_str()))
+            .and_then(|(_, v)| v.clone())
             .ok_or_else(|| {
                 Issue::error(
                     "required",
@@ -281,23 +309,47 @@ fn map_appointment(
             )
         })?,
     };
-    let status = AppointmentStatus::from_code(a.status.as_ref()).ok_or_else(|| {
+    let status = AppointmentStatus::from_code(&a.status).ok_or_else(|| {
         Issue::error(
             "not-supported",
             "status is not an AppointmentStatus medrelay knows",
             Some("Appointment.status".into()),
         )
     })?;
-    let start = a.start.as_ref().map(instant).ok_or_else(|| {
-        Issue::error(
-            "required",
-            "a booked appointment needs a start to be reminded of",
-            Some("Appointment.start".into()),
-        )
-    })?;
-    let end = a.end.as_ref().map(instant).or_else(|| {
+    let key = AppointmentKey {
+        source: opts.system.clone(),
+        id,
+    };
+    let version = SourceVersion {
+        at: a.last_updated.unwrap_or(fallback_version),
+        seq: a
+            .version_id
+            .as_deref()
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0),
+    };
+    let raw_ref = format!("Appointment/{}", a.id.as_deref().unwrap_or("(no id)"));
+    let Some(start) = a.start else {
+        if status == AppointmentStatus::Booked {
+            return Err(Issue::error(
+                "required",
+                "a booked appointment needs a start to be reminded of",
+                Some("Appointment.start".into()),
+            ));
+        }
+        // A cancellation (no-show, entry in error...) names the appointment; that is enough.
+        return Ok(Change::Status(StatusChange {
+            key,
+            placer_id: None,
+            status,
+            version,
+            raw_ref,
+            message_id: None,
+        }));
+    };
+    let end = a.end.or_else(|| {
         a.minutes_duration
-            .map(|m| start + SignedDuration::from_mins(i64::from(m.get())))
+            .map(|m| start + SignedDuration::from_mins(i64::from(m)))
     });
     if end.is_some_and(|e| e < start) {
         return Err(Issue::error(
@@ -306,20 +358,13 @@ fn map_appointment(
             Some("Appointment.end".into()),
         ));
     }
-    let patient_ref = a.participant.iter().flatten().find_map(|p| {
-        p.actor
-            .as_ref()?
-            .reference
-            .as_deref()
-            .map(normalize_reference)
-            .filter(|r| r.starts_with("Patient/") || r.starts_with("urn:uuid:"))
-    });
+    let patient_ref = patient_reference(a);
     let (patient, ehr) = match patient_ref
         .as_ref()
         .and_then(|r| idx.patients.get(r).map(|&i| (r, &idx.patient_list[i])))
     {
         Some((r, p)) => {
-            let consents: Vec<&Consent> = idx
+            let consents: Vec<&ConsentView> = idx
                 .consents
                 .iter()
                 .filter(|(pr, _)| pr == r)
@@ -341,39 +386,23 @@ fn map_appointment(
         ),
     };
     let service_type = a
-        .service_type
+        .service_types
         .iter()
-        .flatten()
-        .find_map(|c| text_of(Some(c)))
-        .or_else(|| text_of(a.appointment_type.as_ref()));
+        .find_map(|n| named_text(n, idx))
+        .or_else(|| a.appointment_type.clone());
     let reason = a
-        .reason_code
+        .reasons
         .iter()
-        .flatten()
-        .find_map(|c| text_of(Some(c)))
+        .find_map(|n| named_text(n, idx))
         .or_else(|| a.description.clone());
-    let version_at = a
-        .meta
-        .as_ref()
-        .and_then(|m| m.last_updated.as_ref())
-        .map(instant)
-        .unwrap_or(fallback_version);
-    let seq = a
-        .meta
-        .as_ref()
-        .and_then(|m| m.version_id.as_deref())
-        .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(0);
-    Ok(AppointmentEvent {
+    Ok(Change::from(AppointmentEvent {
         appointment: Canonical {
-            key: AppointmentKey {
-                source: opts.system.clone(),
-                id,
-            },
+            key,
             placer_id: None,
             status,
             start,
             end,
+            time_unknown: false,
             site: opts.site.clone(),
             time_zone: opts.time_zone.clone(),
             location: actor_display(a, idx, &["Location"]),
@@ -383,12 +412,10 @@ fn map_appointment(
             patient,
             ehr_consent: ehr,
         },
-        version: SourceVersion {
-            at: version_at,
-            seq,
-        },
-        raw_ref: format!("Appointment/{}", a.id.as_deref().unwrap_or("(no id)")),
-    })
+        version,
+        raw_ref,
+        message_id: None,
+    }))
 }
 
 fn notification_status(params: &Value) -> NotificationStatus {
@@ -420,6 +447,23 @@ fn notification_status(params: &Value) -> NotificationStatus {
     s
 }
 
+/// An R4B / R5 `SubscriptionStatus` (the first entry of a native notification) as the same status.
+fn subscription_status(status: &Value) -> NotificationStatus {
+    NotificationStatus {
+        kind: status["type"].as_str().unwrap_or_default().to_owned(),
+        subscription: status["subscription"]["reference"]
+            .as_str()
+            .map(str::to_owned),
+        topic: status["topic"].as_str().map(str::to_owned),
+        focus: status["notificationEvent"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["focus"]["reference"].as_str().map(str::to_owned))
+            .collect(),
+    }
+}
+
 /// The Bundle as read: entries borrowed from the input, each resource kept as raw JSON until it
 /// is needed (a whole search page as a `serde_json::Value` costs about 25x its size).
 #[derive(serde::Deserialize)]
@@ -449,6 +493,42 @@ struct Probe<'a> {
     resource_type: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     id: Option<Cow<'a, str>>,
+}
+
+/// An entry kept for reading once the Bundle's release is known.
+struct Pending<'a> {
+    i: usize,
+    raw: &'a RawValue,
+    /// `Type/id`, else the full URL, else the type.
+    reference: String,
+    /// The logical id, when it may be shown (never a Patient's: it identifies the patient).
+    shown_id: Option<String>,
+    /// Every key the entry is found by (its reference and full URL, normalized).
+    keys: Vec<String>,
+}
+
+impl Pending<'_> {
+    /// The rejection of this entry (location, issue, raw JSON for quarantine).
+    fn reject(&self, kind: &str, issue: Issue) -> (usize, RejectedEntry) {
+        let location = match &self.shown_id {
+            Some(_) => format!("Bundle.entry[{}] {}", self.i, self.reference),
+            None => format!("Bundle.entry[{}] {kind}", self.i),
+        };
+        let filler_id = if kind == "Appointment" {
+            self.shown_id.clone()
+        } else {
+            None
+        };
+        (
+            self.i,
+            RejectedEntry {
+                location,
+                issue,
+                raw: self.raw.get().as_bytes().to_vec(),
+                filler_id,
+            },
+        )
+    }
 }
 
 /// Maps a Bundle's bytes. `now` stands in for `meta.lastUpdated` when neither the resource nor the
@@ -491,9 +571,9 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
         consents: Vec::new(),
         displays: HashMap::new(),
     };
-    let mut appointments: Vec<(usize, Appointment)> = Vec::new();
+    let (mut appointments, mut patients, mut consents) = (Vec::new(), Vec::new(), Vec::new());
+    let mut r5 = false;
     for (i, e) in bundle.entry.iter().enumerate() {
-        let at = format!("Bundle.entry[{i}]");
         let full_url = e.full_url.as_deref().map(str::to_owned);
         let Some(raw) = e.resource.filter(|r| r.get().trim_start().starts_with('{')) else {
             if let Some(u) = full_url {
@@ -511,57 +591,42 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
             Some(id) => format!("{kind}/{id}"),
             None => full_url.clone().unwrap_or_else(|| kind.to_owned()),
         };
-        let keys: Vec<String> = [Some(reference.clone()), full_url.clone()]
+        let keys: Vec<String> = [Some(reference.clone()), full_url]
             .into_iter()
             .flatten()
             .map(|k| normalize_reference(&k))
             .collect();
-        // A Patient's id identifies the patient: it names no rejected entry (quarantine reasons
-        // and logs carry no patient identifier); the raw entry keeps it.
-        let shown_id = id.filter(|_| kind != "Patient");
-        let reject = |issue: Issue| RejectedEntry {
-            location: match shown_id {
-                Some(_) => format!("{at} {reference}"),
-                None => format!("{at} {kind}"),
-            },
-            issue,
-            raw: raw.get().as_bytes().to_vec(),
-            filler_id: if kind == "Appointment" {
-                shown_id.map(str::to_owned)
-            } else {
-                None
-            },
+        let pending = Pending {
+            i,
+            raw,
+            reference,
+            // A Patient's id identifies the patient: it names no rejected entry (quarantine
+            // reasons and logs carry no patient identifier); the raw entry keeps it.
+            shown_id: id.filter(|_| kind != "Patient").map(str::to_owned),
+            keys,
         };
         match kind {
             "Parameters" if i == 0 => {
                 let v: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
                 out.notification = Some(notification_status(&v));
             }
-            "Appointment" => match parse::<Appointment>(raw.get(), kind) {
-                Ok(a) => appointments.push((i, a)),
-                Err(issue) => out.rejected.push(reject(issue)),
-            },
-            "Patient" => match parse::<Patient>(raw.get(), kind) {
-                Ok(p) => {
-                    idx.patient_list.push(p);
-                    for k in keys {
-                        idx.patients.insert(k, idx.patient_list.len() - 1);
-                    }
+            "SubscriptionStatus" if i == 0 => {
+                let v: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+                out.notification = Some(subscription_status(&v));
+            }
+            "Appointment" | "Consent" => {
+                r5 = r5 || crate::r5::looks_r5(raw.get());
+                if kind == "Appointment" {
+                    appointments.push(pending);
+                } else {
+                    consents.push(pending);
                 }
-                Err(issue) => out.rejected.push(reject(issue)),
-            },
-            "Consent" => match parse::<Consent>(raw.get(), kind) {
-                Ok(c) => {
-                    if let Some(p) = c.patient.as_ref().and_then(|p| p.reference.as_deref()) {
-                        idx.consents.push((normalize_reference(p), c));
-                    }
-                }
-                Err(issue) => out.rejected.push(reject(issue)),
-            },
+            }
+            "Patient" => patients.push(pending),
             "Location" | "Practitioner" | "PractitionerRole" | "HealthcareService" => {
                 let v: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
                 if let Some(name) = display_name(&v) {
-                    for k in keys {
+                    for k in pending.keys {
                         idx.displays.insert(k, name.clone());
                     }
                 }
@@ -570,23 +635,72 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
             _ => out.other += 1,
         }
     }
-    for (i, a) in appointments {
-        match map_appointment(&a, &idx, opts, fallback) {
-            Ok(e) => out.events.push(e),
-            Err(issue) => out.rejected.push(RejectedEntry {
-                location: format!(
-                    "Bundle.entry[{i}] Appointment/{}",
-                    a.id.as_deref().unwrap_or("(no id)")
-                ),
-                issue,
-                raw: bundle.entry[i]
-                    .resource
-                    .map(|r| r.get().as_bytes().to_vec())
-                    .unwrap_or_default(),
-                filler_id: a.id.clone(),
-            }),
+    out.r5 = r5;
+    let mut rejected: Vec<(usize, RejectedEntry)> = Vec::new();
+    for p in patients {
+        let view = if r5 {
+            crate::r5::patient(p.raw.get())
+        } else {
+            parse::<Patient>(p.raw.get(), "Patient").map(|p| crate::r4b::patient(&p))
+        };
+        match view {
+            Ok(v) => {
+                idx.patient_list.push(v);
+                for k in p.keys {
+                    idx.patients.insert(k, idx.patient_list.len() - 1);
+                }
+            }
+            Err(issue) => rejected.push(p.reject("Patient", issue)),
         }
     }
+    for p in consents {
+        let view = if r5 {
+            crate::r5::consent(p.raw.get())
+        } else {
+            parse::<Consent>(p.raw.get(), "Consent").map(|c| crate::r4b::consent(&c))
+        };
+        match view {
+            Ok(c) => {
+                if let Some(patient) = c.patient.as_deref().map(normalize_reference) {
+                    idx.consents.push((patient, c));
+                }
+            }
+            Err(issue) => rejected.push(p.reject("Consent", issue)),
+        }
+    }
+    for p in appointments {
+        let view = if r5 {
+            crate::r5::appointment(p.raw.get())
+        } else {
+            parse::<Appointment>(p.raw.get(), "Appointment").map(|a| crate::r4b::appointment(&a))
+        };
+        let view = match view {
+            Ok(v) => v,
+            Err(issue) => {
+                rejected.push(p.reject("Appointment", issue));
+                continue;
+            }
+        };
+        match map_appointment(&view, &idx, opts, fallback) {
+            Ok(c) => out.events.push(c),
+            Err(issue) => rejected.push((
+                p.i,
+                RejectedEntry {
+                    location: format!(
+                        "Bundle.entry[{}] Appointment/{}",
+                        p.i,
+                        view.id.as_deref().unwrap_or("(no id)")
+                    ),
+                    issue,
+                    raw: p.raw.get().as_bytes().to_vec(),
+                    filler_id: view.id.clone(),
+                },
+            )),
+        }
+    }
+    // In entry order, whatever stage found the problem.
+    rejected.sort_by_key(|(i, _)| *i);
+    out.rejected = rejected.into_iter().map(|(_, r)| r).collect();
     Ok(out)
 }
 

@@ -183,12 +183,16 @@ impl FhirServer {
             .iter()
             .filter(|e| e["resource"]["resourceType"] == "Appointment")
             .flat_map(|e| {
-                e["resource"]["participant"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
+                let a = &e["resource"];
+                // R5 names the patient in `subject` too.
+                let subject = a["subject"]["reference"].as_str();
+                let actors = a["participant"].as_array().into_iter().flatten();
+                subject
+                    .into_iter()
+                    .chain(actors.filter_map(|p| p["actor"]["reference"].as_str()))
+                    .map(normalize_reference)
+                    .collect::<Vec<_>>()
             })
-            .filter_map(|p| p["actor"]["reference"].as_str().map(normalize_reference))
             .filter(|r| r.starts_with("Patient/"))
             .collect();
         for r in wanted.difference(&have) {
@@ -281,13 +285,17 @@ fn collection(entries: Vec<Value>) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Reads what an id-only notification points at. Each reference is read as `Type/id` from this
+/// server's own base URL, whatever host a notification names: the Authorization header never goes
+/// to a host the notification chose.
 #[async_trait::async_trait]
 impl crate::subscription::ResourceFetcher for FhirServer {
     async fn fetch(&self, references: &[String]) -> Result<Vec<u8>, String> {
         let mut entries = Vec::new();
         for r in references {
-            let v = self.get_json(r).await?;
-            entries.push(json!({"fullUrl": self.absolute(r), "resource": v}));
+            let r = normalize_reference(r);
+            let v = self.get_json(&format!("{}/{r}", self.base)).await?;
+            entries.push(json!({"fullUrl": self.absolute(&r), "resource": v}));
         }
         self.add_missing_patients(&mut entries).await?;
         self.add_consents(&mut entries).await?;

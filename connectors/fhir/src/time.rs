@@ -1,4 +1,5 @@
-//! fhir-model's `time`-crate values -> jiff (the rest of medrelay uses jiff).
+//! FHIR times as jiff values: fhir-model's `time`-crate values (R4B models) and FHIR's own text
+//! forms (the R5 reader), into one representation the mapping decides on.
 
 use fhir_sdk::r4b::types::Period;
 use fhir_sdk::{Date, DateTime, Instant};
@@ -11,63 +12,176 @@ pub fn instant(i: &Instant) -> Timestamp {
     Timestamp::from_nanosecond(i.0.unix_timestamp_nanos()).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
-/// The first civil day a FHIR date covers, and the day after the last.
-fn date_span(d: &Date) -> Option<(civil::Date, civil::Date)> {
-    let (first, last) = match d {
-        Date::Year(y) => (
-            civil::date(i16::try_from(*y).ok()?, 1, 1),
-            civil::date(i16::try_from(*y).ok()?, 12, 31),
-        ),
-        Date::YearMonth(y, m) => {
-            let first = civil::Date::new(i16::try_from(*y).ok()?, *m as i8, 1).ok()?;
-            (first, first.last_of_month())
-        }
-        Date::Date(d) => {
-            let c = civil::Date::new(
-                i16::try_from(d.year()).ok()?,
-                d.month() as i8,
-                i8::try_from(d.day()).ok()?,
-            )
-            .ok()?;
-            (c, c)
-        }
-    };
-    Some((first, last.tomorrow().ok()?))
+/// A FHIR `instant` in its JSON text form (`2026-12-02T09:00:00-03:00`, fractions allowed; the
+/// offset is required).
+pub fn parse_instant(text: &str) -> Option<Timestamp> {
+    // jiff also reads `2026-12-02T09:00-03:00`; FHIR requires the seconds.
+    let time = text.split_once('T')?.1;
+    if time.len() < 8 || time.as_bytes()[5] != b':' {
+        return None;
+    }
+    text.parse().ok()
 }
 
-/// The span `[from, until)` a FHIR dateTime covers: an instant is a point; a date is its whole
-/// day(s) in `zone`.
-pub fn span(dt: &DateTime, zone: &TimeZone) -> Option<(Timestamp, Timestamp)> {
-    match dt {
-        DateTime::DateTime(i) => {
-            let t = instant(i);
-            Some((t, t + SignedDuration::from_nanos(1)))
+/// A FHIR `date` or `dateTime`: a point in time, or whole civil days whose instants depend on the
+/// site's zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    At(Timestamp),
+    /// The first day covered and the day after the last.
+    Days(civil::Date, civil::Date),
+}
+
+impl When {
+    /// From fhir-model's value.
+    pub fn from_sdk(dt: &DateTime) -> Option<When> {
+        match dt {
+            DateTime::DateTime(i) => Some(When::At(instant(i))),
+            DateTime::Date(d) => {
+                let (first, last) = match d {
+                    Date::Year(y) => year(*y)?,
+                    Date::YearMonth(y, m) => month(*y, *m as i8)?,
+                    Date::Date(d) => {
+                        let c = civil::Date::new(
+                            i16::try_from(d.year()).ok()?,
+                            d.month() as i8,
+                            i8::try_from(d.day()).ok()?,
+                        )
+                        .ok()?;
+                        (c, c)
+                    }
+                };
+                Some(When::Days(first, last.tomorrow().ok()?))
+            }
         }
-        DateTime::Date(d) => {
-            let (first, after) = date_span(d)?;
-            let from = zone.to_ambiguous_timestamp(first.to_datetime(civil::Time::midnight()));
-            let until = zone.to_ambiguous_timestamp(after.to_datetime(civil::Time::midnight()));
-            Some((from.compatible().ok()?, until.compatible().ok()?))
+    }
+
+    /// From the JSON text of a FHIR `date` (`2026`, `2026-12`, `2026-12-01`) or `dateTime` (a date,
+    /// or a time with seconds and an offset). `None` when the text is neither.
+    pub fn parse(text: &str) -> Option<When> {
+        if text.contains('T') {
+            return parse_instant(text).map(When::At);
         }
+        let parts: Vec<&str> = text.split('-').collect();
+        let num = |s: &str, len: usize| {
+            (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse::<i32>().ok())
+                .flatten()
+        };
+        let (first, last) = match parts.as_slice() {
+            [y] => year(num(y, 4)?)?,
+            [y, m] => month(num(y, 4)?, i8::try_from(num(m, 2)?).ok()?)?,
+            [y, m, d] => {
+                let c = civil::Date::new(
+                    i16::try_from(num(y, 4)?).ok()?,
+                    i8::try_from(num(m, 2)?).ok()?,
+                    i8::try_from(num(d, 2)?).ok()?,
+                )
+                .ok()?;
+                (c, c)
+            }
+            _ => return None,
+        };
+        Some(When::Days(first, last.tomorrow().ok()?))
+    }
+
+    /// The span `[from, until)` it covers: an instant is a point; days are whole days in `zone`.
+    pub fn span(&self, zone: &TimeZone) -> Option<(Timestamp, Timestamp)> {
+        match *self {
+            When::At(t) => Some((t, t + SignedDuration::from_nanos(1))),
+            When::Days(first, after) => {
+                let from = zone.to_ambiguous_timestamp(first.to_datetime(civil::Time::midnight()));
+                let until = zone.to_ambiguous_timestamp(after.to_datetime(civil::Time::midnight()));
+                Some((from.compatible().ok()?, until.compatible().ok()?))
+            }
+        }
+    }
+
+    /// A sortable moment (start of its span).
+    pub fn moment(&self, zone: &TimeZone) -> Option<Timestamp> {
+        self.span(zone).map(|(from, _)| from)
     }
 }
 
-/// Whether `at` falls inside `period` (open ends are unbounded; dates cover whole days).
-pub fn period_contains(period: &Period, at: Timestamp, zone: &TimeZone) -> bool {
-    let after_start = period
-        .start
-        .as_ref()
-        .and_then(|s| span(s, zone))
-        .is_none_or(|(from, _)| at >= from);
-    let before_end = period
-        .end
-        .as_ref()
-        .and_then(|e| span(e, zone))
-        .is_none_or(|(_, until)| at < until);
-    after_start && before_end
+fn year(y: i32) -> Option<(civil::Date, civil::Date)> {
+    let y = i16::try_from(y).ok()?;
+    Some((
+        civil::Date::new(y, 1, 1).ok()?,
+        civil::Date::new(y, 12, 31).ok()?,
+    ))
 }
 
-/// A sortable moment for a FHIR dateTime (start of its span).
-pub fn moment(dt: &DateTime, zone: &TimeZone) -> Option<Timestamp> {
-    span(dt, zone).map(|(from, _)| from)
+fn month(y: i32, m: i8) -> Option<(civil::Date, civil::Date)> {
+    let first = civil::Date::new(i16::try_from(y).ok()?, m, 1).ok()?;
+    Some((first, first.last_of_month()))
+}
+
+/// A FHIR `Period`; an open end is unbounded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: Option<When>,
+    pub end: Option<When>,
+}
+
+impl Span {
+    /// From fhir-model's value (an unreadable end counts as open, as before).
+    pub fn from_sdk(p: &Period) -> Span {
+        Span {
+            start: p.start.as_ref().and_then(When::from_sdk),
+            end: p.end.as_ref().and_then(When::from_sdk),
+        }
+    }
+
+    /// Whether `at` falls inside (dates cover whole days in `zone`).
+    pub fn contains(&self, at: Timestamp, zone: &TimeZone) -> bool {
+        let after_start = self
+            .start
+            .and_then(|s| s.span(zone))
+            .is_none_or(|(from, _)| at >= from);
+        let before_end = self
+            .end
+            .and_then(|e| e.span(zone))
+            .is_none_or(|(_, until)| at < until);
+        after_start && before_end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fhir_date_and_datetime_text() {
+        let d = |y, m, d| civil::date(y, m, d);
+        assert_eq!(
+            When::parse("2026"),
+            Some(When::Days(d(2026, 1, 1), d(2027, 1, 1)))
+        );
+        assert_eq!(
+            When::parse("2026-02"),
+            Some(When::Days(d(2026, 2, 1), d(2026, 3, 1)))
+        );
+        assert_eq!(
+            When::parse("2026-12-31"),
+            Some(When::Days(d(2026, 12, 31), d(2027, 1, 1)))
+        );
+        assert_eq!(
+            When::parse("2026-12-01T10:00:00-03:00"),
+            Some(When::At("2026-12-01T13:00:00Z".parse().unwrap()))
+        );
+        for bad in [
+            "26",
+            "2026-1",
+            "2026-13-01",
+            "2026-12-01T10:00-03:00",
+            "2026-12-01T10:00:00",
+            "soon",
+        ] {
+            assert_eq!(When::parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse_instant("2026-12-02T12:00:00.250Z").map(|t| t.to_string()),
+            Some("2026-12-02T12:00:00.25Z".into())
+        );
+    }
 }
