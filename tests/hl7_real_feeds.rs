@@ -59,7 +59,11 @@ async fn older_msh7_cancellation_on_one_mllp_connection_cancels_the_booking() {
     let ack = common::mllp_exchange(&mut stream, &messages[0].bytes).await;
     assert!(ack.contains("\rMSA|AA|SKW-0001"), "{ack}");
     settle(&service).await;
-    assert_eq!(sent_to(&service, "5511940000001"), 1, "booking confirmation");
+    assert_eq!(
+        sent_to(&service, "5511940000001"),
+        1,
+        "booking confirmation"
+    );
     // The cancel, stamped an hour before the booking, arrives after it on the same connection.
     let ack = common::mllp_exchange(&mut stream, &messages[1].bytes).await;
     assert!(ack.contains("\rMSA|AA|SKW-0002"), "{ack}");
@@ -72,12 +76,19 @@ async fn older_msh7_cancellation_on_one_mllp_connection_cancels_the_booking() {
     for id in ["clinica/AG-40001", "clinica/AG-40002"] {
         let (_, explain) = cli(&config, &["explain", id]).await;
         assert!(explain.contains("  cancelled  "), "{explain}");
-        assert!(!explain.contains("pending"), "reminders withdrawn:\n{explain}");
+        assert!(
+            !explain.contains("pending"),
+            "reminders withdrawn:\n{explain}"
+        );
     }
     // The 48 h reminder time of AG-40001 (20 Dec 10:00 -03) passes: nothing more is sent.
     clock.set("2026-12-18T13:05:00Z".parse().unwrap());
     settle(&service).await;
-    assert_eq!(sent_to(&service, "5511940000001"), 1, "no reminder after the cancel");
+    assert_eq!(
+        sent_to(&service, "5511940000001"),
+        1,
+        "no reminder after the cancel"
+    );
     assert_eq!(sent_to(&service, "5511940000002"), 0);
     let (_, status) = cli(&config, &["status"]).await;
     assert!(status.contains("ignored events: none"), "{status}");
@@ -102,7 +113,9 @@ async fn older_msh7_cancellation_with_message_time_ordering_is_reported_older_ig
     assert!(out.contains("  1 older, ignored: "), "{out}");
     let (_, status) = cli(&config, &["status"]).await;
     assert!(
-        status.contains("older_cancellation_ignored: feed clinica-hl7: a `cancelled` event for clinica/AG-40001"),
+        status.contains(
+            "older_cancellation_ignored: feed clinica-hl7: a `cancelled` event for clinica/AG-40001"
+        ),
         "an alert, because a reminder would go out for a cancelled visit:\n{status}"
     );
     assert!(status.contains("older, ignored, stored booked"), "{status}");
@@ -172,7 +185,10 @@ async fn status_change_for_an_unknown_appointment_is_reported_not_on_record() {
         "{out}"
     );
     let (_, status) = cli(&config, &["status"]).await;
-    assert!(status.contains("ignored events (") && status.contains("unknown 1"), "{status}");
+    assert!(
+        status.contains("ignored events (") && status.contains("unknown 1"),
+        "{status}"
+    );
 }
 
 #[tokio::test]
@@ -188,7 +204,7 @@ async fn sch25_status_map_and_local_words_through_ingest() {
     assert_eq!(code, medrelay::exit::PARTIAL, "{out}");
     assert!(out.contains("3 messages imported"), "{out}");
     assert!(
-        out.contains("message 4 (line 10, MSH-10 STA-0004): AE") && out.contains("`status_map`"),
+        out.contains("message 4 (line 12, MSH-10 STA-0004): AE") && out.contains("`status_map`"),
         "{out}"
     );
     assert!(!out.contains("Remarcado"), "the value is not echoed: {out}");
@@ -203,12 +219,11 @@ async fn sch25_status_map_and_local_words_through_ingest() {
     use sqlx::Connection;
     let db = format!("sqlite://{}", dir.path().join("medrelay.db").display());
     let mut conn = sqlx::SqliteConnection::connect(&db).await.unwrap();
-    let (location, revision): (String, i64) = sqlx::query_as(
-        "SELECT location, revision FROM appointments WHERE filler_id = 'AG-40021'",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
+    let (location, revision): (String, i64) =
+        sqlx::query_as("SELECT location, revision FROM appointments WHERE filler_id = 'AG-40021'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
     assert_eq!(location, "CARDIO, Sala 305, Hospital Central");
     assert!(revision >= 2, "the move is a revision of the appointment");
 }

@@ -1,6 +1,7 @@
 //! PHI canary: unique values in every patient field of the input are followed through the import
 //! (good and bad rows), planning, sending (accepted and failed), replies (taps, free text, STOP),
-//! unreadable webhooks and the CLI's own output. No canary may appear in any log line, quarantine
+//! unreadable webhooks and the CLI's own output, with logging at trace level (third-party crates
+//! capped as in the binary). No canary may appear in any log line, quarantine
 //! reason, row report, alert, audit record or command output; in outbound bodies only the allow-listed
 //! given name may appear, and only as a template parameter.
 
@@ -95,16 +96,24 @@ impl Write for Buffer {
     }
 }
 
-/// Captures every log line of this test binary, at debug level for every crate.
+/// Captures every log line of this test binary at trace level, through the same filter as the
+/// binary's subscriber (`medrelay::logging::filter`: `MEDRELAY_LOG=trace` for medrelay, third-party
+/// crates capped), with the `log` crate's records (rlibphonenumber's) routed through it too.
 fn logs() -> &'static Buffer {
     static LOGS: OnceLock<Buffer> = OnceLock::new();
     LOGS.get_or_init(|| {
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
         let buffer = Buffer::default();
         let writer = buffer.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("debug")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone())
+                    .with_filter(medrelay::logging::filter("trace")),
+            )
             .init();
         buffer
     })
@@ -472,4 +481,45 @@ async fn no_canary_escapes_through_any_path() {
     }
 
     assert_logs_clean(logs, "message accepted by WhatsApp");
+}
+
+/// rlibphonenumber logs the numbers it parses at trace level (issue 11: 201 lines with 22 numbers
+/// in one demo run). Unfiltered, it does, which is what makes the check below meaningful; through
+/// medrelay's filter at `MEDRELAY_LOG=trace` (and even `rlibphonenumber=trace`), nothing of it is
+/// written.
+#[test]
+fn third_party_crates_never_log_phi_at_trace_level() {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    // Installs the global subscriber and the `log` bridge.
+    let _ = logs();
+    let parse = || {
+        for number in ["(212) 736-9917", "+1 212 736 9918", "212-736-9919"] {
+            medrelay_mapping::phone::normalize_e164(number, "US").unwrap();
+        }
+    };
+    let captured = |filter: Box<
+        dyn tracing_subscriber::layer::Filter<tracing_subscriber::Registry> + Send + Sync,
+    >| {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .with_filter(filter),
+        );
+        tracing::subscriber::with_default(subscriber, parse);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    };
+    let unfiltered = captured(Box::new(tracing_subscriber::EnvFilter::new("trace")));
+    assert!(
+        unfiltered.contains("rlibphonenumber") && unfiltered.contains("2127369917"),
+        "rlibphonenumber no longer logs numbers at trace (then this test proves nothing): {unfiltered}"
+    );
+    for directives in ["trace", "trace,rlibphonenumber=trace"] {
+        let filtered = captured(Box::new(medrelay::logging::filter(directives)));
+        assert!(!filtered.contains("rlibphonenumber"), "{filtered}");
+        assert_clean(&format!("the logs at MEDRELAY_LOG={directives}"), &filtered);
+    }
 }

@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use medrelay_connector_csv::{CsvProfile, ReturnFileConfig};
+use medrelay_listener::{ConnectionLimits, RequestLimits};
 use medrelay_mapping::plan::parse_duration;
 use medrelay_pipeline::config::{
     Compiled, ConsentConfig, PipelineConfig, PlanConfig, ReplyTexts, SiteConfig, TemplateConfig,
 };
 use medrelay_pipeline::http::simulator::SimServerConfig;
-use medrelay_pipeline::http::webhook::DEFAULT_BODY_LIMIT;
+use medrelay_pipeline::http::webhook::{DEFAULT_BODY_LIMIT, DEFAULT_MAX_REQUESTS};
 use medrelay_pipeline::store::quarantine::QuotaLimits;
 use medrelay_pipeline::whatsapp::cloud::CloudApiConfig;
 use medrelay_pipeline::whatsapp::simulator::{ReplyMix, SimulatorConfig};
@@ -167,6 +168,49 @@ fn default_verify_token_env() -> String {
 fn default_body_limit() -> usize {
     DEFAULT_BODY_LIMIT
 }
+fn default_http_max_connections() -> usize {
+    medrelay_listener::DEFAULT_MAX_CONNECTIONS
+}
+fn default_header_timeout_secs() -> u64 {
+    medrelay_listener::DEFAULT_HEADER_TIMEOUT.as_secs()
+}
+fn default_webhook_max_requests() -> usize {
+    DEFAULT_MAX_REQUESTS
+}
+fn default_webhook_body_timeout_secs() -> u64 {
+    medrelay_pipeline::http::webhook::DEFAULT_BODY_TIMEOUT.as_secs()
+}
+
+/// What is wrong with a served endpoint's limits (`key` prefixes the names, e.g.
+/// `whatsapp.webhook`).
+fn listener_limit_problems(
+    key: &str,
+    max_connections: usize,
+    max_requests: usize,
+    header_timeout_secs: u64,
+    body_timeout_secs: u64,
+) -> Vec<String> {
+    let mut p = Vec::new();
+    if !(1..=16384).contains(&max_connections) {
+        p.push(format!("{key}.max_connections must be between 1 and 16384"));
+    }
+    if max_requests == 0 || max_requests > max_connections {
+        p.push(format!(
+            "{key}.max_requests must be between 1 and max_connections"
+        ));
+    }
+    if !(1..=600).contains(&header_timeout_secs) {
+        p.push(format!(
+            "{key}.header_timeout_secs must be between 1 and 600"
+        ));
+    }
+    if !(1..=3600).contains(&body_timeout_secs) {
+        p.push(format!(
+            "{key}.body_timeout_secs must be between 1 and 3600"
+        ));
+    }
+    p
+}
 
 /// `[whatsapp.webhook]`: the endpoint Meta (or `medrelay simulate`) POSTs statuses and replies to.
 /// Secrets are named by environment variable, never written in the file.
@@ -187,6 +231,20 @@ pub struct WebhookConfig {
     /// Largest accepted webhook body in bytes (larger: 413).
     #[serde(default = "default_body_limit")]
     pub body_limit: usize,
+    /// TCP connections open at once; more wait in the backlog (hostile clients cannot exhaust
+    /// memory with connections).
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+    /// Signed requests whose body is read or stored at once (memory: this many bodies at most).
+    #[serde(default = "default_webhook_max_requests")]
+    pub max_requests: usize,
+    /// A connection must send a complete request head this soon after it opens (or after its
+    /// previous answer); else it is closed (slow-header clients, idle connections).
+    #[serde(default = "default_header_timeout_secs")]
+    pub header_timeout_secs: u64,
+    /// After its head, a request must get a slot and deliver its whole body this soon (408 / 503).
+    #[serde(default = "default_webhook_body_timeout_secs")]
+    pub body_timeout_secs: u64,
 }
 
 impl Default for WebhookConfig {
@@ -196,7 +254,30 @@ impl Default for WebhookConfig {
             app_secret_env: default_app_secret_env(),
             verify_token_env: default_verify_token_env(),
             body_limit: default_body_limit(),
+            max_connections: default_http_max_connections(),
+            max_requests: default_webhook_max_requests(),
+            header_timeout_secs: default_header_timeout_secs(),
+            body_timeout_secs: default_webhook_body_timeout_secs(),
         }
+    }
+}
+
+impl WebhookConfig {
+    /// The endpoint's per-connection limits.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
+        }
+    }
+
+    /// The endpoint's per-request limits (one set of slots per call: call once per listener).
+    pub fn request_limits(&self) -> RequestLimits {
+        RequestLimits::new(
+            self.body_limit,
+            std::time::Duration::from_secs(self.body_timeout_secs),
+            self.max_requests,
+        )
     }
 }
 
@@ -508,6 +589,10 @@ fn default_fallback_charset() -> String {
     "8859/1".to_string()
 }
 
+fn default_hl7_ordering() -> String {
+    "arrival".to_string()
+}
+
 /// An HL7v2 interface: SIU messages over MLLP (`listen`) and/or as files (`inbox`, `medrelay
 /// ingest hl7`).
 #[derive(Clone, Debug, Deserialize)]
@@ -595,6 +680,20 @@ pub struct Hl7ConnectorConfig {
     /// Our MSH-4 in ACKs.
     #[serde(default)]
     pub facility: Option<String>,
+    /// Which clock orders messages about one appointment: `arrival` (default: the order of the
+    /// connection or file), `message_time` (MSH-7) or `event_time` (EVN-6, else EVN-2, else MSH-7).
+    #[serde(default = "default_hl7_ordering")]
+    pub ordering: String,
+    /// The sender's local SCH-25 values and the FHIR status each means (`"Confirmado" = "booked"`,
+    /// `"C" = "cancelled"`); matched without case, spaces or punctuation, before the built-in
+    /// table 0278 codes and synonyms.
+    #[serde(default)]
+    pub status_map: BTreeMap<String, String>,
+    /// The parts of AIL-3 (a PL) that make the location, in order, joined by ", "
+    /// (`point_of_care`, `room`, `bed`, `facility`, `building`, `floor`, `description`); default:
+    /// the description, else the facility, else the point of care.
+    #[serde(default)]
+    pub location_parts: Vec<String>,
     /// Send patient answers back to the EHR's inbound interface as SRM messages.
     #[serde(default)]
     pub write_back: Option<Hl7WriteBackSection>,
@@ -757,6 +856,14 @@ fn default_fhir_body_limit() -> usize {
     8 * 1024 * 1024
 }
 
+fn default_subscription_max_requests() -> usize {
+    4
+}
+
+fn default_subscription_body_timeout_secs() -> u64 {
+    60
+}
+
 fn default_fhir_timeout() -> u64 {
     20
 }
@@ -778,6 +885,38 @@ pub struct FhirSubscriptionConfig {
     pub authorization_env: String,
     #[serde(default = "default_fhir_body_limit")]
     pub body_limit: usize,
+    /// TCP connections open at once; more wait in the backlog.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+    /// Authenticated notifications read and mapped at once (memory: this many bodies at most).
+    #[serde(default = "default_subscription_max_requests")]
+    pub max_requests: usize,
+    /// A connection must send a complete request head this soon after it opens (or after its
+    /// previous answer); else it is closed.
+    #[serde(default = "default_header_timeout_secs")]
+    pub header_timeout_secs: u64,
+    /// After its head, a notification must get a slot and deliver its whole body this soon.
+    #[serde(default = "default_subscription_body_timeout_secs")]
+    pub body_timeout_secs: u64,
+}
+
+impl FhirSubscriptionConfig {
+    /// The endpoint's per-connection limits.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
+        }
+    }
+
+    /// The endpoint's per-request limits (one set of slots per call: call once per listener).
+    pub fn request_limits(&self) -> RequestLimits {
+        RequestLimits::new(
+            self.body_limit,
+            std::time::Duration::from_secs(self.body_timeout_secs),
+            self.max_requests,
+        )
+    }
 }
 
 /// `[connectors.server]`: the EHR's FHIR REST base, for id-only notifications and for polling.
@@ -847,6 +986,8 @@ impl FhirConnectorConfig {
 /// Every connector medrelay knows.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
+// A few per process, read once at start: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum ConnectorConfig {
     Csv(CsvConnectorConfig),
     Hl7v2(Hl7ConnectorConfig),
@@ -1162,6 +1303,17 @@ fn validate_fhir(c: &FhirConnectorConfig) -> Vec<String> {
                 "connector `{name}`: subscription.body_limit must be between 1024 and 67108864"
             ));
         }
+        errors.extend(
+            listener_limit_problems(
+                "subscription",
+                s.max_connections,
+                s.max_requests,
+                s.header_timeout_secs,
+                s.body_timeout_secs,
+            )
+            .into_iter()
+            .map(|p| format!("connector `{name}`: {p}")),
+        );
     }
     if c.write_back && c.server.is_none() {
         errors.push(format!(
@@ -1232,6 +1384,38 @@ fn validate_hl7(c: &Hl7ConnectorConfig) -> Vec<String> {
             "connector `{}`: fallback_charset `{}` is not an MSH-18 character set (e.g. 8859/1, UNICODE UTF-8)",
             c.name, c.fallback_charset
         ));
+    }
+    if medrelay_connector_hl7v2::Ordering::parse(&c.ordering).is_none() {
+        errors.push(format!(
+            "connector `{}`: ordering `{}` must be arrival, message_time or event_time",
+            c.name, c.ordering
+        ));
+    }
+    for (local, status) in &c.status_map {
+        if medrelay_connector_hl7v2::siu::status_key(local).is_empty() {
+            errors.push(format!(
+                "connector `{}`: status_map has a key without letters or digits",
+                c.name
+            ));
+        }
+        if medrelay_mapping::AppointmentStatus::from_code(status).is_none() {
+            errors.push(format!(
+                "connector `{}`: status_map value `{status}` is not a FHIR appointment status ({})",
+                c.name,
+                medrelay_mapping::AppointmentStatus::ALL
+                    .map(|s| s.as_str())
+                    .join(", ")
+            ));
+        }
+    }
+    for part in &c.location_parts {
+        if medrelay_connector_hl7v2::LocationPart::parse(part).is_none() {
+            errors.push(format!(
+                "connector `{}`: location_parts: `{part}` is not one of {}",
+                c.name,
+                medrelay_connector_hl7v2::LocationPart::NAMES
+            ));
+        }
     }
     if let Some(w) = &c.write_back {
         if w.send_to
@@ -1417,6 +1601,13 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
     if !(1024..=16 * 1024 * 1024).contains(&webhook.body_limit) {
         errors.push("whatsapp.webhook.body_limit must be between 1024 and 16777216 bytes".into());
     }
+    errors.extend(listener_limit_problems(
+        "whatsapp.webhook",
+        webhook.max_connections,
+        webhook.max_requests,
+        webhook.header_timeout_secs,
+        webhook.body_timeout_secs,
+    ));
     match (compiled, errors.is_empty()) {
         (Some(compiled), true) => Ok(Loaded {
             path: path.to_path_buf(),
@@ -1587,6 +1778,43 @@ mod tests {
             "fallback_charset `EBCDIC`",
             "consent code `59284-0` must be `system|code`",
             "write_back needs a [connectors.server]",
+        ] {
+            assert!(e.errors.iter().any(|m| m.contains(needle)), "{needle}: {e}");
+        }
+    }
+    #[test]
+    fn served_endpoint_limits_have_defaults_and_are_checked() {
+        let text = std::fs::read_to_string(sample()).unwrap().replace(
+            "# [connectors.subscription]\n# listen = \"127.0.0.1:8444\"\n# path = \"/fhir/subscription\"\n# authorization_env = \"CLINICA_FHIR_SUBSCRIPTION_AUTH\"",
+            "[connectors.subscription]\nlisten = \"127.0.0.1:8444\"\nauthorization_env = \"MEDRELAY_UNIT_SUB\"",
+        );
+        let loaded = load_str(&text, &sample()).unwrap();
+        let w = &loaded.config.whatsapp.webhook;
+        let limits = (w.max_connections, w.max_requests, w.header_timeout_secs);
+        assert_eq!((limits, w.body_timeout_secs), ((256, 16, 10), 30));
+        let c = loaded.fhir_connector(None).unwrap();
+        let s = c.subscription.clone().unwrap();
+        let limits = (s.max_connections, s.max_requests, s.header_timeout_secs);
+        assert_eq!((limits, s.body_timeout_secs), ((256, 4, 10), 60));
+        assert_eq!(s.connection_limits().header_timeout.as_secs(), 10);
+        assert_eq!(s.request_limits().body_limit, 8 * 1024 * 1024);
+
+        let bad = text
+            .replace(
+                "authorization_env = \"MEDRELAY_UNIT_SUB\"",
+                "authorization_env = \"MEDRELAY_UNIT_SUB\"\nmax_connections = 2\nmax_requests = 3\nheader_timeout_secs = 0",
+            )
+            .replacen(
+                "\n[whatsapp.simulator]\n",
+                "\n[whatsapp.webhook]\nmax_connections = 0\nbody_timeout_secs = 7200\n\n[whatsapp.simulator]\n",
+                1,
+            );
+        let e = load_str(&bad, &sample()).unwrap_err();
+        for needle in [
+            "connector `clinica-fhir`: subscription.max_requests must be between 1 and max_connections",
+            "connector `clinica-fhir`: subscription.header_timeout_secs must be between 1 and 600",
+            "whatsapp.webhook.max_connections must be between 1 and 16384",
+            "whatsapp.webhook.body_timeout_secs must be between 1 and 3600",
         ] {
             assert!(e.errors.iter().any(|m| m.contains(needle)), "{needle}: {e}");
         }

@@ -15,6 +15,7 @@ use medrelay_connector_fhir::subscription::{
 use medrelay_connector_fhir::{
     ConsentSelector, FhirOptions, Issue, MappedBundle, id_only_without_server, map_bundle,
 };
+use medrelay_listener::serve_bounded;
 use medrelay_pipeline::clock::Clock;
 use medrelay_pipeline::ingest::{AcceptReceipt, Ingest, Rejected};
 use medrelay_pipeline::service::Service;
@@ -22,7 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::info;
 
-use crate::config::{FhirConnectorConfig, Loaded};
+use crate::config::{FhirConnectorConfig, FhirSubscriptionConfig, Loaded};
+use crate::wiring::secret_from_env;
 
 /// The connector's mapping options.
 pub fn options(loaded: &Loaded, c: &FhirConnectorConfig) -> FhirOptions {
@@ -117,18 +119,58 @@ impl BundleSink for IngestBundleSink {
     }
 }
 
+/// The Subscription's `Authorization` value from `subscription.authorization_env`; a variable that
+/// is unset, empty or blank is a usage error naming it (never its value): the endpoint fails
+/// closed instead of accepting requests without the header.
+fn subscription_authorization(
+    c: &FhirConnectorConfig,
+    sub: &FhirSubscriptionConfig,
+) -> anyhow::Result<String> {
+    secret_from_env(
+        &sub.authorization_env,
+        &format!(
+            "the Subscription's Authorization header (connector `{}` subscription.authorization_env)",
+            c.name
+        ),
+    )
+}
+
+/// The server's `Authorization` value, when `server.authorization_env` names one; unset, empty or
+/// blank is a usage error naming the variable (no request goes out with an empty credential).
+fn server_authorization(c: &FhirConnectorConfig) -> anyhow::Result<Option<String>> {
+    let Some(var) = c.server.as_ref().and_then(|s| s.authorization_env.as_ref()) else {
+        return Ok(None);
+    };
+    secret_from_env(
+        var,
+        &format!(
+            "the FHIR server's Authorization header (connector `{}` server.authorization_env)",
+            c.name
+        ),
+    )
+    .map(Some)
+}
+
+/// Checks every FHIR secret `medrelay run` will use before anything starts: the Subscription
+/// values when `serving` (endpoints are served) and the server values always (polling, id-only
+/// reads, write-back).
+pub fn require_secrets(loaded: &Loaded, serving: bool) -> anyhow::Result<()> {
+    for c in &loaded.config.connectors {
+        let crate::config::ConnectorConfig::Fhir(c) = c else {
+            continue;
+        };
+        if serving && let Some(sub) = &c.subscription {
+            subscription_authorization(c, sub)?;
+        }
+        server_authorization(c)?;
+    }
+    Ok(())
+}
+
 /// The connector's FHIR server client, when `[connectors.server]` is set.
 pub fn server(c: &FhirConnectorConfig) -> anyhow::Result<Option<FhirServer>> {
     let Some(s) = &c.server else { return Ok(None) };
-    let auth = match &s.authorization_env {
-        Some(var) => Some(std::env::var(var).map_err(|_| {
-            anyhow!(
-                "connector `{}`: environment variable {var} (server.authorization_env) is not set",
-                c.name
-            )
-        })?),
-        None => None,
-    };
+    let auth = server_authorization(c)?;
     FhirServer::new(
         &s.base_url,
         auth.as_deref(),
@@ -151,13 +193,7 @@ pub async fn start_endpoints(
             continue;
         };
         let Some(sub) = &c.subscription else { continue };
-        let authorization = std::env::var(&sub.authorization_env).map_err(|_| {
-            anyhow!(
-                "connector `{}`: environment variable {} (subscription.authorization_env) is not set",
-                c.name,
-                sub.authorization_env
-            )
-        })?;
+        let authorization = subscription_authorization(c, sub)?;
         let addr: SocketAddr = sub.listen.parse().context("subscription.listen")?;
         let fetcher = server(c)?.map(|s| Arc::new(s) as Arc<dyn ResourceFetcher>);
         let now_clock = clock.clone();
@@ -173,16 +209,20 @@ pub async fn start_endpoints(
             fetcher,
             authorization: Arc::from(authorization.as_str()),
             now: Arc::new(move || now_clock.now()),
+            limits: sub.request_limits(),
         };
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (connector `{}`)", c.name))?;
         let local = listener.local_addr()?;
         info!(connector = %c.name, address = %local, path = %sub.path, "FHIR subscription endpoint listening");
-        let app = router(state, &sub.path, sub.body_limit);
+        let app = router(state, &sub.path).map_err(|e| anyhow!("connector `{}`: {e}", c.name))?;
+        // Stopped by aborting the task (see `run`): the sender delivers again what was not
+        // answered.
+        let limits = sub.connection_limits();
         out.push((
             local,
-            tokio::spawn(async move { axum::serve(listener, app).await }),
+            tokio::spawn(serve_bounded(listener, app, limits, std::future::pending())),
         ));
     }
     Ok(out)
@@ -307,6 +347,8 @@ pub async fn poll(
         total.appointments += r.appointments;
         total.receipt.applied += r.receipt.applied;
         total.receipt.unchanged += r.receipt.unchanged;
+        total.receipt.older_ignored += r.receipt.older_ignored;
+        total.receipt.unknown_ignored += r.receipt.unknown_ignored;
         total.receipt.quarantined += r.receipt.quarantined;
         total.rejected.extend(r.rejected);
     }

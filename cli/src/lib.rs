@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod fhir;
 pub mod hl7;
+pub mod logging;
 pub mod wiring;
 
 use std::io::Write;

@@ -8,22 +8,13 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use medrelay::{Cli, LogFormat, exit_code_of, run};
-use tracing_subscriber::EnvFilter;
+use medrelay::{Cli, exit_code_of, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs go to stderr; `MEDRELAY_LOG` (or RUST_LOG syntax) sets the level. Dependencies that log
-    // request URLs (which could carry search parameters) are kept at warn.
-    let filter = EnvFilter::try_from_env("MEDRELAY_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,reqwest=warn,fhir_sdk=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    // Logs go to stderr; `MEDRELAY_LOG` (RUST_LOG syntax) sets medrelay's level. Third-party crates
+    // are capped whatever it says (they log what they see, phone numbers included): see logging.rs.
+    medrelay::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

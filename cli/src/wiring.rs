@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, anyhow};
 use jiff::Timestamp;
-use medrelay_connector_csv::{CsvReturnFile, ImportOptions, RowReport, RowResult};
+use medrelay_connector_csv::{CsvReturnFile, FileSummary, ImportOptions, RowReport, RowResult};
 use medrelay_mapping::ports::WriteBack;
 use medrelay_pipeline::clock::Clock;
 use medrelay_pipeline::http::simulator::{SimServer, SimServerConfig};
@@ -122,13 +122,14 @@ pub fn business_number(loaded: &Loaded) -> BusinessNumber {
     }
 }
 
-/// Reads a secret from the environment variable `var`, or says which variable is missing (a usage
-/// error: configuration, not a runtime failure). The value never appears in an error.
+/// Reads a secret from the environment variable `var`, or says which variable is missing, empty
+/// or blank (a usage error: configuration, not a runtime failure). Fails closed: an empty secret
+/// would authenticate nothing. The value never appears in an error.
 pub fn secret_from_env(var: &str, what: &str) -> anyhow::Result<String> {
     match std::env::var(var) {
         Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
         _ => Err(Failure::usage(format!(
-            "environment variable {var} with {what} is not set"
+            "environment variable {var} with {what} is not set (or is empty)"
         ))),
     }
 }
@@ -232,19 +233,33 @@ pub fn build_service(
     }
 }
 
-/// Adapts the CSV reader to the pipeline's item source, writing the row report as it goes.
+/// Adapts the CSV reader to the pipeline's item source, writing the row report (bad rows and
+/// warnings) as it goes, and leaving the file's summary in `summary` when the rows end.
 struct CsvItems {
     rows: medrelay_connector_csv::CsvRows,
     report: Arc<Mutex<Option<RowReport>>>,
+    summary: Arc<Mutex<Option<FileSummary>>>,
     file_name: String,
 }
 
 impl ItemSource for CsvItems {
     fn next_item(&mut self) -> Option<SourceItem> {
-        match self.rows.next()? {
+        let Some(row) = self.rows.next() else {
+            *self.summary.lock().expect("summary lock") = Some(self.rows.summary());
+            return None;
+        };
+        let warnings = self.rows.take_warnings();
+        let mut report = self.report.lock().expect("report lock");
+        if let Some(r) = report.as_mut() {
+            for w in &warnings {
+                r.warn(w);
+            }
+        }
+        match row {
             RowResult::Event(e) => Some(SourceItem::Event(Box::new(e))),
+            RowResult::Status(s) => Some(SourceItem::Status(s)),
             RowResult::Bad(bad) => {
-                if let Some(r) = self.report.lock().expect("report lock").as_mut() {
+                if let Some(r) = report.as_mut() {
                     r.record(&bad);
                 }
                 Some(SourceItem::Rejected(Rejected {
@@ -269,6 +284,11 @@ pub struct CsvImportResult {
     pub file: PathBuf,
     pub summary: ImportSummary,
     pub report: Option<PathBuf>,
+    /// What the file's rows added up to (rows without a usable phone, status changes, unknown
+    /// code values).
+    pub rows: FileSummary,
+    /// Imported rows with a warning in the report (a civil time in a daylight-saving gap).
+    pub warnings: u64,
 }
 
 /// The last component of an input's path, as imports, quarantine and reports name it.
@@ -330,9 +350,25 @@ pub async fn import_csv(
             as_of,
         },
     )
-    .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    .map_err(|e| {
+        // An unreadable file is a runtime failure (1); a file that is not the export the profile
+        // describes is bad input (3); a profile that does not fit it is configuration (2).
+        let message = format!("{}: {e}", file.display());
+        if e.is_bad_input() {
+            Failure {
+                code: crate::exit::PARTIAL,
+                message,
+            }
+            .into()
+        } else if e.is_profile_mismatch() {
+            Failure::usage(message)
+        } else {
+            anyhow!(message)
+        }
+    })?;
     let file_name = input_name(file);
     let report = Arc::new(Mutex::new(Some(RowReport::new(file))));
+    let rows_summary = Arc::new(Mutex::new(None));
     let info = ImportInfo {
         source: connector.name.clone(),
         input_name: file_name.clone(),
@@ -354,6 +390,7 @@ pub async fn import_csv(
             CsvItems {
                 rows,
                 report: report.clone(),
+                summary: rows_summary.clone(),
                 file_name,
             },
             4_000,
@@ -362,11 +399,15 @@ pub async fn import_csv(
         )
         .await
         .context("import failed; nothing after the last committed batch was imported")?;
-    let report_file = report
+    let rows_summary = rows_summary
         .lock()
-        .expect("report lock")
+        .expect("summary lock")
         .take()
-        .map(RowReport::finish)
+        .unwrap_or_default();
+    let report = report.lock().expect("report lock").take();
+    let warnings = report.as_ref().map_or(0, RowReport::warnings);
+    let report_file = report
+        .map(|r| r.finish_with(&rows_summary))
         .transpose()
         .context("cannot write the row report")?
         .flatten();
@@ -374,5 +415,7 @@ pub async fn import_csv(
         file: file.to_path_buf(),
         summary,
         report: report_file,
+        rows: rows_summary,
+        warnings,
     })
 }

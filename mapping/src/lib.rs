@@ -25,7 +25,7 @@ pub mod reply;
 pub mod template;
 
 pub use model::{
-    Appointment, AppointmentEvent, AppointmentKey, AppointmentStatus, Change, ContactPhone, Patient,
-    PhoneUse, SourceVersion, StatusChange,
+    Appointment, AppointmentEvent, AppointmentKey, AppointmentStatus, Change, ContactPhone,
+    Patient, PhoneUse, SourceVersion, StatusChange,
 };
 pub use phi::Phi;

@@ -189,6 +189,23 @@ pub enum StepOutcome {
     Dropped(String),
 }
 
+/// When an appointment is: an exact slot, or a day whose time the source does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    /// The start; for a day whose time is unknown, the first instant of that local day.
+    pub start: Timestamp,
+    /// The end, when the source gives one (never for a time-unknown day).
+    pub end: Option<Timestamp>,
+    /// Only the day is known ([`crate::model::Appointment::time_unknown`]).
+    pub time_unknown: bool,
+}
+
+/// Local time of day-level steps that go in the morning when the site has no quiet hours (with
+/// quiet hours they go when the quiet hours end).
+pub const DAY_STEP_MORNING: Time = Time::constant(8, 0, 0, 0);
+/// Local time, the evening before, of day-level reminders whose offset is under a day.
+pub const DAY_STEP_EVENING: Time = Time::constant(18, 0, 0, 0);
+
 /// Plans one step for an appointment starting at `start` (ending at `end`) in `zone`.
 pub fn plan_step(
     spec: &StepSpec,
@@ -198,6 +215,37 @@ pub fn plan_step(
     now: Timestamp,
     policy: &PlanPolicy,
 ) -> StepOutcome {
+    plan_slot(
+        spec,
+        Slot {
+            start,
+            end,
+            time_unknown: false,
+        },
+        zone,
+        now,
+        policy,
+    )
+}
+
+/// Plans one step for a slot. A day whose time is unknown gets day-level steps, since "2 hours
+/// before" a time nobody knows means nothing: a reminder of `offset` >= 24 h goes that many whole
+/// days before the day, in the morning (when quiet hours end; 08:00 without them), one under 24 h
+/// the evening before (18:00); a confirmation goes as usual. All of them expire when the day
+/// begins (the sender re-checks the slot against its start, the first instant of the day), so
+/// none arrives on the day itself, when it could be after the visit. Follow-ups and no-show
+/// messages are timed from the end of the day.
+pub fn plan_slot(
+    spec: &StepSpec,
+    slot: Slot,
+    zone: &TimeZone,
+    now: Timestamp,
+    policy: &PlanPolicy,
+) -> StepOutcome {
+    if slot.time_unknown {
+        return plan_day(spec, slot.start, zone, now, policy);
+    }
+    let Slot { start, end, .. } = slot;
     let end = end.unwrap_or_else(|| start + policy.default_duration);
     let (intended, expires) = match spec.kind {
         StepKind::Confirmation => (now, start - policy.min_lead),
@@ -214,12 +262,84 @@ pub fn plan_step(
             (if now < expires { due.max(now) } else { due }, expires)
         }
     };
-    let useful = |t: Timestamp| t >= now - policy.late_grace && t < expires;
     if !spec.kind.after_the_visit() && now >= start {
         return StepOutcome::Dropped("the appointment has already started".into());
     }
+    place(intended, expires, zone, now, policy, false)
+}
+
+/// Day-level planning of [`plan_slot`] for a day whose time is unknown; `day_start` is the first
+/// instant of that local day.
+fn plan_day(
+    spec: &StepSpec,
+    day_start: Timestamp,
+    zone: &TimeZone,
+    now: Timestamp,
+    policy: &PlanPolicy,
+) -> StepOutcome {
+    let day = day_start.to_zoned(zone.clone()).date();
+    let at = |date: jiff::civil::Date, time: Time| {
+        zone.to_ambiguous_zoned(date.to_datetime(time))
+            .compatible()
+            .map(|z| z.timestamp())
+            .unwrap_or(day_start)
+    };
+    let day_end = day
+        .tomorrow()
+        .ok()
+        .and_then(|d| d.to_zoned(zone.clone()).ok())
+        .map(|z| z.timestamp())
+        .unwrap_or(day_start + SignedDuration::from_hours(24));
+    let morning = policy.quiet_hours.map_or(DAY_STEP_MORNING, |q| q.end);
+    let (intended, expires) = match spec.kind {
+        StepKind::Confirmation => (now, day_start),
+        StepKind::Reminder => {
+            let days = spec.offset.as_secs() / 86_400;
+            let (date, time) = if days >= 1 {
+                (day.checked_sub(jiff::Span::new().days(days)).ok(), morning)
+            } else {
+                (day.yesterday().ok(), DAY_STEP_EVENING)
+            };
+            match date {
+                Some(date) => (at(date, time), day_start),
+                None => {
+                    return StepOutcome::Dropped("the appointment's day is out of range".into());
+                }
+            }
+        }
+        StepKind::FollowUp => {
+            let due = day_end + spec.offset;
+            (due, due + SignedDuration::from_hours(24))
+        }
+        StepKind::NoShow => {
+            let due = day_end + spec.offset;
+            let expires = due + SignedDuration::from_hours(24);
+            (if now < expires { due.max(now) } else { due }, expires)
+        }
+    };
+    if !spec.kind.after_the_visit() && now >= day_start {
+        return StepOutcome::Dropped(
+            "the appointment's day has begun (its time is unknown, so nothing is sent on the day)"
+                .into(),
+        );
+    }
+    place(intended, expires, zone, now, policy, true)
+}
+
+/// The common end of planning: drop a step that cannot be useful, else move it out of quiet hours.
+fn place(
+    intended: Timestamp,
+    expires: Timestamp,
+    zone: &TimeZone,
+    now: Timestamp,
+    policy: &PlanPolicy,
+    day_level: bool,
+) -> StepOutcome {
+    let useful = |t: Timestamp| t >= now - policy.late_grace && t < expires;
     if !useful(intended) {
-        return StepOutcome::Dropped(if intended >= expires {
+        return StepOutcome::Dropped(if intended >= expires && day_level {
+            "the appointment's time is unknown, and there is no day left before it for a day-level message".into()
+        } else if intended >= expires {
             format!(
                 "less than the minimum lead of {} before the start",
                 fmt_duration(policy.min_lead)
@@ -566,6 +686,106 @@ mod tests {
         ] {
             assert_eq!(StepKind::from_name(k.as_str()), Some(k));
         }
+    }
+
+    fn day(start: &str) -> Slot {
+        Slot {
+            start: ts(start),
+            end: None,
+            time_unknown: true,
+        }
+    }
+
+    #[test]
+    fn a_day_whose_time_is_unknown_gets_day_level_steps_never_on_the_day() {
+        // 3 December 2026 in New York, time unknown: its first instant is 05:00Z.
+        let slot = day("2026-12-03T05:00:00Z");
+        // 13:00 EST, outside quiet hours.
+        let now = ts("2026-11-25T18:00:00Z");
+        let plan = |spec: &StepSpec, now: Timestamp, policy: &PlanPolicy| {
+            plan_slot(spec, slot, &ny(), now, policy)
+        };
+        // 48 h: two days before, in the morning (08:00 EST), expiring as the day begins.
+        for policy in [PlanPolicy::default(), quiet_policy()] {
+            assert_eq!(
+                plan(&reminder(48), now, &policy),
+                StepOutcome::Due {
+                    due: ts("2026-12-01T13:00:00Z"),
+                    expires: ts("2026-12-03T05:00:00Z"),
+                    note: None
+                }
+            );
+        }
+        // 2 h before a time nobody knows: the evening before (18:00 EST), not "22:00 the day before".
+        assert_eq!(
+            plan(&reminder(2), now, &quiet_policy()),
+            StepOutcome::Due {
+                due: ts("2026-12-02T23:00:00Z"),
+                expires: ts("2026-12-03T05:00:00Z"),
+                note: None
+            }
+        );
+        // A confirmation goes now; on the day itself, nothing before the visit is sent.
+        let confirmation = StepSpec::new(
+            "confirmation",
+            StepKind::Confirmation,
+            SignedDuration::ZERO,
+            "booked",
+        );
+        assert!(matches!(
+            plan(&confirmation, now, &quiet_policy()),
+            StepOutcome::Due { due, .. } if due == now
+        ));
+        let on_the_day = ts("2026-12-03T14:00:00Z");
+        for spec in [&confirmation, &reminder(2), &reminder(48)] {
+            match plan(spec, on_the_day, &quiet_policy()) {
+                StepOutcome::Dropped(r) => assert!(r.contains("day has begun"), "{r}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // The evening before at 18:30: the 2 h reminder's moment has passed.
+        assert!(matches!(
+            plan(
+                &reminder(2),
+                ts("2026-12-02T23:30:00Z"),
+                &PlanPolicy::default()
+            ),
+            StepOutcome::Dropped(_)
+        ));
+        // Follow-ups are timed from the end of the day.
+        let follow_up = StepSpec::new(
+            "follow_up",
+            StepKind::FollowUp,
+            SignedDuration::from_hours(24),
+            "follow_up",
+        );
+        assert!(matches!(
+            plan(&follow_up, now, &PlanPolicy::default()),
+            StepOutcome::Due { due, .. } if due == ts("2026-12-05T05:00:00Z")
+        ));
+        // With the time known, the same start is an appointment at 00:00, planned to the hour.
+        let exact = Slot {
+            time_unknown: false,
+            ..slot
+        };
+        assert!(matches!(
+            plan_slot(&reminder(2), exact, &ny(), now, &PlanPolicy::default()),
+            StepOutcome::Due { due, .. } if due == ts("2026-12-03T03:00:00Z")
+        ));
+    }
+
+    #[test]
+    fn day_level_reminders_across_spring_forward_use_local_mornings() {
+        // 8 March 2026 begins at 00:00 EST (05:00Z); 6 March 08:00 is EST, 7 March 18:00 too.
+        let slot = day("2026-03-08T05:00:00Z");
+        let now = ts("2026-03-01T00:00:00Z");
+        let due = |h| match plan_slot(&reminder(h), slot, &ny(), now, &quiet_policy()) {
+            StepOutcome::Due { due, .. } => due,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(due(48), ts("2026-03-06T13:00:00Z"));
+        assert_eq!(due(24), ts("2026-03-07T13:00:00Z"));
+        assert_eq!(due(2), ts("2026-03-07T23:00:00Z"));
     }
 
     fn quiet_policy() -> PlanPolicy {

@@ -97,6 +97,7 @@ mod tests {
             status: AppointmentStatus::Booked,
             start: "2026-12-01T10:00:00Z".parse().unwrap(),
             end: None,
+            time_unknown: false,
             site: "main".into(),
             time_zone: "UTC".into(),
             location: Some(location.into()),

@@ -18,7 +18,8 @@ pub enum TemplateField {
     GivenName,
     /// The appointment date in the site's zone, formatted with the site's date format.
     LocalDate,
-    /// The appointment time in the site's zone.
+    /// The appointment time in the site's zone. Not renderable for an appointment whose time is
+    /// unknown (a day-only export): no message shows a made-up time.
     LocalTime,
     /// The display name of the location.
     Location,
@@ -113,6 +114,11 @@ pub enum RenderError {
     TimeZone(String),
     #[error("date or time format is invalid")]
     Format,
+    /// The source gave the day only (`Appointment::time_unknown`): a time would be made up.
+    #[error(
+        "the appointment's time is unknown (the source gives only the day): use a template without local_time"
+    )]
+    TimeUnknown,
 }
 
 /// Renders the allow-listed fields for one appointment, in order. The result is PHI by nature (it goes
@@ -137,6 +143,8 @@ pub fn render_parameters(
                 .filter(|n| !n.is_empty())
                 .ok_or(RenderError::Missing("given name")),
             TemplateField::LocalDate => format_local(appointment.start, &zone, &site.date_format),
+            // The start of a day whose time is unknown is its first instant: never shown as a time.
+            TemplateField::LocalTime if appointment.time_unknown => Err(RenderError::TimeUnknown),
             TemplateField::LocalTime => format_local(appointment.start, &zone, &site.time_format),
             TemplateField::Location => appointment
                 .location
@@ -176,6 +184,7 @@ mod tests {
             status: AppointmentStatus::Booked,
             start: "2026-03-08T10:30:00Z".parse().unwrap(),
             end: None,
+            time_unknown: false,
             site: "main".into(),
             time_zone: "America/New_York".into(),
             location: Some("Main Street Clinic".into()),
@@ -213,6 +222,33 @@ mod tests {
             TemplateField::parse("practitioner", PhiLevel::Standard),
             Ok(TemplateField::Practitioner)
         );
+    }
+
+    #[test]
+    fn a_day_only_appointment_never_shows_a_made_up_time() {
+        let site = SiteFacts {
+            phone: None,
+            date_format: "%d/%m/%Y".into(),
+            time_format: "%H:%M".into(),
+        };
+        // The first instant of 8 March 2026 in New York: 00:00 EST.
+        let a = Appointment {
+            start: "2026-03-08T05:00:00Z".parse().unwrap(),
+            time_unknown: true,
+            ..appointment()
+        };
+        assert_eq!(
+            render_parameters(
+                &[TemplateField::GivenName, TemplateField::LocalDate],
+                &a,
+                &site
+            )
+            .unwrap(),
+            ["Ana", "08/03/2026"]
+        );
+        let err = render_parameters(&[TemplateField::LocalTime], &a, &site).unwrap_err();
+        assert_eq!(err, RenderError::TimeUnknown);
+        assert!(!err.to_string().contains("00:00"));
     }
 
     #[test]

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
-use medrelay_mapping::model::{Change, StatusChange};
 use medrelay_mapping::AppointmentEvent;
 use medrelay_mapping::model::EhrConsent;
+use medrelay_mapping::model::{Change, StatusChange};
 
 use crate::clock::Clock;
 use crate::keys::Keys;
@@ -186,6 +186,11 @@ fn build_row(keys: &Keys, e: &AppointmentEvent) -> AppointmentRow {
     ] {
         push_field(&mut buf, f);
     }
+    // Only day-only appointments hash the flag: the hashes of every other appointment stay what
+    // they were, so an upgrade re-plans nothing.
+    if a.time_unknown {
+        push_field(&mut buf, Some("time-unknown"));
+    }
     AppointmentRow {
         source: a.key.source.clone(),
         filler_id: a.key.id.clone(),
@@ -214,6 +219,7 @@ fn build_row(keys: &Keys, e: &AppointmentEvent) -> AppointmentRow {
         raw_ref: e.raw_ref.clone(),
         message_id: e.message_id.clone(),
         status_only: false,
+        time_unknown: a.time_unknown,
     }
 }
 
@@ -252,6 +258,7 @@ fn build_status_row(keys: &Keys, s: &StatusChange) -> AppointmentRow {
         raw_ref: s.raw_ref.clone(),
         message_id: s.message_id.clone(),
         status_only: true,
+        time_unknown: false,
     }
 }
 

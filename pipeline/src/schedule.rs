@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use medrelay_mapping::plan::{StepKind, StepOutcome, StepSpec, fmt_duration, plan_step};
+use medrelay_mapping::plan::{Slot, StepKind, StepOutcome, StepSpec, fmt_duration, plan_slot};
 
 use crate::clock::Clock;
 use crate::config::Compiled;
@@ -47,10 +47,13 @@ pub fn kind_name(kind: StepKind) -> &'static str {
 const PLAN_CHUNK: i64 = 5000;
 
 /// Why a due step is due when it is, for `medrelay explain`.
-fn timing(spec: &StepSpec) -> String {
+fn timing(spec: &StepSpec, time_unknown: bool) -> String {
     let d = fmt_duration(spec.offset);
     match spec.kind {
         StepKind::Confirmation => "at booking".into(),
+        StepKind::Reminder if time_unknown => {
+            format!("{d} before the start, by day: the appointment's time is unknown")
+        }
         StepKind::Reminder => format!("{d} before the start"),
         StepKind::FollowUp => format!("{d} after the end"),
         StepKind::NoShow => format!("{d} after the end of the missed visit"),
@@ -85,16 +88,21 @@ impl Scheduler {
         // PHI: the service type selects per-type steps; it is compared, never logged.
         #[allow(clippy::disallowed_methods)]
         let service_type = a.service_type.as_ref().map(|s| s.expose().as_str());
+        let slot = Slot {
+            start: a.start,
+            end: a.end,
+            time_unknown: a.time_unknown,
+        };
         for spec in &self.config.steps {
             if !spec.kind.wanted_for(a.status) || !spec.applies_to(&a.site, service_type) {
                 continue;
             }
             let (due, expires, state, reason, note) =
-                match plan_step(spec, a.start, a.end, zone, now, &site.plan_policy) {
+                match plan_slot(spec, slot, zone, now, &site.plan_policy) {
                     StepOutcome::Due { due, expires, note } => {
                         let why = match note {
-                            Some(n) => format!("{}; {n}", timing(spec)),
-                            None => timing(spec),
+                            Some(n) => format!("{}; {n}", timing(spec, a.time_unknown)),
+                            None => timing(spec, a.time_unknown),
                         };
                         (due, expires, "pending", None, Some(why))
                     }

@@ -299,7 +299,7 @@ async fn older_cancellation_is_counted_older_ignored_not_unchanged() {
     let h = Harness::new(t0()).await;
     let start = t0() + SignedDuration::from_hours(72);
     let booked = event("emr", "F1", 1, AppointmentStatus::Booked, start, v(10), 1);
-    h.deliver("hl7", &[booked.clone()]).await;
+    h.deliver("hl7", std::slice::from_ref(&booked)).await;
     let cancel = event("emr", "F1", 1, AppointmentStatus::Cancelled, start, v(5), 2);
     let ingest = &h.service.ingest;
     let now = h.clock.now();

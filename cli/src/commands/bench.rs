@@ -155,7 +155,8 @@ pub async fn run(command: BenchCommand, o: &mut Output<'_>) -> anyhow::Result<u8
         let (mut ok, mut bad) = (0u64, 0u64);
         for r in rows {
             match r {
-                medrelay_connector_csv::RowResult::Event(_) => ok += 1,
+                medrelay_connector_csv::RowResult::Event(_)
+                | medrelay_connector_csv::RowResult::Status(_) => ok += 1,
                 medrelay_connector_csv::RowResult::Bad(_) => bad += 1,
             }
         }

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::load_config;
 use super::templates::check_registry;
-use crate::config::{ConfigError, Loaded, WhatsAppMode, environment_problems};
+use crate::config::{ConfigError, ConnectorConfig, Loaded, WhatsAppMode, environment_problems};
 use crate::{Output, exit};
 
 /// Arguments of `medrelay check`.
@@ -22,6 +22,19 @@ pub struct CheckArgs {
 /// Things that work but are probably not meant (printed, not failed).
 fn warnings(loaded: &Loaded) -> Vec<String> {
     let mut w = loaded.compiled.warnings.clone();
+    // A CSV profile that cannot yield a phone number: the import succeeds, and nobody is messaged.
+    for c in &loaded.config.connectors {
+        if let ConnectorConfig::Csv(csv) = c
+            && let Some(profile) = loaded.profiles.get(&csv.profile)
+        {
+            for p in profile.warnings() {
+                w.push(format!(
+                    "connector `{}` (profile `{}`): {p}",
+                    csv.name, csv.profile
+                ));
+            }
+        }
+    }
     if loaded.config.whatsapp.mode == WhatsAppMode::Cloud && loaded.webhook_listen.is_none() {
         w.push(
             "whatsapp.webhook.listen is not set: `medrelay run` will send, but delivery statuses and patient replies will not arrive"

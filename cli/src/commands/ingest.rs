@@ -223,6 +223,8 @@ pub fn print_result(o: &mut Output<'_>, r: &CsvImportResult) {
             "applied": s.applied, "unchanged": s.unchanged, "older_ignored": s.older_ignored,
             "unknown_ignored": s.unknown_ignored, "cancelled_absent": s.swept,
             "sweep_note": s.sweep_note, "report": r.report,
+            "status_changes": r.rows.status_changes, "rows_without_phone": r.rows.without_phone,
+            "warnings": r.warnings,
         }));
         return;
     }
@@ -234,6 +236,7 @@ pub fn print_result(o: &mut Output<'_>, r: &CsvImportResult) {
         s.unchanged,
         s.rows_bad
     ));
+    csv_row_lines(o, r);
     ignored_lines(o, s.older_ignored, s.unknown_ignored);
     if s.swept > 0 {
         o.line(format!(
@@ -246,8 +249,37 @@ pub fn print_result(o: &mut Output<'_>, r: &CsvImportResult) {
     }
     if let Some(report) = &r.report {
         o.line(format!(
-            "  rejected rows are listed in {}",
+            "  rejected rows, warnings and a summary per column are listed in {}",
             report.display()
+        ));
+    }
+}
+
+/// What the rows of a CSV file add up to, said at import rather than found later with `explain`:
+/// status changes, rows nobody can be messaged about, and rows imported with a warning.
+fn csv_row_lines(o: &mut Output<'_>, r: &CsvImportResult) {
+    let rows = &r.rows;
+    if rows.status_changes > 0 {
+        o.line(format!(
+            "  {} row(s) without a start were status changes (cancellations, no-shows)",
+            rows.status_changes
+        ));
+    }
+    if rows.without_phone > 0 {
+        let why = if rows.phone_columns == 0 {
+            "the profile maps no phone column (columns.mobile_phone / columns.phones)"
+        } else {
+            "the phone is empty or not a valid number; `medrelay explain` gives each reason"
+        };
+        o.line(format!(
+            "  {} row(s) without a usable phone: nothing will be sent for them ({why})",
+            rows.without_phone
+        ));
+    }
+    if r.warnings > 0 {
+        o.line(format!(
+            "  {} row(s) imported with a warning (a local time in a daylight-saving gap)",
+            r.warnings
         ));
     }
 }

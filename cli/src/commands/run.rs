@@ -20,8 +20,9 @@ use anyhow::Context;
 use async_trait::async_trait;
 use clap::Args;
 use jiff::SignedDuration;
+use medrelay_listener::serve_bounded;
 use medrelay_pipeline::clock::Clock;
-use medrelay_pipeline::http::webhook::{WebhookState, serve, webhook_router};
+use medrelay_pipeline::http::webhook::{WebhookState, webhook_router};
 use medrelay_pipeline::inbound::Inbound;
 use medrelay_pipeline::service::Service;
 use medrelay_pipeline::store::Store;
@@ -247,15 +248,18 @@ impl WhatsAppTransport for ReceiveOnly {
     }
 }
 
-/// Binds `[whatsapp.webhook] listen` and serves the endpoint until `halt` turns true. Stored bodies
-/// notify `stored` (the service loop's wake-up).
-async fn start_webhook_endpoint(
+/// A served endpoint: its bound address and the task serving it.
+pub type Endpoint = (std::net::SocketAddr, JoinHandle<std::io::Result<()>>);
+
+/// Binds `[whatsapp.webhook] listen` and serves the endpoint within its configured limits until
+/// `halt` turns true. Stored bodies notify `stored` (the service loop's wake-up).
+pub async fn start_webhook_endpoint(
     loaded: &Loaded,
     store: &Store,
     clock: Arc<dyn Clock>,
     stored: Arc<Notify>,
     mut halt: watch::Receiver<bool>,
-) -> anyhow::Result<Option<JoinHandle<std::io::Result<()>>>> {
+) -> anyhow::Result<Option<Endpoint>> {
     let Some(addr) = loaded.webhook_listen else {
         return Ok(None);
     };
@@ -270,19 +274,21 @@ async fn start_webhook_endpoint(
     ));
     let mut state = WebhookState::new(inbound, app_secret.as_bytes(), &verify_token);
     state.stored = stored;
-    state.body_limit = wh.body_limit;
+    state.limits = wh.request_limits();
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (whatsapp.webhook.listen)"))?;
     let local = listener.local_addr()?;
     info!(address = %local, "webhook endpoint listening on /webhook");
-    Ok(Some(tokio::spawn(serve(
+    let task = tokio::spawn(serve_bounded(
         listener,
         webhook_router(state),
+        wh.connection_limits(),
         async move {
             let _ = halt.wait_for(|h| *h).await;
         },
-    ))))
+    ));
+    Ok(Some((local, task)))
 }
 
 /// Runs the service until SIGINT/SIGTERM (or one pass with `--once`).
@@ -305,6 +311,8 @@ pub async fn run_until(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<u8> {
     let loaded = load_config(config)?;
+    // Fail closed before anything starts: every secret the service will use is set and not empty.
+    crate::fhir::require_secrets(&loaded, !args.once)?;
     let store = open_store(&loaded).await?;
     let service = build_service(&loaded, store.clone(), clock.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -354,7 +362,7 @@ pub async fn run_until(
     // The endpoint stops accepting and finishes in-flight requests before the store closes.
     halt_tx.send_replace(true);
     let mut endpoint_failed = None;
-    if let Some(handle) = endpoint {
+    if let Some((_, handle)) = endpoint {
         match handle.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => endpoint_failed = Some(anyhow::Error::from(e)),

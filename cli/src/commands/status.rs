@@ -133,9 +133,14 @@ pub async fn run(
                 i.appointment,
                 i.status,
                 i.raw_ref,
-                if i.reason == "older" { "older, ignored" } else { "not on record, ignored" },
+                if i.reason == "older" {
+                    "older, ignored"
+                } else {
+                    "not on record, ignored"
+                },
                 i.stored_status.as_deref().unwrap_or("nothing"),
-                i.stored_version_at.map_or("-".to_string(), |t| t.to_string()),
+                i.stored_version_at
+                    .map_or("-".to_string(), |t| t.to_string()),
             ));
         }
     }

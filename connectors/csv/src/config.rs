@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use jiff::civil::{Date, DateTime, Time};
 use jiff::fmt::strtime;
-use jiff::tz::TimeZone;
+use jiff::tz::{AmbiguousOffset, TimeZone};
 use medrelay_mapping::AppointmentStatus;
 use serde::Deserialize;
 
@@ -29,7 +29,8 @@ pub struct CsvProfile {
     pub encoding: Encoding,
     /// Canonical field -> header text.
     pub columns: ColumnMap,
-    /// `jiff` strptime format of date-only columns (`start_date`, `end_date`).
+    /// `jiff` strptime format of date-only columns (`start_date`, `end_date`). The format language
+    /// is described with examples in `samples/README.md`.
     #[serde(default = "default_date_format")]
     pub date_format: String,
     /// `jiff` strptime format of time-only columns (`start_time`, `end_time`).
@@ -44,6 +45,18 @@ pub struct CsvProfile {
     /// IANA zone the export's civil times are in; when unset, the site's zone is used.
     #[serde(default)]
     pub time_zone: Option<String>,
+    /// A start time (`HH:MM`) that the export writes when it knows only the day, e.g. `"00:00"`
+    /// for a timestamp whose time part is a placeholder midnight. A start at this local time is
+    /// an appointment on that day at an unknown time: it gets day-level reminders and no message
+    /// shows the made-up time. (A `start_date` column without `start_time` is always day-only.)
+    #[serde(default)]
+    pub time_unknown_at: Option<String>,
+    /// What to do with a local time that does not exist because the clocks jumped forward at a
+    /// daylight-saving change (02:30 on a spring-forward night): `warn` (default) reads it as the
+    /// same time after the jump (03:30) and lists a warning in the row report; `reject` makes the
+    /// row bad, so the export is fixed instead.
+    #[serde(default)]
+    pub dst_gap: DstGap,
     /// Source status value (trimmed, case-insensitive) -> FHIR status code. An unmapped non-empty
     /// value is a bad row, so a new status in the EHR is noticed instead of guessed.
     #[serde(default)]
@@ -87,6 +100,28 @@ pub enum Encoding {
     Latin1,
 }
 
+/// What to do with a civil time inside a daylight-saving gap (see [`CsvProfile::dst_gap`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DstGap {
+    /// Read it as the time after the jump (jiff's compatible disambiguation) and warn in the report.
+    #[default]
+    Warn,
+    /// The row is bad.
+    Reject,
+}
+
+impl Encoding {
+    /// The name as written in a profile.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Utf8 => "utf-8",
+            Encoding::Windows1252 => "windows-1252",
+            Encoding::Latin1 => "latin-1",
+        }
+    }
+}
+
 /// How a single full-name column is split.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -100,7 +135,9 @@ pub enum NameOrder {
 
 /// Canonical field -> header name (exact header text after decoding and trimming).
 ///
-/// Only `filler_id` and a start (`start`, or `start_date` + `start_time`) are required.
+/// Only `filler_id` and a start (`start`, `start_date` + `start_time`, or `start_date` alone for
+/// exports that carry the day only) are required. A row whose status is not `booked` may leave
+/// the start empty: it is a status change (a cancellation needs only the appointment's id).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnMap {
@@ -115,7 +152,8 @@ pub struct ColumnMap {
     /// A single start datetime column (`datetime_format`).
     #[serde(default)]
     pub start: Option<String>,
-    /// Start date column (`date_format`), with `start_time`.
+    /// Start date column (`date_format`), with `start_time`; alone, the appointments have a day
+    /// and no time (day-level reminders, no time in messages).
     #[serde(default)]
     pub start_date: Option<String>,
     /// Start time column (`time_format`), with `start_date`.
@@ -233,22 +271,85 @@ fn overlapping<'a>(yes: &[String], no: &'a [String]) -> Vec<&'a String> {
         .collect()
 }
 
-/// Parses an instant in `fmt`: an offset in the text wins, otherwise the civil time is placed in `tz`
-/// with compatible disambiguation (a gap moves forward, a fold takes the earlier instant).
-pub(crate) fn parse_instant(fmt: &str, s: &str, tz: &TimeZone) -> Option<Timestamp> {
-    let tm = strtime::parse(fmt, s).ok()?;
-    if tm.offset().is_some() {
-        return tm.to_timestamp().ok();
-    }
-    civil_to_instant(tm.to_datetime().ok()?, tz)
+/// A datetime cell read with a format: the instant, and the civil date and time written in the
+/// text (before any offset was applied), which tell a placeholder midnight from a real time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Read {
+    /// The instant the text stands for.
+    pub at: Timestamp,
+    /// The date and time as written.
+    pub civil: DateTime,
+    /// Whether the civil time fell in a daylight-saving gap of the zone (only for texts without an
+    /// offset): it was moved forward by the gap.
+    pub in_gap: bool,
 }
 
-/// Places a civil datetime in `tz` with compatible disambiguation.
-pub(crate) fn civil_to_instant(dt: DateTime, tz: &TimeZone) -> Option<Timestamp> {
-    tz.to_ambiguous_zoned(dt)
-        .compatible()
-        .ok()
-        .map(|z| z.timestamp())
+/// The directives that parse a UTC offset, with the text of a zero offset in each one's form.
+const OFFSET_DIRECTIVES: [(&str, &str); 4] = [
+    ("%:::z", "+00"),
+    ("%::z", "+00:00:00"),
+    ("%:z", "+00:00"),
+    ("%z", "+0000"),
+];
+
+/// `s` with a `Z` (UTC designator, as in RFC 3339) written as the zero offset `fmt`'s offset
+/// directive expects, when `fmt` has one and `s` has exactly one `Z` right after a digit; jiff's
+/// `%z` reads only numeric offsets.
+fn zulu_as_offset(fmt: &str, s: &str) -> Option<String> {
+    let zero = OFFSET_DIRECTIVES
+        .iter()
+        .find(|(d, _)| fmt.contains(d))
+        .map(|(_, z)| *z)?;
+    let bytes = s.as_bytes();
+    let mut at = None;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(b, b'Z' | b'z') && i > 0 && bytes[i - 1].is_ascii_digit() {
+            if at.is_some() {
+                return None;
+            }
+            at = Some(i);
+        }
+    }
+    let i = at?;
+    Some(format!("{}{zero}{}", &s[..i], &s[i + 1..]))
+}
+
+/// Parses a datetime in `fmt`: an offset in the text wins (`%z` also takes `Z`), otherwise the
+/// civil time is placed in `tz` with compatible disambiguation (a gap moves forward, a fold takes
+/// the earlier instant).
+pub(crate) fn read_datetime(fmt: &str, s: &str, tz: &TimeZone) -> Option<Read> {
+    let tm = match strtime::parse(fmt, s) {
+        Ok(tm) => tm,
+        Err(_) => strtime::parse(fmt, zulu_as_offset(fmt, s)?).ok()?,
+    };
+    let civil = tm.to_datetime().ok()?;
+    if tm.offset().is_some() {
+        return Some(Read {
+            at: tm.to_timestamp().ok()?,
+            civil,
+            in_gap: false,
+        });
+    }
+    let (at, in_gap) = place_civil(civil, tz)?;
+    Some(Read { at, civil, in_gap })
+}
+
+/// Parses an instant in `fmt` (see [`read_datetime`]).
+pub(crate) fn parse_instant(fmt: &str, s: &str, tz: &TimeZone) -> Option<Timestamp> {
+    read_datetime(fmt, s, tz).map(|r| r.at)
+}
+
+/// Places a civil datetime in `tz` with compatible disambiguation; says whether it was in a gap.
+pub(crate) fn place_civil(dt: DateTime, tz: &TimeZone) -> Option<(Timestamp, bool)> {
+    let ambiguous = tz.to_ambiguous_zoned(dt);
+    let in_gap = matches!(ambiguous.offset(), AmbiguousOffset::Gap { .. });
+    let at = ambiguous.compatible().ok()?.timestamp();
+    Some((at, in_gap))
+}
+
+/// Parses an `HH:MM` time of the profile (such as `time_unknown_at`).
+pub(crate) fn parse_hh_mm(s: &str) -> Option<Time> {
+    Time::strptime("%H:%M", s.trim()).ok()
 }
 
 /// Parses a date-only value.
@@ -262,6 +363,24 @@ pub(crate) fn parse_time(fmt: &str, s: &str) -> Option<Time> {
 }
 
 impl CsvProfile {
+    /// Things that are valid but probably not meant, for `medrelay check`: listed, not failed.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.columns.mobile_phone.is_none() && self.columns.phones.is_empty() {
+            w.push(
+                "no phone column is mapped (columns.mobile_phone / columns.phones): nothing will be sent to the patients of this export"
+                    .to_string(),
+            );
+        }
+        w
+    }
+
+    /// Whether the appointments of this profile carry a day and no time (`start_date` alone).
+    pub fn date_only(&self) -> bool {
+        let c = &self.columns;
+        c.start.is_none() && c.start_time.is_none() && c.start_date.is_some()
+    }
+
     /// Checks everything that can be checked without a file, so a typo in the profile fails at
     /// startup with every problem listed rather than as thousands of bad rows.
     pub fn validate(&self) -> Result<(), Vec<String>> {
@@ -284,18 +403,38 @@ impl CsvProfile {
             errs.push("columns.filler_id must name a header".to_string());
         }
 
-        // Start: exactly one of `start` or `start_date` + `start_time`.
+        // Start: exactly one of `start`, `start_date` + `start_time`, or `start_date` alone.
         let split_start = c.start_date.is_some() || c.start_time.is_some();
         match (c.start.is_some(), split_start) {
-            (true, true) => errs
-                .push("columns: use either start or start_date + start_time, not both".to_string()),
-            (false, false) => {
-                errs.push("columns: start (or start_date + start_time) is required".to_string())
-            }
-            (false, true) if c.start_date.is_none() || c.start_time.is_none() => {
-                errs.push("columns: start_date and start_time go together".to_string())
+            (true, true) => errs.push(
+                "columns: use either start or start_date (+ start_time), not both".to_string(),
+            ),
+            (false, false) => errs.push(
+                "columns: start (or start_date + start_time, or start_date alone) is required"
+                    .to_string(),
+            ),
+            (false, true) if c.start_date.is_none() => {
+                errs.push("columns: start_time needs start_date".to_string())
             }
             _ => {}
+        }
+        let date_only = self.date_only();
+        if date_only && (c.end_time.is_some() || c.end_date.is_some()) {
+            errs.push(
+                "columns: a day-only start (start_date without start_time) cannot have an end time"
+                    .to_string(),
+            );
+        }
+        if let Some(t) = &self.time_unknown_at {
+            if parse_hh_mm(t).is_none() {
+                errs.push(format!("time_unknown_at \"{t}\" is not a time as HH:MM"));
+            }
+            if date_only {
+                errs.push(
+                    "time_unknown_at has no effect without a start time (start_date alone is already day-only)"
+                        .to_string(),
+                );
+            }
         }
         // End: at most one way.
         let end_ways = [

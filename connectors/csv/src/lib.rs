@@ -7,8 +7,10 @@
 //!
 //! - [`config`]: the profile and its validation.
 //! - [`source`]: [`open`] streams a file as [`RowResult`]s, with flat memory whatever the file size.
-//! - `map`: one row -> one canonical appointment (dates placed in the site's zone).
-//! - [`report`]: the `<file>.report.csv` listing bad rows by line, column and reason.
+//! - `map`: one row -> one canonical appointment (dates placed in the site's zone), or a status
+//!   change for a row that is not booked and has no start.
+//! - [`report`]: the `<file>.report.csv` listing bad rows and warnings by line, column and reason,
+//!   then a summary per column and reason (naming the unknown values of code columns).
 //! - [`write_back`]: [`CsvReturnFile`], the write-back target that drops one CSV per batch.
 //!
 //! No error, reason or report produced here contains a cell value: they name the line, the column
@@ -21,7 +23,7 @@ pub mod report;
 pub mod source;
 pub mod write_back;
 
-pub use config::{ColumnMap, CsvProfile, Encoding, NameOrder};
-pub use report::RowReport;
-pub use source::{BadRow, CsvError, CsvRows, ImportOptions, RowResult, open};
+pub use config::{ColumnMap, CsvProfile, DstGap, Encoding, NameOrder};
+pub use report::{CodeValues, FileSummary, RowReport};
+pub use source::{BadRow, CsvError, CsvRows, ImportOptions, RowResult, RowWarning, open};
 pub use write_back::{CsvReturnFile, ReturnColumn, ReturnFileConfig};

@@ -1,9 +1,13 @@
-//! One CSV row -> one canonical [`Appointment`].
+//! One CSV row -> one canonical [`Appointment`], or a status change when a row that is not booked
+//! has no start.
 //!
 //! Civil dates and times are placed in the profile's (or site's) zone with jiff's compatible
-//! disambiguation: a time in a spring-forward gap moves forward by the gap (02:30 -> 03:30), a time in a
-//! fall-back fold takes the earlier instant. Error reasons name the column and what was expected,
-//! never the cell value.
+//! disambiguation: a time in a spring-forward gap moves forward by the gap (02:30 -> 03:30) and is
+//! reported as a warning (or rejected, per `dst_gap`), a time in a fall-back fold takes the earlier
+//! instant. A day-only start (a date column alone, or the profile's `time_unknown_at` placeholder)
+//! is the first instant of that local day with `time_unknown` set. Error and warning reasons name
+//! the column and what was expected, never the cell value; the values of code columns (status,
+//! opt-in, protection) are tallied for the report's summary, which lists them.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -20,8 +24,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::config::{
-    CsvProfile, Encoding, NameOrder, civil_to_instant, parse_date, parse_instant, parse_time,
+    CsvProfile, DstGap, Encoding, NameOrder, parse_date, parse_hh_mm, parse_instant, parse_time,
+    place_civil, read_datetime,
 };
+use crate::report::CodeValues;
 use crate::source::{CsvError, ImportOptions};
 
 /// Why a row cannot be mapped: the header of the offending column and the reason, no value.
@@ -53,11 +59,80 @@ struct Col {
     header: String,
 }
 
-/// How the start (or end) instant is read.
+/// How the start instant is read.
 #[derive(Clone, Debug)]
 enum When {
     DateTime(Col),
-    Split { date: Col, time: Col },
+    Split {
+        date: Col,
+        time: Col,
+    },
+    /// A day without a time: the appointment's time is unknown.
+    DateOnly(Col),
+}
+
+/// What one row means. Not boxed, like [`crate::RowResult`]: one row at a time.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Mapped {
+    /// A full appointment.
+    Appointment(Appointment),
+    /// A row whose status is not `booked` and whose start is empty: a status change.
+    Status {
+        key: AppointmentKey,
+        placer_id: Option<String>,
+        status: AppointmentStatus,
+    },
+}
+
+/// A problem with a row that was still imported (a civil time in a daylight-saving gap). Like a
+/// [`CellError`], it names the column and never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CellWarning {
+    pub column: Option<String>,
+    pub reason: String,
+}
+
+/// The start as read from a row.
+struct Start {
+    at: Timestamp,
+    date: jiff::civil::Date,
+    time_unknown: bool,
+}
+
+/// Distinct values of one code column tallied before the rest are only counted: a column with more
+/// distinct unknown values than this does not hold codes, and its values are never listed.
+const TALLY_MAX: usize = 64;
+
+/// Unknown values seen in one code column (status, opt-in, protection).
+#[derive(Debug, Default)]
+struct Tally {
+    values: BTreeMap<String, u64>,
+    /// Rows whose value was not tallied because [`TALLY_MAX`] distinct values were already seen.
+    untallied: u64,
+}
+
+impl Tally {
+    fn add(&mut self, value: &str) {
+        if let Some(n) = self.values.get_mut(value) {
+            *n += 1;
+        } else if self.values.len() < TALLY_MAX {
+            self.values.insert(value.to_string(), 1);
+        } else {
+            self.untallied += 1;
+        }
+    }
+}
+
+/// What the mapper counted over a whole file.
+#[derive(Debug, Default)]
+struct Stats {
+    appointments: u64,
+    status_changes: u64,
+    without_phone: u64,
+    status: Tally,
+    opt_in: Tally,
+    protection: Tally,
 }
 
 /// How the end is read.
@@ -114,6 +189,9 @@ pub(crate) struct Mapper {
     no_publicity: Vec<String>,
     updated_at: Option<Col>,
     site: Option<Col>,
+    time_unknown_at: Option<jiff::civil::Time>,
+    dst_gap: DstGap,
+    stats: RefCell<Stats>,
     /// Normalised numbers by raw cell text: an export repeats a patient's number on every one of their
     /// appointments, and libphonenumber parsing is the most expensive step of a row. Bounded.
     phone_cache: RefCell<HashMap<String, Result<String, PhoneError>>>,
@@ -152,6 +230,7 @@ impl Mapper {
                 date: find(d)?,
                 time: find(t)?,
             },
+            (None, Some(d), None) => When::DateOnly(find(d)?),
             _ => {
                 return Err(CsvError::Profile(vec![
                     "columns: start (or start_date + start_time) is required".into(),
@@ -231,6 +310,9 @@ impl Mapper {
             no_publicity: norm(&profile.publicity_opt_out),
             updated_at: opt(&c.updated_at)?,
             site: opt(&c.site)?,
+            time_unknown_at: profile.time_unknown_at.as_deref().and_then(parse_hh_mm),
+            dst_gap: profile.dst_gap,
+            stats: RefCell::new(Stats::default()),
             phone_cache: RefCell::new(HashMap::new()),
             options,
         })
@@ -283,11 +365,15 @@ impl Mapper {
         }
     }
 
-    fn read_datetime(&self, rec: &ByteRecord, col: &Col) -> Result<Option<Timestamp>, CellError> {
+    fn read_datetime(
+        &self,
+        rec: &ByteRecord,
+        col: &Col,
+    ) -> Result<Option<crate::config::Read>, CellError> {
         let Some(v) = self.cell(rec, col)? else {
             return Ok(None);
         };
-        parse_instant(&self.datetime_format, &v, &self.tz)
+        read_datetime(&self.datetime_format, &v, &self.tz)
             .map(Some)
             .ok_or_else(|| Self::bad_format(col, "datetime", &self.datetime_format))
     }
@@ -318,11 +404,125 @@ impl Mapper {
             .ok_or_else(|| Self::bad_format(col, "time", &self.time_format))
     }
 
-    fn place(&self, dt: jiff::civil::DateTime, col: &Col) -> Result<Timestamp, CellError> {
-        civil_to_instant(dt, &self.tz).ok_or_else(|| CellError {
+    /// Places a civil datetime in the zone; a time in a daylight-saving gap is a warning or an
+    /// error, per `dst_gap`.
+    fn place(
+        &self,
+        dt: jiff::civil::DateTime,
+        col: &Col,
+        warnings: &mut Vec<CellWarning>,
+    ) -> Result<Timestamp, CellError> {
+        let (at, in_gap) = place_civil(dt, &self.tz).ok_or_else(|| CellError {
             column: Some(col.header.clone()),
             reason: "date and time are out of range in the time zone".to_string(),
-        })
+        })?;
+        if in_gap {
+            self.gap(col, warnings)?;
+        }
+        Ok(at)
+    }
+
+    /// A civil time that does not exist in the zone (the clocks jumped over it).
+    fn gap(&self, col: &Col, warnings: &mut Vec<CellWarning>) -> Result<(), CellError> {
+        match self.dst_gap {
+            DstGap::Warn => {
+                warnings.push(CellWarning {
+                    column: Some(col.header.clone()),
+                    reason: format!(
+                        "warning: the local time does not exist in {} (the clocks jump forward there at a daylight-saving change); read as the time after the jump (dst_gap = \"warn\")",
+                        self.tz_name
+                    ),
+                });
+                Ok(())
+            }
+            DstGap::Reject => Err(CellError {
+                column: Some(col.header.clone()),
+                reason: format!(
+                    "the local time does not exist in {} (the clocks jump forward there at a daylight-saving change); dst_gap = \"reject\"",
+                    self.tz_name
+                ),
+            }),
+        }
+    }
+
+    /// The first instant of a local day (midnight, or the first time after a gap at midnight).
+    fn day_start(&self, date: jiff::civil::Date, col: &Col) -> Result<Timestamp, CellError> {
+        date.to_zoned(self.tz.clone())
+            .map(|z| z.timestamp())
+            .map_err(|_| CellError {
+                column: Some(col.header.clone()),
+                reason: "date is out of range in the time zone".to_string(),
+            })
+    }
+
+    /// A start at the placeholder time is a start at an unknown time of that day.
+    fn is_placeholder(&self, t: jiff::civil::Time) -> bool {
+        self.time_unknown_at == Some(t)
+    }
+
+    /// Reads the start: `Ok(Err(col))` names the first empty start column (a status change may
+    /// have no start; a booking may not).
+    fn read_start(
+        &self,
+        rec: &ByteRecord,
+        warnings: &mut Vec<CellWarning>,
+    ) -> Result<Result<Start, Col>, CellError> {
+        match &self.start {
+            When::DateTime(col) => {
+                let Some(r) = self.read_datetime(rec, col)? else {
+                    return Ok(Err(col.clone()));
+                };
+                let date = r.civil.date();
+                if self.is_placeholder(r.civil.time()) {
+                    return Ok(Ok(Start {
+                        at: self.day_start(date, col)?,
+                        date,
+                        time_unknown: true,
+                    }));
+                }
+                if r.in_gap {
+                    self.gap(col, warnings)?;
+                }
+                Ok(Ok(Start {
+                    at: r.at,
+                    date,
+                    time_unknown: false,
+                }))
+            }
+            When::Split { date, time } => {
+                let (Some(d), Some(t)) = (self.read_date(rec, date)?, self.read_time(rec, time)?)
+                else {
+                    let empty = if self.cell(rec, date)?.is_none() {
+                        date
+                    } else {
+                        time
+                    };
+                    return Ok(Err(empty.clone()));
+                };
+                if self.is_placeholder(t) {
+                    return Ok(Ok(Start {
+                        at: self.day_start(d, date)?,
+                        date: d,
+                        time_unknown: true,
+                    }));
+                }
+                Ok(Ok(Start {
+                    at: self.place(d.to_datetime(t), time, warnings)?,
+                    date: d,
+                    time_unknown: false,
+                }))
+            }
+            When::DateOnly(col) => {
+                let Some(d) = self.read_date(rec, col)? else {
+                    return Ok(Err(col.clone()));
+                };
+                Ok(Ok(Start {
+                    at: self.day_start(d, col)?,
+                    date: d,
+                    time_unknown: true,
+                }))
+            }
+        }
     }
 
     fn missing(col: &Col) -> CellError {
@@ -332,8 +532,9 @@ impl Mapper {
         }
     }
 
-    /// Maps one record. Errors name the first offending column.
-    pub(crate) fn map(&self, rec: &ByteRecord) -> Result<Appointment, CellError> {
+    /// Maps one record, with the warnings about it. Errors name the first offending column.
+    pub(crate) fn map(&self, rec: &ByteRecord) -> Result<(Mapped, Vec<CellWarning>), CellError> {
+        let mut warnings = Vec::new();
         let filler_id = self.required(rec, &self.filler_id)?;
         let placer_id = self.opt_cell(rec, &self.placer_id)?;
 
@@ -341,46 +542,73 @@ impl Mapper {
             None => self.default_status,
             Some(col) => match self.cell(rec, col)? {
                 None => self.default_status,
-                Some(v) => *self
-                    .status_map
-                    .get(&v.to_lowercase())
-                    .ok_or_else(|| CellError {
-                        column: Some(col.header.clone()),
-                        reason: "value is not in status_map".to_string(),
-                    })?,
+                Some(v) => match self.status_map.get(&v.to_lowercase()) {
+                    Some(s) => *s,
+                    None => {
+                        self.stats.borrow_mut().status.add(&v);
+                        return Err(CellError {
+                            column: Some(col.header.clone()),
+                            reason: "value is not in status_map".to_string(),
+                        });
+                    }
+                },
             },
         };
 
-        let (start, start_date) = match &self.start {
-            When::DateTime(col) => (
-                self.read_datetime(rec, col)?
-                    .ok_or_else(|| Self::missing(col))?,
-                None,
-            ),
-            When::Split { date, time } => {
-                let d = self
-                    .read_date(rec, date)?
-                    .ok_or_else(|| Self::missing(date))?;
-                let t = self
-                    .read_time(rec, time)?
-                    .ok_or_else(|| Self::missing(time))?;
-                (self.place(d.to_datetime(t), time)?, Some(d))
+        let start = match self.read_start(rec, &mut warnings)? {
+            Ok(start) => start,
+            // A status change needs only the appointment's identity.
+            Err(_) if status != AppointmentStatus::Booked => {
+                self.stats.borrow_mut().status_changes += 1;
+                return Ok((
+                    Mapped::Status {
+                        key: AppointmentKey {
+                            source: self.options.source.clone(),
+                            id: filler_id,
+                        },
+                        placer_id,
+                        status,
+                    },
+                    warnings,
+                ));
+            }
+            Err(col) => {
+                return Err(CellError {
+                    column: Some(col.header.clone()),
+                    reason: "required value is empty: a booked appointment needs a start"
+                        .to_string(),
+                });
             }
         };
+        let time_unknown = start.time_unknown;
+        let start_date = Some(start.date);
+        let start = start.at;
 
+        // The end of a day-only appointment is not read: its time would be as made up as the start's.
         let end = match &self.end {
+            _ if time_unknown => None,
             End::None => None,
-            End::DateTime(col) => self.read_datetime(rec, col)?,
+            End::DateTime(col) => match self.read_datetime(rec, col)? {
+                None => None,
+                Some(r) => {
+                    if r.in_gap {
+                        self.gap(col, &mut warnings)?;
+                    }
+                    Some(r.at)
+                }
+            },
             End::Split { date, time } => {
                 match (self.read_date(rec, date)?, self.read_time(rec, time)?) {
-                    (Some(d), Some(t)) => Some(self.place(d.to_datetime(t), time)?),
+                    (Some(d), Some(t)) => {
+                        Some(self.place(d.to_datetime(t), time, &mut warnings)?)
+                    }
                     (None, None) => None,
                     (None, Some(_)) => return Err(Self::missing(date)),
                     (Some(_), None) => return Err(Self::missing(time)),
                 }
             }
             End::TimeOnly(col) => match (self.read_time(rec, col)?, start_date) {
-                (Some(t), Some(d)) => Some(self.place(d.to_datetime(t), col)?),
+                (Some(t), Some(d)) => Some(self.place(d.to_datetime(t), col, &mut warnings)?),
                 _ => None,
             },
             End::Duration(col) => match self.cell(rec, col)? {
@@ -448,12 +676,14 @@ impl Mapper {
         let opt_in = match self.opt_cell(rec, &self.opt_in)? {
             None => None,
             Some(v) => {
-                let v = v.to_lowercase();
-                if self.yes.contains(&v) {
+                let lower = v.to_lowercase();
+                if self.yes.contains(&lower) {
                     Some(EhrConsent::OptIn)
-                } else if self.no.contains(&v) {
+                } else if self.no.contains(&lower) {
                     Some(EhrConsent::OptOut)
                 } else {
+                    // No signal, by design; but the report says which values were not understood.
+                    self.stats.borrow_mut().opt_in.add(&v);
                     None
                 }
             }
@@ -470,11 +700,12 @@ impl Mapper {
         // No column or a blank cell says nothing: another feed's flag stays.
         let protected = match &self.protection {
             None => None,
-            Some(col) => match self.cell(rec, col)?.map(|v| v.to_lowercase()) {
+            Some(col) => match self.cell(rec, col)? {
                 None => None,
-                Some(v) if self.protects.contains(&v) => Some(true),
-                Some(v) if self.does_not_protect.contains(&v) => Some(false),
-                Some(_) => {
+                Some(v) if self.protects.contains(&v.to_lowercase()) => Some(true),
+                Some(v) if self.does_not_protect.contains(&v.to_lowercase()) => Some(false),
+                Some(v) => {
+                    self.stats.borrow_mut().protection.add(&v);
                     return Err(CellError {
                         column: Some(col.header.clone()),
                         reason:
@@ -485,7 +716,7 @@ impl Mapper {
             },
         };
 
-        Ok(Appointment {
+        let appointment = Appointment {
             key: AppointmentKey {
                 source: self.options.source.clone(),
                 id: filler_id,
@@ -494,6 +725,7 @@ impl Mapper {
             status,
             start,
             end,
+            time_unknown,
             site: self
                 .opt_cell(rec, &self.site)?
                 .unwrap_or_else(|| self.options.site.clone()),
@@ -511,7 +743,70 @@ impl Mapper {
                 protected,
             },
             ehr_consent,
-        })
+        };
+        let mut stats = self.stats.borrow_mut();
+        stats.appointments += 1;
+        if appointment.patient.best_phone().is_none() {
+            stats.without_phone += 1;
+        }
+        Ok((Mapped::Appointment(appointment), warnings))
+    }
+
+    /// What was counted over the rows mapped so far: appointments, status changes, rows without a
+    /// usable phone, and the unknown values of the code columns (with the allowed ones).
+    pub(crate) fn summary(&self) -> crate::report::FileSummary {
+        let stats = self.stats.borrow();
+        let mut code_columns = Vec::new();
+        let mut code = |col: &Option<Col>,
+                        tally: &Tally,
+                        setting: &str,
+                        meaning: &str,
+                        allowed: Vec<String>| {
+            if let Some(col) = col
+                && (!tally.values.is_empty() || tally.untallied > 0)
+            {
+                code_columns.push(CodeValues {
+                    column: col.header.clone(),
+                    setting: setting.to_string(),
+                    meaning: meaning.to_string(),
+                    unknown: tally.values.iter().map(|(v, n)| (v.clone(), *n)).collect(),
+                    untallied: tally.untallied,
+                    allowed,
+                });
+            }
+        };
+        code(
+            &self.status,
+            &stats.status,
+            "status_map",
+            "not in status_map: the rows were rejected",
+            self.status_map.keys().cloned().collect(),
+        );
+        code(
+            &self.opt_in,
+            &stats.opt_in,
+            "opt_in_yes / opt_in_no",
+            "neither an opt-in nor an opt-out value: read as no signal",
+            self.yes.iter().chain(&self.no).cloned().collect(),
+        );
+        code(
+            &self.protection,
+            &stats.protection,
+            "protection_yes / protection_no",
+            "not a protection indicator: the rows were rejected",
+            self.protects
+                .iter()
+                .chain(&self.does_not_protect)
+                .cloned()
+                .collect(),
+        );
+        crate::report::FileSummary {
+            appointments: stats.appointments,
+            status_changes: stats.status_changes,
+            without_phone: stats.without_phone,
+            phone_columns: self.phones.len(),
+            code_columns,
+        }
     }
 
     /// The row's own version time, when an `updated_at` column is configured and readable.

@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex};
 use csv::ByteRecord;
 use jiff::Timestamp;
 use medrelay_mapping::phone::check_region;
-use medrelay_mapping::{AppointmentEvent, SourceVersion};
+use medrelay_mapping::{AppointmentEvent, SourceVersion, StatusChange};
 
 use crate::config::CsvProfile;
-use crate::map::{Mapper, decode};
+use crate::map::{Mapped, Mapper, decode};
+use crate::report::FileSummary;
 
 /// What the caller knows about this import that the file does not say.
 #[derive(Clone, Debug)]
@@ -51,10 +52,14 @@ pub enum CsvError {
     #[error("file is empty: no header row")]
     Empty,
     /// A header cell cannot be decoded in the configured encoding.
-    #[error("header column {index} cannot be decoded in the configured encoding")]
+    #[error(
+        "header column {index} cannot be decoded as {encoding} (the profile's `encoding`): is the file in another encoding?"
+    )]
     HeaderEncoding {
         /// 1-based column position.
         index: usize,
+        /// The profile's encoding name.
+        encoding: &'static str,
     },
     /// A header named in the profile is not in the file.
     #[error("mapped header \"{header}\" is not in the file")]
@@ -67,6 +72,20 @@ pub enum CsvError {
     Profile(Vec<String>),
 }
 
+impl CsvError {
+    /// Whether the file itself is bad input (empty, an undecodable header), as opposed to a file
+    /// that cannot be read ([`CsvError::Io`]) or a profile that does not fit it
+    /// ([`CsvError::MissingHeader`], [`CsvError::Profile`]). Callers choose exit codes with it.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, CsvError::Empty | CsvError::HeaderEncoding { .. })
+    }
+
+    /// Whether the profile does not fit the file or is invalid.
+    pub fn is_profile_mismatch(&self) -> bool {
+        matches!(self, CsvError::MissingHeader { .. } | CsvError::Profile(_))
+    }
+}
+
 /// One record's outcome.
 ///
 /// Not boxed: rows are yielded one at a time, so the size gap with [`BadRow`] costs no memory, while a
@@ -76,8 +95,23 @@ pub enum CsvError {
 pub enum RowResult {
     /// A mapped appointment.
     Event(AppointmentEvent),
+    /// A row whose status is not `booked` (cancelled, noshow...) and whose start is empty: it
+    /// changes the status of the stored appointment it names, and never creates one.
+    Status(StatusChange),
     /// A record that could not be mapped, for the row report and quarantine.
     Bad(BadRow),
+}
+
+/// A row that was imported with a remark for the row report (a civil time in a daylight-saving
+/// gap). Like [`BadRow::reason`], no cell value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowWarning {
+    /// 1-based physical line where the record starts.
+    pub line: u64,
+    /// Header of the column concerned.
+    pub column: Option<String>,
+    /// What is remarkable, starting with `warning:`.
+    pub reason: String,
 }
 
 /// A record that could not be mapped. `reason` and `column` carry no cell value; `raw` and
@@ -144,6 +178,7 @@ pub struct CsvRows {
     total_bytes: u64,
     record: ByteRecord,
     path: PathBuf,
+    warnings: Vec<RowWarning>,
 }
 
 impl std::fmt::Debug for CsvRows {
@@ -231,8 +266,10 @@ pub fn open(
         } else {
             field
         };
-        let text =
-            decode(profile.encoding, field).ok_or(CsvError::HeaderEncoding { index: i + 1 })?;
+        let text = decode(profile.encoding, field).ok_or(CsvError::HeaderEncoding {
+            index: i + 1,
+            encoding: profile.encoding.name(),
+        })?;
         headers.push(text.trim().to_string());
     }
     let mapper = Mapper::new(profile, &headers, options)?;
@@ -256,6 +293,7 @@ pub fn open(
         total_bytes,
         record: ByteRecord::new(),
         path: path.to_path_buf(),
+        warnings: Vec::new(),
     };
     // Account for the header's bytes and lines.
     let end = rows.reader_pos();
@@ -278,6 +316,18 @@ impl CsvRows {
     /// The file being read.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The warnings about rows yielded since the last call (imported rows with a remark for the
+    /// row report), in line order.
+    pub fn take_warnings(&mut self) -> Vec<RowWarning> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// What the rows read so far add up to: appointments, status changes, rows without a usable
+    /// phone, and the unknown values of code columns. Complete once the iterator has ended.
+    pub fn summary(&self) -> FileSummary {
+        self.mapper.summary()
     }
 
     fn reader_pos(&self) -> u64 {
@@ -391,76 +441,101 @@ impl Iterator for CsvRows {
             let end = self.reader_pos();
             let slice = self.slice(end);
             let line = slice.line;
-            let result =
-                match read {
-                    Ok(false) => {
-                        self.advance(end, slice.newlines);
-                        self.reader = None;
-                        return None;
-                    }
-                    Err(e) => {
-                        // With flexible records and byte fields only I/O can fail here.
-                        self.reader = None;
-                        let reason = match e.kind() {
-                            csv::ErrorKind::Io(_) => "the file could not be read past this point",
-                            _ => "the record could not be parsed as CSV",
-                        };
-                        self.bad(line, None, reason.to_string(), slice.raw, None)
-                    }
-                    Ok(true) if record.len() != self.header_len && slice.first_line.is_some() => {
-                        // A quote left open joined the following lines into this record: report its
-                        // first line only and read again from the line after it.
-                        let (first, next_at) = slice.first_line.expect("checked above");
-                        self.restart_at(next_at, line);
-                        self.record = record;
-                        return Some(self.bad(
-                        line,
-                        None,
-                        "unbalanced quote: the record runs over several lines with the wrong \
+            let result = match read {
+                Ok(false) => {
+                    self.advance(end, slice.newlines);
+                    self.reader = None;
+                    return None;
+                }
+                Err(e) => {
+                    // With flexible records and byte fields only I/O can fail here.
+                    self.reader = None;
+                    let reason = match e.kind() {
+                        csv::ErrorKind::Io(_) => "the file could not be read past this point",
+                        _ => "the record could not be parsed as CSV",
+                    };
+                    self.bad(line, None, reason.to_string(), slice.raw, None)
+                }
+                Ok(true) if record.len() != self.header_len && slice.first_line.is_some() => {
+                    // A quote left open joined the following lines into this record: report its
+                    // first line only and read again from the line after it.
+                    let (first, next_at) = slice.first_line.expect("checked above");
+                    self.restart_at(next_at, line);
+                    self.record = record;
+                    return Some(
+                        self.bad(
+                            line,
+                            None,
+                            "unbalanced quote: the record runs over several lines with the wrong \
                          number of fields"
-                            .to_string(),
-                        first,
-                        None,
-                    ));
+                                .to_string(),
+                            first,
+                            None,
+                        ),
+                    );
+                }
+                Ok(true) => {
+                    self.advance(end, slice.newlines);
+                    // Excel leaves rows of bare delimiters at the end of sheets: not data.
+                    if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
+                        self.record = record;
+                        continue;
                     }
-                    Ok(true) => {
-                        self.advance(end, slice.newlines);
-                        // Excel leaves rows of bare delimiters at the end of sheets: not data.
-                        if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
-                            self.record = record;
-                            continue;
-                        }
-                        if record.len() != self.header_len {
-                            let reason = format!(
-                                "wrong number of fields: {}, expected {}",
-                                record.len(),
-                                self.header_len
-                            );
-                            self.bad(line, None, reason, slice.raw, None)
-                        } else {
-                            match self.mapper.map(&record) {
-                                Ok(appointment) => {
-                                    let at = self
+                    if record.len() != self.header_len {
+                        let reason = format!(
+                            "wrong number of fields: {}, expected {}",
+                            record.len(),
+                            self.header_len
+                        );
+                        self.bad(line, None, reason, slice.raw, None)
+                    } else {
+                        match self.mapper.map(&record) {
+                            Ok((mapped, warnings)) => {
+                                self.warnings
+                                    .extend(warnings.into_iter().map(|w| RowWarning {
+                                        line,
+                                        column: w.column,
+                                        reason: w.reason,
+                                    }));
+                                let version = SourceVersion {
+                                    at: self
                                         .mapper
                                         .updated_at(&record)
-                                        .unwrap_or(self.mapper.options().as_of);
-                                    RowResult::Event(AppointmentEvent {
-                                        appointment,
-                                        version: SourceVersion {
-                                            at,
-                                            seq: line as i64,
-                                        },
-                                        raw_ref: format!("{}:{line}", self.file_name),
-                                    })
+                                        .unwrap_or(self.mapper.options().as_of),
+                                    seq: line as i64,
+                                };
+                                let raw_ref = format!("{}:{line}", self.file_name);
+                                match mapped {
+                                    Mapped::Appointment(appointment) => {
+                                        RowResult::Event(AppointmentEvent {
+                                            appointment,
+                                            version,
+                                            raw_ref,
+                                            message_id: None,
+                                        })
+                                    }
+                                    Mapped::Status {
+                                        key,
+                                        placer_id,
+                                        status,
+                                    } => RowResult::Status(StatusChange {
+                                        key,
+                                        placer_id,
+                                        status,
+                                        version,
+                                        raw_ref,
+                                        message_id: None,
+                                    }),
                                 }
-                                Err(e) => {
-                                    let filler = self.mapper.filler_id(&record);
-                                    self.bad(line, e.column, e.reason, slice.raw, filler)
-                                }
+                            }
+                            Err(e) => {
+                                let filler = self.mapper.filler_id(&record);
+                                self.bad(line, e.column, e.reason, slice.raw, filler)
                             }
                         }
                     }
-                };
+                }
+            };
             self.record = record;
             return Some(result);
         }
@@ -517,6 +592,7 @@ mod tests {
                     assert_eq!(e.version.seq as u64, ok + 2 + bad.len() as u64);
                     ok += 1;
                 }
+                RowResult::Status(s) => panic!("{s:?}"),
                 RowResult::Bad(b) => bad.push(b),
             }
         }

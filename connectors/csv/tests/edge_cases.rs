@@ -291,8 +291,9 @@ fn file_level_errors() {
     let err = open(&bad_header, &p, options("test", "UTC", "US")).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "header column 2 cannot be decoded in the configured encoding"
+        "header column 2 cannot be decoded as utf-8 (the profile's `encoding`): is the file in another encoding?"
     );
+    assert!(err.is_bad_input() && !err.is_profile_mismatch());
 
     let mut no_zone = p.clone();
     no_zone.time_zone = None;

@@ -4,7 +4,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod common;
-use common::{options, read_all, ts};
+use common::{options, read_all, read_everything, ts};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -200,7 +200,9 @@ fn broken_export_reports_each_bad_row_and_keeps_reading() {
     let original = std::fs::read(&path).unwrap();
     let file_lines: Vec<&[u8]> = original.split(|b| *b == b'\n').collect();
 
-    let (ok, bad) = read_all(&path, profile, options("openemr", "America/New_York", "US"));
+    let all = read_everything(&path, profile, options("openemr", "America/New_York", "US"));
+    let (ok, bad) = (&all.events, &all.bad);
+    assert!(all.statuses.is_empty() && all.warnings.is_empty());
     let ids: Vec<(&str, i64)> = ok
         .iter()
         .map(|e| (e.appointment.key.id.as_str(), e.version.seq))
@@ -257,15 +259,15 @@ fn broken_export_reports_each_bad_row_and_keeps_reading() {
         ]
     );
     // Raw bytes are the physical line as in the file, for quarantine.
-    for b in &bad {
+    for b in bad {
         assert_eq!(b.raw, file_lines[b.line as usize - 1], "line {}", b.line);
     }
 
     let mut report = RowReport::new(&path);
-    for b in &bad {
+    for b in bad {
         report.record(b);
     }
-    let report_path = report.finish().unwrap().unwrap();
+    let report_path = report.finish_with(&all.summary).unwrap().unwrap();
     assert_eq!(report_path, dir.path().join("broken_export.csv.report.csv"));
     assert_eq!(
         std::fs::read_to_string(&report_path).unwrap(),
@@ -274,6 +276,13 @@ fn broken_export_reports_each_bad_row_and_keeps_reading() {
          5,Status,value is not in status_map\n\
          6,WC Apt ID,required value is empty\n\
          7,,\"wrong number of fields: 10, expected 17\"\n\
-         9,,unbalanced quote: the record runs over several lines with the wrong number of fields\n"
+         9,,unbalanced quote: the record runs over several lines with the wrong number of fields\n\
+         summary,startdate,1 row: value does not match datetime format %m/%d/%Y %I:%M %p\n\
+         summary,Status,1 row: value is not in status_map\n\
+         summary,WC Apt ID,1 row: required value is empty\n\
+         summary,,\"1 row: wrong number of fields: 10, expected 17\"\n\
+         summary,,1 row: unbalanced quote: the record runs over several lines with the wrong number of fields\n\
+         summary,Status,\"unknown values (not in status_map: the rows were rejected): `Z` (1 row); \
+         allowed (status_map): `!`, `#`, `*`, `+`, `-`, `<`, `?`, `@`, `x`, `~`\"\n"
     );
 }

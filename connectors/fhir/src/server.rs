@@ -1,18 +1,19 @@
-//! The EHR's FHIR server, through fhir-sdk's client: read what an id-only notification points at,
-//! search a window of Appointments (with their Patients and Consents), and write patient answers
-//! back with JSON Patch. Results leave this module as JSON bytes, never as fhir-sdk types.
+//! The EHR's FHIR server, over reqwest (the HTTP client medrelay already uses for WhatsApp): read
+//! what an id-only notification points at, search a window of Appointments (with their Patients
+//! and Consents), and write patient answers back with JSON Patch. Results leave this module as
+//! JSON bytes. fhir-sdk's own client is not used: every request here is a plain GET or PATCH of
+//! JSON, and the client would pull in fhir-sdk's `builders` (a builder for every model type), the
+//! bulk of the FHIR crate's build (BENCHMARKS.md, "Build cost").
 //!
-//! Retries are off (`retries(0)`): a POST retried by the HTTP layer can create twice; the
-//! pipeline's outbox retries instead. Every request has a timeout. fhir-sdk logs request URLs
-//! at info level and search URLs can carry patient ids: the CLI filters `fhir_sdk=warn`.
+//! No retries at the HTTP level: a request retried behind our back can apply twice; the
+//! pipeline's outbox retries instead. Every request has a timeout. URLs (search URLs carry
+//! patient references) never reach a log or an error string.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fhir_sdk::client::{Client, RequestSettings};
-use fhir_sdk::header::{self, HeaderValue};
-use fhir_sdk::version::FhirR4B;
 use jiff::Timestamp;
+use reqwest::header::{self, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::map::normalize_reference;
@@ -20,7 +21,7 @@ use crate::map::normalize_reference;
 /// A FHIR server connection (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct FhirServer {
-    client: Client<FhirR4B>,
+    client: reqwest::Client,
     base: String,
 }
 
@@ -67,20 +68,22 @@ impl FhirServer {
         timeout: Duration,
     ) -> Result<Self, String> {
         let base = base_url.trim_end_matches('/').to_owned();
-        let url = fhir_sdk::Url::parse(&format!("{base}/"))
+        reqwest::Url::parse(&format!("{base}/"))
             .map_err(|e| failure("base_url is not a URL", e))?;
-        let mut settings = RequestSettings::default().retries(0).timeout(Some(timeout));
+        let mut headers = HeaderMap::new();
         if let Some(a) = authorization {
-            let v = HeaderValue::from_str(a)
+            let mut v = HeaderValue::from_str(a)
                 .map_err(|_| "the authorization value is not a valid header".to_owned())?;
-            settings = settings.header(header::AUTHORIZATION, v);
+            v.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, v);
         }
-        let client = Client::<FhirR4B>::builder()
-            .base_url(url)
-            .request_settings(settings)
-            .allow_version_mismatch()
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("medrelay/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| failure("cannot build the FHIR client", e))?;
+            .map_err(|e| failure("cannot build the FHIR client", e.without_url()))?;
         Ok(FhirServer { client, base })
     }
 
@@ -97,9 +100,11 @@ impl FhirServer {
         let url = self.absolute(reference);
         let response = self
             .client
-            .send_custom_request(|c| c.get(&url).header(header::ACCEPT, "application/fhir+json"))
+            .get(&url)
+            .header(header::ACCEPT, "application/fhir+json")
+            .send()
             .await
-            .map_err(|e| failure("FHIR request failed", e))?;
+            .map_err(|e| failure("FHIR request failed", e.without_url()))?;
         let status = response.status();
         if !status.is_success() {
             return Err(format!("FHIR server answered {status}"));
@@ -107,7 +112,7 @@ impl FhirServer {
         response
             .json::<Value>()
             .await
-            .map_err(|e| failure("FHIR response is not JSON", e))
+            .map_err(|e| failure("FHIR response is not JSON", e.without_url()))
     }
 
     /// Follows a searchset's `next` links, collecting every entry.
@@ -212,21 +217,19 @@ impl FhirServer {
     ) -> Result<Option<String>, PatchError> {
         let url = self.absolute(reference);
         let body = ops.to_string();
-        let response = self
+        let mut request = self
             .client
-            .send_custom_request(|c| {
-                let mut r = c
-                    .patch(&url)
-                    .header(header::CONTENT_TYPE, "application/json-patch+json")
-                    .header(header::ACCEPT, "application/fhir+json")
-                    .body(body);
-                if let Some(v) = version {
-                    r = r.header(header::IF_MATCH, format!("W/\"{v}\""));
-                }
-                r
-            })
+            .patch(&url)
+            .header(header::CONTENT_TYPE, "application/json-patch+json")
+            .header(header::ACCEPT, "application/fhir+json")
+            .body(body);
+        if let Some(v) = version {
+            request = request.header(header::IF_MATCH, format!("W/\"{v}\""));
+        }
+        let response = request
+            .send()
             .await
-            .map_err(|e| PatchError::Retryable(failure("FHIR request failed", e)))?;
+            .map_err(|e| PatchError::Retryable(failure("FHIR request failed", e.without_url())))?;
         let status = response.status();
         match status.as_u16() {
             200..=299 => {

@@ -2,7 +2,10 @@
 //!
 //! `POST <path>` with a notification Bundle:
 //! - a missing or wrong `Authorization` header (the Subscription's `channel.header`): 401, nothing
-//!   stored;
+//!   stored, and the body is never read (the header is checked first, in constant time);
+//! - then the body is read within the endpoint's [`RequestLimits`]: a request slot, the body
+//!   limit (413, refused before reading when `Content-Length` announces more), the whole-body
+//!   deadline (408), no free slot before it (503 `throttled`: deliver again);
 //! - a body that is not a Bundle: the raw bytes go to quarantine, then 400 with an OperationOutcome;
 //! - a handshake or heartbeat: 200;
 //! - an event notification: every entry's Appointment is committed through the [`BundleSink`],
@@ -16,12 +19,13 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use jiff::Timestamp;
+use medrelay_listener::{BodyError, RequestLimits, read_body, same};
 use serde_json::Value;
 
 use crate::map::{FhirOptions, MappedBundle, map_bundle};
@@ -52,13 +56,12 @@ pub struct SubscriptionState {
     pub opts: Arc<FhirOptions>,
     pub sink: Arc<dyn BundleSink>,
     pub fetcher: Option<Arc<dyn ResourceFetcher>>,
-    /// The exact `Authorization` header value the Subscription sends.
+    /// The exact `Authorization` header value the Subscription sends; never empty (the cli
+    /// refuses to start with an empty variable, and [`router`] refuses an empty value).
     pub authorization: Arc<str>,
     pub now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
-}
-
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    /// Body limit, whole-body deadline and request slots of this endpoint.
+    pub limits: RequestLimits,
 }
 
 fn fhir(status: StatusCode, body: Value) -> Response {
@@ -77,12 +80,40 @@ fn one(status: StatusCode, code: &'static str, diagnostics: &str) -> Response {
     )
 }
 
-async fn notify(State(s): State<SubscriptionState>, headers: HeaderMap, body: Bytes) -> Response {
+/// The answer to a body that was not read.
+fn body_refused(feed: &str, e: BodyError) -> Response {
+    tracing::warn!(feed = %feed, error = %e, "FHIR notification refused before it was read");
+    match e {
+        BodyError::Busy => one(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "throttled",
+            "too many notifications at once; deliver again",
+        ),
+        BodyError::TooLarge => one(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            "the body is larger than the endpoint's body_limit",
+        ),
+        BodyError::TimedOut => one(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the body did not arrive within the endpoint's body_timeout_secs",
+        ),
+        BodyError::Broken => one(
+            StatusCode::BAD_REQUEST,
+            "incomplete",
+            "the body could not be read",
+        ),
+    }
+}
+
+async fn notify(State(s): State<SubscriptionState>, headers: HeaderMap, body: Body) -> Response {
+    // The credential first: an unauthenticated body is never read, let alone buffered.
     let auth = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !same(auth, s.authorization.as_bytes()) {
+    if s.authorization.is_empty() || !same(auth, s.authorization.as_bytes()) {
         tracing::warn!(feed = %s.feed, "FHIR notification with a missing or wrong Authorization header");
         return one(
             StatusCode::UNAUTHORIZED,
@@ -90,6 +121,11 @@ async fn notify(State(s): State<SubscriptionState>, headers: HeaderMap, body: By
             "missing or wrong Authorization header",
         );
     }
+    // Held until the answer: the slot bounds how many Bundles are read and mapped at once.
+    let (body, _slot) = match read_body(&headers, body, &s.limits).await {
+        Ok(read) => read,
+        Err(e) => return body_refused(&s.feed, e),
+    };
     let now = (s.now)();
     let mut mapped = match map_bundle(&body, &s.opts, now) {
         Ok(m) => m,
@@ -191,10 +227,15 @@ async fn notify(State(s): State<SubscriptionState>, headers: HeaderMap, body: By
     fhir(StatusCode::OK, operation_outcome(&issues))
 }
 
-/// The endpoint as a router: `POST path`, with a body limit.
-pub fn router(state: SubscriptionState, path: &str, body_limit: usize) -> Router {
-    Router::new()
-        .route(path, post(notify))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+/// The endpoint as a router: `POST path`, within `state.limits`. Serve it with
+/// [`medrelay_listener::serve_bounded`] for the connection limits. An empty `authorization`
+/// would let anyone in, so it is refused here too (fail closed), not only by the configuration.
+pub fn router(state: SubscriptionState, path: &str) -> Result<Router, String> {
+    if state.authorization.trim().is_empty() {
+        return Err(format!(
+            "feed `{}`: the Subscription's Authorization value is empty",
+            state.feed
+        ));
+    }
+    Ok(Router::new().route(path, post(notify)).with_state(state))
 }

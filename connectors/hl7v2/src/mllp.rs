@@ -586,7 +586,11 @@ async fn respond(served: &Served, frame: Frame, peer: IpAddr) -> String {
         }
     };
     if let Outcome::Rejected(e) = &processed.outcome {
-        tracing::warn!(feed, control_id, kept, error = %e, "HL7 message rejected");
+        if kept {
+            tracing::warn!(feed, control_id, error = %e, "HL7 message quarantined");
+        } else {
+            tracing::debug!(feed, control_id, error = %e, "HL7 message rejected, not kept (quarantine quota)");
+        }
     } else if let Outcome::Ignored(why) = &processed.outcome {
         tracing::info!(feed, control_id, why, "HL7 message ignored");
     } else {

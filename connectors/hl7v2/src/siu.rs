@@ -294,7 +294,10 @@ fn trigger(code: &str) -> Option<Trigger> {
 /// the synonyms real feeds send (English, Portuguese, Spanish, French, Italian, German words;
 /// status words only, never single letters, whose meaning differs between vendors: map those in
 /// `status_map`). `None` for an unknown value.
-pub fn filler_status(value: &str, status_map: &[(String, AppointmentStatus)]) -> Option<AppointmentStatus> {
+pub fn filler_status(
+    value: &str,
+    status_map: &[(String, AppointmentStatus)],
+) -> Option<AppointmentStatus> {
     use AppointmentStatus as S;
     let key = status_key(value);
     if let Some((_, s)) = status_map.iter().find(|(k, _)| *k == key) {
@@ -312,9 +315,9 @@ pub fn filler_status(value: &str, status_map: &[(String, AppointmentStatus)]) ->
         "complete" | "completed" | "fulfilled" | "done" | "attended" | "seen" | "realizado"
         | "realizada" | "atendido" | "atendida" | "concluido" | "concluído" | "termine"
         | "terminé" | "effectue" | "effectué" | "eseguito" | "erledigt" => S::Fulfilled,
-        "cancelled" | "canceled" | "dc" | "discontinued" | "cancelado" | "cancelada"
-        | "annule" | "annulé" | "annulee" | "annulée" | "annullato" | "annullata"
-        | "cancellato" | "storniert" | "abgesagt" => S::Cancelled,
+        "cancelled" | "canceled" | "dc" | "discontinued" | "cancelado" | "cancelada" | "annule"
+        | "annulé" | "annulee" | "annulée" | "annullato" | "annullata" | "cancellato"
+        | "storniert" | "abgesagt" => S::Cancelled,
         "deleted" | "enteredinerror" | "excluido" | "excluído" | "eliminado" | "supprime"
         | "supprimé" | "eliminato" | "gelöscht" | "geloescht" => S::EnteredInError,
         "noshow" | "didnotattend" | "dna" | "faltou" | "naocompareceu" | "nãocompareceu"
@@ -653,7 +656,11 @@ pub fn map(
                 .or_else(|| part(LocationPart::Facility))
                 .or_else(|| part(LocationPart::PointOfCare))
         } else {
-            let parts: Vec<String> = opts.location_parts.iter().filter_map(|&l| part(l)).collect();
+            let parts: Vec<String> = opts
+                .location_parts
+                .iter()
+                .filter_map(|&l| part(l))
+                .collect();
             (!parts.is_empty()).then(|| parts.join(", "))
         }
     });

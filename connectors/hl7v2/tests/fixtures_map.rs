@@ -43,7 +43,11 @@ fn ack_of(p: &Processed) -> String {
 fn microsoft_s12_maps_every_field_we_use() {
     let mut by_msh7 = opts();
     by_msh7.ordering = Ordering::MessageTime;
-    let p = process(&fixture("SIU-S12-02.hl7"), &by_msh7, at(1), "SIU-S12-02.hl7 message 1",
+    let p = process(
+        &fixture("SIU-S12-02.hl7"),
+        &by_msh7,
+        at(1),
+        "SIU-S12-02.hl7 message 1",
     );
     let e = event(&p);
     let a = &e.appointment;
@@ -124,7 +128,11 @@ fn microsoft_triggers_set_the_status() {
 
 #[test]
 fn hapi_v23_with_sch11_and_a_duration() {
-    let p = process(&fixture("SIU_S14_nested_RGS_orsos_v23.hl7"), &opts(), at(1), "hapi",
+    let p = process(
+        &fixture("SIU_S14_nested_RGS_orsos_v23.hl7"),
+        &opts(),
+        at(1),
+        "hapi",
     );
     let a = &event(&p).appointment;
     assert_eq!(

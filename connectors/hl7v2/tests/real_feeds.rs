@@ -79,14 +79,20 @@ fn s15_without_timing_is_a_status_change_not_an_error() {
         }
         other => panic!("a status change, got {other:?}"),
     }
-    assert!(p[3].ack(true, &opts(), jiff::Timestamp::now()).contains("\rMSA|AA|SKW-0004"));
+    assert!(
+        p[3].ack(true, &opts(), jiff::Timestamp::now())
+            .contains("\rMSA|AA|SKW-0004")
+    );
 }
 
 #[test]
 fn v23_s17_and_s26_without_timing_are_status_changes() {
     let p = all("skewed_cancel_v23.hl7", &opts());
     assert_eq!(change(&p[1]).status(), AppointmentStatus::EnteredInError);
-    assert!(matches!(change(&p[1]), Change::Appointment(_)), "it has SCH-11");
+    assert!(
+        matches!(change(&p[1]), Change::Appointment(_)),
+        "it has SCH-11"
+    );
     match change(&p[3]) {
         Change::Status(s) => assert_eq!(s.status, AppointmentStatus::Noshow),
         other => panic!("a status change, got {other:?}"),
@@ -101,7 +107,11 @@ fn booked_message_without_timing_is_still_rejected_with_booking_wording() {
         panic!("{:?}", p.outcome)
     };
     assert_eq!(e.code, ErrorCode::RequiredFieldMissing);
-    assert!(e.to_string().contains("a booked appointment needs its start"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("a booked appointment needs its start"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -118,9 +128,15 @@ fn sch25_unmapped_value_is_ae_naming_the_field_and_status_map_not_the_value() {
         let Outcome::Rejected(e) = &rejected.outcome else {
             panic!("{:?}", rejected.outcome)
         };
-        assert_eq!((e.ack, e.code), (AckCode::Error, ErrorCode::TableValueNotFound));
+        assert_eq!(
+            (e.ack, e.code),
+            (AckCode::Error, ErrorCode::TableValueNotFound)
+        );
         let text = e.to_string();
-        assert!(text.contains("SCH-25") && text.contains("`status_map`"), "{text}");
+        assert!(
+            text.contains("SCH-25") && text.contains("`status_map`"),
+            "{text}"
+        );
         assert!(!text.contains("Remarcado"), "{text}");
         let ack = rejected.ack(true, &opts(), jiff::Timestamp::now());
         assert!(ack.contains("\rMSA|AE|"), "{ack}");
@@ -132,7 +148,10 @@ fn sch25_unmapped_value_is_ae_naming_the_field_and_status_map_not_the_value() {
 fn sch25_status_map_gives_a_vendor_letter_its_meaning() {
     let mut o = opts();
     o.status_map = vec![
-        (medrelay_connector_hl7v2::siu::status_key("X"), AppointmentStatus::Cancelled),
+        (
+            medrelay_connector_hl7v2::siu::status_key("X"),
+            AppointmentStatus::Cancelled,
+        ),
         (
             medrelay_connector_hl7v2::siu::status_key("Remarcado pelo paciente"),
             AppointmentStatus::Cancelled,
@@ -154,10 +173,17 @@ fn ail3_room_change_is_a_location_change_when_rooms_are_configured() {
     // The default reads only the facility here (no description): the room change is invisible.
     assert_eq!(
         location(&opts()),
-        vec![Some("Hospital Central".into()), Some("Hospital Central".into())]
+        vec![
+            Some("Hospital Central".into()),
+            Some("Hospital Central".into())
+        ]
     );
     let mut o = opts();
-    o.location_parts = vec![LocationPart::PointOfCare, LocationPart::Room, LocationPart::Facility];
+    o.location_parts = vec![
+        LocationPart::PointOfCare,
+        LocationPart::Room,
+        LocationPart::Facility,
+    ];
     assert_eq!(
         location(&o),
         vec![

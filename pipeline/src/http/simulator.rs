@@ -175,7 +175,7 @@ impl SimServer {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|got| got.as_bytes() == want.expose().as_bytes())
+            .is_some_and(|got| medrelay_listener::same(got.as_bytes(), want.expose().as_bytes()))
     }
 
     /// Applies the throughput and pair limits to one request; `Err` is the error code to answer.

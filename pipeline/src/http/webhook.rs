@@ -2,11 +2,19 @@
 //!
 //! - `GET /webhook`: Meta's subscription check. `hub.mode=subscribe` and the configured
 //!   `hub.verify_token` give 200 with `hub.challenge`; anything else 403.
-//! - `POST /webhook`: the body is taken as raw bytes (the signature covers the bytes, not a re-encoded
-//!   JSON), checked against `X-Hub-Signature-256` (401, nothing stored, when wrong or missing), stored
-//!   with [`Inbound::receive`], and only then answered 200. A failed store answers 500 so Meta delivers
-//!   again. Processing is triggered afterwards through a [`Notify`]; the body is not parsed here, so
-//!   unknown fields can never cause an error response. Bodies over the limit get 413.
+//! - `POST /webhook`: the `X-Hub-Signature-256` header must be present and well-formed
+//!   (`sha256=` and 64 hex digits) before the body is read (else 401 at once: an unsigned body is
+//!   never buffered). The body is then read within the endpoint's [`RequestLimits`] (a request
+//!   slot, the body limit: 413, refused before reading when `Content-Length` announces more; the
+//!   whole-body deadline: 408; no free slot before it: 503, Meta delivers again), taken as raw
+//!   bytes (the signature covers the bytes, not a re-encoded JSON), checked against the signature
+//!   (401, nothing stored, when wrong), stored with [`Inbound::receive`], and only then answered
+//!   200. A failed store answers 500 so Meta delivers again. Processing is triggered afterwards
+//!   through a [`Notify`]; the body is not parsed here, so unknown fields can never cause an error
+//!   response.
+//!
+//! `medrelay run` serves it with [`medrelay_listener::serve_bounded`] (connection cap, header
+//! timeout).
 //!
 //! Log lines carry the stored webhook id or the failure kind, never the body.
 
@@ -16,11 +24,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::body::Body;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use medrelay_listener::{BodyError, RequestLimits, read_body, same};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -31,6 +40,10 @@ use crate::whatsapp::webhook::verify;
 
 /// Default request body limit: Meta's notifications are a few KiB; 1 MiB leaves room for batching.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// Default time a request has, after its headers, to get a slot and deliver its whole body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default requests read or stored at once (each holds at most the body limit).
+pub const DEFAULT_MAX_REQUESTS: usize = 16;
 
 /// What the webhook endpoint needs.
 #[derive(Clone)]
@@ -43,29 +56,34 @@ pub struct WebhookState {
     pub verify_token: Arc<str>,
     /// Woken after each stored body, so processing starts at once.
     pub stored: Arc<Notify>,
-    /// Largest accepted body, in bytes.
-    pub body_limit: usize,
+    /// Body limit, whole-body deadline and request slots.
+    pub limits: RequestLimits,
 }
 
 impl WebhookState {
-    /// State with the default body limit and a fresh [`Notify`].
+    /// State with the default request limits and a fresh [`Notify`].
     pub fn new(inbound: Arc<Inbound>, app_secret: &[u8], verify_token: &str) -> Self {
         WebhookState {
             inbound,
             app_secret: Arc::from(app_secret),
             verify_token: Arc::from(verify_token),
             stored: Arc::new(Notify::new()),
-            body_limit: DEFAULT_BODY_LIMIT,
+            limits: RequestLimits::new(
+                DEFAULT_BODY_LIMIT,
+                DEFAULT_BODY_TIMEOUT,
+                DEFAULT_MAX_REQUESTS,
+            ),
         }
     }
 }
 
-/// Constant-time comparison, so the verify token cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether an `X-Hub-Signature-256` value has the shape Meta sends (`sha256=` and 64 hex digits):
+/// checked before the body is read. Says nothing about whether it is right (that needs the body).
+fn well_formed_signature(value: &str) -> bool {
+    value
+        .trim()
+        .strip_prefix("sha256=")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 async fn verify_subscription(
@@ -93,10 +111,32 @@ async fn verify_subscription(
     }
 }
 
-async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: Body) -> Response {
     let signature = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());
+    // The header's shape first: an unsigned body is never read, let alone buffered.
+    if !signature.is_some_and(well_formed_signature) {
+        warn!(
+            signature_present = signature.is_some(),
+            "webhook rejected: missing or malformed signature header"
+        );
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    // Held until the answer: the slot bounds how many bodies are held at once.
+    let (body, _slot) = match read_body(&headers, body, &state.limits).await {
+        Ok(read) => read,
+        Err(e) => {
+            warn!(error = %e, "webhook refused before its body was read");
+            return match e {
+                BodyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                BodyError::TimedOut => StatusCode::REQUEST_TIMEOUT,
+                BodyError::Broken => StatusCode::BAD_REQUEST,
+            }
+            .into_response();
+        }
+    };
     if !verify(&state.app_secret, &body, signature) {
         warn!(
             bytes = body.len(),
@@ -118,16 +158,17 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
     }
 }
 
-/// The webhook router: `GET /webhook` (verification) and `POST /webhook` (notifications).
+/// The webhook router: `GET /webhook` (verification) and `POST /webhook` (notifications), within
+/// `state.limits`. `medrelay run` serves it with [`medrelay_listener::serve_bounded`].
 pub fn webhook_router(state: WebhookState) -> Router {
-    let limit = state.body_limit;
     Router::new()
         .route("/webhook", get(verify_subscription).post(receive))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes (in-flight requests finish first).
+/// Serves `router` on `listener` until `shutdown` completes (in-flight requests finish first),
+/// with axum's defaults: for the simulator and tests. Endpoints that face other systems use
+/// [`medrelay_listener::serve_bounded`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,

@@ -41,6 +41,8 @@ pub(crate) struct AppointmentRow {
     pub message_id: Option<String>,
     /// A status change alone: only key, placer id, version, status and hash are meaningful.
     pub status_only: bool,
+    /// The source gave the day only (`start_at` is its first instant; migration 0008).
+    pub time_unknown: bool,
 }
 
 /// Inserts a new appointment or moves a stored one to a strictly newer source version. Returns the
@@ -48,14 +50,14 @@ pub(crate) struct AppointmentRow {
 const UPSERT_SQL: &str = "INSERT INTO appointments (source, filler_id, placer_id, sv_at_us, sv_seq, status, start_at, end_at, \
      site, time_zone, location, practitioner, service_type, reason, patient_ref, given_name, family_name, \
      phone_e164, phone_problem, contact_hash, language, protected, ehr_consent, content_hash, \
-     seen_as_of_us, created_at, updated_at, change_token, ehr_consent_at_us, ehr_consent_feed, protected_feed) \
+     seen_as_of_us, created_at, updated_at, change_token, ehr_consent_at_us, ehr_consent_feed, protected_feed, time_unknown) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
      ?21, COALESCE(?22, 0), ?23, ?24, ?25, ?26, ?26, ?27, CASE WHEN ?23 IS NULL THEN NULL ELSE ?4 END, CASE WHEN ?23 IS NULL THEN NULL ELSE ?28 END, \
-     CASE WHEN ?22 IS NULL THEN NULL ELSE ?28 END) \
+     CASE WHEN ?22 IS NULL THEN NULL ELSE ?28 END, ?29) \
      ON CONFLICT (source, filler_id) DO UPDATE SET \
      placer_id = excluded.placer_id, sv_at_us = excluded.sv_at_us, sv_seq = excluded.sv_seq, \
      status = excluded.status, start_at = excluded.start_at, end_at = excluded.end_at, \
-     site = excluded.site, time_zone = excluded.time_zone, location = excluded.location, \
+     time_unknown = excluded.time_unknown, site = excluded.site, time_zone = excluded.time_zone, location = excluded.location, \
      practitioner = excluded.practitioner, service_type = excluded.service_type, reason = excluded.reason, \
      patient_ref = excluded.patient_ref, given_name = excluded.given_name, family_name = excluded.family_name, \
      phone_e164 = excluded.phone_e164, phone_problem = excluded.phone_problem, \
@@ -185,40 +187,41 @@ fn upsert_rows(
                 .optional()?
         } else {
             upsert
-            .query_row(
-                params![
-                    r.source,
-                    r.filler_id,
-                    r.placer_id,
-                    r.sv_at_us,
-                    r.sv_seq,
-                    r.status,
-                    r.start_at,
-                    r.end_at,
-                    r.site,
-                    r.time_zone,
-                    r.location,
-                    r.practitioner,
-                    r.service_type,
-                    r.reason,
-                    r.patient_ref,
-                    r.given_name,
-                    r.family_name,
-                    r.phone_e164,
-                    r.phone_problem,
-                    r.contact_hash,
-                    r.language,
-                    r.protected,
-                    r.ehr_consent,
-                    r.content_hash,
-                    as_of_us,
-                    now_s,
-                    token,
-                    feed,
-                ],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?
+                .query_row(
+                    params![
+                        r.source,
+                        r.filler_id,
+                        r.placer_id,
+                        r.sv_at_us,
+                        r.sv_seq,
+                        r.status,
+                        r.start_at,
+                        r.end_at,
+                        r.site,
+                        r.time_zone,
+                        r.location,
+                        r.practitioner,
+                        r.service_type,
+                        r.reason,
+                        r.patient_ref,
+                        r.given_name,
+                        r.family_name,
+                        r.phone_e164,
+                        r.phone_problem,
+                        r.contact_hash,
+                        r.language,
+                        r.protected,
+                        r.ehr_consent,
+                        r.content_hash,
+                        as_of_us,
+                        now_s,
+                        token,
+                        feed,
+                        r.time_unknown,
+                    ],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?
         };
         let id = match moved {
             Some((id, change_token)) => {
@@ -263,8 +266,8 @@ fn upsert_rows(
                     ])?;
                     continue;
                 };
-                let same = stored_hash == r.content_hash
-                    || (r.status_only && stored_status == r.status);
+                let same =
+                    stored_hash == r.content_hash || (r.status_only && stored_status == r.status);
                 if !same {
                     counts.older += 1;
                     ignored.execute(params![

@@ -24,6 +24,8 @@ pub struct PlanInput {
     pub start: Timestamp,
     /// Slot end, when the source gives one (follow-ups are timed from it).
     pub end: Option<Timestamp>,
+    /// The source gave the day only: day-level steps (migration 0008).
+    pub time_unknown: bool,
     /// Configured site (per-site plans, quiet hours).
     pub site: String,
     /// IANA zone the times are judged in.
@@ -118,7 +120,7 @@ impl Store {
     /// Appointments whose plan is out of date, oldest first.
     pub async fn appointments_to_plan(&self, limit: i64) -> StoreResult<Vec<PlanInput>> {
         let rows = sqlx::query(
-            "SELECT id, revision, status, start_at, end_at, site, time_zone, patient_cancelled_at, service_type \
+            "SELECT id, revision, status, start_at, end_at, time_unknown, site, time_zone, patient_cancelled_at, service_type \
              FROM appointments WHERE needs_plan = 1 ORDER BY id LIMIT ?",
         )
         .bind(limit)
@@ -132,6 +134,7 @@ impl Store {
                 status: status_of(r.get("status")),
                 start: ts(r.get("start_at")),
                 end: r.get::<Option<i64>, _>("end_at").map(ts),
+                time_unknown: r.get::<i64, _>("time_unknown") != 0,
                 site: r.get("site"),
                 time_zone: r.get("time_zone"),
                 patient_cancelled: r.get::<Option<i64>, _>("patient_cancelled_at").is_some(),
@@ -275,6 +278,7 @@ impl Store {
             status: status_of(r.get("status")),
             start: ts(r.get("start_at")),
             end: r.get::<Option<i64>, _>("end_at").map(ts),
+            time_unknown: r.get::<i64, _>("time_unknown") != 0,
             site: r.get("site"),
             time_zone: r.get("time_zone"),
             location: r.get("location"),

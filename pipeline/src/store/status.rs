@@ -20,8 +20,69 @@ pub struct StatusSummary {
     pub writeback_pending: i64,
     pub open_alerts: Vec<(Timestamp, String, String)>,
     pub last_imports: Vec<ImportLine>,
+    /// Events that changed nothing although they differed: `older` (than the stored version) and
+    /// `unknown` (a status change for an appointment not on record), all time.
+    pub ignored_events: BTreeMap<String, i64>,
+    /// The newest of them.
+    pub recent_ignored: Vec<IgnoredLine>,
     /// Rejected input answered but not kept, over the quarantine quota (see `store::quarantine`).
     pub quarantine_dropped: super::quarantine::DroppedSummary,
+}
+
+/// An event that was ignored, for `status` and `explain` (ids, versions and statuses only).
+#[derive(Debug, Clone, Serialize)]
+pub struct IgnoredLine {
+    pub feed: String,
+    pub appointment: String,
+    /// `older` or `unknown`.
+    pub reason: String,
+    /// The status the event carried, and the one stored when it was ignored.
+    pub status: String,
+    pub stored_status: Option<String>,
+    /// The event's version time, and the stored version's (older: the stored one is newer).
+    pub version_at: Timestamp,
+    pub stored_version_at: Option<Timestamp>,
+    pub raw_ref: String,
+    pub received_at: Timestamp,
+}
+
+impl Store {
+    /// Ignored events, newest first: of one appointment (`Some((source, filler_id))`) or all.
+    pub async fn ignored_events(
+        &self,
+        appointment: Option<(&str, &str)>,
+        limit: i64,
+    ) -> StoreResult<Vec<IgnoredLine>> {
+        let (source, filler) = appointment.unwrap_or(("", ""));
+        let rows = sqlx::query(
+            "SELECT feed, source, filler_id, reason, status, stored_status, sv_at_us, stored_sv_at_us, raw_ref, received_at \
+             FROM ignored_events WHERE (?1 = '' OR (source = ?1 AND filler_id = ?2)) ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(source)
+        .bind(filler)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        let micros = |us: i64| Timestamp::from_microsecond(us).unwrap_or(Timestamp::UNIX_EPOCH);
+        Ok(rows
+            .iter()
+            .map(|r| IgnoredLine {
+                feed: r.get("feed"),
+                appointment: format!(
+                    "{}/{}",
+                    r.get::<String, _>("source"),
+                    r.get::<String, _>("filler_id")
+                ),
+                reason: r.get("reason"),
+                status: r.get("status"),
+                stored_status: r.get("stored_status"),
+                version_at: micros(r.get("sv_at_us")),
+                stored_version_at: r.get::<Option<i64>, _>("stored_sv_at_us").map(micros),
+                raw_ref: r.get("raw_ref"),
+                received_at: ts(r.get("received_at")),
+            })
+            .collect())
+    }
 }
 
 /// How long an unfinished import may go without committing a batch before `status` calls it
@@ -69,6 +130,8 @@ pub struct ImportLine {
     pub rows_ok: i64,
     pub rows_bad: i64,
     pub rows_applied: i64,
+    /// Rows older than the stored version of their appointment, ignored.
+    pub rows_older: i64,
     pub swept: i64,
 }
 
@@ -174,7 +237,7 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         let imports = sqlx::query(
-            "SELECT id, source, input_name, mode, rows_ok, rows_bad, rows_applied, swept FROM imports ORDER BY id DESC LIMIT 5",
+            "SELECT id, source, input_name, mode, rows_ok, rows_bad, rows_applied, rows_older, swept FROM imports ORDER BY id DESC LIMIT 5",
         )
         .fetch_all(self.pool())
         .await?;
@@ -217,9 +280,16 @@ impl Store {
                     rows_ok: r.get("rows_ok"),
                     rows_bad: r.get("rows_bad"),
                     rows_applied: r.get("rows_applied"),
+                    rows_older: r.get("rows_older"),
                     swept: r.get("swept"),
                 })
                 .collect(),
+            ignored_events: group(
+                self,
+                "SELECT reason, COUNT(*) FROM ignored_events GROUP BY reason",
+            )
+            .await?,
+            recent_ignored: self.ignored_events(None, 5).await?,
             quarantine_dropped: self
                 .quarantine_dropped(now - jiff::SignedDuration::from_hours(24))
                 .await?,
