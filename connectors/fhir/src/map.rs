@@ -672,7 +672,8 @@ pub fn map_bundle(bytes: &[u8], opts: &FhirOptions, now: Timestamp) -> Result<Ma
         let view = if r5 {
             crate::r5::appointment(p.raw.get())
         } else {
-            parse::<Appointment>(p.raw.get(), "Appointment").map(|a| crate::r4b::appointment(&a))
+            parse::<Appointment>(p.raw.get(), "Appointment")
+                .and_then(|a| crate::r4b::appointment(&a))
         };
         let view = match view {
             Ok(v) => v,

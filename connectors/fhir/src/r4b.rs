@@ -4,7 +4,8 @@
 use fhir_sdk::r4b::resources::{Appointment, Consent, ConsentProvision, Patient};
 use fhir_sdk::r4b::types::{CodeableConcept, Reference};
 
-use crate::time::{Span, When, instant};
+use crate::outcome::Issue;
+use crate::time::{Span, When, checked_instant, instant};
 use crate::view::{
     AppointmentView, Code, ConsentStatus, ConsentView, Name, Named, Participant, PatientIdentifier,
     PatientView, Telecom,
@@ -38,10 +39,20 @@ fn participant(r: &Reference) -> Participant {
     }
 }
 
-/// The Appointment's elements medrelay uses.
-pub fn appointment(a: &Appointment) -> AppointmentView {
+/// An instant element, or the issue naming it when its offset is beyond what FHIR allows.
+fn instant_at(
+    i: Option<&fhir_sdk::Instant>,
+    expression: &str,
+) -> Result<Option<jiff::Timestamp>, Issue> {
+    i.map(|i| checked_instant(i).ok_or_else(|| crate::r5::invalid(expression)))
+        .transpose()
+}
+
+/// The Appointment's elements medrelay uses; an issue when a time's offset is beyond +-14:00
+/// (fhir-model reads up to 25:59, FHIR allows 14:00).
+pub fn appointment(a: &Appointment) -> Result<AppointmentView, Issue> {
     let meta = a.meta.as_ref();
-    AppointmentView {
+    Ok(AppointmentView {
         id: a.id.clone(),
         identifiers: a
             .identifier
@@ -50,8 +61,8 @@ pub fn appointment(a: &Appointment) -> AppointmentView {
             .map(|i| (i.system.clone(), i.value.clone()))
             .collect(),
         status: AsRef::<str>::as_ref(&a.status).to_owned(),
-        start: a.start.as_ref().map(instant),
-        end: a.end.as_ref().map(instant),
+        start: instant_at(a.start.as_ref(), "Appointment.start")?,
+        end: instant_at(a.end.as_ref(), "Appointment.end")?,
         minutes_duration: a.minutes_duration.map(|m| m.get()),
         subject: None,
         participants: a
@@ -64,9 +75,12 @@ pub fn appointment(a: &Appointment) -> AppointmentView {
         appointment_type: a.appointment_type.as_ref().and_then(text_of),
         reasons: a.reason_code.iter().flatten().map(concept).collect(),
         description: a.description.clone(),
-        last_updated: meta.and_then(|m| m.last_updated.as_ref()).map(instant),
+        last_updated: instant_at(
+            meta.and_then(|m| m.last_updated.as_ref()),
+            "Appointment.meta.lastUpdated",
+        )?,
         version_id: meta.and_then(|m| m.version_id.clone()),
-    }
+    })
 }
 
 /// The Patient's elements medrelay uses.

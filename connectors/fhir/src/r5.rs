@@ -219,7 +219,8 @@ struct Consent {
     provision: Vec<Provision>,
 }
 
-fn invalid(expression: &str) -> Issue {
+/// The issue of an element whose value is not valid, naming the element, never the value.
+pub(crate) fn invalid(expression: &str) -> Issue {
     Issue::error(
         "value",
         "invalid value (wrong type, format or code)",

@@ -7,20 +7,54 @@ use jiff::civil;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
+/// The largest UTC offset FHIR's `instant` and `dateTime` allow (their regex ends in
+/// `(Z|(+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))`). fhir-model and jiff read offsets up to 25:59, so a
+/// time written `+18:00` would otherwise be taken as a real instant hours away from the intended one.
+pub const MAX_OFFSET_SECONDS: i32 = 14 * 3600;
+
+/// Whether an offset of `seconds` east of UTC is one FHIR allows.
+pub fn offset_allowed(seconds: i32) -> bool {
+    seconds.unsigned_abs() <= MAX_OFFSET_SECONDS.unsigned_abs()
+}
+
 /// An instant as a jiff timestamp (nanosecond exact).
 pub fn instant(i: &Instant) -> Timestamp {
     Timestamp::from_nanosecond(i.0.unix_timestamp_nanos()).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
+/// [`instant`], or `None` when its offset is beyond what FHIR allows (see [`MAX_OFFSET_SECONDS`]).
+pub fn checked_instant(i: &Instant) -> Option<Timestamp> {
+    offset_allowed(i.0.offset().whole_seconds()).then(|| instant(i))
+}
+
 /// A FHIR `instant` in its JSON text form (`2026-12-02T09:00:00-03:00`, fractions allowed; the
-/// offset is required).
+/// offset is required and at most 14:00 either way).
 pub fn parse_instant(text: &str) -> Option<Timestamp> {
     // jiff also reads `2026-12-02T09:00-03:00`; FHIR requires the seconds.
     let time = text.split_once('T')?.1;
     if time.len() < 8 || time.as_bytes()[5] != b':' {
         return None;
     }
+    if !text_offset_allowed(time) {
+        return None;
+    }
     text.parse().ok()
+}
+
+/// Whether the offset that ends a FHIR time text (`Z` or `+HH:MM` / `-HH:MM`) is within 14:00.
+fn text_offset_allowed(time: &str) -> bool {
+    if time.ends_with(['Z', 'z']) {
+        return true;
+    }
+    let Some(tail) = time.len().checked_sub(6).and_then(|at| time.get(at..)) else {
+        return false;
+    };
+    let b = tail.as_bytes();
+    let digits = |s: &str| s.parse::<i32>().ok();
+    match (b[0], digits(&tail[1..3]), b[3], digits(&tail[4..6])) {
+        (b'+' | b'-', Some(h), b':', Some(m)) if m < 60 => offset_allowed(h * 3600 + m * 60),
+        _ => false,
+    }
 }
 
 /// A FHIR `date` or `dateTime`: a point in time, or whole civil days whose instants depend on the
@@ -36,7 +70,7 @@ impl When {
     /// From fhir-model's value.
     pub fn from_sdk(dt: &DateTime) -> Option<When> {
         match dt {
-            DateTime::DateTime(i) => Some(When::At(instant(i))),
+            DateTime::DateTime(i) => checked_instant(i).map(When::At),
             DateTime::Date(d) => {
                 let (first, last) = match d {
                     Date::Year(y) => year(*y)?,
@@ -175,6 +209,9 @@ mod tests {
             "2026-13-01",
             "2026-12-01T10:00-03:00",
             "2026-12-01T10:00:00",
+            "2026-12-01T10:00:00+14:01",
+            "2026-12-01T10:00:00-18:00",
+            "2026-12-01T10:00:00+25:59",
             "soon",
         ] {
             assert_eq!(When::parse(bad), None, "{bad}");
@@ -183,5 +220,27 @@ mod tests {
             parse_instant("2026-12-02T12:00:00.250Z").map(|t| t.to_string()),
             Some("2026-12-02T12:00:00.25Z".into())
         );
+    }
+
+    #[test]
+    fn fhir_offsets_beyond_14_hours_are_refused() {
+        // The extremes FHIR allows are real instants (Kiribati, Baker Island).
+        assert_eq!(
+            parse_instant("2026-12-02T09:00:00+14:00"),
+            Some("2026-12-01T19:00:00Z".parse().unwrap())
+        );
+        assert_eq!(
+            parse_instant("2026-12-02T09:00:00-12:00"),
+            Some("2026-12-02T21:00:00Z".parse().unwrap())
+        );
+        for bad in [
+            "2026-12-02T09:00:00+14:30",
+            "2026-12-02T09:00:00-14:01",
+            "2026-12-02T09:00:00+18:00",
+            "2026-12-02T09:00:00+09:60",
+            "2026-12-02T09:00:00+0900",
+        ] {
+            assert_eq!(parse_instant(bad), None, "{bad}");
+        }
     }
 }

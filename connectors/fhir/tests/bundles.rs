@@ -385,3 +385,32 @@ fn id_only_appointment_notifications_name_what_to_read() {
     let issue = medrelay_connector_fhir::id_only_without_server();
     assert_eq!(issue.code, "not-supported");
 }
+
+#[test]
+fn fhir_offset_beyond_14_hours_is_rejected_not_read_as_another_instant() {
+    let m = map_bundle(&fixture("offset_beyond_14h.json"), &clinic_opts(), now()).unwrap();
+    let [bad] = m.rejected.as_slice() else {
+        panic!("{:?}", m.rejected)
+    };
+    assert_eq!(bad.location, "Bundle.entry[0] Appointment/ag-50001");
+    let oo = operation_outcome(std::slice::from_ref(&bad.issue));
+    assert_eq!(oo["issue"][0]["expression"][0], "Appointment.start");
+    assert!(!oo.to_string().contains("+18:00"), "{oo}");
+    // The largest allowed offsets are real instants.
+    let starts: Vec<(String, String)> = full(&m)
+        .iter()
+        .map(|e| {
+            (
+                e.appointment.key.id.clone(),
+                e.appointment.start.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        starts,
+        [
+            ("AG-50002".to_string(), "2026-12-03T20:00:00Z".to_string()),
+            ("AG-50003".to_string(), "2026-12-04T13:00:00Z".to_string())
+        ]
+    );
+}
