@@ -102,3 +102,97 @@ async fn an_ae_from_the_ehr_is_not_taken_as_written() {
     );
     store.close().await;
 }
+
+/// Issue 16: a batch the EHR refused for good no longer holds its system forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_back_batch_is_listed_retried_and_skipped_with_an_audit_record() {
+    let (addr, got) = ehr_inbound("AE").await;
+    let (store, dir) = common::hl7_tap_written_back_to(&addr).await;
+    let config = dir.path().join("medrelay.toml");
+    let config = config.to_str().unwrap();
+    // Ten seconds after the refusal: inside its 30 s backoff.
+    let at = ["--now", "2026-12-08T17:05:10Z"];
+    let cli = |args: &'static [&'static str]| {
+        let mut full = at.to_vec();
+        full.extend(args);
+        async move { common::cli_with_config(config, &full).await }
+    };
+    let srms = || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.contains("SRM^S03"))
+            .count()
+    };
+    assert_eq!(srms(), 1);
+
+    let (code, out) = cli(&["writeback", "list"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("batch 1") && out.contains("refused"), "{out}");
+    assert!(out.contains("1 reply") && out.contains("AE"), "{out}");
+    assert!(out.contains("writeback retry ID"), "{out}");
+    let (_, show) = cli(&["writeback", "show", "1"]).await;
+    assert!(
+        show.contains("confirm") && show.contains("clinica-hl7/AG-30007"),
+        "{show}"
+    );
+    assert!(!show.contains("Cec"), "no patient name: {show}");
+
+    // Within its backoff a pass sends nothing; after a retry it goes at once (and is refused again).
+    let (code, out) = cli(&["run", "--once"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(srms(), 1, "the backoff holds");
+    let (code, out) = cli(&["writeback", "retry", "1", "--actor", "it-desk"]).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(&["run", "--once"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(srms(), 2, "sent again after the retry");
+
+    // Skip needs a reason, and takes the batch out of the way.
+    let (code, _) = cli(&["writeback", "skip", "1", "--reason", " "]).await;
+    assert_eq!(code, medrelay::exit::USAGE);
+    let (code, out) = cli(&[
+        "writeback",
+        "skip",
+        "1",
+        "--actor",
+        "it-desk",
+        "--reason",
+        "EHR interface rejects S03 for this clinic; phoned the front desk",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = cli(&["writeback", "list"]).await;
+    assert!(out.contains("no open write-back batches"), "{out}");
+    let (_, out) = cli(&["writeback", "list", "--all"]).await;
+    assert!(
+        out.contains("skipped") && out.contains("staff:it-desk") && out.contains("phoned"),
+        "{out}"
+    );
+    let (code, out) = cli(&["writeback", "skip", "1", "--reason", "again"]).await;
+    assert_eq!(code, medrelay::exit::USAGE, "{out}");
+    let (code, out) = cli(&["writeback", "retry", "99"]).await;
+    assert_eq!(code, medrelay::exit::USAGE, "{out}");
+
+    // Nothing pending, the alert resolved, nothing sent after the skip, the trail intact.
+    let (code, _) = cli(&["run", "--once"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(srms(), 2, "a skipped batch is never written");
+    let s = store.status_summary(jiff::Timestamp::now()).await.unwrap();
+    assert_eq!(s.writeback_pending, 0, "{s:?}");
+    assert!(
+        !s.open_alerts
+            .iter()
+            .any(|(_, kind, _)| kind == "writeback_rejected"),
+        "{s:?}"
+    );
+    let (code, out) = cli(&["audit", "export"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("writeback_retry") && out.contains("writeback_skip"),
+        "{out}"
+    );
+    let (code, out) = cli(&["audit", "verify"]).await;
+    assert_eq!(code, 0, "{out}");
+    store.close().await;
+}

@@ -109,6 +109,9 @@ pub enum Command {
     /// Verify or export the keyed, hash-chained audit trail (and write signed checkpoints).
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
+    /// The write-back dead letter: list open batches, show one, retry or skip a refused one.
+    #[command(subcommand)]
+    Writeback(commands::writeback::WritebackCommand),
     /// Apply the retention policy now: prune raw inputs and old patient data (the audit chain stays).
     Prune,
     /// Run the WhatsApp Cloud API simulator as an HTTP server (rehearsals without a Meta account).
@@ -177,6 +180,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Explain(a) => commands::explain::explain(&cli.config, a, &mut o).await,
         Command::Consent(c) => commands::consent::run(&cli.config, clock.clone(), c, &mut o).await,
         Command::Audit(c) => commands::audit::run(&cli.config, clock.clone(), c, &mut o).await,
+        Command::Writeback(c) => {
+            commands::writeback::run(&cli.config, clock.clone(), c, &mut o).await
+        }
         Command::Prune => commands::prune::run(&cli.config, clock.clone(), &mut o).await,
         Command::Simulate(a) => commands::simulate::run(&cli.config, a, &mut o).await,
         Command::Templates(c) => commands::templates::run(&cli.config, c, &mut o).await,

@@ -14,6 +14,7 @@ pub mod run;
 pub mod simulate;
 pub mod status;
 pub mod templates;
+pub mod writeback;
 
 use std::path::Path;
 

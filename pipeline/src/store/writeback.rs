@@ -1,11 +1,16 @@
 //! Write-back SQL: replies are assigned to a batch in one transaction, the batch is written by the
 //! target (idempotently, keyed by batch id), then completed. A batch left incomplete by a crash is
 //! written again with the same id and content: each reply reaches the target exactly once.
+//!
+//! The dead letter: a batch the target refused for good (`refused`) keeps its place, so replies
+//! never overtake each other, until staff retry it at once ([`Store::retry_batch`]) or skip it
+//! ([`Store::skip_batch`]: closed unwritten, who/when/why recorded and audited, replies kept).
 
 use jiff::Timestamp;
 use medrelay_mapping::phi::Phi;
 use medrelay_mapping::ports::Confirmation;
 use medrelay_mapping::reply::ReplyAction;
+use serde::Serialize;
 use serde_json::json;
 use sqlx::Row;
 
@@ -109,13 +114,14 @@ impl Store {
     ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query(
-            "UPDATE writeback_batches SET completed_at = ?, location = ?, last_error = NULL WHERE id = ?",
+            "UPDATE writeback_batches SET completed_at = ?, location = ?, last_error = NULL, refused = 0 WHERE id = ?",
         )
         .bind(secs(now))
         .bind(location)
         .bind(batch)
         .execute(&mut *tx)
         .await?;
+        resolve_refusal_alert(&mut tx, batch, now).await?;
         audit::append(
             &mut tx,
             &self.keys,
@@ -145,10 +151,11 @@ impl Store {
                 .await?
                 .flatten();
         sqlx::query(
-            "UPDATE writeback_batches SET last_error = ?, failures = failures + 1, failed_at = ? WHERE id = ?",
+            "UPDATE writeback_batches SET last_error = ?, failures = failures + 1, failed_at = ?, refused = ? WHERE id = ?",
         )
         .bind(error)
         .bind(secs(now))
+        .bind(permanent)
         .bind(batch)
         .execute(self.pool())
         .await?;
@@ -162,6 +169,276 @@ impl Store {
             .await?;
         }
         Ok(())
+    }
+}
+
+/// Where a write-back batch is, for staff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    /// Not written yet, never failed (or retried by staff).
+    Pending,
+    /// The last attempt failed on the way (connection, timeout, 5xx): retried with backoff.
+    Failing,
+    /// The target refused it (AE, a 4xx): retried with backoff, but it will not pass by itself;
+    /// it holds every later reply of its system until it is retried or skipped.
+    Refused,
+    /// Written.
+    Written,
+    /// Skipped by staff: closed without being written.
+    Skipped,
+}
+
+impl BatchState {
+    /// The name `writeback list` prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::Pending => "pending",
+            BatchState::Failing => "failing",
+            BatchState::Refused => "refused",
+            BatchState::Written => "written",
+            BatchState::Skipped => "skipped",
+        }
+    }
+}
+
+/// One write-back batch as `medrelay writeback list` shows it: ids, counts, times and the target's
+/// answer (medrelay's own error texts carry no values), no patient data.
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchLine {
+    pub id: i64,
+    /// The system the replies go back to.
+    pub target: String,
+    pub state: BatchState,
+    pub created_at: Timestamp,
+    pub replies: i64,
+    pub failures: i64,
+    pub last_error: Option<String>,
+    pub failed_at: Option<Timestamp>,
+    /// When it was written, or skipped.
+    pub completed_at: Option<Timestamp>,
+    pub location: Option<String>,
+    pub skipped_by: Option<String>,
+    pub skip_reason: Option<String>,
+}
+
+/// One reply of a batch, for `writeback show`: what staff need to pass it on by hand.
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchReply {
+    pub reply_id: i64,
+    /// `source/filler id`, as `medrelay explain` takes it.
+    pub appointment: String,
+    pub action: Option<String>,
+    pub received_at: Timestamp,
+}
+
+/// Why staff could not act on a batch.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BatchActionError {
+    #[error("there is no write-back batch {0}")]
+    Unknown(i64),
+    #[error("write-back batch {0} is already {1}")]
+    Closed(i64, &'static str),
+}
+
+/// The columns of a [`BatchLine`] (a macro so that queries stay static strings).
+macro_rules! batch_line_sql {
+    () => {
+        "SELECT b.id, b.target, b.created_at, b.completed_at, b.location, \
+         b.last_error, b.failures, b.failed_at, b.refused, b.skipped_at, b.skipped_by, b.skip_reason, \
+         (SELECT COUNT(*) FROM replies r WHERE r.writeback_batch = b.id) AS replies \
+         FROM writeback_batches b"
+    };
+}
+
+fn batch_line(r: &sqlx::sqlite::SqliteRow) -> BatchLine {
+    let completed_at: Option<i64> = r.get("completed_at");
+    let skipped_at: Option<i64> = r.get("skipped_at");
+    let failures: i64 = r.get("failures");
+    let state = if skipped_at.is_some() {
+        BatchState::Skipped
+    } else if completed_at.is_some() {
+        BatchState::Written
+    } else if r.get::<i64, _>("refused") != 0 {
+        BatchState::Refused
+    } else if failures > 0 && r.get::<Option<i64>, _>("failed_at").is_some() {
+        BatchState::Failing
+    } else {
+        BatchState::Pending
+    };
+    BatchLine {
+        id: r.get("id"),
+        target: r.get("target"),
+        state,
+        created_at: ts(r.get("created_at")),
+        replies: r.get("replies"),
+        failures,
+        last_error: r.get("last_error"),
+        failed_at: r.get::<Option<i64>, _>("failed_at").map(ts),
+        completed_at: completed_at.map(ts),
+        location: r.get("location"),
+        skipped_by: r.get("skipped_by"),
+        skip_reason: r.get("skip_reason"),
+    }
+}
+
+/// Marks the open `writeback_rejected` alert of `batch` resolved (it was written or skipped).
+async fn resolve_refusal_alert(
+    conn: &mut sqlx::SqliteConnection,
+    batch: i64,
+    now: Timestamp,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE alerts SET resolved_at = ? WHERE kind = 'writeback_rejected' AND resolved_at IS NULL \
+         AND detail LIKE ?",
+    )
+    .bind(secs(now))
+    .bind(format!("write-back batch {batch} refused %"))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Write-back batches, oldest first: the open ones (`all = false`), or the newest `limit` of
+    /// every state.
+    pub async fn writeback_batches(&self, all: bool, limit: i64) -> StoreResult<Vec<BatchLine>> {
+        let rows = if all {
+            sqlx::query(concat!(
+                "SELECT * FROM (",
+                batch_line_sql!(),
+                " ORDER BY b.id DESC LIMIT ?) ORDER BY id"
+            ))
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?
+        } else {
+            sqlx::query(concat!(
+                batch_line_sql!(),
+                " WHERE b.completed_at IS NULL ORDER BY b.id"
+            ))
+            .fetch_all(self.pool())
+            .await?
+        };
+        Ok(rows.iter().map(batch_line).collect())
+    }
+
+    /// One batch and its replies.
+    pub async fn writeback_batch(
+        &self,
+        batch: i64,
+    ) -> StoreResult<Option<(BatchLine, Vec<BatchReply>)>> {
+        let Some(row) = sqlx::query(concat!(batch_line_sql!(), " WHERE b.id = ?"))
+            .bind(batch)
+            .fetch_optional(self.pool())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let replies = sqlx::query(
+            "SELECT r.id, r.action, r.received_at, a.source, a.filler_id FROM replies r \
+             JOIN appointments a ON a.id = r.appointment_id WHERE r.writeback_batch = ? ORDER BY r.id",
+        )
+        .bind(batch)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| BatchReply {
+            reply_id: r.get("id"),
+            appointment: format!(
+                "{}/{}",
+                r.get::<String, _>("source"),
+                r.get::<String, _>("filler_id")
+            ),
+            action: r.get("action"),
+            received_at: ts(r.get("received_at")),
+        })
+        .collect();
+        Ok(Some((batch_line(&row), replies)))
+    }
+
+    /// The state of an open batch, or why staff cannot act on it.
+    async fn open_batch(&self, batch: i64) -> StoreResult<Result<(), BatchActionError>> {
+        let Some(line) = self.writeback_batch(batch).await?.map(|(l, _)| l) else {
+            return Ok(Err(BatchActionError::Unknown(batch)));
+        };
+        Ok(match line.state {
+            BatchState::Written | BatchState::Skipped => {
+                Err(BatchActionError::Closed(batch, line.state.as_str()))
+            }
+            _ => Ok(()),
+        })
+    }
+
+    /// Makes an open batch due at the next pass (its backoff is forgotten), audited with `actor`.
+    pub async fn retry_batch(
+        &self,
+        batch: i64,
+        actor: &str,
+        now: Timestamp,
+    ) -> StoreResult<Result<(), BatchActionError>> {
+        if let Err(e) = self.open_batch(batch).await? {
+            return Ok(Err(e));
+        }
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE writeback_batches SET failed_at = NULL, failures = 0 WHERE id = ? AND completed_at IS NULL",
+        )
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?;
+        audit::append(
+            &mut tx,
+            &self.keys,
+            now,
+            actor,
+            "writeback_retry",
+            &format!("batch:{batch}"),
+            json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Closes an open batch without writing it, so the replies after it go back: who, when and
+    /// why are kept on the batch and in the audit trail; its replies stay attached to it (staff pass
+    /// them on by hand). A batch being written at that moment by a running service may still be
+    /// written.
+    pub async fn skip_batch(
+        &self,
+        batch: i64,
+        actor: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> StoreResult<Result<(), BatchActionError>> {
+        if let Err(e) = self.open_batch(batch).await? {
+            return Ok(Err(e));
+        }
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "UPDATE writeback_batches SET completed_at = ?1, skipped_at = ?1, skipped_by = ?2, skip_reason = ?3 \
+             WHERE id = ?4 AND completed_at IS NULL",
+        )
+        .bind(secs(now))
+        .bind(actor)
+        .bind(reason)
+        .bind(batch)
+        .execute(&mut *tx)
+        .await?;
+        resolve_refusal_alert(&mut tx, batch, now).await?;
+        audit::append(
+            &mut tx,
+            &self.keys,
+            now,
+            actor,
+            "writeback_skip",
+            &format!("batch:{batch}"),
+            json!({"reason": reason}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
     }
 }
 
