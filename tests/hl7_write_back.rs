@@ -196,3 +196,118 @@ async fn a_refused_write_back_batch_is_listed_retried_and_skipped_with_an_audit_
     assert_eq!(code, 0, "{out}");
     store.close().await;
 }
+
+/// Issue 16: `/healthz` and `/readyz` on the service's HTTP port; a refused write-back batch makes
+/// the service not ready (it holds that system's replies) until it is dealt with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_a_refused_batch_holds_its_system_and_200_once_skipped() {
+    use medrelay_pipeline::http::health::HealthState;
+    // SAFETY: set once, before anything reads them; only this test reads these names.
+    unsafe {
+        std::env::set_var("MEDRELAY_TEST_HEALTH_APP_SECRET", "health-app-secret");
+        std::env::set_var("MEDRELAY_TEST_HEALTH_VERIFY", "health-verify");
+    }
+    let (addr, _got) = ehr_inbound("AE").await;
+    let (store, dir) = common::hl7_tap_written_back_to(&addr).await;
+    let path = dir.path().join("medrelay.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "# [whatsapp.webhook]\n# listen = \"127.0.0.1:8443\"",
+        "[whatsapp.webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_env = \"MEDRELAY_TEST_HEALTH_APP_SECRET\"\nverify_token_env = \"MEDRELAY_TEST_HEALTH_VERIFY\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    let loaded = medrelay::config::load(&path).unwrap();
+    let clock = std::sync::Arc::new(medrelay_pipeline::clock::ManualClock::new(
+        "2026-12-08T17:05:10Z".parse().unwrap(),
+    ));
+    // A listener task that has ended (as a failed listener would).
+    let ended = tokio::spawn(async {});
+    while !ended.is_finished() {
+        tokio::task::yield_now().await;
+    }
+    let health = HealthState {
+        store: store.clone(),
+        halt: None,
+        listeners: std::sync::Arc::new(std::sync::Mutex::new(vec![(
+            "listener 127.0.0.1:2575".to_string(),
+            ended.abort_handle(),
+        )])),
+    };
+    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
+    let (web, task) = medrelay::commands::run::start_webhook_endpoint(
+        &loaded,
+        &store,
+        clock,
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        halt_rx,
+        Some(health.clone()),
+    )
+    .await
+    .unwrap()
+    .expect("the webhook endpoint is configured");
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        let (http, url) = (http.clone(), format!("http://{web}{path}"));
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/healthz").await, (200, "ok\n".to_string()));
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["status"], "not_ready");
+    let failing = |v: &serde_json::Value| -> Vec<String> {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["ok"] == false)
+            .map(|c| {
+                format!(
+                    "{}: {}",
+                    c["name"].as_str().unwrap(),
+                    c["detail"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        failing(&ready),
+        [
+            "write_back: refused by the EHR and holding later replies: batch 1 (clinica-hl7) (`medrelay writeback list`)",
+            "listeners: stopped: listener 127.0.0.1:2575"
+        ],
+        "{body}"
+    );
+    for c in ["database", "migrations", "sending"] {
+        assert!(body.contains(&format!("\"name\":\"{c}\"")), "{body}");
+    }
+    assert!(
+        !body.contains("Cec") && !body.contains("5511"),
+        "no PHI: {body}"
+    );
+
+    // Dealt with: the batch skipped, the listener back (a running task): ready.
+    store
+        .skip_batch(
+            1,
+            "staff:test",
+            "passed on by phone",
+            jiff::Timestamp::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let running = tokio::spawn(std::future::pending::<()>());
+    *health.listeners.lock().unwrap() =
+        vec![("listener 127.0.0.1:2575".into(), running.abort_handle())];
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"status\":\"ready\""), "{body}");
+    running.abort();
+    halt_tx.send_replace(true);
+    task.await.unwrap().unwrap();
+    store.close().await;
+}

@@ -348,6 +348,7 @@ async fn webhook_endpoint_under_abuse_keeps_answering_in_bounded_memory() {
         clock,
         Arc::new(tokio::sync::Notify::new()),
         halt_rx,
+        None,
     )
     .await
     .unwrap()

@@ -51,8 +51,20 @@ pub struct Sender {
     config: Arc<Compiled>,
     transport: Arc<dyn WhatsAppTransport>,
     clock: Arc<dyn Clock>,
-    halts: Mutex<Halts>,
+    halts: Arc<Mutex<Halts>>,
     pacer: Option<Arc<dyn Pacing>>,
+}
+
+/// A read-only view of a [`Sender`]'s halt, for `/readyz`: the service is not ready while all
+/// sending is halted (an account-level Cloud API error).
+#[derive(Clone)]
+pub struct HaltProbe(Arc<Mutex<Halts>>);
+
+impl HaltProbe {
+    /// Whether all sending is halted, and why (a Cloud API error, never patient data).
+    pub fn halted(&self) -> Option<String> {
+        self.0.lock().expect("halts lock").all.clone()
+    }
 }
 
 /// How one attempt ended, before it is recorded.
@@ -156,7 +168,7 @@ impl Sender {
             config,
             transport,
             clock,
-            halts: Mutex::new(Halts::default()),
+            halts: Arc::new(Mutex::new(Halts::default())),
             pacer: None,
         }
     }
@@ -179,6 +191,11 @@ impl Sender {
     /// Whether all sending is halted, and why.
     pub fn halted(&self) -> Option<String> {
         self.halts.lock().expect("halts lock").all.clone()
+    }
+
+    /// A probe of the halt that outlives borrows of the sender (for the readiness endpoint).
+    pub fn halt_probe(&self) -> HaltProbe {
+        HaltProbe(self.halts.clone())
     }
 
     /// Sends up to `limit` due steps.

@@ -22,6 +22,7 @@ use clap::Args;
 use jiff::SignedDuration;
 use medrelay_listener::serve_bounded;
 use medrelay_pipeline::clock::Clock;
+use medrelay_pipeline::http::health::{HealthState, WatchedListeners, health_router};
 use medrelay_pipeline::http::webhook::{WebhookState, webhook_router};
 use medrelay_pipeline::inbound::Inbound;
 use medrelay_pipeline::service::Service;
@@ -252,13 +253,15 @@ impl WhatsAppTransport for ReceiveOnly {
 pub type Endpoint = (std::net::SocketAddr, JoinHandle<std::io::Result<()>>);
 
 /// Binds `[whatsapp.webhook] listen` and serves the endpoint within its configured limits until
-/// `halt` turns true. Stored bodies notify `stored` (the service loop's wake-up).
+/// `halt` turns true. Stored bodies notify `stored` (the service loop's wake-up). With `health`,
+/// the same port also serves `GET /healthz` and `GET /readyz` (public by design, no PHI).
 pub async fn start_webhook_endpoint(
     loaded: &Loaded,
     store: &Store,
     clock: Arc<dyn Clock>,
     stored: Arc<Notify>,
     mut halt: watch::Receiver<bool>,
+    health: Option<HealthState>,
 ) -> anyhow::Result<Option<Endpoint>> {
     let Some(addr) = loaded.webhook_listen else {
         return Ok(None);
@@ -279,10 +282,14 @@ pub async fn start_webhook_endpoint(
         .await
         .with_context(|| format!("cannot listen on {addr} (whatsapp.webhook.listen)"))?;
     let local = listener.local_addr()?;
-    info!(address = %local, "webhook endpoint listening on /webhook");
+    info!(address = %local, health = health.is_some(), "webhook endpoint listening on /webhook");
+    let mut router = webhook_router(state);
+    if let Some(h) = health {
+        router = router.merge(health_router(h));
+    }
     let task = tokio::spawn(serve_bounded(
         listener,
-        webhook_router(state),
+        router,
         wh.connection_limits(),
         async move {
             let _ = halt.wait_for(|h| *h).await;
@@ -318,13 +325,28 @@ pub async fn run_until(
     let stop = Arc::new(AtomicBool::new(false));
     let woken = Arc::new(Notify::new());
     let (halt_tx, halt_rx) = watch::channel(false);
+    // The listener tasks `/readyz` watches (filled below, once they are started).
+    let watched: WatchedListeners = Arc::default();
     let endpoint = if args.once {
         if loaded.webhook_listen.is_some() {
             info!("--once: the webhook endpoint is not served");
         }
         None
     } else {
-        start_webhook_endpoint(&loaded, &store, clock.clone(), woken.clone(), halt_rx).await?
+        let health = HealthState {
+            store: store.clone(),
+            halt: Some(service.sender.halt_probe()),
+            listeners: watched.clone(),
+        };
+        start_webhook_endpoint(
+            &loaded,
+            &store,
+            clock.clone(),
+            woken.clone(),
+            halt_rx,
+            Some(health),
+        )
+        .await?
     };
     // MLLP listeners: each message is committed before its ACK; the loop is woken to plan it.
     let listeners = if args.once {
@@ -334,6 +356,10 @@ pub async fn run_until(
             crate::hl7::start_listeners(&service, &loaded, clock.clone(), woken.clone()).await?;
         all.extend(
             crate::fhir::start_endpoints(&service, &loaded, clock.clone(), woken.clone()).await?,
+        );
+        watched.lock().expect("listeners lock").extend(
+            all.iter()
+                .map(|(addr, handle)| (format!("listener {addr}"), handle.abort_handle())),
         );
         all
     };

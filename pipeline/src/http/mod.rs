@@ -1,5 +1,6 @@
 //! HTTP faces of the pipeline (axum 0.8): the Cloud API webhook endpoint medrelay serves, and the
 //! simulator server `medrelay simulate` runs in place of graph.facebook.com.
 
+pub mod health;
 pub mod simulator;
 pub mod webhook;

@@ -47,6 +47,28 @@ pub struct IgnoredLine {
 }
 
 impl Store {
+    /// Whether the database answers a trivial query (for `/readyz`).
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query_scalar::<_, i64>("SELECT 1")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Embedded migrations that the database has not applied successfully (0 when it is
+    /// current). A database migrated by a newer medrelay has applied ones this binary does not
+    /// know; they are not counted here.
+    pub async fn pending_migrations(&self) -> StoreResult<usize> {
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = 1")
+                .fetch_all(self.pool())
+                .await?;
+        Ok(sqlx::migrate!("./migrations/sqlite")
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+            .count())
+    }
+
     /// Ignored events, newest first: of one appointment (`Some((source, filler_id))`) or all.
     pub async fn ignored_events(
         &self,
