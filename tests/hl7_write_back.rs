@@ -197,19 +197,25 @@ async fn a_refused_write_back_batch_is_listed_retried_and_skipped_with_an_audit_
     store.close().await;
 }
 
-/// Issue 16: `/healthz` and `/readyz` on the service's HTTP port; a refused write-back batch makes
-/// the service not ready (it holds that system's replies) until it is dealt with.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_is_503_while_a_refused_batch_holds_its_system_and_200_once_skipped() {
-    use medrelay_pipeline::http::health::HealthState;
-    // SAFETY: set once, before anything reads them; only this test reads these names.
-    unsafe {
+/// The webhook endpoint of the site in `dir`, serving the health routes of `health` (issue 16).
+async fn serve_health(
+    dir: &std::path::Path,
+    store: &medrelay_pipeline::store::Store,
+    listeners: Vec<(String, tokio::task::AbortHandle)>,
+    metrics_token: Option<&str>,
+) -> (
+    std::net::SocketAddr,
+    medrelay_pipeline::http::health::HealthState,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    static ENV: std::sync::Once = std::sync::Once::new();
+    // SAFETY: set once, before anything reads them; only these tests read these names.
+    ENV.call_once(|| unsafe {
         std::env::set_var("MEDRELAY_TEST_HEALTH_APP_SECRET", "health-app-secret");
         std::env::set_var("MEDRELAY_TEST_HEALTH_VERIFY", "health-verify");
-    }
-    let (addr, _got) = ehr_inbound("AE").await;
-    let (store, dir) = common::hl7_tap_written_back_to(&addr).await;
-    let path = dir.path().join("medrelay.toml");
+    });
+    let path = dir.join("medrelay.toml");
     let text = std::fs::read_to_string(&path).unwrap().replace(
         "# [whatsapp.webhook]\n# listen = \"127.0.0.1:8443\"",
         "[whatsapp.webhook]\nlisten = \"127.0.0.1:0\"\napp_secret_env = \"MEDRELAY_TEST_HEALTH_APP_SECRET\"\nverify_token_env = \"MEDRELAY_TEST_HEALTH_VERIFY\"",
@@ -219,23 +225,17 @@ async fn readyz_is_503_while_a_refused_batch_holds_its_system_and_200_once_skipp
     let clock = std::sync::Arc::new(medrelay_pipeline::clock::ManualClock::new(
         "2026-12-08T17:05:10Z".parse().unwrap(),
     ));
-    // A listener task that has ended (as a failed listener would).
-    let ended = tokio::spawn(async {});
-    while !ended.is_finished() {
-        tokio::task::yield_now().await;
-    }
-    let health = HealthState {
+    let health = medrelay_pipeline::http::health::HealthState {
         store: store.clone(),
         halt: None,
-        listeners: std::sync::Arc::new(std::sync::Mutex::new(vec![(
-            "listener 127.0.0.1:2575".to_string(),
-            ended.abort_handle(),
-        )])),
+        listeners: std::sync::Arc::new(std::sync::Mutex::new(listeners)),
+        metrics_token: metrics_token.map(std::sync::Arc::from),
+        clock: clock.clone(),
     };
     let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
     let (web, task) = medrelay::commands::run::start_webhook_endpoint(
         &loaded,
-        &store,
+        store,
         clock,
         std::sync::Arc::new(tokio::sync::Notify::new()),
         halt_rx,
@@ -244,17 +244,46 @@ async fn readyz_is_503_while_a_refused_batch_holds_its_system_and_200_once_skipp
     .await
     .unwrap()
     .expect("the webhook endpoint is configured");
-    let http = reqwest::Client::new();
-    let get = |path: &str| {
-        let (http, url) = (http.clone(), format!("http://{web}{path}"));
-        async move {
-            let r = http.get(url).send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.text().await.unwrap())
-        }
-    };
-    assert_eq!(get("/healthz").await, (200, "ok\n".to_string()));
-    let (status, body) = get("/readyz").await;
+    (web, health, halt_tx, task)
+}
+
+/// GETs `path` on `addr` with an optional bearer token: status and body.
+async fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut r = reqwest::Client::new().get(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+/// Issue 16: `/healthz` and `/readyz` on the service's HTTP port; a refused write-back batch makes
+/// the service not ready (it holds that system's replies) until it is dealt with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_a_refused_batch_holds_its_system_and_200_once_skipped() {
+    let (addr, _got) = ehr_inbound("AE").await;
+    let (store, dir) = common::hl7_tap_written_back_to(&addr).await;
+    // A listener task that has ended (as a failed listener would).
+    let ended = tokio::spawn(async {});
+    while !ended.is_finished() {
+        tokio::task::yield_now().await;
+    }
+    let listener = "listener 127.0.0.1:2575".to_string();
+    let (web, health, halt_tx, task) = serve_health(
+        dir.path(),
+        &store,
+        vec![(listener.clone(), ended.abort_handle())],
+        None,
+    )
+    .await;
+    assert_eq!(get(web, "/healthz", None).await, (200, "ok\n".to_string()));
+    assert_eq!(
+        get(web, "/metrics", None).await.0,
+        404,
+        "no token configured"
+    );
+    let (status, body) = get(web, "/readyz", None).await;
     assert_eq!(status, 503, "{body}");
     let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(ready["status"], "not_ready");
@@ -301,12 +330,91 @@ async fn readyz_is_503_while_a_refused_batch_holds_its_system_and_200_once_skipp
         .unwrap()
         .unwrap();
     let running = tokio::spawn(std::future::pending::<()>());
-    *health.listeners.lock().unwrap() =
-        vec![("listener 127.0.0.1:2575".into(), running.abort_handle())];
-    let (status, body) = get("/readyz").await;
+    *health.listeners.lock().unwrap() = vec![(listener, running.abort_handle())];
+    let (status, body) = get(web, "/readyz", None).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"status\":\"ready\""), "{body}");
     running.abort();
+    halt_tx.send_replace(true);
+    task.await.unwrap().unwrap();
+    store.close().await;
+}
+
+/// The value of the exposition line `name{labels}` (labels as written by the encoder).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// Issue 16: `/metrics` after a scripted run (import, confirmation, reminder, a tap, its
+/// write-back) says what happened, agrees with `status`, needs its token and carries no PHI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_a_scripted_run_match_what_happened_without_phi() {
+    let (addr, got) = ehr_inbound("AA").await;
+    let (store, dir) = common::hl7_tap_written_back_to(&addr).await;
+    assert_eq!(got.lock().unwrap().len(), 1, "one SRM written back");
+    let token = "metrics-test-token-7d1";
+    let (web, _health, halt_tx, task) = serve_health(dir.path(), &store, vec![], Some(token)).await;
+    assert_eq!(get(web, "/metrics", None).await.0, 401);
+    assert_eq!(get(web, "/metrics", Some("wrong")).await.0, 401);
+    let (status, text) = get(web, "/metrics", Some(token)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text: {text}");
+
+    let s = store.status_summary(jiff::Timestamp::now()).await.unwrap();
+    // The sample's HL7 file: four appointments applied, one message quarantined.
+    assert_eq!(
+        metric(
+            &text,
+            "medrelay_imported_total{connector=\"clinica-hl7\",outcome=\"applied\"}"
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric(&text, "medrelay_quarantined{connector=\"clinica-hl7\"}"),
+        s.quarantined as f64
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "medrelay_replies_total{action=\"confirm\",outcome=\"accepted\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "medrelay_writeback_batches{target=\"clinica-hl7\",state=\"written\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&text, "medrelay_writeback_backlog"), 0.0);
+    // Messages by template and status add up to status's count by status.
+    let sent_by_status: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("medrelay_messages{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(
+        sent_by_status,
+        s.messages_by_status.values().sum::<i64>() as f64
+    );
+    assert!(
+        sent_by_status >= 2.0,
+        "a confirmation and a reminder: {text}"
+    );
+    let jobs: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("medrelay_outbox_jobs{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(jobs, s.jobs_by_state.values().sum::<i64>() as f64);
+    assert_eq!(metric(&text, "medrelay_ready{check=\"write_back\"}"), 1.0);
+    // No patient data in any label or value.
+    for canary in ["Cec", "5511", "P-2007", "+55"] {
+        assert!(!text.contains(canary), "{canary} in /metrics:\n{text}");
+    }
     halt_tx.send_replace(true);
     task.await.unwrap().unwrap();
     store.close().await;

@@ -59,6 +59,10 @@ pub struct ServiceConfig {
     /// shorter means less delay after a crash.
     #[serde(default = "default_sending_grace")]
     pub sending_grace: String,
+    /// Environment variable with the bearer token `GET /metrics` needs (served on the webhook's
+    /// port); unset: `/metrics` is not served. An empty variable stops `run`.
+    #[serde(default)]
+    pub metrics_token_env: Option<String>,
 }
 
 fn default_sending_grace() -> String {
@@ -78,6 +82,7 @@ impl Default for ServiceConfig {
             poll_interval: default_poll(),
             send_batch: default_batch(),
             sending_grace: default_sending_grace(),
+            metrics_token_env: None,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod http;
 pub mod inbound;
 pub mod ingest;
 pub mod keys;
+pub mod metrics;
 pub mod schedule;
 pub mod send;
 pub mod service;

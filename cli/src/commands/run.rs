@@ -333,10 +333,19 @@ pub async fn run_until(
         }
         None
     } else {
+        let metrics_token = match &loaded.config.service.metrics_token_env {
+            Some(var) => Some(Arc::from(
+                secret_from_env(var, "the /metrics bearer token (service.metrics_token_env)")?
+                    .as_str(),
+            )),
+            None => None,
+        };
         let health = HealthState {
             store: store.clone(),
             halt: Some(service.sender.halt_probe()),
             listeners: watched.clone(),
+            metrics_token,
+            clock: clock.clone(),
         };
         start_webhook_endpoint(
             &loaded,

@@ -9,13 +9,15 @@
 //!   error), `listeners` (every MLLP / FHIR listener task still runs), `write_back` (no batch
 //!   refused by its EHR and left open: it holds that system's later replies). Details carry ids,
 //!   counts and error codes, never patient data.
+//! - `GET /metrics` (only with a configured token, sent as `Authorization: Bearer <token>`,
+//!   compared in constant time; 401 otherwise): the OpenMetrics text of [`crate::metrics`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
@@ -36,6 +38,9 @@ pub struct HealthState {
     /// The sender's halt, when this process sends.
     pub halt: Option<HaltProbe>,
     pub listeners: WatchedListeners,
+    /// The bearer token `/metrics` needs; `None`: `/metrics` is not served.
+    pub metrics_token: Option<Arc<str>>,
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// One readiness check.
@@ -141,10 +146,41 @@ async fn readyz(State(state): State<HealthState>) -> Response {
         .into_response()
 }
 
-/// `GET /healthz` and `GET /readyz`, to be merged into a served router.
+async fn metrics(State(state): State<HealthState>, headers: HeaderMap) -> Response {
+    let Some(token) = state.metrics_token.as_deref() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if token.is_empty() || !medrelay_listener::same(given.as_bytes(), token.as_bytes()) {
+        tracing::warn!("metrics scrape with a missing or wrong bearer token");
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let checks = readiness(&state).await;
+    match state.store.metrics(state.clock.now()).await {
+        Ok(m) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            crate::metrics::render(&m, &checks),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics could not be read from the store");
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
+}
+
+/// `GET /healthz`, `GET /readyz` and `GET /metrics`, to be merged into a served router.
 pub fn health_router(state: HealthState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }

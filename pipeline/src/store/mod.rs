@@ -18,6 +18,7 @@ pub mod audit;
 pub mod consent;
 pub mod inbound;
 pub mod ingest;
+pub mod metrics;
 pub mod outbox;
 pub mod quarantine;
 pub mod retention;

@@ -1,0 +1,188 @@
+//! The numbers `/metrics` exports, read from the store at scrape time: they survive restarts and
+//! agree with `medrelay status`, whichever instance serves the scrape. Every label value is a
+//! configured name (connector, template, site), a state or a code: never patient data.
+
+use jiff::Timestamp;
+use sqlx::Row;
+
+use super::{Store, StoreResult, secs};
+
+/// One labelled value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+}
+
+fn sample(labels: Vec<(&'static str, String)>, value: i64) -> Sample {
+    Sample {
+        labels,
+        value: value as f64,
+    }
+}
+
+/// What the store holds, for the exporter.
+#[derive(Debug, Clone, Default)]
+pub struct StoreMetrics {
+    /// Outbox jobs by `state` and `lane`.
+    pub outbox_jobs: Vec<Sample>,
+    /// Seconds the oldest due pending job has waited (0 when none is due).
+    pub oldest_due_seconds: f64,
+    /// Messages sent, by `template` and current `status`.
+    pub messages: Vec<Sample>,
+    /// Messages whose last error carried a Cloud API `code`.
+    pub message_errors: Vec<Sample>,
+    /// Imported rows and messages by `connector` and `outcome` (ok, bad, applied).
+    pub imported: Vec<Sample>,
+    /// Quarantined inputs by `connector`.
+    pub quarantined: Vec<Sample>,
+    /// Patient replies by `action` and `outcome`.
+    pub replies: Vec<Sample>,
+    /// Accepted replies not yet written back.
+    pub writeback_backlog: f64,
+    /// Seconds since the oldest open write-back batch was created (0 when none).
+    pub writeback_oldest_open_seconds: f64,
+    /// Write-back batches by `target` and `state`.
+    pub writeback_batches: Vec<Sample>,
+    /// Consent ledger entries by `purpose` and `change` (grant / revoke).
+    pub consent_changes: Vec<Sample>,
+    /// Open alerts by `kind`.
+    pub open_alerts: Vec<Sample>,
+}
+
+impl Store {
+    /// Reads every exported number in one pass of small aggregate queries.
+    pub async fn metrics(&self, now: Timestamp) -> StoreResult<StoreMetrics> {
+        let pool = self.pool();
+        let mut m = StoreMetrics::default();
+        for r in sqlx::query(
+            "SELECT state, lane, COUNT(*) AS n FROM outbox GROUP BY state, lane ORDER BY state, lane",
+        )
+        .fetch_all(pool)
+        .await?
+        {
+            m.outbox_jobs.push(sample(
+                vec![
+                    ("state", r.get("state")),
+                    ("lane", r.get::<i64, _>("lane").to_string()),
+                ],
+                r.get("n"),
+            ));
+        }
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(due_at) FROM outbox WHERE state = 'pending' AND due_at <= ?",
+        )
+        .bind(secs(now))
+        .fetch_one(pool)
+        .await?;
+        m.oldest_due_seconds = oldest.map_or(0, |t| (secs(now) - t).max(0)) as f64;
+        for r in sqlx::query(
+            "SELECT o.template, m.status, COUNT(*) AS n FROM messages m JOIN outbox o ON o.id = m.job_id \
+             GROUP BY o.template, m.status ORDER BY 1, 2",
+        )
+        .fetch_all(pool)
+        .await?
+        {
+            m.messages.push(sample(
+                vec![("template", r.get("template")), ("status", r.get("status"))],
+                r.get("n"),
+            ));
+        }
+        for r in sqlx::query(
+            "SELECT error_code, COUNT(*) AS n FROM messages WHERE error_code IS NOT NULL \
+             GROUP BY error_code ORDER BY 1",
+        )
+        .fetch_all(pool)
+        .await?
+        {
+            m.message_errors.push(sample(
+                vec![("code", r.get::<i64, _>("error_code").to_string())],
+                r.get("n"),
+            ));
+        }
+        for r in sqlx::query(
+            "SELECT source, SUM(rows_ok) AS ok, SUM(rows_bad) AS bad, SUM(rows_applied) AS applied \
+             FROM imports GROUP BY source ORDER BY source",
+        )
+        .fetch_all(pool)
+        .await?
+        {
+            let source: String = r.get("source");
+            for outcome in ["ok", "bad", "applied"] {
+                m.imported.push(sample(
+                    vec![("connector", source.clone()), ("outcome", outcome.into())],
+                    r.get::<Option<i64>, _>(outcome).unwrap_or(0),
+                ));
+            }
+        }
+        for r in sqlx::query(
+            "SELECT source, COUNT(*) AS n FROM quarantine GROUP BY source ORDER BY source",
+        )
+        .fetch_all(pool)
+        .await?
+        {
+            m.quarantined
+                .push(sample(vec![("connector", r.get("source"))], r.get("n")));
+        }
+        for r in sqlx::query(
+            "SELECT COALESCE(action, 'none') AS action, outcome, COUNT(*) AS n FROM replies \
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(pool)
+        .await?
+        {
+            m.replies.push(sample(
+                vec![("action", r.get("action")), ("outcome", r.get("outcome"))],
+                r.get("n"),
+            ));
+        }
+        m.writeback_backlog = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM replies WHERE outcome = 'accepted' AND (writeback_batch IS NULL \
+             OR writeback_batch IN (SELECT id FROM writeback_batches WHERE completed_at IS NULL))",
+        )
+        .fetch_one(pool)
+        .await? as f64;
+        let oldest_open: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(created_at) FROM writeback_batches WHERE completed_at IS NULL",
+        )
+        .fetch_one(pool)
+        .await?;
+        m.writeback_oldest_open_seconds = oldest_open.map_or(0, |t| (secs(now) - t).max(0)) as f64;
+        for r in sqlx::query(
+            "SELECT target, CASE WHEN skipped_at IS NOT NULL THEN 'skipped' \
+             WHEN completed_at IS NOT NULL THEN 'written' WHEN refused != 0 THEN 'refused' \
+             WHEN failed_at IS NOT NULL THEN 'failing' ELSE 'pending' END AS state, COUNT(*) AS n \
+             FROM writeback_batches GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(pool)
+        .await?
+        {
+            m.writeback_batches.push(sample(
+                vec![("target", r.get("target")), ("state", r.get("state"))],
+                r.get("n"),
+            ));
+        }
+        for r in sqlx::query(
+            "SELECT purpose, CASE WHEN granted != 0 THEN 'grant' ELSE 'revoke' END AS change, \
+             COUNT(*) AS n FROM consent_ledger GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .fetch_all(pool)
+        .await?
+        {
+            m.consent_changes.push(sample(
+                vec![("purpose", r.get("purpose")), ("change", r.get("change"))],
+                r.get("n"),
+            ));
+        }
+        for r in sqlx::query(
+            "SELECT kind, COUNT(*) AS n FROM alerts WHERE resolved_at IS NULL GROUP BY kind ORDER BY kind",
+        )
+        .fetch_all(pool)
+        .await?
+        {
+            m.open_alerts
+                .push(sample(vec![("kind", r.get("kind"))], r.get("n")));
+        }
+        Ok(m)
+    }
+}
