@@ -419,3 +419,110 @@ async fn metrics_after_a_scripted_run_match_what_happened_without_phi() {
     task.await.unwrap().unwrap();
     store.close().await;
 }
+
+/// An alert receiver on loopback: records each JSON body; answers 500 to the first `fail_first`.
+async fn alert_receiver(fail_first: usize) -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    use axum::http::StatusCode;
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let record = got.clone();
+    let app = axum::Router::new().route(
+        "/hooks/alerts",
+        axum::routing::post(move |body: axum::Json<serde_json::Value>| {
+            let (record, seen) = (record.clone(), seen.clone());
+            async move {
+                if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < fail_first {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                record.lock().unwrap().push(body.0);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/alerts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+/// Issue 16: each alert reaches the sink once when it fires and once when it recovers; a receiver
+/// that fails gets it again after the backoff; bodies carry no patient data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_pushed_once_when_fired_and_once_when_recovered() {
+    use medrelay_pipeline::alerts::{AlertSink, SinkFormat};
+    let (addr, _got) = ehr_inbound("AE").await;
+    let (store, _dir) = common::hl7_tap_written_back_to(&addr).await;
+    let (url, bodies) = alert_receiver(1).await;
+    let sink = AlertSink::new(&url, SinkFormat::Json, std::time::Duration::from_secs(5)).unwrap();
+    let t0: jiff::Timestamp = "2026-12-08T17:06:00Z".parse().unwrap();
+    let at = |secs: i64| t0 + jiff::SignedDuration::from_secs(secs);
+
+    let r = sink.deliver(&store, at(0)).await.unwrap();
+    assert_eq!((r.delivered, r.failed), (0, 1), "the receiver answered 500");
+    let r = sink.deliver(&store, at(10)).await.unwrap();
+    assert_eq!((r.delivered, r.failed), (0, 0), "inside the backoff");
+    let r = sink.deliver(&store, at(31)).await.unwrap();
+    assert_eq!((r.delivered, r.failed), (1, 0));
+    let r = sink.deliver(&store, at(60)).await.unwrap();
+    assert_eq!((r.delivered, r.failed), (0, 0), "once per alert");
+    {
+        let b = bodies.lock().unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0]["kind"], "writeback_rejected");
+        assert_eq!(b[0]["state"], "firing");
+        assert_eq!(b[0]["recovered_at"], serde_json::Value::Null);
+    }
+
+    // Resolved (the batch skipped): one recovery notice, then nothing.
+    store
+        .skip_batch(1, "staff:test", "passed on by phone", at(70))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = sink.deliver(&store, at(80)).await.unwrap();
+    assert_eq!((r.delivered, r.failed), (1, 0));
+    assert_eq!(sink.deliver(&store, at(90)).await.unwrap().delivered, 0);
+    let b = bodies.lock().unwrap().clone();
+    assert_eq!(b.len(), 2);
+    assert_eq!(b[1]["state"], "recovered");
+    assert_eq!(b[1]["id"], b[0]["id"]);
+    assert_eq!(b[1]["recovered_at"], "2026-12-08T17:07:10Z");
+    let text = serde_json::to_string(&b).unwrap();
+    for canary in ["Cec", "5511", "P-2007", "AG-30007"] {
+        assert!(!text.contains(canary), "{canary} in an alert: {text}");
+    }
+    store.close().await;
+}
+
+/// Issue 16: `[alerts]` wires the sink into `medrelay run`: Slack's body, sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_pushes_alerts_to_the_configured_slack_webhook_once() {
+    let (addr, _got) = ehr_inbound("AE").await;
+    let (store, dir) = common::hl7_tap_written_back_to(&addr).await;
+    let (url, bodies) = alert_receiver(0).await;
+    // SAFETY: set once, before anything reads it; only this test reads this name.
+    unsafe { std::env::set_var("MEDRELAY_TEST_SLACK_ALERT_URL", &url) };
+    let path = dir.path().join("medrelay.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("[alerts]\nwebhook_url_env = \"MEDRELAY_TEST_SLACK_ALERT_URL\"\nformat = \"slack\"\n\n{text}"),
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    for _ in 0..2 {
+        let (code, out) =
+            common::cli_with_config(config, &["--now", "2026-12-08T17:05:10Z", "run", "--once"])
+                .await;
+        assert_eq!(code, 0, "{out}");
+    }
+    let b = bodies.lock().unwrap().clone();
+    assert_eq!(b.len(), 1, "{b:?}");
+    let line = b[0]["text"].as_str().unwrap();
+    assert!(
+        line.starts_with("medrelay alert ") && line.contains("`writeback_rejected`"),
+        "{line}"
+    );
+    assert!(!line.contains(&url), "{line}");
+    store.close().await;
+}

@@ -126,6 +126,26 @@ pub struct AuditConfig {
     pub checkpoint_dir: Option<PathBuf>,
 }
 
+/// `[alerts]`: where alerts are pushed (once when they fire, once when they are resolved).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Environment variable holding the webhook URL (Slack and Teams URLs are secrets, so the URL
+    /// is never in this file). Unset: alerts stay in `medrelay status` and `/metrics` only.
+    #[serde(default)]
+    pub webhook_url_env: Option<String>,
+    /// `json` (default), `slack` or `teams`.
+    #[serde(default)]
+    pub format: medrelay_pipeline::alerts::SinkFormat,
+    /// Per request (default 10).
+    #[serde(default = "default_alert_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_alert_timeout() -> u64 {
+    10
+}
+
 /// Which WhatsApp the service talks to.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -462,6 +482,20 @@ pub fn environment_problems(loaded: &Loaded) -> Vec<String> {
                 ));
             }
         }
+    }
+    if let Some(var) = &loaded.config.alerts.webhook_url_env
+        && !env_set(var)
+    {
+        p.push(format!(
+            "environment variable {var} (alerts.webhook_url_env) with the alert webhook URL is not set"
+        ));
+    }
+    if let Some(var) = &loaded.config.service.metrics_token_env
+        && !env_set(var)
+    {
+        p.push(format!(
+            "environment variable {var} (service.metrics_token_env) with the /metrics bearer token is not set"
+        ));
     }
     for c in &loaded.config.connectors {
         let ConnectorConfig::Fhir(f) = c else {
@@ -1083,6 +1117,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     pub whatsapp: WhatsAppConfig,
     pub sites: BTreeMap<String, SiteConfig>,
     #[serde(default)]

@@ -9,6 +9,7 @@ use anyhow::{Context, anyhow};
 use jiff::Timestamp;
 use medrelay_connector_csv::{CsvReturnFile, FileSummary, ImportOptions, RowReport, RowResult};
 use medrelay_mapping::ports::WriteBack;
+use medrelay_pipeline::alerts::AlertSink;
 use medrelay_pipeline::clock::Clock;
 use medrelay_pipeline::http::simulator::{SimServer, SimServerConfig};
 use medrelay_pipeline::ingest::{
@@ -167,7 +168,6 @@ pub fn build_service(
     store: Store,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Service> {
-    let wa = &loaded.config.whatsapp;
     // Replies are written per system (the appointments' source), once: the first connector of the
     // system with a return file is its target.
     let mut targets: Vec<(String, Arc<dyn WriteBack>)> = Vec::new();
@@ -203,6 +203,31 @@ pub fn build_service(
         }
     }
     let compiled = Arc::new(loaded.compiled.clone());
+    let mut service = service_for_mode(loaded, store, compiled, targets, clock)?;
+    if let Some(var) = &loaded.config.alerts.webhook_url_env {
+        let url = secret_from_env(var, "the alert webhook URL (alerts.webhook_url_env)")?;
+        let a = &loaded.config.alerts;
+        service.alert_sink = Some(
+            AlertSink::new(
+                &url,
+                a.format,
+                std::time::Duration::from_secs(a.timeout_secs),
+            )
+            .map_err(|e| Failure::usage(format!("alerts.webhook_url_env: {e}")))?,
+        );
+    }
+    Ok(service)
+}
+
+/// The service with the transport of `whatsapp.mode`.
+fn service_for_mode(
+    loaded: &Loaded,
+    store: Store,
+    compiled: Arc<medrelay_pipeline::config::Compiled>,
+    targets: Vec<(String, Arc<dyn WriteBack>)>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Service> {
+    let wa = &loaded.config.whatsapp;
     match wa.mode {
         WhatsAppMode::Simulator => {
             let simulator = Arc::new(Simulator::new(

@@ -11,6 +11,7 @@
 //! - [`service`]: one object wiring them, with a `tick` the CLI's loops call.
 //! - [`http`]: the webhook endpoint and the HTTP face of the simulator (`medrelay simulate`).
 
+pub mod alerts;
 pub mod checkpoint;
 pub mod clock;
 pub mod config;

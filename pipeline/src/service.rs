@@ -44,6 +44,8 @@ pub struct Service {
     pub writeback: WriteBackWorker,
     /// Present when WhatsApp is the built-in simulator: its webhooks are delivered in-process.
     pub simulator: Option<Arc<Simulator>>,
+    /// Where alerts are pushed, when configured (`medrelay run` delivers after each pass).
+    pub alert_sink: Option<crate::alerts::AlertSink>,
 }
 
 impl Service {
@@ -69,6 +71,7 @@ impl Service {
             writeback: WriteBackWorker::new(store.clone(), write_back, clock),
             store,
             simulator,
+            alert_sink: None,
         }
     }
 
@@ -99,6 +102,7 @@ impl Service {
             writeback: WriteBackWorker::new(store.clone(), write_back, clock),
             store,
             simulator,
+            alert_sink: None,
         }
     }
 

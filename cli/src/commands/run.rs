@@ -210,6 +210,16 @@ pub async fn pass(
             break;
         }
     }
+    // Alerts raised or resolved in this pass (or earlier, if the receiver was down) go out.
+    if let Some(sink) = &service.alert_sink {
+        let r = sink.deliver(&service.store, clock.now()).await?;
+        if r.failed > 0 {
+            warn!(
+                delivered = r.delivered,
+                "the alert webhook did not take every alert; retrying later"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::keys::Keys;
 
+pub mod alerts;
 pub mod audit;
 pub mod consent;
 pub mod inbound;

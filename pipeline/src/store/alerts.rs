@@ -1,0 +1,104 @@
+//! Alert notifications: which alerts the sink still has to hear about (fired, or resolved since),
+//! and what happened to each attempt. The alert rows themselves are written where alerts are
+//! raised (`raise_alert`) and resolved.
+
+use jiff::Timestamp;
+use sqlx::Row;
+
+use super::{Store, StoreResult, secs, ts};
+
+/// One notification the sink owes: an alert that fired, or one that was resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertNotice {
+    pub id: i64,
+    pub kind: String,
+    /// Written without patient data where the alert is raised.
+    pub detail: String,
+    pub at: Timestamp,
+    /// Set for a recovery notice.
+    pub resolved_at: Option<Timestamp>,
+}
+
+impl AlertNotice {
+    /// Whether this tells of a recovery rather than of the alert firing.
+    pub fn is_recovery(&self) -> bool {
+        self.resolved_at.is_some()
+    }
+}
+
+/// Seconds before a failed notification is tried again: 30 s doubling, at most 15 min.
+pub fn notify_backoff_secs(failures: i64) -> i64 {
+    (30i64 << (failures - 1).clamp(0, 5)).min(900)
+}
+
+impl Store {
+    /// Notifications due at `now`, oldest first: alerts not yet notified, then resolved alerts
+    /// whose recovery was not (an alert resolved before its first notice gets both, in order).
+    pub async fn due_alert_notices(
+        &self,
+        now: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<AlertNotice>> {
+        let rows = sqlx::query(
+            "SELECT id, kind, detail, at, resolved_at, notified_at FROM alerts \
+             WHERE (notified_at IS NULL OR (resolved_at IS NOT NULL AND recovery_notified_at IS NULL)) \
+             AND (next_notify_at IS NULL OR next_notify_at <= ?) ORDER BY id LIMIT ?",
+        )
+        .bind(secs(now))
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let fired_notice_due = r.get::<Option<i64>, _>("notified_at").is_none();
+                AlertNotice {
+                    id: r.get("id"),
+                    kind: r.get("kind"),
+                    detail: r.get("detail"),
+                    at: ts(r.get("at")),
+                    resolved_at: if fired_notice_due {
+                        None
+                    } else {
+                        r.get::<Option<i64>, _>("resolved_at").map(ts)
+                    },
+                }
+            })
+            .collect())
+    }
+
+    /// Records that the sink took `notice`.
+    pub async fn alert_notified(&self, notice: &AlertNotice, now: Timestamp) -> StoreResult<()> {
+        let sql = if notice.is_recovery() {
+            "UPDATE alerts SET recovery_notified_at = ?, notify_failures = 0, next_notify_at = NULL WHERE id = ?"
+        } else {
+            "UPDATE alerts SET notified_at = ?, notify_failures = 0, next_notify_at = NULL WHERE id = ?"
+        };
+        sqlx::query(sql)
+            .bind(secs(now))
+            .bind(notice.id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: the notice is due again after its backoff.
+    pub async fn alert_notify_failed(
+        &self,
+        notice: &AlertNotice,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let failures: i64 = sqlx::query_scalar(
+            "UPDATE alerts SET notify_failures = notify_failures + 1 WHERE id = ? RETURNING notify_failures",
+        )
+        .bind(notice.id)
+        .fetch_one(self.pool())
+        .await?;
+        sqlx::query("UPDATE alerts SET next_notify_at = ? WHERE id = ?")
+            .bind(secs(now) + notify_backoff_secs(failures))
+            .bind(notice.id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
