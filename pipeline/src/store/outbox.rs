@@ -222,14 +222,25 @@ impl Store {
             "UPDATE outbox SET state = 'sending', sending_since = ?1, attempts = attempts + 1, updated_at = ?1 \
              WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= ?1 AND next_attempt_at <= ?1 \
                           ORDER BY lane, due_at, id LIMIT ?2) \
-             RETURNING id, appointment_id, step, kind, slot_start, template, expires_at, attempts",
+             RETURNING id, appointment_id, step, kind, slot_start, template, expires_at, attempts, lane, due_at",
         )
         .bind(secs(now))
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
-        let mut jobs: Vec<ClaimedJob> = rows
-            .iter()
+        // RETURNING gives no order: the batch is sent in the order it was chosen (lane, then due
+        // time), so that within a batch too a nearer-term message goes first (the messaging limit
+        // and the pacer spend their budget in that order).
+        let mut rows: Vec<_> = rows.iter().collect();
+        rows.sort_by_key(|r| {
+            (
+                r.get::<i64, _>("lane"),
+                r.get::<i64, _>("due_at"),
+                r.get::<i64, _>("id"),
+            )
+        });
+        let jobs: Vec<ClaimedJob> = rows
+            .into_iter()
             .map(|r| ClaimedJob {
                 id: r.get("id"),
                 appointment_id: r.get("appointment_id"),
@@ -241,7 +252,6 @@ impl Store {
                 attempts: r.get("attempts"),
             })
             .collect();
-        jobs.sort_by_key(|j| j.id);
         Ok(jobs)
     }
 
