@@ -329,6 +329,11 @@ pub struct WhatsAppConfig {
     /// `[whatsapp.webhook]`.
     #[serde(default)]
     pub webhook: WebhookConfig,
+    /// The business portfolio's messaging limit (unique recipients of template messages in a
+    /// moving 24 h: 250 for a new portfolio, then 2000 / 10000 / 100000); unset: unlimited. New
+    /// recipients beyond it wait for the window to move, by lane; an alert at 80 %.
+    #[serde(default)]
+    pub messaging_limit: Option<u32>,
 }
 
 impl WhatsAppConfig {
@@ -1527,7 +1532,19 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         reply_texts: config.reply_texts.clone(),
         sensitive: config.sensitive.clone(),
     };
-    let compiled = pipeline.compile().map_err(|e| errors.extend(e)).ok();
+    let compiled = pipeline
+        .compile()
+        .map_err(|e| errors.extend(e))
+        .ok()
+        .map(|mut c| {
+            c.messaging_limit = config.whatsapp.messaging_limit;
+            c
+        });
+    if config.whatsapp.messaging_limit == Some(0) {
+        errors.push(
+            "whatsapp.messaging_limit must be at least 1 (leave it out for unlimited)".into(),
+        );
+    }
     let mut profiles = config.csv.profiles.clone();
     if let Some(file) = &config.csv.profiles_file {
         let full = if file.is_absolute() {

@@ -267,6 +267,10 @@ pub struct Compiled {
     pub sensitive: SensitivePolicy,
     /// Things that work but deserve a look (shown by `medrelay check`).
     pub warnings: Vec<String>,
+    /// WhatsApp's messaging limit of the business portfolio: unique recipients of
+    /// business-initiated (template) messages in a moving 24 h (250 for a new portfolio, then
+    /// 2,000 / 10,000 / 100,000); `None`: unlimited. Set by the cli from `[whatsapp]`.
+    pub messaging_limit: Option<u32>,
 }
 
 fn parse_quiet(s: &str) -> Option<QuietHours> {
@@ -551,6 +555,7 @@ impl PipelineConfig {
                 reply_texts: self.reply_texts.clone(),
                 sensitive: self.sensitive.clone(),
                 warnings,
+                messaging_limit: None,
             })
         } else {
             Err(errors)

@@ -67,6 +67,54 @@ impl HaltProbe {
     }
 }
 
+/// Alert kind raised when 80 % of the messaging limit is used, resolved when use drops below.
+pub const MESSAGING_LIMIT_ALERT: &str = "messaging_limit";
+
+/// WhatsApp's messaging limit within one sending pass: the unique recipients of template messages
+/// in the moving 24 h (loaded from the store at the start of the pass, kept up to date as it
+/// sends). A recipient already in the window costs nothing; a new one needs a free place.
+pub struct MessagingBudget {
+    pub limit: u32,
+    /// Contact hash -> newest template message to it in the window.
+    recipients: std::collections::HashMap<String, Timestamp>,
+}
+
+impl MessagingBudget {
+    /// The window ending at `now`.
+    pub async fn load(store: &Store, limit: u32, now: Timestamp) -> StoreResult<Self> {
+        Ok(MessagingBudget {
+            limit,
+            recipients: store
+                .recipients_since(now - SignedDuration::from_hours(24))
+                .await?,
+        })
+    }
+
+    /// Unique recipients in the window.
+    pub fn used(&self) -> usize {
+        self.recipients.len()
+    }
+
+    /// Whether a message to `contact` may go now.
+    pub fn admits(&self, contact: &str) -> bool {
+        self.recipients.contains_key(contact) || self.used() < self.limit as usize
+    }
+
+    /// When the window next frees a place: 24 h after the oldest recipient's newest message.
+    pub fn next_free(&self, now: Timestamp) -> Timestamp {
+        self.recipients
+            .values()
+            .min()
+            .map_or(now, |t| *t + SignedDuration::from_hours(24))
+            .max(now + SignedDuration::from_secs(1))
+    }
+
+    /// Counts a sent message.
+    pub fn record(&mut self, contact: &str, at: Timestamp) {
+        self.recipients.insert(contact.to_owned(), at);
+    }
+}
+
 /// How one attempt ended, before it is recorded.
 enum Attempt {
     Done(JobOutcome),
@@ -206,10 +254,14 @@ impl Sender {
             return Ok(report);
         }
         let now = self.clock.now();
+        let mut budget = match self.config.messaging_limit {
+            Some(limit) => Some(MessagingBudget::load(&self.store, limit, now).await?),
+            None => None,
+        };
         let jobs = self.store.claim_due(now, limit).await?;
         report.claimed = jobs.len() as u64;
         for job in jobs {
-            let outcome = match self.attempt(&job).await? {
+            let outcome = match self.attempt(&job, budget.as_ref()).await? {
                 Attempt::Done(o) => o,
                 Attempt::Paced(o) => {
                     report.paced += 1;
@@ -222,6 +274,9 @@ impl Sender {
             match &outcome {
                 JobOutcome::Sent { contact_hash, .. } => {
                     report.sent += 1;
+                    if let Some(b) = budget.as_mut() {
+                        b.record(contact_hash, now);
+                    }
                     info!(job = job.id, step = %job.step, contact = %contact_hash, "message accepted by WhatsApp");
                 }
                 JobOutcome::Retry { reason, .. } => {
@@ -252,10 +307,48 @@ impl Sender {
         if let Some(p) = &self.pacer {
             p.housekeeping();
         }
+        if let Some(b) = &budget {
+            self.watch_budget(b, self.clock.now()).await?;
+        }
         Ok(report)
     }
 
-    async fn attempt(&self, job: &ClaimedJob) -> StoreResult<Attempt> {
+    /// Raises the messaging-limit alert when 80 % of the limit is used (once, while it lasts) and
+    /// resolves it when use falls below.
+    async fn watch_budget(&self, b: &MessagingBudget, now: Timestamp) -> StoreResult<()> {
+        let high = b.used() * 5 >= b.limit as usize * 4;
+        let open = self.store.alert_open(MESSAGING_LIMIT_ALERT).await?;
+        if high && !open {
+            warn!(
+                used = b.used(),
+                limit = b.limit,
+                "messaging limit 80 % used"
+            );
+            self.store
+                .raise_alert(
+                    MESSAGING_LIMIT_ALERT,
+                    &format!(
+                        "{} of the {} unique recipients WhatsApp allows in 24 h were messaged (80 % or more); \
+                         new recipients wait for the window to move (raise the portfolio's tier with Meta)",
+                        b.used(),
+                        b.limit
+                    ),
+                    now,
+                )
+                .await?;
+        } else if !high && open {
+            self.store
+                .resolve_alerts(MESSAGING_LIMIT_ALERT, now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn attempt(
+        &self,
+        job: &ClaimedJob,
+        budget: Option<&MessagingBudget>,
+    ) -> StoreResult<Attempt> {
         let now = self.clock.now();
         let final_ = |state: &'static str, reason: String| {
             Ok(Attempt::Done(JobOutcome::Final { state, reason }))
@@ -391,6 +484,19 @@ impl Sender {
             callback: format!("job:{}", job.id),
         };
         let body = message.to_json();
+        // WhatsApp's messaging limit: a new recipient beyond it waits for the moving window
+        // (never a failure: Meta would refuse it, and the step is still useful later).
+        if let Some(b) = budget
+            && !b.admits(&contact_hash)
+        {
+            return Ok(Attempt::Done(JobOutcome::Deferred {
+                at: b.next_free(now),
+                reason: format!(
+                    "messaging limit: {} unique recipients in 24 h reached; waits for the window to move",
+                    b.limit
+                ),
+            }));
+        }
         if let Some(pacer) = &self.pacer {
             if let Err(wait) = pacer.recipient_ready(&contact_hash) {
                 return Ok(match paced_outcome(job, now, wait) {

@@ -19,6 +19,7 @@ pub mod audit;
 pub mod consent;
 pub mod inbound;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod quarantine;

@@ -130,11 +130,16 @@ pub fn compiled() -> Compiled {
 impl Harness {
     /// A fresh database, simulator (patients never answer) and a clock stopped at `now`.
     pub async fn new(now: Timestamp) -> Harness {
+        Harness::with_config(now, compiled()).await
+    }
+
+    /// Like [`Harness::new`], with this compiled configuration.
+    pub async fn with_config(now: Timestamp, compiled: Compiled) -> Harness {
         let dir = temp_dir();
         let store = Store::open(&dir.path().join("t.db"), Keys::from_secret(&[7u8; 32]))
             .await
             .expect("store opens");
-        let compiled = Arc::new(compiled());
+        let compiled = Arc::new(compiled);
         let clock = Arc::new(ManualClock::new(now));
         let registry: BTreeMap<String, SimTemplate> = compiled
             .templates
