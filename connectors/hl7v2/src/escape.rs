@@ -29,7 +29,13 @@ pub fn unescape(value: &str, sep: &Separators) -> String {
             "E" => out.push(esc),
             ".br" => out.push('\n'),
             "H" | "N" => {}
-            s if s.len() > 1 && s.starts_with('X') && s.len() % 2 == 1 => {
+            // Only ASCII hex digits after the X: slicing by two bytes is then on char boundaries
+            // (a fuzzed `\XCà3AD\` panicked here).
+            s if s.len() > 1
+                && s.len() % 2 == 1
+                && s.starts_with('X')
+                && s[1..].bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
                 let bytes: Option<Vec<u8>> = (1..s.len())
                     .step_by(2)
                     .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
@@ -91,6 +97,20 @@ pub fn escape(value: &str, sep: &Separators) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `cargo fuzz` (hl7_process): a hex escape with a non-ASCII character inside was
+    /// sliced in the middle of that character and panicked.
+    #[test]
+    fn fuzz_crash_hex_escape_with_non_ascii_is_kept_as_written() {
+        let sep = Separators::default();
+        assert_eq!(unescape("Jos\\XC\u{e0}3AD\\", &sep), "Jos\\XC\u{e0}3AD\\");
+        assert_eq!(unescape("\\X\u{e9}\\", &sep), "\\X\u{e9}\\");
+        // A well-formed one next to it still decodes.
+        assert_eq!(
+            unescape("\\XC3A9\\ \\XC\u{e0}3AD\\", &sep),
+            "\u{e9} \\XC\u{e0}3AD\\"
+        );
+    }
 
     #[test]
     fn non_ascii_text_survives_escapes() {

@@ -255,3 +255,34 @@ fn not_hl7_at_all_is_rejected_with_an_ack_that_still_parses() {
     assert!(ack.starts_with("MSH|^~\\&|MEDRELAY|"), "{ack}");
     assert!(ack.contains("\rMSA|AR|\r"), "{ack}");
 }
+
+/// Found by `cargo fuzz`: this message (a hex escape with a Latin-1 byte inside AIS-3)
+/// panicked `process` (`escape::unescape` sliced inside the character). It is now mapped, the
+/// malformed escape kept as written, and answered.
+#[test]
+fn fuzz_crash_hex_escape_with_non_ascii_is_processed_not_a_panic() {
+    let bytes = fixture("fuzz_crash_hex_escape_non_ascii.hl7");
+    let p = process(&bytes, &opts(), at(1), "fuzz crash");
+    let ack = ack_of(&p);
+    assert!(ack.contains("MSA|"), "{ack}");
+    if let Outcome::Event(c) = &p.outcome
+        && let Some(e) = c.as_event()
+    {
+        let service = e
+            .appointment
+            .service_type
+            .as_ref()
+            .map(|g| g.expose().clone());
+        assert_eq!(service.as_deref(), Some("Cl\\XC\u{e0}3AD\\nica geral"));
+        // The well-formed escapes of the same message still decode.
+        let given = e
+            .appointment
+            .patient
+            .given_name
+            .as_ref()
+            .map(|g| g.expose().clone());
+        assert_eq!(given.as_deref(), Some("Maria Jos\u{e9}"));
+    } else {
+        panic!("the message maps: {:?}", p.outcome);
+    }
+}
