@@ -200,6 +200,11 @@ pub struct Slot {
     pub time_unknown: bool,
 }
 
+/// The first instant a step can be planned around: 1900-01-01T00:00:00Z.
+pub const PLANNABLE_FROM: Timestamp = Timestamp::constant(-2_208_988_800, 0);
+/// The end of the plannable years: 2200-01-01T00:00:00Z.
+pub const PLANNABLE_UNTIL: Timestamp = Timestamp::constant(7_258_118_400, 0);
+
 /// Local time of day-level steps that go in the morning when the site has no quiet hours (with
 /// quiet hours they go when the quiet hours end).
 pub const DAY_STEP_MORNING: Time = Time::constant(8, 0, 0, 0);
@@ -242,6 +247,14 @@ pub fn plan_slot(
     now: Timestamp,
     policy: &PlanPolicy,
 ) -> StepOutcome {
+    // Times from a feed can be anything a parser accepts (year 9999); the offsets below would
+    // overflow near the end of time, so nothing outside the plannable years is planned.
+    let plannable = PLANNABLE_FROM..PLANNABLE_UNTIL;
+    if !plannable.contains(&slot.start) || slot.end.is_some_and(|e| !plannable.contains(&e)) {
+        return StepOutcome::Dropped(
+            "the appointment's time is outside the years 1900-2199; nothing is planned".into(),
+        );
+    }
     if slot.time_unknown {
         return plan_day(spec, slot.start, zone, now, policy);
     }
@@ -786,6 +799,49 @@ mod tests {
         assert_eq!(due(48), ts("2026-03-06T13:00:00Z"));
         assert_eq!(due(24), ts("2026-03-07T13:00:00Z"));
         assert_eq!(due(2), ts("2026-03-07T23:00:00Z"));
+    }
+
+    /// Found by `cargo fuzz`: feeds accept years up to 9999, and a follow-up 24 h after an end in
+    /// 9999-12-31 overflowed the timestamp (a panic in the scheduler, on every pass).
+    #[test]
+    fn fuzz_overflow_an_appointment_at_the_end_of_time_is_dropped_not_a_panic() {
+        let end_of_time = Timestamp::MAX - SignedDuration::from_hours(1);
+        let follow_up = StepSpec::new(
+            "follow_up",
+            StepKind::FollowUp,
+            SignedDuration::from_hours(24),
+            "follow_up",
+        );
+        for slot in [
+            Slot {
+                start: end_of_time,
+                end: None,
+                time_unknown: false,
+            },
+            Slot {
+                start: ts("2026-12-03T05:00:00Z"),
+                end: Some(end_of_time),
+                time_unknown: false,
+            },
+            Slot {
+                start: Timestamp::MIN,
+                end: None,
+                time_unknown: true,
+            },
+        ] {
+            for spec in [&follow_up, &reminder(48)] {
+                match plan_slot(
+                    spec,
+                    slot,
+                    &ny(),
+                    ts("2026-11-25T18:00:00Z"),
+                    &PlanPolicy::default(),
+                ) {
+                    StepOutcome::Dropped(r) => assert!(r.contains("1900-2199"), "{r}"),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
     }
 
     fn quiet_policy() -> PlanPolicy {

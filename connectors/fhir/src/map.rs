@@ -347,10 +347,22 @@ fn map_appointment(
             message_id: None,
         }));
     };
-    let end = a.end.or_else(|| {
-        a.minutes_duration
-            .map(|m| start + SignedDuration::from_mins(i64::from(m)))
-    });
+    // Checked: minutesDuration is any positive integer; near the end of time it would overflow.
+    let end = match (a.end, a.minutes_duration) {
+        (Some(e), _) => Some(e),
+        (None, Some(m)) => Some(
+            start
+                .checked_add(SignedDuration::from_mins(i64::from(m)))
+                .map_err(|_| {
+                    Issue::error(
+                        "value",
+                        "minutesDuration does not end in a representable time",
+                        Some("Appointment.minutesDuration".into()),
+                    )
+                })?,
+        ),
+        (None, None) => None,
+    };
     if end.is_some_and(|e| e < start) {
         return Err(Issue::error(
             "invariant",

@@ -588,7 +588,13 @@ pub fn map(
             "S" | "SEC" | "SECONDS" => 1,
             _ => return Err(bad("SCH", 10, "a duration unit (MIN, HR, S)")),
         };
-        end = Some(start + SignedDuration::from_secs(n.saturating_mul(secs)));
+        // Checked: a duration read from the message can be absurd (a fuzzed SCH-9 of 14 digits
+        // overflowed the timestamp and panicked).
+        end = Some(
+            start
+                .checked_add(SignedDuration::from_secs(n.saturating_mul(secs)))
+                .map_err(|_| bad("SCH", 9, "an appointment duration that ends in a real time"))?,
+        );
     }
     if end.is_some_and(|e| e < start) {
         return Err(bad("TQ1", 8, "after the start"));

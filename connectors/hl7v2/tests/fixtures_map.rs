@@ -286,3 +286,14 @@ fn fuzz_crash_hex_escape_with_non_ascii_is_processed_not_a_panic() {
         panic!("the message maps: {:?}", p.outcome);
     }
 }
+
+/// Found by `cargo fuzz`: SCH-9 (duration) holding a 14-digit number overflowed the end time and
+/// panicked `process`; it is an AE naming SCH-9, and the raw message goes to quarantine as usual.
+#[test]
+fn fuzz_crash_sch9_duration_overflow_is_an_ae_not_a_panic() {
+    let bytes = fixture("fuzz_crash_sch9_duration_overflow.hl7");
+    let p = process(&bytes, &opts(), at(1), "fuzz crash");
+    let ack = ack_of(&p);
+    assert!(ack.contains("MSA|AE|"), "{ack}");
+    assert!(ack.contains("SCH^1^9"), "the field is named: {ack}");
+}
