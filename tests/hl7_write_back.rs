@@ -526,3 +526,56 @@ async fn run_pushes_alerts_to_the_configured_slack_webhook_once() {
     assert!(!line.contains(&url), "{line}");
     store.close().await;
 }
+
+/// Issue 16: `medrelay report` over the scripted run: the tap counts as a confirmation, in every
+/// format, with no patient data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_command_counts_the_scripted_confirmation_in_table_csv_and_json() {
+    let (addr, _got) = ehr_inbound("AA").await;
+    let (store, dir) = common::hl7_tap_written_back_to(&addr).await;
+    store.close().await;
+    let config = dir.path().join("medrelay.toml");
+    let config = config.to_str().unwrap();
+    let period = [
+        "report",
+        "--from",
+        "2026-12-01T00:00:00Z",
+        "--to",
+        "2026-12-31T00:00:00Z",
+    ];
+    let run = |extra: &'static [&'static str]| {
+        let mut args = period.to_vec();
+        args.extend(extra);
+        async move { common::cli_with_config(config, &args).await }
+    };
+    let (code, table) = run(&[]).await;
+    assert_eq!(code, 0, "{table}");
+    assert!(table.contains("confirmed 1 (confirmation rate "), "{table}");
+    let (code, csv) = run(&["--format", "csv"]).await;
+    assert_eq!(code, 0, "{csv}");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
+    assert_eq!(col("group"), "all");
+    assert_eq!(col("confirmed"), "1");
+    let (code, json) = run(&["--by", "site", "--format", "json"]).await;
+    assert_eq!(code, 0, "{json}");
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["rows"][0]["confirmed"], 1, "{v}");
+    for text in [&table, &csv, &json] {
+        assert!(!text.contains("Cec") && !text.contains("5511"), "{text}");
+    }
+    let (code, _) = common::cli_with_config(
+        config,
+        &[
+            "report",
+            "--from",
+            "2026-12-31T00:00:00Z",
+            "--to",
+            "2026-12-01T00:00:00Z",
+        ],
+    )
+    .await;
+    assert_eq!(code, medrelay::exit::USAGE);
+}

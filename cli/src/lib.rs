@@ -109,6 +109,8 @@ pub enum Command {
     /// Verify or export the keyed, hash-chained audit trail (and write signed checkpoints).
     #[command(subcommand)]
     Audit(commands::audit::AuditCommand),
+    /// The KPI report: confirmation, no-show and opt-out rates for appointments in a period.
+    Report(commands::report::ReportArgs),
     /// The write-back dead letter: list open batches, show one, retry or skip a refused one.
     #[command(subcommand)]
     Writeback(commands::writeback::WritebackCommand),
@@ -180,6 +182,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Explain(a) => commands::explain::explain(&cli.config, a, &mut o).await,
         Command::Consent(c) => commands::consent::run(&cli.config, clock.clone(), c, &mut o).await,
         Command::Audit(c) => commands::audit::run(&cli.config, clock.clone(), c, &mut o).await,
+        Command::Report(a) => commands::report::run(&cli.config, a, &mut o).await,
         Command::Writeback(c) => {
             commands::writeback::run(&cli.config, clock.clone(), c, &mut o).await
         }

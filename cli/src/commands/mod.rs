@@ -10,6 +10,7 @@ pub mod explain;
 pub mod ingest;
 pub mod init;
 pub mod prune;
+pub mod report;
 pub mod run;
 pub mod simulate;
 pub mod status;

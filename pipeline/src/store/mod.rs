@@ -23,6 +23,7 @@ pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod quarantine;
+pub mod report;
 pub mod retention;
 pub mod status;
 pub mod writeback;

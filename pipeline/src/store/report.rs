@@ -1,0 +1,226 @@
+//! The KPI report (`medrelay report`): the numbers clinics judge a reminder system by, for the
+//! appointments that start in a period, grouped by site, practitioner or service type. Every figure
+//! is defined in README.md ("The KPI report") and reconciles with `medrelay status`: they count the
+//! same rows.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Store, StoreResult, secs};
+
+/// What the report groups appointments by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportGroup {
+    /// One row for everything.
+    All,
+    Site,
+    Practitioner,
+    /// The EHR's appointment type: it can reveal a condition, so only staff with the database see it.
+    ServiceType,
+}
+
+impl ReportGroup {
+    fn column(self) -> &'static str {
+        match self {
+            ReportGroup::All => "'all'",
+            ReportGroup::Site => "a.site",
+            ReportGroup::Practitioner => "COALESCE(a.practitioner, '(none)')",
+            ReportGroup::ServiceType => "COALESCE(a.service_type, '(none)')",
+        }
+    }
+}
+
+/// One row of the report.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct KpiRow {
+    pub group: String,
+    /// Appointments starting in the period.
+    pub appointments: i64,
+    /// Of them, appointments that got at least one message accepted by WhatsApp.
+    pub messaged: i64,
+    /// Messages accepted by WhatsApp for them, and by their latest status.
+    pub messages_sent: i64,
+    pub messages_delivered: i64,
+    pub messages_read: i64,
+    pub messages_failed: i64,
+    /// Appointments the patient confirmed / cancelled / asked to reschedule through WhatsApp.
+    pub confirmed: i64,
+    pub cancelled_via_whatsapp: i64,
+    pub reschedule_requests: i64,
+    /// confirmed / messaged.
+    pub confirmation_rate: Option<f64>,
+    /// Distinct messaged patients (contacts) who opted out (STOP) before the period ended, and
+    /// the rate among the messaged patients.
+    pub opt_outs: i64,
+    pub opt_out_rate: Option<f64>,
+    /// Appointments that got a reminder, and how many of them were no-shows; the same for those
+    /// that got no message at all (no consent, no phone, too late).
+    pub reminded: i64,
+    pub no_show_reminded: i64,
+    pub not_messaged: i64,
+    pub no_show_not_messaged: i64,
+    pub no_show_rate_reminded: Option<f64>,
+    pub no_show_rate_not_messaged: Option<f64>,
+    /// Seconds from a message to the patient's tap on it: median and 90th percentile.
+    pub reply_seconds_median: Option<f64>,
+    pub reply_seconds_p90: Option<f64>,
+}
+
+fn rate(part: i64, whole: i64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+/// The `q`-quantile of sorted values (nearest rank).
+fn quantile(sorted: &[i64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1] as f64)
+}
+
+impl Store {
+    /// The report for appointments starting in `[from, until)`.
+    pub async fn kpi_report(
+        &self,
+        from: Timestamp,
+        until: Timestamp,
+        by: ReportGroup,
+    ) -> StoreResult<Vec<KpiRow>> {
+        let g = by.column();
+        let (from_s, until_s) = (secs(from), secs(until));
+        let mut rows: BTreeMap<String, KpiRow> = BTreeMap::new();
+        // The only formatted parts are this constant condition and the group column, one of the
+        // constants of `ReportGroup::column`; every value is bound.
+        let period = "a.start_at >= ?1 AND a.start_at < ?2";
+        // Appointments, messaged, reminded, no-shows.
+        let sql = format!(
+            "SELECT {g} AS grp, COUNT(*) AS n, \
+             SUM(EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id)) AS messaged, \
+             SUM(EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id AND o.kind = 'reminder')) AS reminded, \
+             SUM(a.status = 'noshow' AND EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id AND o.kind = 'reminder')) AS ns_reminded, \
+             SUM(a.status = 'noshow' AND NOT EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id)) AS ns_not \
+             FROM appointments a WHERE {period} GROUP BY grp"
+        );
+        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(from_s)
+            .bind(until_s)
+            .fetch_all(self.pool())
+            .await?
+        {
+            let row = rows.entry(r.get("grp")).or_default();
+            row.appointments = r.get("n");
+            row.messaged = r.get("messaged");
+            row.reminded = r.get("reminded");
+            row.no_show_reminded = r.get("ns_reminded");
+            row.not_messaged = row.appointments - row.messaged;
+            row.no_show_not_messaged = r.get("ns_not");
+        }
+        // Messages by latest status.
+        let sql = format!(
+            "SELECT {g} AS grp, COUNT(*) AS sent, SUM(m.status IN ('delivered', 'read')) AS delivered, \
+             SUM(m.status = 'read') AS read, SUM(m.status = 'failed') AS failed \
+             FROM messages m JOIN outbox o ON o.id = m.job_id JOIN appointments a ON a.id = o.appointment_id \
+             WHERE {period} GROUP BY grp"
+        );
+        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(from_s)
+            .bind(until_s)
+            .fetch_all(self.pool())
+            .await?
+        {
+            let row = rows.entry(r.get("grp")).or_default();
+            row.messages_sent = r.get("sent");
+            row.messages_delivered = r.get("delivered");
+            row.messages_read = r.get("read");
+            row.messages_failed = r.get("failed");
+        }
+        // Patient answers: appointments with an accepted tap, by action.
+        let sql = format!(
+            "SELECT {g} AS grp, r.action AS action, COUNT(DISTINCT a.id) AS n \
+             FROM replies r JOIN appointments a ON a.id = r.appointment_id \
+             WHERE {period} AND r.outcome = 'accepted' AND r.action IN ('confirm', 'cancel', 'reschedule') \
+             GROUP BY grp, r.action"
+        );
+        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(from_s)
+            .bind(until_s)
+            .fetch_all(self.pool())
+            .await?
+        {
+            let row = rows.entry(r.get("grp")).or_default();
+            let n: i64 = r.get("n");
+            match r.get::<&str, _>("action") {
+                "confirm" => row.confirmed = n,
+                "cancel" => row.cancelled_via_whatsapp = n,
+                _ => row.reschedule_requests = n,
+            }
+        }
+        // Opt-outs: messaged patients (by contact) who sent STOP before the period ended.
+        let sql = format!(
+            "SELECT {g} AS grp, COUNT(DISTINCT a.contact_hash) AS contacts, \
+             COUNT(DISTINCT CASE WHEN EXISTS (SELECT 1 FROM replies r WHERE r.contact_hash = a.contact_hash \
+               AND r.action = 'stop' AND r.received_at < ?2) THEN a.contact_hash END) AS stopped \
+             FROM appointments a WHERE {period} AND a.contact_hash IS NOT NULL \
+             AND EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id) \
+             GROUP BY grp"
+        );
+        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(from_s)
+            .bind(until_s)
+            .fetch_all(self.pool())
+            .await?
+        {
+            let row = rows.entry(r.get("grp")).or_default();
+            let contacts: i64 = r.get("contacts");
+            row.opt_outs = r.get("stopped");
+            row.opt_out_rate = rate(row.opt_outs, contacts);
+        }
+        // Reply times: from the message a tap answers to the tap.
+        let sql = format!(
+            "SELECT {g} AS grp, r.received_at - m.sent_at AS secs \
+             FROM replies r JOIN messages m ON m.job_id = r.job_id JOIN appointments a ON a.id = r.appointment_id \
+             WHERE {period} AND r.kind = 'button' AND r.outcome = 'accepted' \
+             ORDER BY grp, secs"
+        );
+        let mut waits: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(from_s)
+            .bind(until_s)
+            .fetch_all(self.pool())
+            .await?
+        {
+            waits
+                .entry(r.get("grp"))
+                .or_default()
+                .push(r.get::<i64, _>("secs").max(0));
+        }
+        for (grp, row) in rows.iter_mut() {
+            row.group = grp.clone();
+            row.confirmation_rate = rate(row.confirmed, row.messaged);
+            row.no_show_rate_reminded = rate(row.no_show_reminded, row.reminded);
+            row.no_show_rate_not_messaged = rate(row.no_show_not_messaged, row.not_messaged);
+            if let Some(w) = waits.get_mut(grp) {
+                w.sort_unstable();
+                row.reply_seconds_median = quantile(w, 0.5);
+                row.reply_seconds_p90 = quantile(w, 0.9);
+            }
+        }
+        Ok(rows.into_values().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nearest_rank_quantiles() {
+        let v = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+        assert_eq!(super::quantile(&v, 0.5), Some(5.0));
+        assert_eq!(super::quantile(&v, 0.9), Some(9.0));
+        assert_eq!(super::quantile(&[7], 0.9), Some(7.0));
+        assert_eq!(super::quantile(&[], 0.5), None);
+    }
+}
