@@ -3,21 +3,12 @@
 
 mod lifecycle_common;
 
-use jiff::{SignedDuration, Timestamp};
-use lifecycle_common::{Harness, event, phone};
+use jiff::SignedDuration;
+use lifecycle_common::{Harness, event, ny, phone};
 use medrelay_mapping::model::{AppointmentStatus, EhrConsent};
 use medrelay_pipeline::clock::Clock;
 use medrelay_pipeline::store::report::ReportGroup;
 use medrelay_pipeline::whatsapp::simulator::PatientAction;
-
-fn ny(civil: &str) -> Timestamp {
-    civil
-        .parse::<jiff::civil::DateTime>()
-        .unwrap()
-        .in_tz("America/New_York")
-        .unwrap()
-        .timestamp()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_on_a_seeded_day_equals_the_hand_counted_figures() {

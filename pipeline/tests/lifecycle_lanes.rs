@@ -4,17 +4,8 @@
 mod lifecycle_common;
 
 use jiff::{SignedDuration, Timestamp};
-use lifecycle_common::{Harness, event};
+use lifecycle_common::{Harness, event, ny};
 use medrelay_mapping::model::AppointmentStatus;
-
-fn ny(civil: &str) -> Timestamp {
-    civil
-        .parse::<jiff::civil::DateTime>()
-        .unwrap()
-        .in_tz("America/New_York")
-        .unwrap()
-        .timestamp()
-}
 
 /// The steps in the order the sender gets them, claiming `batch` at a time.
 async fn claim_order(h: &Harness, at: Timestamp, batch: i64) -> Vec<String> {

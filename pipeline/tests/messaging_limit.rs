@@ -6,20 +6,11 @@
 
 mod lifecycle_common;
 
-use jiff::{SignedDuration, Timestamp};
-use lifecycle_common::{Harness, compiled, event, phone};
+use jiff::SignedDuration;
+use lifecycle_common::{Harness, compiled, event, ny, phone};
 use medrelay_mapping::model::AppointmentStatus;
 use medrelay_pipeline::clock::Clock;
 use std::collections::BTreeSet;
-
-fn ny(civil: &str) -> Timestamp {
-    civil
-        .parse::<jiff::civil::DateTime>()
-        .unwrap()
-        .in_tz("America/New_York")
-        .unwrap()
-        .timestamp()
-}
 
 /// `(step template, recipient)` of every message the simulator accepted so far.
 fn sent(h: &Harness) -> Vec<(String, String)> {

@@ -83,6 +83,20 @@ fn quantile(sorted: &[i64], q: f64) -> Option<f64> {
 }
 
 impl Store {
+    /// Runs one of the report's queries (its `?1` / `?2` are the period's bounds).
+    async fn period_rows(
+        &self,
+        sql: String,
+        from: i64,
+        until: i64,
+    ) -> StoreResult<Vec<sqlx::sqlite::SqliteRow>> {
+        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(from)
+            .bind(until)
+            .fetch_all(self.pool())
+            .await?)
+    }
+
     /// The report for appointments starting in `[from, until)`.
     pub async fn kpi_report(
         &self,
@@ -105,12 +119,7 @@ impl Store {
              SUM(a.status = 'noshow' AND NOT EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id)) AS ns_not \
              FROM appointments a WHERE {period} GROUP BY grp"
         );
-        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(from_s)
-            .bind(until_s)
-            .fetch_all(self.pool())
-            .await?
-        {
+        for r in self.period_rows(sql, from_s, until_s).await? {
             let row = rows.entry(r.get("grp")).or_default();
             row.appointments = r.get("n");
             row.messaged = r.get("messaged");
@@ -126,12 +135,7 @@ impl Store {
              FROM messages m JOIN outbox o ON o.id = m.job_id JOIN appointments a ON a.id = o.appointment_id \
              WHERE {period} GROUP BY grp"
         );
-        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(from_s)
-            .bind(until_s)
-            .fetch_all(self.pool())
-            .await?
-        {
+        for r in self.period_rows(sql, from_s, until_s).await? {
             let row = rows.entry(r.get("grp")).or_default();
             row.messages_sent = r.get("sent");
             row.messages_delivered = r.get("delivered");
@@ -145,12 +149,7 @@ impl Store {
              WHERE {period} AND r.outcome = 'accepted' AND r.action IN ('confirm', 'cancel', 'reschedule') \
              GROUP BY grp, r.action"
         );
-        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(from_s)
-            .bind(until_s)
-            .fetch_all(self.pool())
-            .await?
-        {
+        for r in self.period_rows(sql, from_s, until_s).await? {
             let row = rows.entry(r.get("grp")).or_default();
             let n: i64 = r.get("n");
             match r.get::<&str, _>("action") {
@@ -168,12 +167,7 @@ impl Store {
              AND EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id) \
              GROUP BY grp"
         );
-        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(from_s)
-            .bind(until_s)
-            .fetch_all(self.pool())
-            .await?
-        {
+        for r in self.period_rows(sql, from_s, until_s).await? {
             let row = rows.entry(r.get("grp")).or_default();
             let contacts: i64 = r.get("contacts");
             row.opt_outs = r.get("stopped");
@@ -187,12 +181,7 @@ impl Store {
              ORDER BY grp, secs"
         );
         let mut waits: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-        for r in sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(from_s)
-            .bind(until_s)
-            .fetch_all(self.pool())
-            .await?
-        {
+        for r in self.period_rows(sql, from_s, until_s).await? {
             waits
                 .entry(r.get("grp"))
                 .or_default()

@@ -212,6 +212,16 @@ impl Harness {
     }
 }
 
+/// A civil time in New York (the tests' site zone) as an instant.
+pub fn ny(civil: &str) -> Timestamp {
+    civil
+        .parse::<jiff::civil::DateTime>()
+        .expect("a civil datetime")
+        .in_tz(ZONE)
+        .expect("the zone")
+        .timestamp()
+}
+
 /// The test phone of patient `n` (digits as WhatsApp gets them: `1212736510n`).
 pub fn phone(n: usize) -> String {
     format!("+1212736{:04}", 5100 + n)
