@@ -464,6 +464,10 @@ pub enum TemplateIssue {
     MediaHeader { format: String },
     /// A different number of quick-reply buttons.
     QuickReplies { configured: usize, registry: usize },
+    /// The registry's category is not UTILITY (every step medrelay sends is a utility message: a
+    /// template approved or recategorised as MARKETING is priced as marketing, undeliverable to
+    /// some countries, 131049 to +1 numbers, and under other TTL rules).
+    Category { registry: String },
     /// The registry's `message_send_ttl_seconds` is not the configured `ttl`.
     Ttl {
         configured: i64,
@@ -531,6 +535,10 @@ impl fmt::Display for TemplateProblem {
                 f,
                 "{registry} quick-reply buttons in the registry, {configured} configured"
             ),
+            TemplateIssue::Category { registry } => write!(
+                f,
+                "category is {registry}, not UTILITY: appointment messages are utility messages (a MARKETING template is priced as marketing and not delivered to +1 numbers, 131049); ask Meta to recategorise or use another template"
+            ),
             TemplateIssue::Ttl {
                 configured,
                 registry,
@@ -578,6 +586,13 @@ pub fn check_templates(
             if !r.status.eq_ignore_ascii_case("APPROVED") {
                 problems.push(problem(TemplateIssue::NotApproved {
                     status: r.status.clone(),
+                }));
+            }
+            if let Some(category) = r.category.as_deref()
+                && !category.eq_ignore_ascii_case("UTILITY")
+            {
+                problems.push(problem(TemplateIssue::Category {
+                    registry: category.to_owned(),
                 }));
             }
             let placeholders = r.body_placeholders();
@@ -710,6 +725,23 @@ mod tests {
             remote("en_US", "APPROVED", "Hi {{1}}, on {{2}}", 2),
         ];
         assert_eq!(check_templates(&configured(None), &r), vec![]);
+    }
+
+    #[test]
+    fn a_template_recategorised_as_marketing_is_reported() {
+        let mut marketing = remote("pt_BR", "APPROVED", "Olá {{1}}, consulta {{2}}.", 2);
+        marketing.category = Some("MARKETING".into());
+        let mut utility = remote("en_US", "APPROVED", "Hi {{1}}, on {{2}}", 2);
+        utility.category = Some("UTILITY".into());
+        let p = check_templates(&configured(None), &[marketing, utility]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            p[0].issue,
+            TemplateIssue::Category {
+                registry: "MARKETING".into()
+            }
+        );
+        assert!(p[0].to_string().contains("not UTILITY"), "{}", p[0]);
     }
 
     #[test]
