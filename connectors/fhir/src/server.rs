@@ -47,6 +47,30 @@ fn failure(what: &str, e: impl std::fmt::Display) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn next_links_stay_on_the_configured_server() {
+        let base = "https://ehr.example/fhir/R4";
+        let pin = |l: &str| super::pin_to_base(base, l);
+        let same = "https://ehr.example/fhir/R4/Appointment?page=2&patient=Patient/p-1";
+        assert_eq!(pin(same).unwrap(), same);
+        // The server names itself differently (behind a proxy): same path, our origin.
+        assert_eq!(
+            pin("http://10.0.0.5:8080/fhir/R4/Appointment?page=2").unwrap(),
+            "https://ehr.example/fhir/R4/Appointment?page=2"
+        );
+        assert_eq!(pin("Appointment?page=2").unwrap(), "Appointment?page=2");
+        for elsewhere in [
+            "https://attacker.example/collect?page=2",
+            "https://attacker.example/fhir/R4x/Appointment",
+        ] {
+            let e = pin(elsewhere).unwrap_err();
+            assert!(
+                e.contains("outside base_url") && !e.contains("attacker"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn failures_carry_no_url() {
         let f = super::failure(
             "FHIR request failed",
@@ -126,7 +150,9 @@ impl FhirServer {
             }
             let page = self.get_json(&url).await?;
             entries.extend(page["entry"].as_array().cloned().unwrap_or_default());
-            next = next_link(&page);
+            next = next_link(&page)
+                .map(|l| pin_to_base(&self.base, &l))
+                .transpose()?;
         }
         Ok(())
     }
@@ -166,7 +192,9 @@ impl FhirServer {
                 return Err("more than 1000 search pages; narrow the window".into());
             }
             let page = self.get_json(&url).await?;
-            next = next_link(&page);
+            next = next_link(&page)
+                .map(|l| pin_to_base(&self.base, &l))
+                .transpose()?;
             let mut entries = match page {
                 Value::Object(mut o) => match o.remove("entry") {
                     Some(Value::Array(a)) => a,
@@ -267,6 +295,35 @@ fn next_link(page: &Value) -> Option<String> {
         .flatten()
         .find(|l| l["relation"] == "next")
         .and_then(|l| l["url"].as_str().map(str::to_owned))
+}
+
+/// A `next` link to follow, on `base`'s origin: the Authorization header goes only to the
+/// configured server. A link on another origin whose path lies under `base`'s path (a server that
+/// knows itself by another name, behind a proxy) is rewritten onto `base`'s origin; any other is
+/// refused. Relative links are left to [`FhirServer::get_json`]. The error names no URL (search
+/// URLs carry patient references).
+fn pin_to_base(base: &str, link: &str) -> Result<String, String> {
+    if !(link.starts_with("http://") || link.starts_with("https://")) {
+        return Ok(link.to_owned());
+    }
+    let refused = || {
+        "the FHIR server's next link points outside base_url; not followed (the Authorization header goes only to base_url)"
+            .to_owned()
+    };
+    let (Ok(b), Ok(l)) = (reqwest::Url::parse(base), reqwest::Url::parse(link)) else {
+        return Err(refused());
+    };
+    if b.origin() == l.origin() {
+        return Ok(link.to_owned());
+    }
+    let base_path = b.path().trim_end_matches('/');
+    if l.path() == base_path || l.path().starts_with(&format!("{base_path}/")) {
+        let mut pinned = b.clone();
+        pinned.set_path(l.path());
+        pinned.set_query(l.query());
+        return Ok(pinned.to_string());
+    }
+    Err(refused())
 }
 
 /// `Patient/id` of every Patient among `entries`.
