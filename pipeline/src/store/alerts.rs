@@ -1,11 +1,32 @@
-//! Alert notifications: which alerts the sink still has to hear about (fired, or resolved since),
-//! and what happened to each attempt. The alert rows themselves are written where alerts are
-//! raised (`raise_alert`) and resolved.
+//! Alerts: raising one (with its audit record), whether one is open, resolving them, and the
+//! notifications the sink still owes (fired, or resolved since) with what happened to each attempt.
 
 use jiff::Timestamp;
-use sqlx::Row;
+use serde_json::json;
+use sqlx::{Row, SqliteConnection};
 
-use super::{Store, StoreResult, secs, ts};
+use super::{Store, StoreResult, audit, secs, ts};
+
+/// Resolves the open alerts of `kind`, only those whose detail starts with `detail_prefix` when
+/// given (one incident among several of a kind); returns how many. Runs on `conn`, so a caller
+/// resolves in the same transaction as the change that ends the incident.
+pub(crate) async fn resolve(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    detail_prefix: Option<&str>,
+    now: Timestamp,
+) -> StoreResult<u64> {
+    Ok(sqlx::query(
+        "UPDATE alerts SET resolved_at = ?1 WHERE kind = ?2 AND resolved_at IS NULL \
+         AND (?3 IS NULL OR substr(detail, 1, length(?3)) = ?3)",
+    )
+    .bind(secs(now))
+    .bind(kind)
+    .bind(detail_prefix)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
 
 /// One notification the sink owes: an alert that fired, or one that was resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +53,46 @@ pub fn notify_backoff_secs(failures: i64) -> i64 {
 }
 
 impl Store {
+    /// Raises an alert for staff (no PHI in `detail`).
+    pub async fn raise_alert(&self, kind: &str, detail: &str, now: Timestamp) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("INSERT INTO alerts (at, kind, detail) VALUES (?, ?, ?)")
+            .bind(secs(now))
+            .bind(kind)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await?;
+        audit::append(
+            &mut tx,
+            &self.keys,
+            now,
+            "system",
+            "alert",
+            kind,
+            json!({"detail": detail}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Whether an alert of `kind` is open (raised and not resolved).
+    pub async fn alert_open(&self, kind: &str) -> StoreResult<bool> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM alerts WHERE kind = ? AND resolved_at IS NULL",
+        )
+        .bind(kind)
+        .fetch_one(self.pool())
+        .await?
+            > 0)
+    }
+
+    /// Resolves every open alert of `kind` (its condition ended); returns how many.
+    pub async fn resolve_alerts(&self, kind: &str, now: Timestamp) -> StoreResult<u64> {
+        let mut conn = self.pool().acquire().await?;
+        resolve(&mut conn, kind, None, now).await
+    }
+
     /// Notifications due at `now`, oldest first: alerts not yet notified, then resolved alerts
     /// whose recovery was not (an alert resolved before its first notice gets both, in order).
     pub async fn due_alert_notices(

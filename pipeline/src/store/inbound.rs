@@ -320,27 +320,4 @@ impl Store {
         tx.commit().await?;
         Ok(inserted)
     }
-
-    /// Raises an alert for staff (no PHI in `detail`).
-    pub async fn raise_alert(&self, kind: &str, detail: &str, now: Timestamp) -> StoreResult<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("INSERT INTO alerts (at, kind, detail) VALUES (?, ?, ?)")
-            .bind(secs(now))
-            .bind(kind)
-            .bind(detail)
-            .execute(&mut *tx)
-            .await?;
-        audit::append(
-            &mut tx,
-            &self.keys,
-            now,
-            "system",
-            "alert",
-            kind,
-            json!({"detail": detail}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
 }

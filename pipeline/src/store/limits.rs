@@ -1,5 +1,5 @@
 //! What the WhatsApp messaging limit needs from the store: who was sent a business-initiated
-//! (template) message in the moving 24 hours, and alerts that open and close with a condition.
+//! (template) message in the moving 24 hours.
 
 use std::collections::HashMap;
 
@@ -26,28 +26,5 @@ impl Store {
             .iter()
             .map(|r| (r.get("contact_hash"), ts(r.get("last"))))
             .collect())
-    }
-
-    /// Whether an alert of `kind` is open (raised and not resolved).
-    pub async fn alert_open(&self, kind: &str) -> StoreResult<bool> {
-        Ok(sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM alerts WHERE kind = ? AND resolved_at IS NULL",
-        )
-        .bind(kind)
-        .fetch_one(self.pool())
-        .await?
-            > 0)
-    }
-
-    /// Resolves every open alert of `kind` (its condition ended); returns how many.
-    pub async fn resolve_alerts(&self, kind: &str, now: Timestamp) -> StoreResult<u64> {
-        Ok(
-            sqlx::query("UPDATE alerts SET resolved_at = ? WHERE kind = ? AND resolved_at IS NULL")
-                .bind(secs(now))
-                .bind(kind)
-                .execute(self.pool())
-                .await?
-                .rows_affected(),
-        )
     }
 }

@@ -136,12 +136,9 @@ impl Store {
                 r.get("n"),
             ));
         }
-        m.writeback_backlog = sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM replies WHERE outcome = 'accepted' AND (writeback_batch IS NULL \
-             OR writeback_batch IN (SELECT id FROM writeback_batches WHERE completed_at IS NULL))",
-        )
-        .fetch_one(pool)
-        .await? as f64;
+        m.writeback_backlog = sqlx::query_scalar::<_, i64>(super::writeback::BACKLOG_SQL)
+            .fetch_one(pool)
+            .await? as f64;
         let oldest_open: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(created_at) FROM writeback_batches WHERE completed_at IS NULL",
         )

@@ -270,8 +270,11 @@ impl Store {
             )
             .await?,
             jobs_by_state: group(self, "SELECT state, COUNT(*) FROM outbox GROUP BY state").await?,
-            messages_by_status: group(self, "SELECT status, COUNT(*) FROM messages GROUP BY status")
-                .await?,
+            messages_by_status: group(
+                self,
+                "SELECT status, COUNT(*) FROM messages GROUP BY status",
+            )
+            .await?,
             replies_by_outcome: group(
                 self,
                 "SELECT outcome || COALESCE(':' || action, ''), COUNT(*) FROM replies GROUP BY 1",
@@ -281,12 +284,9 @@ impl Store {
             quarantined: sqlx::query_scalar("SELECT COUNT(*) FROM quarantine")
                 .fetch_one(self.pool())
                 .await?,
-            writeback_pending: sqlx::query_scalar(
-                "SELECT COUNT(*) FROM replies WHERE outcome = 'accepted' AND (writeback_batch IS NULL \
-                 OR writeback_batch IN (SELECT id FROM writeback_batches WHERE completed_at IS NULL))",
-            )
-            .fetch_one(self.pool())
-            .await?,
+            writeback_pending: sqlx::query_scalar(super::writeback::BACKLOG_SQL)
+                .fetch_one(self.pool())
+                .await?,
             open_alerts: alerts
                 .iter()
                 .map(|r| (ts(r.get("at")), r.get("kind"), r.get("detail")))

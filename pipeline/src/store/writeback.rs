@@ -121,7 +121,13 @@ impl Store {
         .bind(batch)
         .execute(&mut *tx)
         .await?;
-        resolve_refusal_alert(&mut tx, batch, now).await?;
+        super::alerts::resolve(
+            &mut tx,
+            "writeback_rejected",
+            Some(&refusal_prefix(batch)),
+            now,
+        )
+        .await?;
         audit::append(
             &mut tx,
             &self.keys,
@@ -163,7 +169,7 @@ impl Store {
         if permanent && previous.as_deref() != Some(error) {
             self.raise_alert(
                 "writeback_rejected",
-                &format!("write-back batch {batch} refused by the EHR: {error}"),
+                &format!("{} {error}", refusal_prefix(batch)),
                 now,
             )
             .await?;
@@ -280,23 +286,6 @@ fn batch_line(r: &sqlx::sqlite::SqliteRow) -> BatchLine {
         skipped_by: r.get("skipped_by"),
         skip_reason: r.get("skip_reason"),
     }
-}
-
-/// Marks the open `writeback_rejected` alert of `batch` resolved (it was written or skipped).
-async fn resolve_refusal_alert(
-    conn: &mut sqlx::SqliteConnection,
-    batch: i64,
-    now: Timestamp,
-) -> StoreResult<()> {
-    sqlx::query(
-        "UPDATE alerts SET resolved_at = ? WHERE kind = 'writeback_rejected' AND resolved_at IS NULL \
-         AND detail LIKE ?",
-    )
-    .bind(secs(now))
-    .bind(format!("write-back batch {batch} refused %"))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 impl Store {
@@ -426,7 +415,13 @@ impl Store {
         .bind(batch)
         .execute(&mut *tx)
         .await?;
-        resolve_refusal_alert(&mut tx, batch, now).await?;
+        super::alerts::resolve(
+            &mut tx,
+            "writeback_rejected",
+            Some(&refusal_prefix(batch)),
+            now,
+        )
+        .await?;
         audit::append(
             &mut tx,
             &self.keys,
@@ -440,6 +435,16 @@ impl Store {
         tx.commit().await?;
         Ok(Ok(()))
     }
+}
+
+/// Accepted replies not yet written back (in no batch, or in one not yet written): `status` and
+/// `/metrics` count the same rows.
+pub(crate) const BACKLOG_SQL: &str = "SELECT COUNT(*) FROM replies WHERE outcome = 'accepted' AND (writeback_batch IS NULL \
+     OR writeback_batch IN (SELECT id FROM writeback_batches WHERE completed_at IS NULL))";
+
+/// How the `writeback_rejected` alert of `batch` begins (written and resolved by that prefix).
+fn refusal_prefix(batch: i64) -> String {
+    format!("write-back batch {batch} refused by the EHR:")
 }
 
 /// Seconds a write-back batch that has failed `failures` times waits before it is tried again:
