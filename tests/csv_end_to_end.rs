@@ -419,7 +419,11 @@ async fn csv_day_only_appointment_gets_day_level_reminders_without_a_made_up_tim
     let config = dir.path().join("medrelay.toml");
     let text = std::fs::read_to_string(&config).unwrap();
     let with_time = "body = [\"given_name\", \"local_date\", \"local_time\", \"location\"]";
-    assert_eq!(text.matches(with_time).count(), 2);
+    assert_eq!(
+        text.matches(with_time).count(),
+        3,
+        "booked, reminder and moved templates"
+    );
     std::fs::write(
         &config,
         text.replace(

@@ -227,3 +227,108 @@ async fn sch25_status_map_and_local_words_through_ingest() {
     assert_eq!(location, "CARDIO, Sala 305, Hospital Central");
     assert!(revision >= 2, "the move is a revision of the appointment");
 }
+
+/// The template names and location parameter of every message sent to `digits`, in order.
+fn sent_moves(service: &Service, digits: &str) -> Vec<(String, String)> {
+    let sim = service.simulator.clone().unwrap();
+    sim.sent()
+        .into_iter()
+        .filter(|b| b["to"] == digits)
+        .map(|b| {
+            let name = b["template"]["name"].as_str().unwrap().to_string();
+            let body = &b["template"]["components"][0]["parameters"];
+            (
+                name,
+                body[3]["text"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_change_after_the_confirmation_tells_the_patient_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, loaded) = setup(
+        dir.path(),
+        "location_parts = [\"point_of_care\", \"room\", \"facility\"]",
+    );
+    let clock = Arc::new(ManualClock::new("2026-12-06T13:30:00Z".parse().unwrap()));
+    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
+    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
+    let mut stream = TcpStream::connect(listeners[0].0).await.unwrap();
+    let messages = split(&std::fs::read(fixture("room_moves.hl7")).unwrap());
+    assert_eq!(messages.len(), 4);
+    let digits = "5511940000003";
+
+    // Booked in Sala 201: the confirmation names it.
+    let ack = common::mllp_exchange(&mut stream, &messages[0].bytes).await;
+    assert!(ack.contains("\rMSA|AA|MOVE-0001"), "{ack}");
+    settle(&service).await;
+    let sent = sent_moves(&service, digits);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].1.contains("Sala 201"), "{sent:?}");
+
+    // Moved to Sala 305 at the same time: the patient hears it now, not 48 h before the visit.
+    let ack = common::mllp_exchange(&mut stream, &messages[1].bytes).await;
+    assert!(ack.contains("\rMSA|AA|MOVE-0002"), "{ack}");
+    settle(&service).await;
+    let sent = sent_moves(&service, digits);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[1].0, "appointment_moved");
+    assert_eq!(sent[1].1, "CARDIO, Sala 305, Hospital Central");
+
+    // Two more moves at night (22:00 in São Paulo, quiet hours until 08:00): the first
+    // announcement waits, the second supersedes it, and only the latest place goes out.
+    clock.set("2026-12-07T01:00:00Z".parse().unwrap());
+    for (m, id) in messages[2..].iter().zip(["MOVE-0003", "MOVE-0004"]) {
+        let ack = common::mllp_exchange(&mut stream, &m.bytes).await;
+        assert!(ack.contains(&format!("\rMSA|AA|{id}")), "{ack}");
+        settle(&service).await;
+    }
+    assert_eq!(sent_moves(&service, digits).len(), 2, "quiet hours");
+    clock.set("2026-12-07T11:05:00Z".parse().unwrap());
+    settle(&service).await;
+    let sent = sent_moves(&service, digits);
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent[2].0, "appointment_moved");
+    assert_eq!(sent[2].1, "CARDIO, Sala 512, Hospital Central");
+    let (_, explain) = cli(&config, &["explain", "clinica/AG-40031"]).await;
+    assert!(
+        explain.contains("superseded by a newer location change"),
+        "{explain}"
+    );
+    for (_, h) in &listeners {
+        h.abort();
+    }
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_change_before_the_confirmation_went_out_sends_one_message_with_the_new_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_config, loaded) = setup(
+        dir.path(),
+        "location_parts = [\"point_of_care\", \"room\", \"facility\"]",
+    );
+    let clock = Arc::new(ManualClock::new("2026-12-06T13:30:00Z".parse().unwrap()));
+    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
+    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
+    let mut stream = TcpStream::connect(listeners[0].0).await.unwrap();
+    let messages = split(&std::fs::read(fixture("room_moves.hl7")).unwrap());
+    // Booking and move arrive before the service plans anything.
+    for m in &messages[..2] {
+        let ack = common::mllp_exchange(&mut stream, &m.bytes).await;
+        assert!(ack.contains("\rMSA|AA|"), "{ack}");
+    }
+    settle(&service).await;
+    let sent = sent_moves(&service, "5511940000003");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, "appointment_booked");
+    assert_eq!(sent[0].1, "CARDIO, Sala 305, Hospital Central");
+    for (_, h) in &listeners {
+        h.abort();
+    }
+    store.close().await;
+}

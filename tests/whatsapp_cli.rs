@@ -159,7 +159,7 @@ async fn check_online_and_templates_check_against_the_simulator() {
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         (v["ok"].as_bool(), v["fetched"].as_u64()),
-        (Some(true), Some(10))
+        (Some(true), Some(12))
     );
 
     // The configuration names a template the account does not have: exit 5, each language named.

@@ -25,6 +25,11 @@ pub enum StepKind {
     /// Sent `offset` after the end of a missed appointment, once the EHR marks it a no-show (to offer
     /// a new slot); withdrawn if the status changes again.
     NoShow,
+    /// Sent as soon as a booked appointment moves to another location (a room, a clinic) at the
+    /// same time: the patient must hear about it, not find the old room empty. Planned once per
+    /// change (a newer change supersedes a pending one); valid until the start, not `min_lead`
+    /// before it, since a room change just before the visit is when it matters most.
+    LocationChange,
 }
 
 impl StepKind {
@@ -32,7 +37,9 @@ impl StepKind {
     /// missed slot: logistics, not care follow-up.
     pub fn purpose(self) -> Purpose {
         match self {
-            Self::Confirmation | Self::Reminder | Self::NoShow => Purpose::Logistics,
+            Self::Confirmation | Self::Reminder | Self::NoShow | Self::LocationChange => {
+                Purpose::Logistics
+            }
             Self::FollowUp => Purpose::FollowUp,
         }
     }
@@ -44,6 +51,7 @@ impl StepKind {
             Self::Reminder => "reminder",
             Self::FollowUp => "follow_up",
             Self::NoShow => "no_show",
+            Self::LocationChange => "location_change",
         }
     }
 
@@ -54,6 +62,7 @@ impl StepKind {
             "reminder" => Self::Reminder,
             "follow_up" => Self::FollowUp,
             "no_show" => Self::NoShow,
+            "location_change" => Self::LocationChange,
             _ => return None,
         })
     }
@@ -63,7 +72,7 @@ impl StepKind {
     pub fn wanted_for(self, status: AppointmentStatus) -> bool {
         use AppointmentStatus as S;
         match self {
-            Self::Confirmation | Self::Reminder => status == S::Booked,
+            Self::Confirmation | Self::Reminder | Self::LocationChange => status == S::Booked,
             Self::FollowUp => {
                 matches!(status, S::Booked | S::Arrived | S::CheckedIn | S::Fulfilled)
             }
@@ -112,6 +121,8 @@ impl StepSpec {
     /// Priority lane under a backlog: nearer-term messages first (lower is sooner).
     pub fn lane(&self) -> i64 {
         match self.kind {
+            // A room change is the most urgent news there is: ahead of every reminder.
+            StepKind::LocationChange => -1,
             StepKind::Reminder => (self.offset.as_secs() / 60).clamp(0, 1_000_000),
             StepKind::Confirmation => 1_000_001,
             StepKind::NoShow => 1_000_002,
@@ -262,6 +273,7 @@ pub fn plan_slot(
     let end = end.unwrap_or_else(|| start + policy.default_duration);
     let (intended, expires) = match spec.kind {
         StepKind::Confirmation => (now, start - policy.min_lead),
+        StepKind::LocationChange => (now, start),
         StepKind::Reminder => (start - spec.offset, start - policy.min_lead),
         StepKind::FollowUp => {
             let due = end + spec.offset;
@@ -305,7 +317,7 @@ fn plan_day(
         .unwrap_or(day_start + SignedDuration::from_hours(24));
     let morning = policy.quiet_hours.map_or(DAY_STEP_MORNING, |q| q.end);
     let (intended, expires) = match spec.kind {
-        StepKind::Confirmation => (now, day_start),
+        StepKind::Confirmation | StepKind::LocationChange => (now, day_start),
         StepKind::Reminder => {
             let days = spec.offset.as_secs() / 86_400;
             let (date, time) = if days >= 1 {
@@ -541,6 +553,44 @@ mod tests {
         ));
         assert_eq!(due, ts("2026-03-06T13:00:00Z"));
         assert_eq!(due.to_zoned(ny()).time(), Time::constant(8, 0, 0, 0));
+    }
+
+    #[test]
+    fn location_change_goes_now_and_stays_valid_until_the_start_not_min_lead() {
+        let spec = StepSpec::new(
+            "location_change",
+            StepKind::LocationChange,
+            SignedDuration::ZERO,
+            "moved",
+        );
+        let start = ts("2026-12-20T13:00:00Z");
+        // Ten minutes before the start (inside the 30 min minimum lead): still worth telling.
+        let now = ts("2026-12-20T12:50:00Z");
+        let policy = PlanPolicy::default();
+        match plan_step(&spec, start, None, &TimeZone::UTC, now, &policy) {
+            StepOutcome::Due { due, expires, .. } => {
+                assert_eq!(due, now);
+                assert_eq!(expires, start);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A confirmation at the same moment is dropped (min lead): the kinds differ on purpose.
+        let confirmation = StepSpec::new("c", StepKind::Confirmation, SignedDuration::ZERO, "c");
+        assert!(matches!(
+            plan_step(&confirmation, start, None, &TimeZone::UTC, now, &policy),
+            StepOutcome::Dropped(_)
+        ));
+        // Once the visit has started, a room change is not announced.
+        assert!(matches!(
+            plan_step(&spec, start, None, &TimeZone::UTC, start, &policy),
+            StepOutcome::Dropped(_)
+        ));
+        assert_eq!(
+            StepKind::from_name("location_change"),
+            Some(StepKind::LocationChange)
+        );
+        assert!(spec.lane() < reminder(0).lane(), "ahead of every reminder");
+        assert_eq!(StepKind::LocationChange.purpose(), Purpose::Logistics);
     }
 
     #[test]

@@ -452,7 +452,7 @@ impl PipelineConfig {
                 ));
             }
             let offset = match (&s.offset, s.kind) {
-                (None, StepKind::Confirmation) => SignedDuration::ZERO,
+                (None, StepKind::Confirmation | StepKind::LocationChange) => SignedDuration::ZERO,
                 (None, _) => {
                     errors.push(format!("plan.steps.{}: `offset` is required", s.name));
                     SignedDuration::ZERO
@@ -489,6 +489,21 @@ impl PipelineConfig {
                 ..StepSpec::new(&s.name, s.kind, offset, &s.template)
             });
         }
+        // A message about a move that does not say where to is no help.
+        for step in steps.iter().filter(|s| s.kind == StepKind::LocationChange) {
+            if let Some(t) = templates.get(&step.template)
+                && !t
+                    .body
+                    .iter()
+                    .chain(&t.header)
+                    .any(|f| *f == TemplateField::Location)
+            {
+                errors.push(format!(
+                    "plan.steps.{}: a location_change step's template must show `location` (templates.{} does not)",
+                    step.name, step.template
+                ));
+            }
+        }
         if self.sensitive.action == SensitiveAction::Neutral {
             match self
                 .sensitive
@@ -523,8 +538,10 @@ impl PipelineConfig {
             .unwrap_or(SignedDuration::from_mins(30));
         let mut checked = std::collections::BTreeSet::new();
         for step in &steps {
-            if !matches!(step.kind, StepKind::Confirmation | StepKind::Reminder)
-                || !checked.insert(step.template.clone())
+            if !matches!(
+                step.kind,
+                StepKind::Confirmation | StepKind::Reminder | StepKind::LocationChange
+            ) || !checked.insert(step.template.clone())
             {
                 continue;
             }
@@ -624,6 +641,27 @@ mod tests {
         t.parameter_names = Some(vec!["name".into(), "date".into()]);
         let errors = c.compile().unwrap_err();
         assert!(errors[0].contains("header_parameter_name"), "{errors:?}");
+    }
+
+    #[test]
+    fn location_change_step_needs_a_template_that_shows_the_location() {
+        let mut c = config(", \"location\"");
+        c.plan.steps.push(
+            toml::from_str("name = \"moved\"\nkind = \"location_change\"\ntemplate = \"reminder\"")
+                .unwrap(),
+        );
+        assert!(
+            c.compile().is_ok(),
+            "the reminder template shows the location"
+        );
+        c.templates.get_mut("reminder").unwrap().body = vec!["given_name".into()];
+        let errors = c.compile().unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains(
+                "plan.steps.moved: a location_change step's template must show `location`"
+            )),
+            "{errors:?}"
+        );
     }
 
     #[test]

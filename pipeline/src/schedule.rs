@@ -57,6 +57,7 @@ fn timing(spec: &StepSpec, time_unknown: bool) -> String {
         StepKind::Reminder => format!("{d} before the start"),
         StepKind::FollowUp => format!("{d} after the end"),
         StepKind::NoShow => format!("{d} after the end of the missed visit"),
+        StepKind::LocationChange => "when the location changed".into(),
     }
 }
 
@@ -93,25 +94,57 @@ impl Scheduler {
             end: a.end,
             time_unknown: a.time_unknown,
         };
-        for spec in &self.config.steps {
+        // Moves last: whether one needs a message depends on the confirmation planned before it.
+        let is_move = |s: &&StepSpec| s.kind == StepKind::LocationChange;
+        let specs = self.config.steps.iter();
+        for spec in specs
+            .clone()
+            .filter(|s| !is_move(s))
+            .chain(specs.filter(is_move))
+        {
             if !spec.kind.wanted_for(a.status) || !spec.applies_to(&a.site, service_type) {
                 continue;
             }
-            let (due, expires, state, reason, note) =
-                match plan_slot(spec, slot, zone, now, &site.plan_policy) {
-                    StepOutcome::Due { due, expires, note } => {
-                        let why = match note {
-                            Some(n) => format!("{}; {n}", timing(spec, a.time_unknown)),
-                            None => timing(spec, a.time_unknown),
-                        };
-                        (due, expires, "pending", None, Some(why))
-                    }
-                    StepOutcome::Dropped(reason) => (now, now, "dropped", Some(reason), None),
-                };
+            // A move is announced once per move (the step name carries its number), and only
+            // when no confirmation is still to go out: that one shows the new location itself.
+            let is_move = is_move(&spec);
+            if is_move && a.location_rev == 0 {
+                continue;
+            }
+            let step = if is_move {
+                format!("{}#{}", spec.name, a.location_rev)
+            } else {
+                spec.name.clone()
+            };
+            let confirmation_to_go = || match a.confirmation_state.as_deref() {
+                Some("pending") => true,
+                // None stored yet, or withdrawn and re-armed by this plan.
+                None | Some("withdrawn") => jobs.iter().any(|j: &NewJob| {
+                    j.kind == StepKind::Confirmation.as_str() && j.state == "pending"
+                }),
+                Some(_) => false,
+            };
+            let outcome = if is_move && confirmation_to_go() {
+                StepOutcome::Dropped(
+                    "the confirmation still waiting to go out shows the new location".into(),
+                )
+            } else {
+                plan_slot(spec, slot, zone, now, &site.plan_policy)
+            };
+            let (due, expires, state, reason, note) = match outcome {
+                StepOutcome::Due { due, expires, note } => {
+                    let why = match note {
+                        Some(n) => format!("{}; {n}", timing(spec, a.time_unknown)),
+                        None => timing(spec, a.time_unknown),
+                    };
+                    (due, expires, "pending", None, Some(why))
+                }
+                StepOutcome::Dropped(reason) => (now, now, "dropped", Some(reason), None),
+            };
             jobs.push(NewJob {
                 appointment_id: a.appointment_id,
                 revision: a.revision,
-                step: spec.name.clone(),
+                step,
                 kind: spec.kind.as_str(),
                 slot_start: a.start,
                 lane: spec.lane(),

@@ -390,6 +390,15 @@ impl Sender {
                         ),
                     );
                 }
+                // The neutral template names no place, so it cannot say where the visit moved.
+                SensitiveAction::Neutral if kind_of(job) == StepKind::LocationChange => {
+                    return final_(
+                        "skipped",
+                        format!(
+                            "sensitive service ({field} on the deny-list): a move is not announced, the neutral template names no place"
+                        ),
+                    );
+                }
                 SensitiveAction::Neutral => self
                     .config
                     .sensitive

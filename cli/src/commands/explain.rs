@@ -80,12 +80,11 @@ async fn describe(
     let rendered: Vec<(String, String)> = steps
         .iter()
         .map(|s| {
+            // The template the step was planned with (a move's step name carries its number).
             let text = loaded
                 .compiled
-                .steps
-                .iter()
-                .find(|p| p.name == s.step)
-                .and_then(|p| loaded.compiled.templates.get(&p.template))
+                .templates
+                .get(&s.template)
                 .zip(site)
                 .and_then(|(t, site)| {
                     let params = render_parameters(&t.body, a, &site.facts).ok()?;

@@ -71,6 +71,10 @@ const UPSERT_SQL: &str = "INSERT INTO appointments (source, filler_id, placer_id
      protected_feed = CASE WHEN ?22 IS NULL OR excluded.protected = appointments.protected \
        THEN COALESCE(appointments.protected_feed, excluded.protected_feed) ELSE excluded.protected_feed END, \
      revision = appointments.revision + (excluded.content_hash <> appointments.content_hash), \
+     location_rev = CASE WHEN excluded.start_at <> appointments.start_at THEN 0 \
+       ELSE appointments.location_rev + (excluded.location IS NOT NULL AND appointments.location IS NOT NULL \
+       AND excluded.location <> appointments.location \
+       AND excluded.status = 'booked' AND appointments.status = 'booked') END, \
      needs_plan = CASE WHEN excluded.content_hash <> appointments.content_hash THEN 1 ELSE appointments.needs_plan END, \
      patient_cancelled_at = CASE WHEN excluded.start_at <> appointments.start_at THEN NULL ELSE appointments.patient_cancelled_at END, \
      updated_at = CASE WHEN excluded.content_hash <> appointments.content_hash THEN excluded.updated_at ELSE appointments.updated_at END, \

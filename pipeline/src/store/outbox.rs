@@ -34,6 +34,13 @@ pub struct PlanInput {
     pub patient_cancelled: bool,
     /// Appointment type for per-type plans; PHI (wrapped so that it never prints).
     pub service_type: Option<Phi<String>>,
+    /// How many times the booked appointment moved to another location at the same time
+    /// (migration 0011): a `location_change` step is planned for the latest move.
+    pub location_rev: i64,
+    /// The state of the stored confirmation step for the current slot (`None`: none stored yet),
+    /// read only when the appointment has moved: a confirmation still to go out shows the new
+    /// location itself, so the move needs no message of its own.
+    pub confirmation_state: Option<String>,
 }
 
 /// One planned step to store.
@@ -120,8 +127,12 @@ impl Store {
     /// Appointments whose plan is out of date, oldest first.
     pub async fn appointments_to_plan(&self, limit: i64) -> StoreResult<Vec<PlanInput>> {
         let rows = sqlx::query(
-            "SELECT id, revision, status, start_at, end_at, time_unknown, site, time_zone, patient_cancelled_at, service_type \
-             FROM appointments WHERE needs_plan = 1 ORDER BY id LIMIT ?",
+            "SELECT a.id, a.revision, a.status, a.start_at, a.end_at, a.time_unknown, a.site, a.time_zone, \
+             a.patient_cancelled_at, a.service_type, a.location_rev, \
+             CASE WHEN a.location_rev = 0 THEN NULL ELSE \
+               (SELECT o.state FROM outbox o WHERE o.appointment_id = a.id AND o.slot_start = a.start_at \
+                AND o.kind = 'confirmation' ORDER BY o.state = 'pending' DESC LIMIT 1) END AS confirmation_state \
+             FROM appointments a WHERE a.needs_plan = 1 ORDER BY a.id LIMIT ?",
         )
         .bind(limit)
         .fetch_all(self.pool())
@@ -139,6 +150,8 @@ impl Store {
                 time_zone: r.get("time_zone"),
                 patient_cancelled: r.get::<Option<i64>, _>("patient_cancelled_at").is_some(),
                 service_type: r.get::<Option<String>, _>("service_type").map(Phi::new),
+                location_rev: r.get("location_rev"),
+                confirmation_state: r.get("confirmation_state"),
             })
             .collect())
     }

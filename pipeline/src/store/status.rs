@@ -172,6 +172,8 @@ pub struct StepLine {
     pub message_status: Option<String>,
     /// `confirmation`, `reminder`, `follow_up` or `no_show`.
     pub kind: String,
+    /// Configured template key the step was planned with.
+    pub template: String,
     /// When the message was handed to WhatsApp, if it was.
     pub sent_at: Option<Timestamp>,
     /// WhatsApp's error code when delivery failed after acceptance (e.g. 131026, not on WhatsApp).
@@ -333,7 +335,7 @@ impl Store {
     /// Every step ever planned for an appointment, with its message status.
     pub async fn steps_of(&self, appointment_id: i64) -> StoreResult<Vec<StepLine>> {
         let rows = sqlx::query(
-            "SELECT o.id, o.step, o.kind, o.slot_start, o.due_at, o.expires_at, o.state, o.state_reason, o.plan_note, o.attempts, \
+            "SELECT o.id, o.step, o.kind, o.template, o.slot_start, o.due_at, o.expires_at, o.state, o.state_reason, o.plan_note, o.attempts, \
              m.status AS mstatus, m.sent_at, m.error_code \
              FROM outbox o LEFT JOIN messages m ON m.wamid = o.wamid WHERE o.appointment_id = ? ORDER BY o.slot_start, o.due_at, o.id",
         )
@@ -354,6 +356,7 @@ impl Store {
                 attempts: r.get("attempts"),
                 message_status: r.get("mstatus"),
                 kind: r.get("kind"),
+                template: r.get("template"),
                 sent_at: r.get::<Option<i64>, _>("sent_at").map(ts),
                 error_code: r.get("error_code"),
             })
