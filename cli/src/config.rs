@@ -334,6 +334,10 @@ pub struct WhatsAppConfig {
     /// recipients beyond it wait for the window to move, by lane; an alert at 80 %.
     #[serde(default)]
     pub messaging_limit: Option<u32>,
+    /// A configured template that WhatsApp recategorises away from UTILITY: `warn` (an alert,
+    /// sending goes on) or `halt` (an alert, and its steps wait until it is UTILITY again).
+    #[serde(default)]
+    pub on_recategorised: medrelay_pipeline::config::RecategorisedPolicy,
 }
 
 impl WhatsAppConfig {
@@ -1538,6 +1542,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         .ok()
         .map(|mut c| {
             c.messaging_limit = config.whatsapp.messaging_limit;
+            c.on_recategorised = config.whatsapp.on_recategorised;
             c
         });
     if config.whatsapp.messaging_limit == Some(0) {

@@ -271,6 +271,21 @@ pub struct Compiled {
     /// business-initiated (template) messages in a moving 24 h (250 for a new portfolio, then
     /// 2,000 / 10,000 / 100,000); `None`: unlimited. Set by the cli from `[whatsapp]`.
     pub messaging_limit: Option<u32>,
+    /// What a `template_category_update` moving a configured template away from UTILITY does.
+    /// Set by the cli from `[whatsapp] on_recategorised`.
+    pub on_recategorised: RecategorisedPolicy,
+}
+
+/// What happens when WhatsApp recategorises a configured template away from UTILITY (it is then
+/// priced as MARKETING, not delivered to +1 numbers, and under other TTL rules).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecategorisedPolicy {
+    /// An alert; the template keeps being sent (reminders still reach patients).
+    #[default]
+    Warn,
+    /// An alert, and the template is held (its steps wait) until it is UTILITY again.
+    Halt,
 }
 
 fn parse_quiet(s: &str) -> Option<QuietHours> {
@@ -573,6 +588,7 @@ impl PipelineConfig {
                 sensitive: self.sensitive.clone(),
                 warnings,
                 messaging_limit: None,
+                on_recategorised: RecategorisedPolicy::default(),
             })
         } else {
             Err(errors)

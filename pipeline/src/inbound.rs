@@ -16,10 +16,30 @@ use tracing::{info, warn};
 
 use crate::clock::Clock;
 use crate::config::Compiled;
+use crate::config::RecategorisedPolicy;
 use crate::store::inbound::NewReply;
 use crate::store::{Store, StoreResult};
-use crate::whatsapp::webhook::{InboundContent, InboundMessage, parse};
+use crate::whatsapp::webhook::{AccountEvent, InboundContent, InboundMessage, parse};
 use crate::whatsapp::{SendError, WhatsAppTransport, classify, text_message};
+
+/// Alert kind for a configured template that WhatsApp paused, disabled, rejected or flagged.
+pub const TEMPLATE_STATUS_ALERT: &str = "template_status";
+/// Alert kind for a configured template recategorised (or about to be) away from UTILITY.
+pub const TEMPLATE_CATEGORY_ALERT: &str = "template_recategorised";
+/// Alert kind for the business number flagged or its messaging limit lowered.
+pub const NUMBER_QUALITY_ALERT: &str = "phone_number_quality";
+
+/// Template events after which WhatsApp refuses the template: its steps are held.
+const TEMPLATE_STOPPED: &[&str] = &[
+    "PAUSED",
+    "DISABLED",
+    "REJECTED",
+    "PENDING_DELETION",
+    "DELETED",
+    "ARCHIVED",
+];
+/// Template events after which it can be sent again.
+const TEMPLATE_BACK: &[&str] = &["APPROVED", "REINSTATED", "UNPAUSED"];
 
 /// What processing did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,6 +49,8 @@ pub struct InboundReport {
     pub replies: u64,
     pub duplicates: u64,
     pub unreadable: u64,
+    /// Template and business-number notifications applied.
+    pub account_events: u64,
 }
 
 /// Handles inbound webhooks.
@@ -92,6 +114,10 @@ impl Inbound {
                             self.on_failed_status(s.error_code, job, &s.wamid).await?;
                         }
                     }
+                    for e in &webhook.account {
+                        self.handle_account(e).await?;
+                        report.account_events += 1;
+                    }
                     for m in &webhook.messages {
                         if self.handle_message(m).await? {
                             report.replies += 1;
@@ -111,6 +137,183 @@ impl Inbound {
             }
         }
         Ok(report)
+    }
+
+    /// A template or business-number notification: alerts that fire once per incident and
+    /// recover once, and holds on templates WhatsApp will refuse (the sender defers their steps
+    /// instead of failing them). Templates this installation does not use are only logged.
+    async fn handle_account(&self, e: &AccountEvent) -> StoreResult<()> {
+        let now = self.clock.now();
+        let used = |name: &str| self.config.templates.values().any(|t| t.name == name);
+        match e {
+            AccountEvent::TemplateStatus {
+                name,
+                language,
+                event,
+                reason,
+            } => {
+                if !used(name) {
+                    info!(template = %name, %event, "status of a template this installation does not use");
+                    return Ok(());
+                }
+                let key = format!("template {name}");
+                let why = reason
+                    .as_deref()
+                    .filter(|r| *r != "NONE")
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
+                if TEMPLATE_STOPPED.contains(&event.as_str()) {
+                    warn!(template = %name, %event, "WhatsApp stopped a configured template: its steps are held");
+                    let reason = format!("WhatsApp: {event}{why}");
+                    self.store
+                        .hold_template(name, "status", &reason, now)
+                        .await?;
+                    self.store
+                        .raise_incident(
+                            TEMPLATE_STATUS_ALERT,
+                            &key,
+                            &format!(
+                                "{key} ({language}): WhatsApp says {event}{why}; its steps wait until WhatsApp approves or reinstates it"
+                            ),
+                            now,
+                        )
+                        .await?;
+                } else if event == "FLAGGED" {
+                    self.store
+                        .raise_incident(
+                            TEMPLATE_STATUS_ALERT,
+                            &key,
+                            &format!(
+                                "{key} ({language}): FLAGGED by WhatsApp (negative feedback; it may be paused next)"
+                            ),
+                            now,
+                        )
+                        .await?;
+                } else if TEMPLATE_BACK.contains(&event.as_str()) {
+                    if self
+                        .store
+                        .release_template(name, "status", &format!("WhatsApp: {event}"), now)
+                        .await?
+                    {
+                        info!(template = %name, %event, "template released");
+                    }
+                    self.store
+                        .resolve_incident(TEMPLATE_STATUS_ALERT, &key, now)
+                        .await?;
+                }
+            }
+            AccountEvent::TemplateCategory {
+                name,
+                language,
+                previous,
+                new,
+                upcoming,
+                effective_at,
+            } => {
+                if !used(name) {
+                    info!(template = %name, category = %new, "category of a template this installation does not use");
+                    return Ok(());
+                }
+                let key = format!("template {name}");
+                let halt = self.config.on_recategorised == RecategorisedPolicy::Halt;
+                let consequence = "appointment messages are UTILITY: as MARKETING it is priced differently and not delivered to +1 numbers (131049)";
+                match upcoming {
+                    Some(next) if next != "UTILITY" => {
+                        let when = effective_at
+                            .and_then(|t| Timestamp::from_second(t).ok())
+                            .map(|t| format!(" at {t}"))
+                            .unwrap_or_default();
+                        self.store
+                            .raise_incident(
+                                TEMPLATE_CATEGORY_ALERT,
+                                &key,
+                                &format!(
+                                    "{key} ({language}): WhatsApp will recategorise it {new} -> {next}{when}; {consequence}"
+                                ),
+                                now,
+                            )
+                            .await?;
+                    }
+                    Some(_) => {}
+                    None if new != "UTILITY" => {
+                        let from = previous.as_deref().unwrap_or("its category");
+                        let action = if halt {
+                            "held by policy (on_recategorised = \"halt\") until it is UTILITY again"
+                        } else {
+                            "still sent (on_recategorised = \"warn\")"
+                        };
+                        warn!(template = %name, category = %new, halt, "configured template recategorised");
+                        if halt {
+                            self.store
+                                .hold_template(
+                                    name,
+                                    "category",
+                                    &format!("recategorised {new}"),
+                                    now,
+                                )
+                                .await?;
+                        }
+                        self.store
+                            .raise_incident(
+                                TEMPLATE_CATEGORY_ALERT,
+                                &key,
+                                &format!(
+                                    "{key} ({language}): recategorised {from} -> {new}; {consequence}; {action}"
+                                ),
+                                now,
+                            )
+                            .await?;
+                    }
+                    None => {
+                        self.store
+                            .release_template(name, "category", "UTILITY again", now)
+                            .await?;
+                        self.store
+                            .resolve_incident(TEMPLATE_CATEGORY_ALERT, &key, now)
+                            .await?;
+                    }
+                }
+            }
+            AccountEvent::NumberQuality {
+                display_phone_number,
+                event,
+                limit,
+            } => {
+                let key = format!("business number {display_phone_number}");
+                let limit_text = limit
+                    .as_deref()
+                    .map(|l| format!(", messaging limit {l}"))
+                    .unwrap_or_default();
+                let configured = self
+                    .config
+                    .messaging_limit
+                    .map(|n| format!(" (whatsapp.messaging_limit is {n})"))
+                    .unwrap_or_default();
+                match event.as_str() {
+                    "FLAGGED" | "DOWNGRADE" => {
+                        warn!(%event, "business number quality dropped");
+                        self.store
+                            .raise_incident(
+                                NUMBER_QUALITY_ALERT,
+                                &key,
+                                &format!(
+                                    "{key}: {event}{limit_text}{configured}; fewer unique recipients may be messaged per 24 h"
+                                ),
+                                now,
+                            )
+                            .await?;
+                    }
+                    "UNFLAGGED" | "UPGRADE" | "THROUGHPUT_UPGRADE" => {
+                        info!(%event, "business number quality recovered");
+                        self.store
+                            .resolve_incident(NUMBER_QUALITY_ALERT, &key, now)
+                            .await?;
+                    }
+                    _ => info!(%event, "business number update"),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A `failed` status goes through the same taxonomy as a synchronous error: permanent -> the step

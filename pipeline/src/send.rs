@@ -5,7 +5,7 @@
 //! slot, the step must not have expired, and consent is decided again from the ledger (a STOP that
 //! arrived a second ago wins).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -258,10 +258,12 @@ impl Sender {
             Some(limit) => Some(MessagingBudget::load(&self.store, limit, now).await?),
             None => None,
         };
+        // Templates WhatsApp stopped (or recategorised under the halt policy), per its webhooks.
+        let held = self.store.held_templates().await?;
         let jobs = self.store.claim_due(now, limit).await?;
         report.claimed = jobs.len() as u64;
         for job in jobs {
-            let outcome = match self.attempt(&job, budget.as_ref()).await? {
+            let outcome = match self.attempt(&job, budget.as_ref(), &held).await? {
                 Attempt::Done(o) => o,
                 Attempt::Paced(o) => {
                     report.paced += 1;
@@ -348,6 +350,7 @@ impl Sender {
         &self,
         job: &ClaimedJob,
         budget: Option<&MessagingBudget>,
+        held: &HashMap<String, String>,
     ) -> StoreResult<Attempt> {
         let now = self.clock.now();
         let final_ = |state: &'static str, reason: String| {
@@ -426,6 +429,13 @@ impl Sender {
                     "template `{}` is halted after a template error",
                     template.key
                 ),
+            }));
+        }
+        if let Some(why) = held.get(&template.name) {
+            // Looked at again every few minutes: a release takes effect soon after WhatsApp's news.
+            return Ok(Attempt::Done(JobOutcome::Retry {
+                at: now + SignedDuration::from_mins(5),
+                reason: format!("template `{}` is held: {why}", template.key),
             }));
         }
         let Some(site) = self

@@ -17,6 +17,7 @@ use crate::keys::Keys;
 pub mod alerts;
 pub mod audit;
 pub mod consent;
+pub mod holds;
 pub mod inbound;
 pub mod ingest;
 pub mod limits;

@@ -46,11 +46,84 @@ pub struct InboundMessage {
     pub content: InboundContent,
 }
 
+/// An account-level notification about a template or the business number: nothing a patient
+/// wrote, but what operations must hear about before sends start failing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountEvent {
+    /// `message_template_status_update`: APPROVED, PAUSED, DISABLED, REJECTED, FLAGGED, ...
+    TemplateStatus {
+        name: String,
+        language: String,
+        event: String,
+        /// Meta's reason code (`NONE`, `INCORRECT_CATEGORY`, ...), if any.
+        reason: Option<String>,
+    },
+    /// `template_category_update`: a completed change (`previous` set) or one announced for
+    /// `effective_at` (`upcoming` set: the category it will become).
+    TemplateCategory {
+        name: String,
+        language: String,
+        previous: Option<String>,
+        new: String,
+        upcoming: Option<String>,
+        effective_at: Option<i64>,
+    },
+    /// `phone_number_quality_update`: the number's (or portfolio's) messaging limit or quality.
+    NumberQuality {
+        display_phone_number: String,
+        event: String,
+        /// `max_daily_conversations_per_business`, else the older `current_limit` (`TIER_2K`...).
+        limit: Option<String>,
+    },
+}
+
 /// A parsed webhook delivery.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Webhook {
     pub statuses: Vec<StatusUpdate>,
     pub messages: Vec<InboundMessage>,
+    /// Template and business-number notifications (no patient data).
+    pub account: Vec<AccountEvent>,
+}
+
+/// Codes and names from an account notification are short ASCII words: anything else is cut so a
+/// malformed body cannot put an essay into an alert.
+fn word(v: &Value) -> Option<String> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    Some(s.chars().take(64).collect())
+}
+
+/// The account event in one `changes[]` item, if it is one we act on.
+fn account_event(field: &str, value: &Value) -> Option<AccountEvent> {
+    let name = || word(&value["message_template_name"]);
+    let language = || word(&value["message_template_language"]).unwrap_or_default();
+    match field {
+        "message_template_status_update" => Some(AccountEvent::TemplateStatus {
+            name: name()?,
+            language: language(),
+            event: word(&value["event"])?,
+            reason: word(&value["reason"]),
+        }),
+        "template_category_update" => Some(AccountEvent::TemplateCategory {
+            name: name()?,
+            language: language(),
+            previous: word(&value["previous_category"]),
+            new: word(&value["new_category"])?,
+            upcoming: word(&value["correct_category"]),
+            effective_at: num(&value["category_update_timestamp"]),
+        }),
+        "phone_number_quality_update" => Some(AccountEvent::NumberQuality {
+            display_phone_number: word(&value["display_phone_number"]).unwrap_or_default(),
+            event: word(&value["event"])?,
+            limit: word(&value["max_daily_conversations_per_business"])
+                .or_else(|| word(&value["current_limit"])),
+        }),
+        _ => None,
+    }
 }
 
 /// Why a webhook body could not be read at all.
@@ -81,6 +154,13 @@ pub fn parse(body: &[u8]) -> Result<Webhook, WebhookError> {
     for entry in v["entry"].as_array().unwrap_or(&empty) {
         for change in entry["changes"].as_array().unwrap_or(&empty) {
             let value = &change["value"];
+            if let Some(event) = change["field"]
+                .as_str()
+                .and_then(|f| account_event(f, value))
+            {
+                out.account.push(event);
+                continue;
+            }
             for s in value["statuses"].as_array().unwrap_or(&empty) {
                 let (Some(wamid), Some(status)) = (string(&s["id"]), string(&s["status"])) else {
                     continue;
@@ -240,6 +320,58 @@ pub fn message_webhook(business: &BusinessNumber, message: &InboundMessage) -> V
     )
 }
 
+/// An account notification as Meta sends it (`field` names the kind; no `metadata`).
+pub fn account_webhook(business: &BusinessNumber, event: &AccountEvent) -> Value {
+    let (field, value) = match event {
+        AccountEvent::TemplateStatus {
+            name,
+            language,
+            event,
+            reason,
+        } => (
+            "message_template_status_update",
+            json!({"event": event, "message_template_id": 1_000_000 + name.len(),
+                   "message_template_name": name, "message_template_language": language,
+                   "reason": reason, "message_template_category": "UTILITY"}),
+        ),
+        AccountEvent::TemplateCategory {
+            name,
+            language,
+            previous,
+            new,
+            upcoming,
+            effective_at,
+        } => {
+            let mut v = json!({"message_template_id": 1_000_000 + name.len(),
+                "message_template_name": name, "message_template_language": language,
+                "new_category": new});
+            if let Some(p) = previous {
+                v["previous_category"] = json!(p);
+            }
+            if let Some(c) = upcoming {
+                v["correct_category"] = json!(c);
+            }
+            if let Some(t) = effective_at {
+                v["category_update_timestamp"] = json!(t);
+            }
+            ("template_category_update", v)
+        }
+        AccountEvent::NumberQuality {
+            display_phone_number,
+            event,
+            limit,
+        } => (
+            "phone_number_quality_update",
+            json!({"display_phone_number": display_phone_number, "event": event,
+                   "max_daily_conversations_per_business": limit}),
+        ),
+    };
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": business.waba_id, "time": 1_751_247_548, "changes": [{"value": value, "field": field}]}]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +416,71 @@ mod tests {
         };
         let parsed = parse(message_webhook(&b, &msg).to_string().as_bytes()).unwrap();
         assert_eq!(parsed.messages, vec![msg]);
+    }
+
+    #[test]
+    fn account_webhooks_from_pywa_and_our_builders_parse() {
+        let fixture = |name: &str| -> Value {
+            let path = format!(
+                "{}/tests/fixtures/whatsapp/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+        };
+        let v = fixture("template_category_update.json");
+        let parsed = parse(v["marketing"].to_string().as_bytes()).unwrap();
+        assert_eq!(
+            parsed.account,
+            vec![AccountEvent::TemplateCategory {
+                name: "my_message_template".into(),
+                language: "he".into(),
+                previous: None,
+                new: "MARKETING".into(),
+                upcoming: None,
+                effective_at: None,
+            }]
+        );
+        assert!(parsed.statuses.is_empty() && parsed.messages.is_empty());
+        let v = fixture("template_status_update.json");
+        let parsed = parse(v["approved"].to_string().as_bytes()).unwrap();
+        assert_eq!(
+            parsed.account,
+            vec![AccountEvent::TemplateStatus {
+                name: "my_message_template".into(),
+                language: "pt-BR".into(),
+                event: "APPROVED".into(),
+                reason: None,
+            }]
+        );
+        let b = BusinessNumber {
+            waba_id: "1".into(),
+            phone_number_id: "2".into(),
+            display_phone_number: "15550783881".into(),
+        };
+        for event in [
+            AccountEvent::TemplateStatus {
+                name: "appointment_reminder".into(),
+                language: "en_US".into(),
+                event: "PAUSED".into(),
+                reason: Some("NONE".into()),
+            },
+            AccountEvent::TemplateCategory {
+                name: "appointment_reminder".into(),
+                language: "en_US".into(),
+                previous: None,
+                new: "UTILITY".into(),
+                upcoming: Some("MARKETING".into()),
+                effective_at: Some(1_746_169_200),
+            },
+            AccountEvent::NumberQuality {
+                display_phone_number: "15550783881".into(),
+                event: "DOWNGRADE".into(),
+                limit: Some("TIER_250".into()),
+            },
+        ] {
+            let parsed = parse(account_webhook(&b, &event).to_string().as_bytes()).unwrap();
+            assert_eq!(parsed.account, vec![event]);
+        }
     }
 
     #[test]
