@@ -125,6 +125,16 @@ async fn python_hl7_sends_and_hl7apy_validates_every_ack() {
             "valid",
         ),
         (
+            real.join("room_moves.hl7"),
+            vec![
+                ("MOVE-0001", "AA", ""),
+                ("MOVE-0002", "AA", ""),
+                ("MOVE-0003", "AA", ""),
+                ("MOVE-0004", "AA", ""),
+            ],
+            "valid",
+        ),
+        (
             fixtures.join("broken_batch.hl7"),
             vec![
                 ("BAD-0001", "AE", "101"),

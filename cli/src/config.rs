@@ -140,6 +140,22 @@ pub struct AlertsConfig {
     /// Per request (default 10).
     #[serde(default = "default_alert_timeout")]
     pub timeout_secs: u64,
+    /// `[alerts.feeds.<connector>]`: when a feed must have delivered, or `feed_silent` fires.
+    #[serde(default)]
+    pub feeds: BTreeMap<String, FeedExpectationConfig>,
+}
+
+/// One feed's expected rhythm: exactly one of the two keys.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedExpectationConfig {
+    /// At least one input in any period this long (`2h`): a stream such as MLLP.
+    #[serde(default)]
+    pub expect_every: Option<String>,
+    /// At least one input each day before this local time of the connector's site (`06:00`),
+    /// counted from that time the day before: a nightly export.
+    #[serde(default)]
+    pub expect_by: Option<String>,
 }
 
 fn default_alert_timeout() -> u64 {
@@ -1160,6 +1176,8 @@ pub struct Loaded {
     pub cloud: Option<CloudApiConfig>,
     /// `[whatsapp.webhook] listen`, parsed.
     pub webhook_listen: Option<std::net::SocketAddr>,
+    /// `[alerts.feeds]`, resolved against the connectors and their sites' zones.
+    pub feed_watches: Vec<medrelay_pipeline::silence::FeedWatch>,
 }
 
 /// A configuration problem: every error found, each on its own line.
@@ -1671,6 +1689,10 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         webhook.header_timeout_secs,
         webhook.body_timeout_secs,
     ));
+    let feed_watches = compiled
+        .as_ref()
+        .map(|c| feed_watches(&config, c, &mut errors))
+        .unwrap_or_default();
     match (compiled, errors.is_empty()) {
         (Some(compiled), true) => Ok(Loaded {
             path: path.to_path_buf(),
@@ -1682,9 +1704,63 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
             sending_grace,
             cloud,
             webhook_listen,
+            feed_watches,
         }),
         _ => Err(err(errors)),
     }
+}
+
+/// `[alerts.feeds]` checked against the connectors: each names one, with exactly one rhythm; a
+/// daily time is read in the zone of the connector's site.
+fn feed_watches(
+    config: &Config,
+    compiled: &Compiled,
+    errors: &mut Vec<String>,
+) -> Vec<medrelay_pipeline::silence::FeedWatch> {
+    use medrelay_pipeline::silence::{Expectation, FeedWatch};
+    let mut out = Vec::new();
+    for (feed, e) in &config.alerts.feeds {
+        let key = format!("alerts.feeds.{feed}");
+        let Some(connector) = config.connectors.iter().find(|c| c.name() == feed) else {
+            errors.push(format!("{key}: no connector is named `{feed}`"));
+            continue;
+        };
+        let expect = match (&e.expect_every, &e.expect_by) {
+            (Some(every), None) => match medrelay_mapping::plan::parse_duration(every) {
+                Some(d) if d.is_positive() => Expectation::Every(d),
+                _ => {
+                    errors.push(format!(
+                        "{key}.expect_every `{every}` is not a duration like `2h`"
+                    ));
+                    continue;
+                }
+            },
+            (None, Some(by)) => {
+                let Ok(time) = jiff::civil::Time::strptime("%H:%M", by.trim()) else {
+                    errors.push(format!(
+                        "{key}.expect_by `{by}` is not a local time like `06:00`"
+                    ));
+                    continue;
+                };
+                let zone = compiled
+                    .sites
+                    .get(connector.site())
+                    .map_or(jiff::tz::TimeZone::UTC, |s| s.zone.clone());
+                Expectation::DailyBy { time, zone }
+            }
+            _ => {
+                errors.push(format!(
+                    "{key}: set exactly one of `expect_every` (a stream) and `expect_by` (a daily export)"
+                ));
+                continue;
+            }
+        };
+        out.push(FeedWatch {
+            feed: feed.clone(),
+            expect,
+        });
+    }
+    out
 }
 
 #[cfg(test)]

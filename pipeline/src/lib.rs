@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod schedule;
 pub mod send;
 pub mod service;
+pub mod silence;
 pub mod store;
 pub mod whatsapp;
 pub mod writeback;

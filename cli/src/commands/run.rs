@@ -471,6 +471,8 @@ async fn service_loop(
 ) -> anyhow::Result<()> {
     let mut last_prune: Option<jiff::Timestamp> = None;
     let mut last_fhir_poll = std::collections::HashMap::new();
+    // Feeds that never delivered get their grace from here (`[alerts.feeds]`).
+    let watching_since = clock.now();
     while !stop.load(Ordering::SeqCst) {
         if last_prune
             .is_none_or(|t| clock.now().duration_since(t) >= SignedDuration::from_hours(24))
@@ -482,6 +484,13 @@ async fn service_loop(
         }
         poll_fhir_servers(service, loaded, clock, &mut last_fhir_poll).await;
         pass(service, loaded, clock, stop).await?;
+        medrelay_pipeline::silence::check(
+            &service.store,
+            &loaded.feed_watches,
+            watching_since,
+            clock.now(),
+        )
+        .await?;
         if once {
             break;
         }

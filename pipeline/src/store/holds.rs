@@ -144,3 +144,16 @@ impl Store {
             .collect())
     }
 }
+
+impl Store {
+    /// When each feed last delivered input (good or bad), for the `feed_silent` alert.
+    pub async fn last_inputs(&self) -> StoreResult<HashMap<String, Timestamp>> {
+        let rows = sqlx::query("SELECT feed, last_input_at FROM feed_activity")
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get("feed"), super::ts(r.get("last_input_at"))))
+            .collect())
+    }
+}

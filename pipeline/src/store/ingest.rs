@@ -115,6 +115,10 @@ const FEED_SQL: &str = "INSERT INTO appointment_feeds (feed, appointment_id, see
      ON CONFLICT (feed, appointment_id) DO UPDATE SET \
      seen_as_of_us = MAX(appointment_feeds.seen_as_of_us, excluded.seen_as_of_us)";
 
+/// The feed delivered something now (the `feed_silent` alert's evidence; migration 0013).
+pub(crate) const FEED_ACTIVITY_SQL: &str = "INSERT INTO feed_activity (feed, last_input_at) VALUES (?1, ?2) \
+     ON CONFLICT (feed) DO UPDATE SET last_input_at = MAX(feed_activity.last_input_at, excluded.last_input_at)";
+
 /// What a batch's rows did (see [`AcceptReceipt`]).
 #[derive(Default)]
 struct RowCounts {
@@ -390,6 +394,12 @@ impl Store {
         .bind(secs(now))
         .fetch_one(self.pool())
         .await?;
+        // An import that starts is input, even one that turns out empty.
+        sqlx::query(FEED_ACTIVITY_SQL)
+            .bind(&info.source)
+            .bind(secs(now))
+            .execute(self.pool())
+            .await?;
         Ok(id)
     }
 
@@ -474,6 +484,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        sqlx::query(FEED_ACTIVITY_SQL)
+            .bind(source)
+            .bind(now_s)
+            .execute(&mut *tx)
+            .await?;
         let receipt = AcceptReceipt {
             applied: counts.applied,
             unchanged: rows.len() as u64 - counts.applied - counts.older - counts.unknown,
