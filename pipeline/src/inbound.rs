@@ -347,7 +347,12 @@ impl Inbound {
             }
             e @ (SendError::HaltTemplate { .. } | SendError::HaltAll { .. }) => {
                 self.store
-                    .raise_alert("delivery_failed", &format!("job {job}: {e}"), now)
+                    .raise_incident(
+                        "delivery_failed",
+                        &format!("job {job}:"),
+                        &format!("job {job}: {e}"),
+                        now,
+                    )
                     .await?;
             }
         }

@@ -53,6 +53,10 @@ pub struct Sender {
     clock: Arc<dyn Clock>,
     halts: Arc<Mutex<Halts>>,
     pacer: Option<Arc<dyn Pacing>>,
+    /// Templates this process has sent successfully: the first success of each resolves its
+    /// `template_halted` alert, and the very first resolves `sending_halted` (a halt lasts until
+    /// a restart; a send that goes through afterwards is the recovery).
+    proven: Arc<Mutex<HashSet<String>>>,
 }
 
 /// A read-only view of a [`Sender`]'s halt, for `/readyz`: the service is not ready while all
@@ -66,6 +70,12 @@ impl HaltProbe {
         self.0.lock().expect("halts lock").all.clone()
     }
 }
+
+/// Alert kind for a template error that halts one template (until a restart; resolved by the
+/// template's first successful send after it).
+pub const TEMPLATE_HALTED_ALERT: &str = "template_halted";
+/// Alert kind for an account error that halts all sending (resolved by the next successful send).
+pub const SENDING_HALTED_ALERT: &str = "sending_halted";
 
 /// Alert kind raised when 80 % of the messaging limit is used, resolved when use drops below.
 pub const MESSAGING_LIMIT_ALERT: &str = "messaging_limit";
@@ -218,6 +228,7 @@ impl Sender {
             clock,
             halts: Arc::new(Mutex::new(Halts::default())),
             pacer: None,
+            proven: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -276,6 +287,7 @@ impl Sender {
             match &outcome {
                 JobOutcome::Sent { contact_hash, .. } => {
                     report.sent += 1;
+                    self.recovered(&job.template, now).await?;
                     if let Some(b) = budget.as_mut() {
                         b.record(contact_hash, now);
                     }
@@ -313,6 +325,33 @@ impl Sender {
             self.watch_budget(b, self.clock.now()).await?;
         }
         Ok(report)
+    }
+
+    /// After a send of `template` went through: on the first of this process resolve the
+    /// `sending_halted` alert, on the first of each template its `template_halted` alert.
+    async fn recovered(&self, template: &str, now: Timestamp) -> StoreResult<()> {
+        let (first_ever, first_of_template) = {
+            let mut proven = self.proven.lock().expect("proven lock");
+            let first_ever = proven.is_empty();
+            (first_ever, proven.insert(template.to_string()))
+        };
+        if first_ever && self.store.resolve_alerts(SENDING_HALTED_ALERT, now).await? > 0 {
+            info!("sending works again (alert sending_halted resolved)");
+        }
+        if first_of_template
+            && self
+                .store
+                .resolve_incident(
+                    TEMPLATE_HALTED_ALERT,
+                    &format!("template `{template}`"),
+                    now,
+                )
+                .await?
+                > 0
+        {
+            info!(%template, "template works again (alert template_halted resolved)");
+        }
+        Ok(())
     }
 
     /// Raises the messaging-limit alert when 80 % of the limit is used (once, while it lasts) and
@@ -577,10 +616,12 @@ impl Sender {
                     .expect("halts lock")
                     .templates
                     .insert(job.template.clone());
+                let key = format!("template `{}`", job.template);
                 self.store
-                    .raise_alert(
-                        "template_halted",
-                        &format!("template `{}` halted: {e}", job.template),
+                    .raise_incident(
+                        TEMPLATE_HALTED_ALERT,
+                        &key,
+                        &format!("{key} halted: {e}"),
                         now,
                     )
                     .await?;
@@ -592,7 +633,12 @@ impl Sender {
             SendError::HaltAll { .. } => {
                 self.halts.lock().expect("halts lock").all = Some(e.to_string());
                 self.store
-                    .raise_alert("sending_halted", &format!("all sending halted: {e}"), now)
+                    .raise_incident(
+                        SENDING_HALTED_ALERT,
+                        "all sending halted",
+                        &format!("all sending halted: {e}"),
+                        now,
+                    )
                     .await?;
                 JobOutcome::Retry {
                     at: now + SignedDuration::from_mins(5),

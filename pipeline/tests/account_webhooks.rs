@@ -212,3 +212,87 @@ async fn number_quality_drop_alerts_once_and_recovers_once() {
     assert_eq!(recovered.len(), 1, "{recovered:?}");
     assert!(recovered[0].is_recovery());
 }
+
+/// A sender over a simulator whose account has no templates at all (every send is 132001).
+fn sender_without_templates(h: &Harness) -> medrelay_pipeline::send::Sender {
+    use medrelay_pipeline::whatsapp::WhatsAppTransport;
+    use medrelay_pipeline::whatsapp::simulator::{Simulator, SimulatorConfig};
+    use std::sync::Arc;
+    let config: SimulatorConfig =
+        toml::from_str("reply_mix = { confirm = 0, cancel = 0, reschedule = 0 }\nblocklist = []")
+            .unwrap();
+    let sim = Arc::new(Simulator::new(
+        config,
+        Default::default(),
+        business(),
+        b"test-app-secret",
+        h.clock.clone() as Arc<dyn Clock>,
+    ));
+    medrelay_pipeline::send::Sender::new(
+        h.store.clone(),
+        h.compiled.clone(),
+        sim as Arc<dyn WhatsAppTransport>,
+        h.clock.clone() as Arc<dyn Clock>,
+    )
+}
+
+#[tokio::test]
+async fn template_halted_fires_once_across_restarts_and_recovers_at_the_next_good_send() {
+    let t0 = ny("2026-12-07T10:00");
+    let h = Harness::new(t0).await;
+    let v = t0 - SignedDuration::from_hours(1);
+    let e = event(
+        "emr",
+        "A0",
+        0,
+        AppointmentStatus::Booked,
+        ny("2026-12-09T12:00"),
+        v,
+        1,
+    );
+    h.deliver("csv", &[e]).await;
+    h.service.scheduler.plan_pending().await.unwrap();
+    // Two processes in turn (a restart between), both against an account without the templates:
+    // the second fires nothing new.
+    let mut fired = Vec::new();
+    // (Minute 61: the halted steps are due again, nothing else is yet.)
+    for minutes in [0, 61] {
+        h.clock.set(t0 + SignedDuration::from_mins(minutes));
+        let report = sender_without_templates(&h).send_due(10).await.unwrap();
+        assert!(
+            report.claimed >= 1 && report.retried == report.claimed,
+            "{report:?}"
+        );
+        fired.push(notices(&h).await);
+    }
+    assert!(
+        fired[1].is_empty(),
+        "one incident per template: {:?}",
+        fired[1]
+    );
+    assert!(!fired[0].is_empty());
+    assert!(
+        fired[0]
+            .iter()
+            .all(|n| n.kind == "template_halted" && !n.is_recovery())
+    );
+    assert!(
+        fired[0]
+            .iter()
+            .any(|n| n.detail.starts_with("template `booked` halted: ")),
+        "{:?}",
+        fired[0]
+    );
+    // The templates exist again (the real account): the next sends go through and recover.
+    h.clock.set(t0 + SignedDuration::from_mins(125));
+    let report = h.service.sender.send_due(10).await.unwrap();
+    assert!(report.sent >= 1, "{report:?}");
+    let recovered = notices(&h).await;
+    assert!(
+        recovered
+            .iter()
+            .any(|n| n.is_recovery() && n.detail.starts_with("template `booked` halted: ")),
+        "{recovered:?}"
+    );
+    assert!(recovered.iter().all(|n| n.is_recovery()), "{recovered:?}");
+}
