@@ -20,21 +20,39 @@ fuzz_target!(|data: &[u8]| {
         // Account notifications reach alerts: every code and name in them is cut to 64 chars.
         for e in &webhook.account {
             let words: Vec<&String> = match e {
-                AccountEvent::TemplateStatus { name, language, event, reason } => {
-                    [name, language, event].into_iter().chain(reason).collect()
-                }
-                AccountEvent::TemplateCategory { name, language, previous, new, upcoming, .. } => {
-                    [name, language, new].into_iter().chain(previous).chain(upcoming).collect()
-                }
-                AccountEvent::NumberQuality { display_phone_number, event, limit } => {
-                    [display_phone_number, event].into_iter().chain(limit).collect()
-                }
+                AccountEvent::TemplateStatus {
+                    name,
+                    language,
+                    event,
+                    reason,
+                } => [name, language, event].into_iter().chain(reason).collect(),
+                AccountEvent::TemplateCategory {
+                    name,
+                    language,
+                    previous,
+                    new,
+                    upcoming,
+                    ..
+                } => [name, language, new]
+                    .into_iter()
+                    .chain(previous)
+                    .chain(upcoming)
+                    .collect(),
+                AccountEvent::NumberQuality {
+                    display_phone_number,
+                    event,
+                    limit,
+                } => [display_phone_number, event]
+                    .into_iter()
+                    .chain(limit)
+                    .collect(),
             };
             assert!(words.iter().all(|w| w.chars().count() <= 64), "{e:?}");
         }
         for m in &webhook.messages {
             match &m.content {
-                InboundContent::Button { payload } | InboundContent::Interactive { id: payload } => {
+                InboundContent::Button { payload }
+                | InboundContent::Interactive { id: payload } => {
                     // The fuzzer does not know the key: a payload it made up never verifies.
                     assert!(ButtonPayload::verify(payload, BUTTON_KEY, now).is_err());
                 }
