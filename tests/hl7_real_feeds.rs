@@ -43,38 +43,83 @@ fn fixture(name: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// A running service with the HL7 feed on loopback (`extra` lines in its connector), one MLLP
+/// connection to it, the clock at 2026-12-06T13:30Z and `fixture`'s messages.
+struct MllpFeed {
+    _dir: tempfile::TempDir,
+    config: String,
+    clock: Arc<ManualClock>,
+    store: medrelay_pipeline::store::Store,
+    service: Service,
+    listeners: Vec<(
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
+    stream: TcpStream,
+    messages: Vec<medrelay_connector_hl7v2::file::FileMessage>,
+}
+
+impl MllpFeed {
+    async fn start(extra: &str, fixture_name: &str) -> MllpFeed {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, loaded) = setup(dir.path(), extra);
+        let clock = Arc::new(ManualClock::new("2026-12-06T13:30:00Z".parse().unwrap()));
+        let store = medrelay::wiring::open_store(&loaded).await.unwrap();
+        let service =
+            medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
+        let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
+        let stream = TcpStream::connect(listeners[0].0).await.unwrap();
+        let messages = split(&std::fs::read(fixture(fixture_name)).unwrap());
+        MllpFeed {
+            _dir: dir,
+            config,
+            clock,
+            store,
+            service,
+            listeners,
+            stream,
+            messages,
+        }
+    }
+
+    /// Sends message `i` and returns its ACK.
+    async fn send(&mut self, i: usize) -> String {
+        common::mllp_exchange(&mut self.stream, &self.messages[i].bytes).await
+    }
+
+    async fn stop(self) {
+        for (_, h) in &self.listeners {
+            h.abort();
+        }
+        self.store.close().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn older_msh7_cancellation_on_one_mllp_connection_cancels_the_booking() {
-    let dir = tempfile::tempdir().unwrap();
-    let (config, loaded) = setup(dir.path(), "");
-    let clock = Arc::new(ManualClock::new("2026-12-06T13:30:00Z".parse().unwrap()));
-    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
-    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
-    let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
-    let mut stream = TcpStream::connect(listeners[0].0).await.unwrap();
-    let messages = split(&std::fs::read(fixture("skewed_cancel_v251.hl7")).unwrap());
-    assert_eq!(messages.len(), 4);
+    let mut f = MllpFeed::start("", "skewed_cancel_v251.hl7").await;
+    assert_eq!(f.messages.len(), 4);
 
     // The booking, then its confirmation goes out.
-    let ack = common::mllp_exchange(&mut stream, &messages[0].bytes).await;
+    let ack = f.send(0).await;
     assert!(ack.contains("\rMSA|AA|SKW-0001"), "{ack}");
-    settle(&service).await;
+    settle(&f.service).await;
     assert_eq!(
-        sent_to(&service, "5511940000001"),
+        sent_to(&f.service, "5511940000001"),
         1,
         "booking confirmation"
     );
     // The cancel, stamped an hour before the booking, arrives after it on the same connection.
-    let ack = common::mllp_exchange(&mut stream, &messages[1].bytes).await;
+    let ack = f.send(1).await;
     assert!(ack.contains("\rMSA|AA|SKW-0002"), "{ack}");
     // A booking and a cancel that carries no timing at all.
-    for (m, id) in messages[2..].iter().zip(["SKW-0003", "SKW-0004"]) {
-        let ack = common::mllp_exchange(&mut stream, &m.bytes).await;
+    for (i, id) in [(2, "SKW-0003"), (3, "SKW-0004")] {
+        let ack = f.send(i).await;
         assert!(ack.contains(&format!("\rMSA|AA|{id}")), "{ack}");
     }
-    settle(&service).await;
+    settle(&f.service).await;
     for id in ["clinica/AG-40001", "clinica/AG-40002"] {
-        let (_, explain) = cli(&config, &["explain", id]).await;
+        let (_, explain) = cli(&f.config, &["explain", id]).await;
         assert!(explain.contains("  cancelled  "), "{explain}");
         assert!(
             !explain.contains("pending"),
@@ -82,20 +127,17 @@ async fn older_msh7_cancellation_on_one_mllp_connection_cancels_the_booking() {
         );
     }
     // The 48 h reminder time of AG-40001 (20 Dec 10:00 -03) passes: nothing more is sent.
-    clock.set("2026-12-18T13:05:00Z".parse().unwrap());
-    settle(&service).await;
+    f.clock.set("2026-12-18T13:05:00Z".parse().unwrap());
+    settle(&f.service).await;
     assert_eq!(
-        sent_to(&service, "5511940000001"),
+        sent_to(&f.service, "5511940000001"),
         1,
         "no reminder after the cancel"
     );
-    assert_eq!(sent_to(&service, "5511940000002"), 0);
-    let (_, status) = cli(&config, &["status"]).await;
+    assert_eq!(sent_to(&f.service, "5511940000002"), 0);
+    let (_, status) = cli(&f.config, &["status"]).await;
     assert!(status.contains("ignored events: none"), "{status}");
-    for (_, h) in &listeners {
-        h.abort();
-    }
-    store.close().await;
+    f.stop().await;
 }
 
 #[tokio::test]
@@ -247,88 +289,70 @@ fn sent_moves(service: &Service, digits: &str) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_change_after_the_confirmation_tells_the_patient_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (config, loaded) = setup(
-        dir.path(),
+    let mut f = MllpFeed::start(
         "location_parts = [\"point_of_care\", \"room\", \"facility\"]",
-    );
-    let clock = Arc::new(ManualClock::new("2026-12-06T13:30:00Z".parse().unwrap()));
-    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
-    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
-    let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
-    let mut stream = TcpStream::connect(listeners[0].0).await.unwrap();
-    let messages = split(&std::fs::read(fixture("room_moves.hl7")).unwrap());
-    assert_eq!(messages.len(), 4);
+        "room_moves.hl7",
+    )
+    .await;
+    assert_eq!(f.messages.len(), 4);
     let digits = "5511940000003";
 
     // Booked in Sala 201: the confirmation names it.
-    let ack = common::mllp_exchange(&mut stream, &messages[0].bytes).await;
+    let ack = f.send(0).await;
     assert!(ack.contains("\rMSA|AA|MOVE-0001"), "{ack}");
-    settle(&service).await;
-    let sent = sent_moves(&service, digits);
+    settle(&f.service).await;
+    let sent = sent_moves(&f.service, digits);
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(sent[0].1.contains("Sala 201"), "{sent:?}");
 
     // Moved to Sala 305 at the same time: the patient hears it now, not 48 h before the visit.
-    let ack = common::mllp_exchange(&mut stream, &messages[1].bytes).await;
+    let ack = f.send(1).await;
     assert!(ack.contains("\rMSA|AA|MOVE-0002"), "{ack}");
-    settle(&service).await;
-    let sent = sent_moves(&service, digits);
+    settle(&f.service).await;
+    let sent = sent_moves(&f.service, digits);
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert_eq!(sent[1].0, "appointment_moved");
     assert_eq!(sent[1].1, "CARDIO, Sala 305, Hospital Central");
 
     // Two more moves at night (22:00 in São Paulo, quiet hours until 08:00): the first
     // announcement waits, the second supersedes it, and only the latest place goes out.
-    clock.set("2026-12-07T01:00:00Z".parse().unwrap());
-    for (m, id) in messages[2..].iter().zip(["MOVE-0003", "MOVE-0004"]) {
-        let ack = common::mllp_exchange(&mut stream, &m.bytes).await;
+    f.clock.set("2026-12-07T01:00:00Z".parse().unwrap());
+    for (i, id) in [(2, "MOVE-0003"), (3, "MOVE-0004")] {
+        let ack = f.send(i).await;
         assert!(ack.contains(&format!("\rMSA|AA|{id}")), "{ack}");
-        settle(&service).await;
+        settle(&f.service).await;
     }
-    assert_eq!(sent_moves(&service, digits).len(), 2, "quiet hours");
-    clock.set("2026-12-07T11:05:00Z".parse().unwrap());
-    settle(&service).await;
-    let sent = sent_moves(&service, digits);
+    assert_eq!(sent_moves(&f.service, digits).len(), 2, "quiet hours");
+    f.clock.set("2026-12-07T11:05:00Z".parse().unwrap());
+    settle(&f.service).await;
+    let sent = sent_moves(&f.service, digits);
     assert_eq!(sent.len(), 3, "{sent:?}");
     assert_eq!(sent[2].0, "appointment_moved");
     assert_eq!(sent[2].1, "CARDIO, Sala 512, Hospital Central");
-    let (_, explain) = cli(&config, &["explain", "clinica/AG-40031"]).await;
+    let (_, explain) = cli(&f.config, &["explain", "clinica/AG-40031"]).await;
     assert!(
         explain.contains("superseded by a newer location change"),
         "{explain}"
     );
-    for (_, h) in &listeners {
-        h.abort();
-    }
-    store.close().await;
+    f.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_change_before_the_confirmation_went_out_sends_one_message_with_the_new_room() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_config, loaded) = setup(
-        dir.path(),
+    let mut f = MllpFeed::start(
         "location_parts = [\"point_of_care\", \"room\", \"facility\"]",
-    );
-    let clock = Arc::new(ManualClock::new("2026-12-06T13:30:00Z".parse().unwrap()));
-    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
-    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
-    let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
-    let mut stream = TcpStream::connect(listeners[0].0).await.unwrap();
-    let messages = split(&std::fs::read(fixture("room_moves.hl7")).unwrap());
+        "room_moves.hl7",
+    )
+    .await;
     // Booking and move arrive before the service plans anything.
-    for m in &messages[..2] {
-        let ack = common::mllp_exchange(&mut stream, &m.bytes).await;
+    for i in 0..2 {
+        let ack = f.send(i).await;
         assert!(ack.contains("\rMSA|AA|"), "{ack}");
     }
-    settle(&service).await;
-    let sent = sent_moves(&service, "5511940000003");
+    settle(&f.service).await;
+    let sent = sent_moves(&f.service, "5511940000003");
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].0, "appointment_booked");
     assert_eq!(sent[0].1, "CARDIO, Sala 305, Hospital Central");
-    for (_, h) in &listeners {
-        h.abort();
-    }
-    store.close().await;
+    f.stop().await;
 }

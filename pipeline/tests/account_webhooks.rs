@@ -51,6 +51,21 @@ fn category(name: &str, previous: &str, new: &str) -> AccountEvent {
     }
 }
 
+/// Patient 0 books Wednesday 12:00 (an hour before `t0`): a confirmation is due at once.
+async fn book_patient_0(h: &Harness, t0: jiff::Timestamp) {
+    let v = t0 - SignedDuration::from_hours(1);
+    let e = event(
+        "emr",
+        "A0",
+        0,
+        AppointmentStatus::Booked,
+        ny("2026-12-09T12:00"),
+        v,
+        1,
+    );
+    h.deliver("csv", &[e]).await;
+}
+
 /// The alert notices owed to the sink now, consumed (as the sink would take them).
 async fn notices(h: &Harness) -> Vec<AlertNotice> {
     let now = h.clock.now();
@@ -74,17 +89,7 @@ async fn paused_template_holds_its_steps_until_approved_and_alerts_once() {
     let t0 = ny("2026-12-07T10:00");
     let h = Harness::new(t0).await;
     account(&h, status("booked", "PAUSED")).await;
-    let v = t0 - SignedDuration::from_hours(1);
-    let e = event(
-        "emr",
-        "A0",
-        0,
-        AppointmentStatus::Booked,
-        ny("2026-12-09T12:00"),
-        v,
-        1,
-    );
-    h.deliver("csv", &[e]).await;
+    book_patient_0(&h, t0).await;
     h.settle().await;
     assert!(h.sim.sent().is_empty(), "the confirmation waits");
     // Meta delivers the same webhook again: nothing new fires.
@@ -117,22 +122,12 @@ async fn paused_template_holds_its_steps_until_approved_and_alerts_once() {
 #[tokio::test]
 async fn recategorised_template_alerts_and_holds_only_under_the_halt_policy() {
     let t0 = ny("2026-12-07T10:00");
-    let v = t0 - SignedDuration::from_hours(1);
     for policy in [RecategorisedPolicy::Warn, RecategorisedPolicy::Halt] {
         let mut config = compiled();
         config.on_recategorised = policy;
         let h = Harness::with_config(t0, config).await;
         account(&h, category("booked", "UTILITY", "MARKETING")).await;
-        let e = event(
-            "emr",
-            "A0",
-            0,
-            AppointmentStatus::Booked,
-            ny("2026-12-09T12:00"),
-            v,
-            1,
-        );
-        h.deliver("csv", &[e]).await;
+        book_patient_0(&h, t0).await;
         h.settle().await;
         let fired = notices(&h).await;
         assert_eq!(fired.len(), 1, "{fired:?}");
@@ -240,17 +235,7 @@ fn sender_without_templates(h: &Harness) -> medrelay_pipeline::send::Sender {
 async fn template_halted_fires_once_across_restarts_and_recovers_at_the_next_good_send() {
     let t0 = ny("2026-12-07T10:00");
     let h = Harness::new(t0).await;
-    let v = t0 - SignedDuration::from_hours(1);
-    let e = event(
-        "emr",
-        "A0",
-        0,
-        AppointmentStatus::Booked,
-        ny("2026-12-09T12:00"),
-        v,
-        1,
-    );
-    h.deliver("csv", &[e]).await;
+    book_patient_0(&h, t0).await;
     h.service.scheduler.plan_pending().await.unwrap();
     // Two processes in turn (a restart between), both against an account without the templates:
     // the second fires nothing new.

@@ -28,6 +28,32 @@ pub(crate) async fn resolve(
     .rows_affected())
 }
 
+/// Inserts an alert and its audit record on `conn` (the caller's transaction).
+pub(crate) async fn insert(
+    conn: &mut SqliteConnection,
+    keys: &crate::keys::Keys,
+    kind: &str,
+    detail: &str,
+    now: Timestamp,
+) -> StoreResult<()> {
+    sqlx::query("INSERT INTO alerts (at, kind, detail) VALUES (?, ?, ?)")
+        .bind(secs(now))
+        .bind(kind)
+        .bind(detail)
+        .execute(&mut *conn)
+        .await?;
+    audit::append(
+        conn,
+        keys,
+        now,
+        "system",
+        "alert",
+        kind,
+        json!({"detail": detail}),
+    )
+    .await
+}
+
 /// One notification the sink owes: an alert that fired, or one that was resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertNotice {
@@ -56,22 +82,7 @@ impl Store {
     /// Raises an alert for staff (no PHI in `detail`).
     pub async fn raise_alert(&self, kind: &str, detail: &str, now: Timestamp) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("INSERT INTO alerts (at, kind, detail) VALUES (?, ?, ?)")
-            .bind(secs(now))
-            .bind(kind)
-            .bind(detail)
-            .execute(&mut *tx)
-            .await?;
-        audit::append(
-            &mut tx,
-            &self.keys,
-            now,
-            "system",
-            "alert",
-            kind,
-            json!({"detail": detail}),
-        )
-        .await?;
+        insert(&mut tx, &self.keys, kind, detail, now).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -1,6 +1,5 @@
-//! Account incidents that WhatsApp reports by webhook (a paused or recategorised template, a
-//! number whose limit dropped): alerts that fire once per incident and recover once, and the
-//! template holds the sender honours.
+//! Incidents: alerts that fire once per incident and recover once (WhatsApp's account news, silent
+//! feeds, send halts), and the template holds the sender honours.
 
 use std::collections::HashMap;
 
@@ -34,22 +33,7 @@ impl Store {
         if open > 0 {
             return Ok(false);
         }
-        sqlx::query("INSERT INTO alerts (at, kind, detail) VALUES (?, ?, ?)")
-            .bind(secs(now))
-            .bind(kind)
-            .bind(detail)
-            .execute(&mut *tx)
-            .await?;
-        audit::append(
-            &mut tx,
-            &self.keys,
-            now,
-            "whatsapp",
-            "alert",
-            kind,
-            json!({"detail": detail}),
-        )
-        .await?;
+        alerts::insert(&mut tx, &self.keys, kind, detail, now).await?;
         tx.commit().await?;
         Ok(true)
     }
