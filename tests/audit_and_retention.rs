@@ -338,3 +338,33 @@ async fn run_writes_an_audit_checkpoint_to_the_configured_folder() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 checkpoint"), "{out}");
 }
+
+/// Issue 16: a trail whose head was altered gets no checkpoint and one `audit_broken` alert,
+/// not one a day (the daily checkpoint finds it again each day).
+#[tokio::test]
+async fn an_altered_audit_head_raises_audit_broken_once_not_every_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = populated(dir.path()).await;
+    let mut conn = db(dir.path()).await;
+    sqlx::query("UPDATE audit_head SET records = records - 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for day in [
+        "2026-11-29T14:00:00Z",
+        "2026-11-30T14:01:00Z",
+        "2026-12-01T14:02:00Z",
+    ] {
+        let (code, out) = cli(&config, &["--now", day, "run", "--once"]).await;
+        assert_eq!(code, 0, "{out}");
+    }
+    let alerts: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT detail, resolved_at FROM alerts WHERE kind = 'audit_broken'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(alerts[0].0.starts_with("audit trail:"), "{alerts:?}");
+    assert_eq!(alerts[0].1, None, "still open: the trail is still broken");
+    assert!(checkpoints(&dir.path().join("audit-checkpoints")).is_empty());
+}

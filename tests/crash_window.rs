@@ -46,6 +46,7 @@ async fn an_interrupted_send_waits_for_its_status_webhook_before_any_retry() {
             recipient_id: "12127365001".into(),
             error_code: None,
             callback: Some(format!("job:{crashed}")),
+            pricing: None,
         },
     );
     service

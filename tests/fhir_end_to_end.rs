@@ -671,3 +671,97 @@ async fn an_r5_notification_stores_exactly_what_its_r4b_twin_stores() {
         "{out}"
     );
 }
+
+/// Issue 16: the Subscription's event counter. The backport IG's own handshake (0 events) and
+/// heartbeat (2 events since the start) in a row mean events 1 and 2 never arrived: one
+/// `fhir_subscription_gap` alert however often the heartbeat repeats, resolved by the next full
+/// search of the server. Heartbeats keep the feed alive (`heartbeat_period` watches it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_counting_events_that_never_arrived_raises_one_gap_alert_resolved_by_a_search()
+{
+    set_auth();
+    let (base, _asked) = fhir_server::start(Vec::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let path = dir.path().join("medrelay.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "# [connectors.server]\n# base_url = \"https://ehr.clinica.example/fhir/R4\"",
+            &format!("[connectors.server]\nbase_url = \"{base}\""),
+        )
+        .replace(
+            &format!("authorization_env = \"{AUTH_ENV}\""),
+            &format!("authorization_env = \"{AUTH_ENV}\"\nheartbeat_period = \"60s\""),
+        );
+    std::fs::write(&path, text).unwrap();
+    let loaded = load(&path).unwrap();
+    let watch = loaded
+        .feed_watches
+        .iter()
+        .find(|w| w.feed == "clinica-fhir")
+        .expect("the heartbeat period watches the feed");
+    assert_eq!(watch.expect.describe(), "expected at least every 2m");
+    let clock = Arc::new(ManualClock::new("2026-12-01T13:00:00Z".parse().unwrap()));
+    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
+    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let endpoints = medrelay::fhir::start_endpoints(
+        &service,
+        &loaded,
+        clock.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}/fhir/subscription", endpoints[0].0);
+    let (status, oo) = post(&url, Some(AUTH), fixture("handshake_bundle_example.json")).await;
+    assert_eq!(status, 200, "{oo}");
+    let gaps = || async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("medrelay.db").display()
+        ))
+        .await
+        .unwrap();
+        sqlx::query_as::<_, (String, Option<i64>)>(
+            "SELECT detail, resolved_at FROM alerts WHERE kind = 'fhir_subscription_gap'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+    };
+    assert!(gaps().await.is_empty(), "a handshake is the baseline");
+    for _ in 0..2 {
+        clock.set("2026-12-01T13:01:00Z".parse().unwrap());
+        let (status, oo) = post(&url, Some(AUTH), fixture("heartbeat_bundle_example.json")).await;
+        assert_eq!(status, 200, "{oo}");
+    }
+    let found = gaps().await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0].0,
+        "feed clinica-fhir subscription https://fhirserver.org/fhir/Subscription/123: events 1 to 2 \
+         never arrived (2 missing); the next search of the server ([connectors.server] poll) reads them again"
+    );
+    assert_eq!(found[0].1, None);
+    // The heartbeat is the feed's latest input.
+    let inputs = store.last_inputs().await.unwrap();
+    assert_eq!(
+        inputs.get("clinica-fhir").copied(),
+        Some("2026-12-01T13:01:00Z".parse().unwrap())
+    );
+    // A full search of the server: the missed events are in it; resolved.
+    let c = loaded.fhir_connector(Some("clinica-fhir")).unwrap().clone();
+    let now = medrelay_pipeline::clock::Clock::now(clock.as_ref());
+    medrelay::fhir::poll(&service, &loaded, &c, now)
+        .await
+        .unwrap();
+    let found = gaps().await;
+    assert_eq!(found.len(), 1);
+    assert!(found[0].1.is_some(), "resolved: {found:?}");
+    for (_, h) in endpoints {
+        h.abort();
+    }
+    store.close().await;
+}

@@ -107,6 +107,36 @@ async fn siu_over_mllp_updates_csv_appointments_and_acks_after_commit() {
         raw, messages[4].bytes,
         "the raw message is kept byte for byte"
     );
+    // `/metrics` has the listener's ACKs by code (issue 16: ACK latency histograms), and the
+    // send attempts so far, by result, as many as the simulator accepted.
+    let exposition = medrelay_pipeline::metrics::render(
+        &store.metrics(jiff::Timestamp::now()).await.unwrap(),
+        &[],
+        Some(&service.instruments),
+    );
+    let series = |name: &str| -> f64 {
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{exposition}"))
+    };
+    assert_eq!(
+        series("medrelay_mllp_ack_seconds_count{connector=\"clinica-hl7\",code=\"AA\"}"),
+        5.0
+    );
+    assert_eq!(
+        series("medrelay_mllp_ack_seconds_count{connector=\"clinica-hl7\",code=\"AE\"}"),
+        1.0
+    );
+    let sent_attempts: f64 = exposition
+        .lines()
+        .filter(|l| l.starts_with("medrelay_send_attempts_total{") && l.contains("result=\"sent\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(
+        sent_attempts,
+        service.simulator.as_ref().unwrap().sent().len() as f64
+    );
 
     // The S13 moved AG-30007 (one appointment, not a second one from another feed)...
     let (_, explain) = cli(&config, &["explain", "clinica/AG-30007"]).await;

@@ -11,7 +11,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An inbound interface that records every message and answers `code`.
 async fn ehr_inbound(code: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    ehr_inbound_on("127.0.0.1:0", code).await
+}
+
+/// [`ehr_inbound`] on a given address.
+async fn ehr_inbound_on(bind: &str, code: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let got = Arc::new(Mutex::new(Vec::new()));
     let record = got.clone();
@@ -203,6 +208,7 @@ async fn serve_health(
     store: &medrelay_pipeline::store::Store,
     listeners: Vec<(String, tokio::task::AbortHandle)>,
     metrics_token: Option<&str>,
+    instruments: Option<Arc<medrelay_pipeline::instruments::Instruments>>,
 ) -> (
     std::net::SocketAddr,
     medrelay_pipeline::http::health::HealthState,
@@ -231,6 +237,7 @@ async fn serve_health(
         listeners: std::sync::Arc::new(std::sync::Mutex::new(listeners)),
         metrics_token: metrics_token.map(std::sync::Arc::from),
         clock: clock.clone(),
+        instruments,
     };
     let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
     let (web, task) = medrelay::commands::run::start_webhook_endpoint(
@@ -274,6 +281,7 @@ async fn readyz_is_503_while_a_refused_batch_holds_its_system_and_200_once_skipp
         dir.path(),
         &store,
         vec![(listener.clone(), ended.abort_handle())],
+        None,
         None,
     )
     .await;
@@ -355,9 +363,34 @@ async fn metrics_after_a_scripted_run_match_what_happened_without_phi() {
     let (store, dir) = common::hl7_tap_written_back_to(&addr).await;
     assert_eq!(got.lock().unwrap().len(), 1, "one SRM written back");
     let token = "metrics-test-token-7d1";
-    let (web, _health, halt_tx, task) = serve_health(dir.path(), &store, vec![], Some(token)).await;
+    let instruments = medrelay_pipeline::instruments::Instruments::new();
+    let (web, _health, halt_tx, task) = serve_health(
+        dir.path(),
+        &store,
+        vec![],
+        Some(token),
+        Some(instruments.clone()),
+    )
+    .await;
     assert_eq!(get(web, "/metrics", None).await.0, 401);
     assert_eq!(get(web, "/metrics", Some("wrong")).await.0, 401);
+    // Two unsigned webhook posts and a wrong verification: timed by endpoint and status.
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = http
+            .post(format!("http://{web}/webhook"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let (verify, _) = get(
+        web,
+        "/webhook?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1",
+        None,
+    )
+    .await;
     let (status, text) = get(web, "/metrics", Some(token)).await;
     assert_eq!(status, 200, "{text}");
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text: {text}");
@@ -411,6 +444,34 @@ async fn metrics_after_a_scripted_run_match_what_happened_without_phi() {
         .sum();
     assert_eq!(jobs, s.jobs_by_state.values().sum::<i64>() as f64);
     assert_eq!(metric(&text, "medrelay_ready{check=\"write_back\"}"), 1.0);
+    // The messaging-limit use agrees with what the sender counts.
+    let scrape_time: jiff::Timestamp = "2026-12-08T17:05:10Z".parse().unwrap();
+    let counted = store
+        .recipients_since(scrape_time - jiff::SignedDuration::from_hours(24))
+        .await
+        .unwrap()
+        .len();
+    assert!(counted >= 1);
+    assert_eq!(
+        metric(&text, "medrelay_messaging_limit_recipients"),
+        counted as f64
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "medrelay_http_request_seconds_count{endpoint=\"whatsapp_webhook\",status=\"401\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!(
+                "medrelay_http_request_seconds_count{{endpoint=\"whatsapp_webhook\",status=\"{verify}\"}}"
+            )
+        ),
+        1.0
+    );
     // No patient data in any label or value.
     for canary in ["Cec", "5511", "P-2007", "+55"] {
         assert!(!text.contains(canary), "{canary} in /metrics:\n{text}");
@@ -578,4 +639,66 @@ async fn report_command_counts_the_scripted_confirmation_in_table_csv_and_json()
     )
     .await;
     assert_eq!(code, medrelay::exit::USAGE);
+}
+
+/// Issue 16: an EHR interface that stays down. After `writeback_failing_after` (15 min) one
+/// `writeback_failing` alert names the target (no patient data), however often it is checked;
+/// when the EHR is back and the batch is written, it is resolved once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_back_target_that_stays_down_alerts_once_and_recovers_when_written() {
+    use medrelay_pipeline::store::writeback::BatchState;
+    use medrelay_pipeline::watch::{Thresholds, WRITEBACK_FAILING_ALERT, check};
+    // A port with nothing listening on it (taken, then let go).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let (store, dir) = common::hl7_tap_written_back_to(&addr).await;
+    let open = store.writeback_batches(false, 0).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].state, BatchState::Failing);
+    let created = open[0].created_at;
+    let t = Thresholds::default();
+    let at = |mins: i64| created + jiff::SignedDuration::from_mins(mins);
+    let alerts = || async {
+        store
+            .recent_alerts(50)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.kind == WRITEBACK_FAILING_ALERT)
+            .collect::<Vec<_>>()
+    };
+    check(&store, &t, &[], at(5)).await.unwrap();
+    assert!(alerts().await.is_empty(), "not before 15 minutes");
+    for m in [16, 17, 30] {
+        check(&store, &t, &[], at(m)).await.unwrap();
+    }
+    let fired = alerts().await;
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert!(
+        fired[0]
+            .detail
+            .starts_with("target clinica-hl7: 1 write-back batch(es) failing, the oldest for 16m"),
+        "{fired:?}"
+    );
+    for canary in ["Cec", "5511", "P-2007", "AG-30007"] {
+        assert!(!fired[0].detail.contains(canary), "{canary}: {fired:?}");
+    }
+    // The EHR is back on its port; the next write-back pass writes the batch.
+    let (_, got) = ehr_inbound_on(&addr, "AA").await;
+    let loaded = medrelay::config::load(&dir.path().join("medrelay.toml")).unwrap();
+    let clock = Arc::new(medrelay_pipeline::clock::ManualClock::new(at(120)));
+    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock).unwrap();
+    service.writeback.run_once().await.unwrap();
+    assert_eq!(got.lock().unwrap().len(), 1, "the SRM was written");
+    for _ in 0..2 {
+        check(&store, &t, &[], at(121)).await.unwrap();
+    }
+    let after = alerts().await;
+    assert_eq!(after.len(), 1);
+    assert!(after[0].resolved_at.is_some(), "resolved: {after:?}");
+    store.close().await;
 }

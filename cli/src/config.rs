@@ -87,6 +87,35 @@ impl Default for ServiceConfig {
     }
 }
 
+/// `[status_page]`: the read-only status page (`medrelay run` serves it on its own listener,
+/// behind HTTP Basic authentication). No patient data is ever on it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusPageConfig {
+    /// `IP:port` to serve on; keep it on loopback behind the site's TLS proxy, or an internal
+    /// network.
+    pub listen: String,
+    /// The Basic user name.
+    #[serde(default = "default_status_user")]
+    pub user: String,
+    /// Environment variable with the password (never in this file). Empty or unset stops `run`.
+    #[serde(default = "default_status_password_env")]
+    pub password_env: String,
+    /// The KPI period the page shows by default, in days.
+    #[serde(default = "default_status_days")]
+    pub report_days: i64,
+}
+
+fn default_status_user() -> String {
+    "it".into()
+}
+fn default_status_password_env() -> String {
+    "MEDRELAY_STATUS_PASSWORD".into()
+}
+fn default_status_days() -> i64 {
+    30
+}
+
 /// `[retention]`: how long raw inputs and patient data are kept.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,8 +155,9 @@ pub struct AuditConfig {
     pub checkpoint_dir: Option<PathBuf>,
 }
 
-/// `[alerts]`: where alerts are pushed (once when they fire, once when they are resolved).
-#[derive(Clone, Debug, Default, Deserialize)]
+/// `[alerts]`: where alerts are pushed (once when they fire, once when they are resolved), and
+/// the thresholds of the alerts checked after each pass.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
     /// Environment variable holding the webhook URL (Slack and Teams URLs are secrets, so the URL
@@ -143,6 +173,56 @@ pub struct AlertsConfig {
     /// `[alerts.feeds.<connector>]`: when a feed must have delivered, or `feed_silent` fires.
     #[serde(default)]
     pub feeds: BTreeMap<String, FeedExpectationConfig>,
+    /// Inputs one feed may quarantine in an hour before `quarantine_growing` fires (default 50;
+    /// 0: off).
+    #[serde(default = "default_quarantine_per_hour")]
+    pub quarantine_per_hour: u32,
+    /// Opt-outs / patients messaged over `opt_out_window` above which `opt_out_rate` fires
+    /// (default 0.02, the 2 % clinic guides name; 0: off).
+    #[serde(default = "default_opt_out_rate")]
+    pub opt_out_rate: f64,
+    #[serde(default = "default_opt_out_window")]
+    pub opt_out_window: String,
+    /// Fewer patients messaged in the window: no rate is judged (default 50).
+    #[serde(default = "default_opt_out_min_contacts")]
+    pub opt_out_min_contacts: u32,
+    /// A write-back target failing (down, unreachable, 5xx) for longer than this raises
+    /// `writeback_failing` (default `15m`).
+    #[serde(default = "default_writeback_failing_after")]
+    pub writeback_failing_after: String,
+}
+
+fn default_writeback_failing_after() -> String {
+    "15m".into()
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhook_url_env: None,
+            format: Default::default(),
+            timeout_secs: default_alert_timeout(),
+            feeds: BTreeMap::new(),
+            quarantine_per_hour: default_quarantine_per_hour(),
+            opt_out_rate: default_opt_out_rate(),
+            opt_out_window: default_opt_out_window(),
+            opt_out_min_contacts: default_opt_out_min_contacts(),
+            writeback_failing_after: default_writeback_failing_after(),
+        }
+    }
+}
+
+fn default_quarantine_per_hour() -> u32 {
+    50
+}
+fn default_opt_out_rate() -> f64 {
+    0.02
+}
+fn default_opt_out_window() -> String {
+    "7d".into()
+}
+fn default_opt_out_min_contacts() -> u32 {
+    50
 }
 
 /// One feed's expected rhythm: exactly one of the two keys.
@@ -962,6 +1042,10 @@ pub struct FhirSubscriptionConfig {
     /// After its head, a notification must get a slot and deliver its whole body this soon.
     #[serde(default = "default_subscription_body_timeout_secs")]
     pub body_timeout_secs: u64,
+    /// The Subscription's `heartbeatPeriod` (`60s`, `5m`): two periods without a heartbeat or a
+    /// notification raise `feed_silent` (unless `[alerts.feeds.<name>]` sets its own rhythm).
+    #[serde(default)]
+    pub heartbeat_period: Option<String>,
 }
 
 impl FhirSubscriptionConfig {
@@ -1158,6 +1242,11 @@ pub struct Config {
     pub csv: CsvSection,
     #[serde(default)]
     pub connectors: Vec<ConnectorConfig>,
+    /// `[costs]`: the price list the report multiplies Meta's per-message pricing by.
+    #[serde(default)]
+    pub costs: Option<medrelay_pipeline::costs::RateTable>,
+    #[serde(default)]
+    pub status_page: Option<StatusPageConfig>,
 }
 
 /// A loaded and validated configuration, paths resolved against the config file's folder.
@@ -1178,6 +1267,10 @@ pub struct Loaded {
     pub webhook_listen: Option<std::net::SocketAddr>,
     /// `[alerts.feeds]`, resolved against the connectors and their sites' zones.
     pub feed_watches: Vec<medrelay_pipeline::silence::FeedWatch>,
+    /// `[status_page] listen`, parsed.
+    pub status_page_listen: Option<std::net::SocketAddr>,
+    /// `[alerts]` thresholds of the after-pass checks, parsed.
+    pub thresholds: medrelay_pipeline::watch::Thresholds,
 }
 
 /// A configuration problem: every error found, each on its own line.
@@ -1693,6 +1786,62 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         .as_ref()
         .map(|c| feed_watches(&config, c, &mut errors))
         .unwrap_or_default();
+    if let Some(costs) = &config.costs {
+        errors.extend(costs.problems());
+    }
+    let a = &config.alerts;
+    let opt_out_window = medrelay_mapping::plan::parse_duration(&a.opt_out_window)
+        .filter(|d| d.is_positive())
+        .unwrap_or_else(|| {
+            errors.push(format!(
+                "alerts.opt_out_window `{}` must be a duration like 7d or 48h",
+                a.opt_out_window
+            ));
+            jiff::SignedDuration::from_hours(7 * 24)
+        });
+    if !(0.0..1.0).contains(&a.opt_out_rate) {
+        errors.push(
+            "alerts.opt_out_rate must be a fraction from 0 (off) to below 1, like 0.02".into(),
+        );
+    }
+    let thresholds = medrelay_pipeline::watch::Thresholds {
+        quarantine_per_hour: (a.quarantine_per_hour > 0).then_some(a.quarantine_per_hour),
+        opt_out_rate: (a.opt_out_rate > 0.0).then_some(a.opt_out_rate),
+        opt_out_window,
+        opt_out_min_contacts: a.opt_out_min_contacts,
+        writeback_failing_after: medrelay_mapping::plan::parse_duration(&a.writeback_failing_after)
+            .filter(|d| d.is_positive())
+            .unwrap_or_else(|| {
+                errors.push(format!(
+                    "alerts.writeback_failing_after `{}` must be a duration like 15m",
+                    a.writeback_failing_after
+                ));
+                jiff::SignedDuration::from_mins(15)
+            }),
+    };
+    let status_page_listen = config.status_page.as_ref().and_then(|p| {
+        if !is_env_name(&p.password_env) {
+            errors.push(format!(
+                "status_page.password_env `{}` must be an environment variable name (secrets never go in this file)",
+                p.password_env
+            ));
+        }
+        if p.user.is_empty() || p.user.contains(':') {
+            errors.push("status_page.user must be a name without `:`".into());
+        }
+        if !(1..=366).contains(&p.report_days) {
+            errors.push("status_page.report_days must be between 1 and 366".into());
+        }
+        p.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| {
+                errors.push(format!(
+                    "status_page.listen `{}` must be IP:port, like 127.0.0.1:8091",
+                    p.listen
+                ))
+            })
+            .ok()
+    });
     match (compiled, errors.is_empty()) {
         (Some(compiled), true) => Ok(Loaded {
             path: path.to_path_buf(),
@@ -1705,6 +1854,8 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
             cloud,
             webhook_listen,
             feed_watches,
+            status_page_listen,
+            thresholds,
         }),
         _ => Err(err(errors)),
     }
@@ -1759,6 +1910,33 @@ fn feed_watches(
             feed: feed.clone(),
             expect,
         });
+    }
+    // A Subscription with heartbeats is expected to be heard from every two periods.
+    for c in &config.connectors {
+        let ConnectorConfig::Fhir(f) = c else {
+            continue;
+        };
+        let Some(period) = f
+            .subscription
+            .as_ref()
+            .and_then(|s| s.heartbeat_period.as_ref())
+        else {
+            continue;
+        };
+        let Some(d) = medrelay_mapping::plan::parse_duration(period).filter(|d| d.is_positive())
+        else {
+            errors.push(format!(
+                "connector `{}`: subscription.heartbeat_period `{period}` is not a duration like `60s` or `5m`",
+                f.name
+            ));
+            continue;
+        };
+        if !out.iter().any(|w| w.feed == f.name) {
+            out.push(FeedWatch {
+                feed: f.name.clone(),
+                expect: Expectation::Every(d * 2),
+            });
+        }
     }
     out
 }

@@ -19,9 +19,10 @@ use medrelay_listener::serve_bounded;
 use medrelay_pipeline::clock::Clock;
 use medrelay_pipeline::ingest::{AcceptReceipt, Ingest, Rejected};
 use medrelay_pipeline::service::Service;
+use medrelay_pipeline::store::subscriptions::FHIR_GAP_ALERT;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{FhirConnectorConfig, FhirSubscriptionConfig, Loaded};
 use crate::wiring::secret_from_env;
@@ -96,6 +97,10 @@ pub struct IngestBundleSink {
     pub feed: String,
     pub clock: Arc<dyn Clock>,
     pub woken: Arc<Notify>,
+    /// For the Subscription's progress and its gap alerts.
+    pub store: medrelay_pipeline::store::Store,
+    /// Whether the connector has a `[connectors.server]` to re-read missed events from.
+    pub can_search: bool,
 }
 
 #[async_trait::async_trait]
@@ -115,6 +120,54 @@ impl BundleSink for IngestBundleSink {
         )
         .await?;
         self.woken.notify_one();
+        Ok(())
+    }
+
+    /// Records the Subscription as alive (feed activity: heartbeats count) and its event
+    /// counter; events the counter shows missing raise one `fhir_subscription_gap` per
+    /// Subscription, resolved by the next full search of the server (`poll`).
+    async fn heard(
+        &self,
+        status: &medrelay_connector_fhir::map::NotificationStatus,
+    ) -> Result<(), String> {
+        let now = self.clock.now();
+        let subscription = status.subscription.as_deref().unwrap_or("(unnamed)");
+        // A reference is an id, not patient data; cut it so a hostile value stays short.
+        let subscription: String = subscription.chars().take(120).collect();
+        let gap = self
+            .store
+            .subscription_heard(
+                &self.feed,
+                &subscription,
+                &status.event_numbers,
+                status.events_since_start,
+                now,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(g) = gap {
+            let key = format!("feed {} subscription {subscription}:", self.feed);
+            let remedy = if self.can_search {
+                "the next search of the server ([connectors.server] poll) reads them again"
+            } else {
+                "re-read them with `medrelay ingest fhir --server` or have the EHR resend them"
+            };
+            warn!(feed = %self.feed, first = g.first, last = g.last, "FHIR subscription events missing");
+            self.store
+                .raise_incident(
+                    FHIR_GAP_ALERT,
+                    &key,
+                    &format!(
+                        "{key} events {} to {} never arrived ({} missing); {remedy}",
+                        g.first,
+                        g.last,
+                        g.last - g.first + 1
+                    ),
+                    now,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 }
@@ -202,9 +255,11 @@ pub async fn start_endpoints(
             opts: Arc::new(options(loaded, c)),
             sink: Arc::new(IngestBundleSink {
                 ingest: service.ingest.clone(),
+                store: service.store.clone(),
                 feed: c.name.clone(),
                 clock: clock.clone(),
                 woken: woken.clone(),
+                can_search: c.server.is_some(),
             }),
             fetcher,
             authorization: Arc::from(authorization.as_str()),
@@ -217,6 +272,9 @@ pub async fn start_endpoints(
         let local = listener.local_addr()?;
         info!(connector = %c.name, address = %local, path = %sub.path, "FHIR subscription endpoint listening");
         let app = router(state, &sub.path).map_err(|e| anyhow!("connector `{}`: {e}", c.name))?;
+        let app = service
+            .instruments
+            .timed(app, format!("fhir_subscription:{}", c.name));
         // Stopped by aborting the task (see `run`): the sender delivers again what was not
         // answered.
         let limits = sub.connection_limits();
@@ -351,6 +409,18 @@ pub async fn poll(
         total.receipt.unknown_ignored += r.receipt.unknown_ignored;
         total.receipt.quarantined += r.receipt.quarantined;
         total.rejected.extend(r.rejected);
+    }
+    // The server was read in full for the window: events a Subscription missed are in it.
+    let resolved = service
+        .store
+        .resolve_incident(
+            FHIR_GAP_ALERT,
+            &format!("feed {} subscription", c.name),
+            now,
+        )
+        .await?;
+    if resolved > 0 {
+        info!(connector = %c.name, "missed FHIR subscription events read from the server (alert resolved)");
     }
     Ok(total)
 }

@@ -163,6 +163,7 @@ pub async fn start_listeners(
         let now_clock = clock.clone();
         let mut listener_opts = c.listener_options();
         listener_opts.quarantine_gate = Some(QuotaGate::open(service, c, clock.clone()).await?);
+        listener_opts.observer = Some(Arc::new(AckTimings(service.instruments.clone())));
         let handle = tokio::spawn(medrelay_connector_hl7v2::mllp::serve(
             listener,
             Arc::new(options(loaded, c)),
@@ -173,6 +174,15 @@ pub async fn start_listeners(
         out.push((local, handle));
     }
     Ok(out)
+}
+
+/// The listener's ACKs into the service's `/metrics` histograms.
+struct AckTimings(Arc<medrelay_pipeline::instruments::Instruments>);
+
+impl medrelay_connector_hl7v2::mllp::AckObserver for AckTimings {
+    fn acked(&self, feed: &str, code: &str, elapsed: std::time::Duration) {
+        self.0.mllp_answered(feed, code, elapsed);
+    }
 }
 
 /// The feed's quarantine quota, asked by the listener before a rejected message's raw bytes go

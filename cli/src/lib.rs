@@ -116,6 +116,9 @@ pub enum Command {
     Writeback(commands::writeback::WritebackCommand),
     /// Apply the retention policy now: prune raw inputs and old patient data (the audit chain stays).
     Prune,
+    /// The database: schema version and pending migrations, or apply them now.
+    #[command(subcommand)]
+    Db(commands::db::DbCommand),
     /// Run the WhatsApp Cloud API simulator as an HTTP server (rehearsals without a Meta account).
     Simulate(commands::simulate::SimulateArgs),
     /// Check the configured templates against the WhatsApp Business Account.
@@ -187,6 +190,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
             commands::writeback::run(&cli.config, clock.clone(), c, &mut o).await
         }
         Command::Prune => commands::prune::run(&cli.config, clock.clone(), &mut o).await,
+        Command::Db(c) => commands::db::run(&cli.config, c, &mut o).await,
         Command::Simulate(a) => commands::simulate::run(&cli.config, a, &mut o).await,
         Command::Templates(c) => commands::templates::run(&cli.config, c, &mut o).await,
         Command::Demo(a) => commands::demo::run(a, &mut o).await,

@@ -88,6 +88,9 @@ pub fn simulator_registry(loaded: &Loaded) -> BTreeMap<String, SimTemplate> {
                     ttl_seconds: t.ttl.map(|d| d.as_secs()),
                     parameter_names: t.parameter_names.clone(),
                     header_parameter_name: t.header_parameter_name.clone(),
+                    // Configured templates are used as utility messages (`templates check`
+                    // compares with what Meta approved).
+                    category: "UTILITY".into(),
                 },
             )
         })
@@ -251,9 +254,10 @@ fn service_for_mode(
             let cloud = cloud_config(loaded, "whatsapp.mode = \"cloud\"")?;
             let transport: Arc<dyn WhatsAppTransport> = Arc::new(cloud_client(cloud)?);
             let pacer: Arc<dyn Pacing> = Arc::new(Pacer::new(cloud.pacing_limits()));
-            Ok(Service::new_with_pacer(
-                store, compiled, transport, None, targets, clock, pacer,
-            ))
+            let service =
+                Service::new_with_pacer(store, compiled, transport, None, targets, clock, pacer);
+            service.instruments.set_throughput_limit(cloud.per_second);
+            Ok(service)
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Crash tests of the real binary: `kill -9` of `medrelay run` while an interface engine streams
-//! SIU^S12 messages over four MLLP connections, and of `medrelay ingest csv` in the middle of a file.
+//! SIU^S12 messages over four MLLP connections, and of `medrelay ingest csv` in the middle of a file
+//! (and, sharing the same tools, `run` reloading its configuration on a real SIGHUP).
 //!
 //! The peer follows the MLLP contract: a message is done when it got AA; one without an answer when
 //! the connection died is sent again after the restart. After every kill, with the process down:
@@ -944,4 +945,66 @@ async fn csv_import_killed_mid_file_then_rerun_matches_an_uncrashed_import() {
         crashed.2.len(),
         started.elapsed().as_secs_f64()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration reload on SIGHUP (issue 16), on the real binary and the real signal; it shares
+// this file's small tools (the site, the command, the log).
+
+/// Waits until the log has `what` (a guard against a hang, not a speed claim).
+fn wait_for_log(log: &Path, what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(what)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no {what:?} in:\n{}",
+            log_tail(log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn run_reloads_its_configuration_on_sighup_and_refuses_a_restart_only_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_site(dir.path(), |t| t);
+    let log = dir.path().join("run.log");
+    let now: jiff::Timestamp = "2026-11-29T13:30:00Z".parse().unwrap();
+    let mut child = medrelay(&config, now, &log, &["run"]).spawn().unwrap();
+    wait_for_log(&log, "medrelay service started");
+    // A new plan step, then SIGHUP: applied, the process keeps running.
+    let original = std::fs::read_to_string(&config).unwrap();
+    let added = format!(
+        "{original}\n[[plan.steps]]\nname = \"reminder_6h\"\nkind = \"reminder\"\noffset = \"6h\"\ntemplate = \"appointment_reminder\"\n"
+    );
+    std::fs::write(&config, &added).unwrap();
+    signal(&child, "HUP");
+    wait_for_log(&log, "configuration reloaded");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    // Another database needs a restart: refused, still running on the running configuration.
+    std::fs::write(
+        &config,
+        added.replacen("path = \"medrelay.db\"", "path = \"other.db\"", 1),
+    )
+    .unwrap();
+    signal(&child, "HUP");
+    wait_for_log(&log, "configuration reload refused");
+    assert!(log_tail(&log).contains("[store] changed, which needs a restart"));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    signal(&child, "TERM");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", log_tail(&log));
+    assert!(!dir.path().join("other.db").exists());
 }

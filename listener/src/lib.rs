@@ -93,7 +93,7 @@ pub async fn serve_bounded(
         };
         let stream = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and the like: wait a little instead of spinning; never stop serving.
                     warn!(error = %e, "accept failed; retrying");
@@ -103,8 +103,14 @@ pub async fn serve_bounded(
             },
             _ = &mut shutdown => break,
         };
+        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers can tell clients apart (`ConnectInfo<SocketAddr>`), as with axum's own serve.
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let builder = builder.clone();
         let mut closing = closing_rx.clone();
         tokio::spawn(async move {

@@ -61,9 +61,24 @@ pub fn normalize_e164(raw: &str, default_region: &str) -> Result<String, PhoneEr
     Ok(parsed.format_as(PhoneNumberFormat::E164).to_string())
 }
 
+/// The country calling code of an E.164 number (`+44...` -> 44): what a per-country rate table
+/// needs, without keeping the number.
+pub fn calling_code(e164: &str) -> Option<u16> {
+    let parsed = PHONE_NUMBER_UTIL.parse(e164.trim(), None).ok()?;
+    u16::try_from(parsed.country_code).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calling_codes_of_e164_numbers() {
+        assert_eq!(calling_code("+5511987654321"), Some(55));
+        assert_eq!(calling_code("+12127365101"), Some(1));
+        assert_eq!(calling_code("+442072193000"), Some(44));
+        assert_eq!(calling_code("not a number"), None);
+    }
 
     #[test]
     fn national_and_international_forms_normalise() {

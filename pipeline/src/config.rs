@@ -276,6 +276,28 @@ pub struct Compiled {
     pub on_recategorised: RecategorisedPolicy,
 }
 
+impl Compiled {
+    /// A fingerprint of what planning depends on (steps, templates, each site's plan policy):
+    /// when it changes, future appointments are planned again (`Store::plan_changed`).
+    pub fn plan_fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let policies: Vec<(&String, &PlanPolicy)> = self
+            .sites
+            .values()
+            .map(|s| (&s.name, &s.plan_policy))
+            .collect();
+        let text = format!("{:?}|{:?}|{:?}", self.steps, self.templates, policies);
+        hex::encode(Sha256::digest(text.as_bytes()))
+    }
+
+    /// Whether the plan still has the step a job was planned from (`reminder_48h`, or the
+    /// numbered announcements of a step, `room_change#2`).
+    pub fn has_step(&self, job_step: &str) -> bool {
+        let base = job_step.split('#').next().unwrap_or(job_step);
+        self.steps.iter().any(|s| s.name == base)
+    }
+}
+
 /// What happens when WhatsApp recategorises a configured template away from UTILITY (it is then
 /// priced as MARKETING, not delivered to +1 numbers, and under other TTL rules).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

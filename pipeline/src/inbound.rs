@@ -28,6 +28,9 @@ pub const TEMPLATE_STATUS_ALERT: &str = "template_status";
 pub const TEMPLATE_CATEGORY_ALERT: &str = "template_recategorised";
 /// Alert kind for the business number flagged or its messaging limit lowered.
 pub const NUMBER_QUALITY_ALERT: &str = "phone_number_quality";
+/// Alert kind for messages of a template that WhatsApp accepted and then failed with an
+/// account- or template-level error (once per template; resolved by its next delivered message).
+pub const DELIVERY_FAILED_ALERT: &str = "delivery_failed";
 
 /// Template events after which WhatsApp refuses the template: its steps are held.
 const TEMPLATE_STOPPED: &[&str] = &[
@@ -62,6 +65,16 @@ pub struct Inbound {
 }
 
 impl Inbound {
+    /// The same handler under a new configuration (texts, templates, policies: a reload).
+    pub fn with_config(&self, config: Arc<Compiled>) -> Inbound {
+        Inbound {
+            store: self.store.clone(),
+            config,
+            transport: self.transport.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
     /// An inbound handler answering patients through `transport`.
     pub fn new(
         store: Store,
@@ -95,20 +108,11 @@ impl Inbound {
                             .as_deref()
                             .and_then(|c| c.strip_prefix("job:"))
                             .and_then(|j| j.parse().ok());
-                        let at = Timestamp::from_second(s.timestamp).unwrap_or(self.clock.now());
-                        if self
-                            .store
-                            .apply_status(
-                                &s.wamid,
-                                &s.status,
-                                at,
-                                s.error_code,
-                                job,
-                                self.clock.now(),
-                            )
-                            .await?
-                        {
+                        if self.store.apply_status(s, job, self.clock.now()).await? {
                             report.statuses_applied += 1;
+                            if matches!(s.status.as_str(), "delivered" | "read") {
+                                self.delivered(job, &s.wamid).await?;
+                            }
                         }
                         if s.status == "failed" {
                             self.on_failed_status(s.error_code, job, &s.wamid).await?;
@@ -289,6 +293,17 @@ impl Inbound {
                     .messaging_limit
                     .map(|n| format!(" (whatsapp.messaging_limit is {n})"))
                     .unwrap_or_default();
+                // The limit the webhook states is the one the sender now spends.
+                if let Some(stated) = limit
+                    .as_deref()
+                    .and_then(crate::whatsapp::cloud::parse_messaging_limit)
+                    && self
+                        .store
+                        .set_messaging_limit(stated, "webhook", now)
+                        .await?
+                {
+                    info!(limit = ?stated, "messaging limit changed (phone_number_quality_update)");
+                }
                 match event.as_str() {
                     "FLAGGED" | "DOWNGRADE" => {
                         warn!(%event, "business number quality dropped");
@@ -346,15 +361,46 @@ impl Inbound {
                     .await?;
             }
             e @ (SendError::HaltTemplate { .. } | SendError::HaltAll { .. }) => {
+                // One incident per template, whatever the number of its messages that fail;
+                // the next delivered message of the template ends it (`delivered`).
+                let template = self.store.job_template(job).await?.unwrap_or_default();
+                let key = format!("template `{template}`:");
                 self.store
                     .raise_incident(
-                        "delivery_failed",
-                        &format!("job {job}:"),
-                        &format!("job {job}: {e}"),
+                        DELIVERY_FAILED_ALERT,
+                        &key,
+                        &format!("{key} delivery failed after WhatsApp accepted job {job}: {e}"),
                         now,
                     )
                     .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// A message was delivered: its template's `delivery_failed` incident, if any, is over.
+    async fn delivered(&self, callback_job: Option<i64>, wamid: &str) -> StoreResult<()> {
+        if !self.store.alert_open(DELIVERY_FAILED_ALERT).await? {
+            return Ok(());
+        }
+        let job = match callback_job {
+            Some(j) => Some(j),
+            None => self.store.job_for_wamid(wamid).await?,
+        };
+        let Some(template) = (match job {
+            Some(j) => self.store.job_template(j).await?,
+            None => None,
+        }) else {
+            return Ok(());
+        };
+        let key = format!("template `{template}`:");
+        if self
+            .store
+            .resolve_incident(DELIVERY_FAILED_ALERT, &key, self.clock.now())
+            .await?
+            > 0
+        {
+            info!(%template, "messages of the template are delivered again (delivery_failed resolved)");
         }
         Ok(())
     }

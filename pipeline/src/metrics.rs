@@ -1,5 +1,5 @@
-//! The `/metrics` exposition: [`crate::store::metrics::StoreMetrics`] plus the readiness checks,
-//! encoded by prometheus-client in the OpenMetrics text format (which Prometheus scrapes). Built
+//! The `/metrics` exposition: [`crate::store::metrics::StoreMetrics`] plus the readiness checks
+//! and the process's [`crate::instruments`], encoded by prometheus-client in the OpenMetrics text format (which Prometheus scrapes). Built
 //! afresh for each scrape from the store, so every instance on one database exports the same
 //! numbers and nothing is lost at a restart.
 
@@ -46,9 +46,17 @@ fn gauge(r: &mut Registry, name: &str, help: &str, value: f64) {
     r.register(name, help, g);
 }
 
-/// The exposition text for one scrape.
-pub fn render(m: &StoreMetrics, checks: &[Check]) -> String {
+/// The exposition text for one scrape: the store's numbers, the readiness checks and, when
+/// given, this process's own instruments.
+pub fn render(
+    m: &StoreMetrics,
+    checks: &[Check],
+    instruments: Option<&crate::instruments::Instruments>,
+) -> String {
     let mut r = Registry::with_prefix("medrelay");
+    if let Some(i) = instruments {
+        i.register(&mut r);
+    }
     gauges(
         &mut r,
         "outbox_jobs",
@@ -121,6 +129,20 @@ pub fn render(m: &StoreMetrics, checks: &[Check]) -> String {
         "Alerts not yet resolved, by kind",
         &m.open_alerts,
     );
+    gauge(
+        &mut r,
+        "messaging_limit_recipients",
+        "Unique recipients of template messages outside a service window in the moving 24 h",
+        m.messaging_recipients_24h,
+    );
+    if let Some(limit) = m.messaging_limit_reported {
+        gauge(
+            &mut r,
+            "messaging_limit_reported",
+            "The messaging limit as WhatsApp last stated it (Graph API or webhook)",
+            limit,
+        );
+    }
     let ready: Vec<Sample> = checks
         .iter()
         .map(|c| Sample {

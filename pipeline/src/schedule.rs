@@ -62,6 +62,14 @@ fn timing(spec: &StepSpec, time_unknown: bool) -> String {
 }
 
 impl Scheduler {
+    /// The same scheduler under a new configuration (a reload).
+    pub fn with_config(&self, config: Arc<Compiled>) -> Scheduler {
+        Scheduler {
+            config,
+            ..self.clone()
+        }
+    }
+
     /// A scheduler over `store` with the compiled plan.
     pub fn new(store: Store, config: Arc<Compiled>, clock: Arc<dyn Clock>) -> Self {
         Scheduler {

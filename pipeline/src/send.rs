@@ -57,6 +57,8 @@ pub struct Sender {
     /// `template_halted` alert, and the very first resolves `sending_halted` (a halt lasts until
     /// a restart; a send that goes through afterwards is the recovery).
     proven: Arc<Mutex<HashSet<String>>>,
+    /// Where send attempts are counted for `/metrics` (the service shares its own).
+    pub instruments: Arc<crate::instruments::Instruments>,
 }
 
 /// A read-only view of a [`Sender`]'s halt, for `/readyz`: the service is not ready while all
@@ -82,11 +84,14 @@ pub const MESSAGING_LIMIT_ALERT: &str = "messaging_limit";
 
 /// WhatsApp's messaging limit within one sending pass: the unique recipients of template messages
 /// in the moving 24 h (loaded from the store at the start of the pass, kept up to date as it
-/// sends). A recipient already in the window costs nothing; a new one needs a free place.
+/// sends). A recipient already in the window costs nothing; a new one needs a free place. A
+/// patient who wrote in the last 24 h (an open customer service window) costs nothing either.
 pub struct MessagingBudget {
     pub limit: u32,
-    /// Contact hash -> newest template message to it in the window.
+    /// Contact hash -> newest template message to it in the window (outside a service window).
     recipients: std::collections::HashMap<String, Timestamp>,
+    /// Contact hash -> the patient's last message, for those who wrote in the last 24 h.
+    open_windows: std::collections::HashMap<String, Timestamp>,
 }
 
 impl MessagingBudget {
@@ -97,6 +102,7 @@ impl MessagingBudget {
             recipients: store
                 .recipients_since(now - SignedDuration::from_hours(24))
                 .await?,
+            open_windows: store.open_service_windows(now).await?,
         })
     }
 
@@ -105,9 +111,20 @@ impl MessagingBudget {
         self.recipients.len()
     }
 
-    /// Whether a message to `contact` may go now.
-    pub fn admits(&self, contact: &str) -> bool {
-        self.recipients.contains_key(contact) || self.used() < self.limit as usize
+    /// Whether `contact` wrote in the 24 h before `at` (their customer service window is open:
+    /// a message then does not count against the limit).
+    pub fn window_open(&self, contact: &str, at: Timestamp) -> bool {
+        self.open_windows.get(contact).is_some_and(|t| {
+            *t <= at
+                && at < *t + SignedDuration::from_secs(crate::store::limits::SERVICE_WINDOW_SECONDS)
+        })
+    }
+
+    /// Whether a message to `contact` may go at `at`.
+    pub fn admits(&self, contact: &str, at: Timestamp) -> bool {
+        self.window_open(contact, at)
+            || self.recipients.contains_key(contact)
+            || self.used() < self.limit as usize
     }
 
     /// When the window next frees a place: 24 h after the oldest recipient's newest message.
@@ -119,9 +136,11 @@ impl MessagingBudget {
             .max(now + SignedDuration::from_secs(1))
     }
 
-    /// Counts a sent message.
+    /// Counts a sent message (unless it went inside the contact's service window).
     pub fn record(&mut self, contact: &str, at: Timestamp) {
-        self.recipients.insert(contact.to_owned(), at);
+        if !self.window_open(contact, at) {
+            self.recipients.insert(contact.to_owned(), at);
+        }
     }
 }
 
@@ -229,6 +248,7 @@ impl Sender {
             halts: Arc::new(Mutex::new(Halts::default())),
             pacer: None,
             proven: Arc::new(Mutex::new(HashSet::new())),
+            instruments: crate::instruments::Instruments::new(),
         }
     }
 
@@ -245,6 +265,21 @@ impl Sender {
         let mut s = Sender::new(store, config, transport, clock);
         s.pacer = Some(pacer);
         s
+    }
+
+    /// The same sender (transport, pacer, halts, instruments) under a new configuration: a
+    /// reload changes templates, plans and policies without forgetting a halt or the pace.
+    pub fn with_config(&self, config: Arc<Compiled>) -> Sender {
+        Sender {
+            store: self.store.clone(),
+            config,
+            transport: self.transport.clone(),
+            clock: self.clock.clone(),
+            halts: self.halts.clone(),
+            pacer: self.pacer.clone(),
+            proven: self.proven.clone(),
+            instruments: self.instruments.clone(),
+        }
     }
 
     /// Whether all sending is halted, and why.
@@ -265,7 +300,12 @@ impl Sender {
             return Ok(report);
         }
         let now = self.clock.now();
-        let mut budget = match self.config.messaging_limit {
+        // The limit WhatsApp stated (Graph API, webhook) beats the configured one.
+        let messaging_limit = match self.store.reported_messaging_limit().await? {
+            Some(reported) => reported.limit,
+            None => self.config.messaging_limit,
+        };
+        let mut budget = match messaging_limit {
             Some(limit) => Some(MessagingBudget::load(&self.store, limit, now).await?),
             None => None,
         };
@@ -278,12 +318,20 @@ impl Sender {
                 Attempt::Done(o) => o,
                 Attempt::Paced(o) => {
                     report.paced += 1;
+                    self.instruments.send_attempt(&job.template, "paced");
                     debug!(job = job.id, step = %job.step, "recipient not ready (pair limit): deferred");
                     self.store.finish_job(&job, &o, self.clock.now()).await?;
                     continue;
                 }
             };
             let now = self.clock.now();
+            let result = match &outcome {
+                JobOutcome::Sent { .. } => "sent",
+                JobOutcome::Retry { .. } => "retry",
+                JobOutcome::Deferred { .. } => "deferred",
+                JobOutcome::Final { state, .. } => state,
+            };
+            self.instruments.send_attempt(&job.template, result);
             match &outcome {
                 JobOutcome::Sent { contact_hash, .. } => {
                     report.sent += 1;
@@ -400,6 +448,16 @@ impl Sender {
         };
         if let Some((state, reason)) = still_valid(job, &rec, now) {
             return final_(state, reason);
+        }
+        // The plan changed since the step was planned (a reload or a restart with a new file).
+        if !self.config.has_step(&job.step) {
+            return final_(
+                "withdrawn",
+                format!(
+                    "step `{}` is no longer in [[plan.steps]] (the configuration changed)",
+                    job.step
+                ),
+            );
         }
         let (Some(phone), Some(contact_hash)) = (
             rec.appointment.patient.best_phone(),
@@ -523,7 +581,10 @@ impl Sender {
                 .sign(key)
             })
             .collect();
-        // PHI: the recipient's number is what the Cloud API needs; it goes into the request body only.
+        // PHI: the recipient's number is what the Cloud API needs; it goes into the request body
+        // only. Its country calling code is kept for the rate table.
+        #[allow(clippy::disallowed_methods)]
+        let calling_code = medrelay_mapping::phone::calling_code(phone.expose());
         #[allow(clippy::disallowed_methods)]
         let message = TemplateMessage {
             to: phone.expose().trim_start_matches('+').to_string(),
@@ -545,7 +606,7 @@ impl Sender {
         // WhatsApp's messaging limit: a new recipient beyond it waits for the moving window
         // (never a failure: Meta would refuse it, and the step is still useful later).
         if let Some(b) = budget
-            && !b.admits(&contact_hash)
+            && !b.admits(&contact_hash, now)
         {
             return Ok(Attempt::Done(JobOutcome::Deferred {
                 at: b.next_free(now),
@@ -571,6 +632,7 @@ impl Sender {
                 wamid: accepted.wamid,
                 body: body.to_string(),
                 contact_hash,
+                calling_code,
             })),
             Err(e) => Ok(Attempt::Done(self.on_error(job, e, now).await?)),
         }

@@ -46,6 +46,11 @@ pub struct Service {
     pub simulator: Option<Arc<Simulator>>,
     /// Where alerts are pushed, when configured (`medrelay run` delivers after each pass).
     pub alert_sink: Option<crate::alerts::AlertSink>,
+    /// This process's timings and counters for `/metrics` (the sender's, shared with the
+    /// listeners and endpoints the service starts).
+    pub instruments: Arc<crate::instruments::Instruments>,
+    /// The clock every part runs on.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Service {
@@ -58,17 +63,20 @@ impl Service {
         write_back: Vec<(String, Arc<dyn WriteBack>)>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let sender = Sender::new(
+            store.clone(),
+            config.clone(),
+            transport.clone(),
+            clock.clone(),
+        );
         Service {
             ingest: Ingest::new(store.clone(), clock.clone()),
             scheduler: Scheduler::new(store.clone(), config.clone(), clock.clone()),
-            sender: Sender::new(
-                store.clone(),
-                config.clone(),
-                transport.clone(),
-                clock.clone(),
-            ),
+            instruments: sender.instruments.clone(),
+            sender,
             inbound: Inbound::new(store.clone(), config, transport, clock.clone()),
-            writeback: WriteBackWorker::new(store.clone(), write_back, clock),
+            writeback: WriteBackWorker::new(store.clone(), write_back, clock.clone()),
+            clock,
             store,
             simulator,
             alert_sink: None,
@@ -88,22 +96,37 @@ impl Service {
     ) -> Self {
         let paced: Arc<dyn WhatsAppTransport> =
             Arc::new(PacedTransport::new(transport.clone(), pacer.clone()));
+        let sender = Sender::with_pacer(
+            store.clone(),
+            config.clone(),
+            transport,
+            clock.clone(),
+            pacer,
+        );
         Service {
             ingest: Ingest::new(store.clone(), clock.clone()),
             scheduler: Scheduler::new(store.clone(), config.clone(), clock.clone()),
-            sender: Sender::with_pacer(
-                store.clone(),
-                config.clone(),
-                transport,
-                clock.clone(),
-                pacer,
-            ),
+            instruments: sender.instruments.clone(),
+            sender,
             inbound: Inbound::new(store.clone(), config, paced, clock.clone()),
-            writeback: WriteBackWorker::new(store.clone(), write_back, clock),
+            writeback: WriteBackWorker::new(store.clone(), write_back, clock.clone()),
+            clock,
             store,
             simulator,
             alert_sink: None,
         }
+    }
+
+    /// Applies a reloaded configuration (templates, plans, policies, texts) to the parts that
+    /// use it; transport, pacing, halts, listeners and the store stay as they are. Returns how
+    /// many future appointments will be planned again because the plan changed.
+    pub async fn reconfigure(&mut self, config: Arc<Compiled>) -> StoreResult<u64> {
+        self.scheduler = self.scheduler.with_config(config.clone());
+        self.sender = self.sender.with_config(config.clone());
+        self.inbound = self.inbound.with_config(config.clone());
+        self.store
+            .plan_changed(&config.plan_fingerprint(), self.clock.now())
+            .await
     }
 
     /// Plans, sends due steps (in batches of `send_batch`), delivers the simulator's webhooks,

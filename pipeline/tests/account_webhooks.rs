@@ -202,14 +202,33 @@ async fn number_quality_drop_alerts_once_and_recovers_once() {
         "{}",
         fired[0].detail
     );
+    // The stated tier is now the one the sender spends (it beats the configured 2000).
+    let reported = h.store.reported_messaging_limit().await.unwrap().unwrap();
+    assert_eq!(
+        (reported.limit, reported.source.as_str()),
+        (Some(250), "webhook")
+    );
     account(&h, quality("UPGRADE", "TIER_2K")).await;
     let recovered = notices(&h).await;
     assert_eq!(recovered.len(), 1, "{recovered:?}");
     assert!(recovered[0].is_recovery());
+    let reported = h.store.reported_messaging_limit().await.unwrap().unwrap();
+    assert_eq!(reported.limit, Some(2000));
+    account(&h, quality("UPGRADE", "TIER_UNLIMITED")).await;
+    let reported = h.store.reported_messaging_limit().await.unwrap().unwrap();
+    assert_eq!(reported.limit, None, "unlimited");
 }
 
-/// A sender over a simulator whose account has no templates at all (every send is 132001).
-fn sender_without_templates(h: &Harness) -> medrelay_pipeline::send::Sender {
+/// Another process's sender (a restart) over its own simulator of the account: `registry` is
+/// what the account has, `failing` a patient number and the code every send to it gets.
+fn sender_over(
+    h: &Harness,
+    registry: std::collections::BTreeMap<
+        String,
+        medrelay_pipeline::whatsapp::simulator::SimTemplate,
+    >,
+    failing: Option<(&str, i64)>,
+) -> medrelay_pipeline::send::Sender {
     use medrelay_pipeline::whatsapp::WhatsAppTransport;
     use medrelay_pipeline::whatsapp::simulator::{Simulator, SimulatorConfig};
     use std::sync::Arc;
@@ -218,17 +237,25 @@ fn sender_without_templates(h: &Harness) -> medrelay_pipeline::send::Sender {
             .unwrap();
     let sim = Arc::new(Simulator::new(
         config,
-        Default::default(),
+        registry,
         business(),
         b"test-app-secret",
         h.clock.clone() as Arc<dyn Clock>,
     ));
+    if let Some((to, code)) = failing {
+        sim.fail_with(to, code);
+    }
     medrelay_pipeline::send::Sender::new(
         h.store.clone(),
         h.compiled.clone(),
         sim as Arc<dyn WhatsAppTransport>,
         h.clock.clone() as Arc<dyn Clock>,
     )
+}
+
+/// A sender over a simulator whose account has no templates at all (every send is 132001).
+fn sender_without_templates(h: &Harness) -> medrelay_pipeline::send::Sender {
+    sender_over(h, Default::default(), None)
 }
 
 #[tokio::test]
@@ -280,4 +307,49 @@ async fn template_halted_fires_once_across_restarts_and_recovers_at_the_next_goo
         "{recovered:?}"
     );
     assert!(recovered.iter().all(|n| n.is_recovery()), "{recovered:?}");
+}
+
+/// A sender whose account is blocked (every send answers 131048, spam rate limit: all sending
+/// halts until a restart).
+fn sender_of_a_blocked_account(h: &Harness) -> medrelay_pipeline::send::Sender {
+    sender_over(h, h.sim.registry().clone(), Some((&phone(0), 131048)))
+}
+
+#[tokio::test]
+async fn sending_halted_fires_once_across_restarts_and_recovers_at_the_first_send_after_one() {
+    let t0 = ny("2026-12-07T10:00");
+    let h = Harness::new(t0).await;
+    book_patient_0(&h, t0).await;
+    h.service.scheduler.plan_pending().await.unwrap();
+    // Two processes in turn, both blocked: one incident.
+    for minutes in [0, 61] {
+        h.clock.set(t0 + SignedDuration::from_mins(minutes));
+        let report = sender_of_a_blocked_account(&h).send_due(10).await.unwrap();
+        assert!(report.halted, "{report:?}");
+    }
+    let fired = notices(&h).await;
+    let halted: Vec<&AlertNotice> = fired
+        .iter()
+        .filter(|n| n.kind == "sending_halted")
+        .collect();
+    assert_eq!(halted.len(), 1, "{fired:?}");
+    assert!(!halted[0].is_recovery());
+    assert!(
+        halted[0].detail.starts_with("all sending halted: "),
+        "{halted:?}"
+    );
+    for canary in ["Pat0", "2127365", "+1"] {
+        assert!(!halted[0].detail.contains(canary), "{canary}: {halted:?}");
+    }
+    // The block is lifted (a restart with a working account): the first send recovers it.
+    h.clock.set(t0 + SignedDuration::from_mins(125));
+    let report = h.service.sender.send_due(10).await.unwrap();
+    assert!(report.sent >= 1, "{report:?}");
+    let recovered = notices(&h).await;
+    assert!(
+        recovered
+            .iter()
+            .any(|n| n.kind == "sending_halted" && n.is_recovery()),
+        "{recovered:?}"
+    );
 }

@@ -1,5 +1,6 @@
 //! The KPI report (issue 16) on a seeded database whose answers are known: six bookings, two
-//! taps, an opt-out, an EHR opt-out and two no-shows, reported as counted by hand.
+//! taps, an opt-out, an EHR opt-out and two no-shows, reported as counted by hand, and costed
+//! with a price list.
 
 mod lifecycle_common;
 
@@ -7,6 +8,7 @@ use jiff::SignedDuration;
 use lifecycle_common::{Harness, event, ny, phone};
 use medrelay_mapping::model::{AppointmentStatus, EhrConsent};
 use medrelay_pipeline::clock::Clock;
+use medrelay_pipeline::costs::RateTable;
 use medrelay_pipeline::store::report::ReportGroup;
 use medrelay_pipeline::whatsapp::simulator::PatientAction;
 
@@ -71,6 +73,18 @@ async fn the_report_on_a_seeded_day_equals_the_hand_counted_figures() {
         })
         .collect();
     h.deliver("csv", &no_shows).await;
+    // The price list: +1 numbers have their own utility price, marketing only a default one.
+    let rates: RateTable = toml::from_str(
+        r#"
+        currency = "USD"
+        [rates.default]
+        utility = 0.004
+        marketing = 0.025
+        [rates.1]
+        utility = 0.0034
+        "#,
+    )
+    .unwrap();
 
     let rows = h
         .store
@@ -78,6 +92,7 @@ async fn the_report_on_a_seeded_day_equals_the_hand_counted_figures() {
             ny("2026-12-09T00:00"),
             ny("2026-12-10T00:00"),
             ReportGroup::All,
+            Some(&rates),
         )
         .await
         .unwrap();
@@ -103,6 +118,24 @@ async fn the_report_on_a_seeded_day_equals_the_hand_counted_figures() {
     // The simulator's patients tap a minute after the message.
     assert_eq!(r.reply_seconds_median, Some(60.0));
     assert_eq!(r.reply_seconds_p90, Some(60.0));
+    // Pricing from the status webhooks: all ten are utility templates sent outside a customer
+    // service window (each patient answered only the last one), so all are billable at the +1
+    // price: 10 x 0.0034, and one confirmed appointment carries it all.
+    assert_eq!(r.messages_by_category.get("utility"), Some(&10));
+    assert_eq!(r.billable_messages, 10);
+    assert_eq!(r.unpriced_billable, 0);
+    let near = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+    assert!(near(r.cost, 0.034), "{:?}", r.cost);
+    assert!(
+        near(r.cost_by_category.get("utility").copied(), 0.034),
+        "{:?}",
+        r.cost_by_category
+    );
+    assert!(
+        near(r.cost_per_confirmed, 0.034),
+        "{:?}",
+        r.cost_per_confirmed
+    );
     // Reconciles with status: delivered and read by the messages' latest status.
     let s = h.store.status_summary(h.clock.now()).await.unwrap();
     let by = |k: &str| s.messages_by_status.get(k).copied().unwrap_or(0);
@@ -118,18 +151,38 @@ async fn the_report_on_a_seeded_day_equals_the_hand_counted_figures() {
             ny("2026-12-09T00:00"),
             ny("2026-12-10T00:00"),
             ReportGroup::Site,
+            None,
         )
         .await
         .unwrap();
     assert_eq!(by_site.len(), 1);
     assert_eq!(by_site[0].group, "ny");
     assert_eq!(by_site[0].confirmed, 1);
+    assert_eq!(by_site[0].cost, None, "no rate table, no cost");
+    // By template: the five messaged appointments under their first template (the booking
+    // confirmation), with all ten messages; the one never messaged under `(none)`.
+    let by_template = h
+        .store
+        .kpi_report(
+            ny("2026-12-09T00:00"),
+            ny("2026-12-10T00:00"),
+            ReportGroup::Template,
+            None,
+        )
+        .await
+        .unwrap();
+    let groups: Vec<(&str, i64, i64)> = by_template
+        .iter()
+        .map(|r| (r.group.as_str(), r.appointments, r.messages_sent))
+        .collect();
+    assert_eq!(groups, [("(none)", 1, 0), ("booked", 5, 10)]);
     let empty = h
         .store
         .kpi_report(
             ny("2026-12-10T00:00"),
             ny("2026-12-11T00:00"),
             ReportGroup::All,
+            None,
         )
         .await
         .unwrap();

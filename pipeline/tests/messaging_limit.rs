@@ -127,3 +127,46 @@ async fn a_tier_of_250_sends_250_recipients_by_lane_and_the_rest_when_the_window
     );
     assert_eq!(s.jobs_by_state.get("failed"), None, "{s:?}");
 }
+
+/// A patient who wrote in the last 24 h has an open customer service window: Meta does not count
+/// a template to them against the messaging limit, so neither does medrelay. With a tier of 2,
+/// three patients get their confirmation when one of them wrote first; a fourth waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_with_an_open_service_window_does_not_spend_the_messaging_limit() {
+    let mut config = compiled();
+    config.messaging_limit = Some(2);
+    let t0 = ny("2026-12-07T09:00");
+    let h = Harness::with_config(t0, config).await;
+    // Patient 2 writes at 09:00 (a question, for the staff queue).
+    h.sim.patient_texts(&phone(2), "Is there parking?");
+    h.settle().await;
+    h.clock.set(ny("2026-12-07T10:00"));
+    let v = t0 - SignedDuration::from_hours(1);
+    let events: Vec<_> = (0..4)
+        .map(|n| {
+            event(
+                "emr",
+                &format!("W{n}"),
+                n,
+                AppointmentStatus::Booked,
+                ny("2026-12-09T12:00"),
+                v,
+                1,
+            )
+        })
+        .collect();
+    h.deliver("csv", &events).await;
+    h.settle().await;
+    let recipients: BTreeSet<String> = sent(&h).into_iter().map(|(_, to)| to).collect();
+    // Patients 0 and 1 take the two places; patient 2 is inside the window; patient 3 waits.
+    assert_eq!(recipients, [0, 1, 2].map(digits).into_iter().collect());
+    let s = h.store.status_summary(h.clock.now()).await.unwrap();
+    assert_eq!(s.jobs_by_state.get("failed"), None, "{s:?}");
+    // Three were messaged, two count against the limit (patient 2's went inside the window).
+    let counted = h
+        .store
+        .recipients_since(h.clock.now() - SignedDuration::from_hours(24))
+        .await
+        .unwrap();
+    assert_eq!(counted.len(), 2, "{counted:?}");
+}

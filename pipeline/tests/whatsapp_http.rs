@@ -324,6 +324,67 @@ async fn the_template_registry_is_paged_and_matches_the_configuration() {
     assert_eq!(check_templates(&compiled().templates, &remote), vec![]);
 }
 
+#[tokio::test]
+async fn the_client_reads_the_messaging_limit_from_the_phone_number_object() {
+    let (_server, url) = sim_server(SimServerConfig {
+        messaging_limit_tier: "TIER_2K".into(),
+        token: Some(ApiToken::new(TOKEN)),
+        ..SimServerConfig::default()
+    })
+    .await;
+    assert_eq!(
+        client(&url, TOKEN).fetch_messaging_limit().await.unwrap(),
+        Some(Some(2000))
+    );
+    // The raw object: both fields asked for; an unknown field is Meta's error 100.
+    let http = reqwest::Client::new();
+    let r: Value = http
+        .get(format!(
+            "{url}/v23.0/{}?fields=messaging_limit_tier,quality_rating",
+            business().phone_number_id
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["messaging_limit_tier"], "TIER_2K");
+    assert_eq!(r["quality_rating"], "GREEN");
+    let r = http
+        .get(format!(
+            "{url}/v23.0/{}?fields=nope",
+            business().phone_number_id
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], 100);
+    // A wrong token: 190, as for every other call.
+    let e = client(&url, "wrong")
+        .fetch_messaging_limit()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("190"), "{e}");
+}
+
+#[test]
+fn messaging_limit_tiers_parse() {
+    use medrelay_pipeline::whatsapp::cloud::parse_messaging_limit as p;
+    assert_eq!(p("TIER_250"), Some(Some(250)));
+    assert_eq!(p("tier_2k"), Some(Some(2000)));
+    assert_eq!(p("TIER_10K"), Some(Some(10_000)));
+    assert_eq!(p("TIER_100K"), Some(Some(100_000)));
+    assert_eq!(p("TIER_UNLIMITED"), Some(None));
+    assert_eq!(p("1000"), Some(Some(1000)));
+    assert_eq!(p("TIER_X"), None);
+    assert_eq!(p("lots"), None);
+}
+
 struct Db {
     _dir: tempfile::TempDir,
     store: Store,
@@ -519,6 +580,17 @@ fn every_pywa_fixture_parses() {
     let failed = parse(statuses["failed"].to_string().as_bytes()).unwrap();
     assert_eq!(failed.statuses[0].status, "failed");
     assert_eq!(failed.statuses[0].error_code, Some(130472));
+    // The `pricing` object (billable, category; an older payload without `type`).
+    let sent = parse(statuses["sent"].to_string().as_bytes()).unwrap();
+    let pricing = sent.statuses[0].pricing.clone().unwrap();
+    assert_eq!(
+        (
+            pricing.billable,
+            pricing.category.as_str(),
+            pricing.kind.as_str()
+        ),
+        (true, "service", "")
+    );
     let buttons: Value =
         serde_json::from_slice(&std::fs::read(fixture("callback_button.json")).unwrap()).unwrap();
     let tap = parse(buttons["quick_reply"].to_string().as_bytes()).unwrap();
@@ -688,6 +760,7 @@ async fn duplicate_and_out_of_order_webhooks_merge_monotonically() {
             recipient_id: "5511987650003".into(),
             error_code: None,
             callback: None,
+            pricing: None,
         },
     )
     .to_string()
@@ -960,5 +1033,57 @@ async fn named_templates_need_their_parameter_names() {
     assert_eq!(
         check_templates(&configured.compile().unwrap().templates, &remote),
         vec![]
+    );
+}
+
+/// The statuses' `pricing` for one accepted send: (billable, category, type), or the failure code.
+fn priced(sim: &Simulator, body: &Value) -> Result<(bool, String, String), Option<i64>> {
+    sim.handle_send(body).unwrap();
+    let webhooks = sim.take_webhooks();
+    let first = parse(&webhooks[0].body).unwrap();
+    let s = &first.statuses[0];
+    if s.status == "failed" {
+        return Err(s.error_code);
+    }
+    let p = s.pricing.clone().unwrap();
+    Ok((p.billable, p.category, p.kind))
+}
+
+#[test]
+fn the_simulator_prices_by_category_and_window_and_refuses_a_service_text_outside_the_window() {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let sim = simulator(clock.clone());
+    let template = serde_json::json!({
+        "messaging_product": "whatsapp", "to": "5511987650009", "type": "template",
+        "template": {"name": "appt_reminder", "language": {"code": "pt_BR"},
+          "components": [{"type": "body", "parameters": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}
+    });
+    let text = serde_json::json!({
+        "messaging_product": "whatsapp", "to": "5511987650009", "type": "text",
+        "text": {"body": "Thank you"}
+    });
+    // No window yet: the template is a billable utility message, a text cannot be sent.
+    assert_eq!(
+        priced(&sim, &template),
+        Ok((true, "utility".into(), "regular".into()))
+    );
+    assert_eq!(priced(&sim, &text), Err(Some(131047)));
+    // The patient writes: for 24 h a utility template is free and a text is a free service message.
+    sim.patient_texts("+5511987650009", "Can I come later?");
+    sim.take_webhooks();
+    clock.advance(jiff::SignedDuration::from_hours(23));
+    assert_eq!(
+        priced(&sim, &template),
+        Ok((false, "utility".into(), "free_customer_service".into()))
+    );
+    assert_eq!(
+        priced(&sim, &text),
+        Ok((false, "service".into(), "free_customer_service".into()))
+    );
+    clock.advance(jiff::SignedDuration::from_hours(2));
+    assert_eq!(priced(&sim, &text), Err(Some(131047)));
+    assert_eq!(
+        priced(&sim, &template),
+        Ok((true, "utility".into(), "regular".into()))
     );
 }

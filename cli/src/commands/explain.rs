@@ -301,9 +301,64 @@ pub async fn plan(config: &Path, args: PlanArgs, o: &mut Output<'_>) -> anyhow::
             return Err(Failure::usage("give --appointment ID or --date YYYY-MM-DD"));
         }
     };
-    for id in ids {
-        describe(&store, &loaded, id, args.show_phi, o).await?;
+    for id in &ids {
+        describe(&store, &loaded, *id, args.show_phi, o).await?;
+    }
+    if let (None, Some(d)) = (&args.appointment, args.date) {
+        messaging_need(&store, &loaded, d, o).await?;
     }
     store.close().await;
     Ok(exit::OK)
+}
+
+/// What the day asks of WhatsApp's messaging limit: pending steps due that day (in the first
+/// site's zone) and their distinct recipients, against the limit in force (as WhatsApp stated it,
+/// else `[whatsapp] messaging_limit`). Recipients who write first (an open service window) and
+/// those already counted in the moving 24 h cost less; the figure is the most the day can need.
+async fn messaging_need(
+    store: &medrelay_pipeline::store::Store,
+    loaded: &crate::config::Loaded,
+    date: jiff::civil::Date,
+    o: &mut Output<'_>,
+) -> anyhow::Result<()> {
+    let zone_name = loaded
+        .config
+        .sites
+        .values()
+        .next()
+        .map_or("UTC", |s| s.time_zone.as_str());
+    let zone = TimeZone::get(zone_name).unwrap_or(TimeZone::UTC);
+    let from = date.to_zoned(zone.clone())?.timestamp();
+    let until = date.tomorrow()?.to_zoned(zone)?.timestamp();
+    let (jobs, recipients) = store.pending_need(from, until).await?;
+    let reported = store.reported_messaging_limit().await?;
+    let (limit, source) = match &reported {
+        Some(r) => (r.limit, format!("as WhatsApp stated it ({})", r.source)),
+        None => (
+            loaded.config.whatsapp.messaging_limit,
+            "whatsapp.messaging_limit".to_owned(),
+        ),
+    };
+    let verdict = match limit {
+        None => "no messaging limit applies".to_owned(),
+        Some(l) if recipients as u64 > u64::from(l) => format!(
+            "OVER the limit of {l} ({source}): {} recipients would wait for the moving window, by lane",
+            recipients as u64 - u64::from(l)
+        ),
+        Some(l) if recipients as u64 * 5 > u64::from(l) * 4 => format!(
+            "within the limit of {l} ({source}), above 80 %: the messaging_limit alert will fire"
+        ),
+        Some(l) => format!("within the limit of {l} ({source})"),
+    };
+    if o.json {
+        o.json(&serde_json::json!({
+            "date": date.to_string(), "zone": zone_name, "pending_steps": jobs,
+            "recipients": recipients, "messaging_limit": limit,
+        }));
+    } else {
+        o.line(format!(
+            "messaging limit on {date} ({zone_name}): {jobs} pending step(s) to {recipients} recipient(s); {verdict}"
+        ));
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_connectors;
 pub mod check;
 pub mod consent;
+pub mod db;
 pub mod demo;
 pub mod explain;
 pub mod ingest;

@@ -19,6 +19,8 @@ pub enum ByArg {
     Practitioner,
     /// The EHR's appointment type (it can reveal a condition: share the output accordingly).
     ServiceType,
+    /// The first template each appointment got (its messages all count there).
+    Template,
 }
 
 /// How it is printed.
@@ -52,7 +54,7 @@ fn secs(s: Option<f64>) -> String {
     s.map_or("-".into(), |s| format!("{s:.0} s"))
 }
 
-const CSV_HEADER: [&str; 21] = [
+const CSV_HEADER: [&str; 30] = [
     "group",
     "appointments",
     "messaged",
@@ -74,10 +76,23 @@ const CSV_HEADER: [&str; 21] = [
     "no_show_rate_not_messaged",
     "reply_seconds_median",
     "reply_seconds_p90",
+    "billable_messages",
+    "currency",
+    "cost",
+    "cost_utility",
+    "cost_marketing",
+    "cost_authentication",
+    "cost_service",
+    "unpriced_billable",
+    "cost_per_confirmed",
 ];
 
-fn csv_line(r: &KpiRow) -> Vec<String> {
+fn csv_line(r: &KpiRow, currency: &str) -> Vec<String> {
     let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
+    let by = |c: &str| {
+        f(r.cost
+            .map(|_| r.cost_by_category.get(c).copied().unwrap_or(0.0)))
+    };
     vec![
         r.group.clone(),
         r.appointments.to_string(),
@@ -100,6 +115,15 @@ fn csv_line(r: &KpiRow) -> Vec<String> {
         f(r.no_show_rate_not_messaged),
         f(r.reply_seconds_median),
         f(r.reply_seconds_p90),
+        r.billable_messages.to_string(),
+        currency.to_string(),
+        f(r.cost),
+        by("utility"),
+        by("marketing"),
+        by("authentication"),
+        by("service"),
+        r.unpriced_billable.to_string(),
+        f(r.cost_per_confirmed),
     ]
 }
 
@@ -115,19 +139,22 @@ pub async fn run(config: &Path, args: ReportArgs, o: &mut Output<'_>) -> anyhow:
         ByArg::Site => ReportGroup::Site,
         ByArg::Practitioner => ReportGroup::Practitioner,
         ByArg::ServiceType => ReportGroup::ServiceType,
+        ByArg::Template => ReportGroup::Template,
     };
-    let rows = store.kpi_report(args.from, args.to, by).await?;
+    let rates = loaded.config.costs.as_ref();
+    let currency = rates.map_or("", |r| r.currency.as_str());
+    let rows = store.kpi_report(args.from, args.to, by, rates).await?;
     store.close().await;
     let format = if o.json { FormatArg::Json } else { args.format };
     match format {
         FormatArg::Json => o.json(&serde_json::json!({
-            "from": args.from, "to": args.to, "rows": rows,
+            "from": args.from, "to": args.to, "currency": rates.map(|r| &r.currency), "rows": rows,
         })),
         FormatArg::Csv => {
             let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
             w.write_record(CSV_HEADER)?;
             for r in &rows {
-                w.write_record(csv_line(r))?;
+                w.write_record(csv_line(r, currency))?;
             }
             let text = String::from_utf8(w.into_inner()?)?;
             for line in text.lines() {
@@ -178,6 +205,45 @@ pub async fn run(config: &Path, args: ReportArgs, o: &mut Output<'_>) -> anyhow:
                     secs(r.reply_seconds_median),
                     secs(r.reply_seconds_p90)
                 ));
+                let categories: Vec<String> = r
+                    .messages_by_category
+                    .iter()
+                    .map(|(c, n)| format!("{c} {n}"))
+                    .collect();
+                o.line(format!(
+                    "  messages by pricing category: {} ({} billable)",
+                    if categories.is_empty() {
+                        "-".into()
+                    } else {
+                        categories.join(", ")
+                    },
+                    r.billable_messages
+                ));
+                if let Some(cost) = r.cost {
+                    let by: Vec<String> = r
+                        .cost_by_category
+                        .iter()
+                        .map(|(c, v)| format!("{c} {v:.4}"))
+                        .collect();
+                    o.line(format!(
+                        "  cost {cost:.4} {currency} ({}); per confirmed appointment {}{}",
+                        if by.is_empty() {
+                            "-".into()
+                        } else {
+                            by.join(", ")
+                        },
+                        r.cost_per_confirmed
+                            .map_or("-".into(), |c| format!("{c:.4} {currency}")),
+                        if r.unpriced_billable > 0 {
+                            format!(
+                                "; {} billable without a price in [costs]",
+                                r.unpriced_billable
+                            )
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
             }
         }
     }

@@ -23,6 +23,7 @@ use jiff::SignedDuration;
 use medrelay_listener::serve_bounded;
 use medrelay_pipeline::clock::Clock;
 use medrelay_pipeline::http::health::{HealthState, WatchedListeners, health_router};
+use medrelay_pipeline::http::status_page::{StatusPageState, status_page_router};
 use medrelay_pipeline::http::webhook::{WebhookState, webhook_router};
 use medrelay_pipeline::inbound::Inbound;
 use medrelay_pipeline::service::Service;
@@ -295,12 +296,56 @@ pub async fn start_webhook_endpoint(
     info!(address = %local, health = health.is_some(), "webhook endpoint listening on /webhook");
     let mut router = webhook_router(state);
     if let Some(h) = health {
+        if let Some(i) = &h.instruments {
+            router = i.timed(router, "whatsapp_webhook");
+        }
         router = router.merge(health_router(h));
     }
     let task = tokio::spawn(serve_bounded(
         listener,
         router,
         wh.connection_limits(),
+        async move {
+            let _ = halt.wait_for(|h| *h).await;
+        },
+    ));
+    Ok(Some((local, task)))
+}
+
+/// Binds `[status_page] listen` and serves the read-only status page until `halt` turns true.
+/// The password comes from `password_env`; unset or empty stops `run` (fail closed).
+pub async fn start_status_page(
+    loaded: &Loaded,
+    health: HealthState,
+    mut halt: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Endpoint>> {
+    let (Some(addr), Some(page)) = (loaded.status_page_listen, &loaded.config.status_page) else {
+        return Ok(None);
+    };
+    let password = secret_from_env(&page.password_env, "the status page password")?;
+    let mut state = StatusPageState::new(health, &page.user, &password);
+    state.feeds = loaded.feed_watches.clone();
+    state.connectors = loaded
+        .config
+        .connectors
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    state.messaging_limit = loaded.config.whatsapp.messaging_limit;
+    state.per_second = (loaded.config.whatsapp.mode == WhatsAppMode::Cloud)
+        .then(|| loaded.cloud.as_ref().map(|c| c.per_second))
+        .flatten();
+    state.rates = loaded.config.costs.clone();
+    state.report_days = page.report_days;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (status_page.listen)"))?;
+    let local = listener.local_addr()?;
+    info!(address = %local, "status page listening on /");
+    let task = tokio::spawn(serve_bounded(
+        listener,
+        status_page_router(state),
+        medrelay_listener::ConnectionLimits::default(),
         async move {
             let _ = halt.wait_for(|h| *h).await;
         },
@@ -315,7 +360,23 @@ pub async fn run(
     args: RunArgs,
     o: &mut Output<'_>,
 ) -> anyhow::Result<u8> {
-    run_until(config, clock, args, o, shutdown_signal()).await
+    let reload = Arc::new(Notify::new());
+    #[cfg(unix)]
+    {
+        let reload = reload.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                info!("SIGHUP: the configuration will be reloaded after the current step");
+                reload.notify_one();
+            }
+        });
+    }
+    run_until_with_reload(config, clock, args, o, shutdown_signal(), reload).await
 }
 
 /// Runs the service until `shutdown` completes (the signals in [`run`]; a trigger in tests), or one
@@ -327,21 +388,91 @@ pub async fn run_until(
     o: &mut Output<'_>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<u8> {
-    let loaded = load_config(config)?;
+    run_until_with_reload(config, clock, args, o, shutdown, Arc::new(Notify::new())).await
+}
+
+/// The sections a reload cannot change, rendered for comparison: the store, the service loop, the
+/// WhatsApp account and transport (but its `messaging_limit` and `on_recategorised`), connectors
+/// and their CSV profiles, the status page, the audit folder and the alert sink. Listeners and
+/// connections are built from them once.
+fn restart_only(c: &crate::config::Config) -> Vec<(&'static str, String)> {
+    let mut whatsapp = c.whatsapp.clone();
+    whatsapp.messaging_limit = None;
+    whatsapp.on_recategorised = Default::default();
+    let sink = (
+        &c.alerts.webhook_url_env,
+        format!("{:?}", c.alerts.format),
+        c.alerts.timeout_secs,
+    );
+    vec![
+        ("[store]", format!("{:?}", c.store)),
+        ("[service]", format!("{:?}", c.service)),
+        ("[whatsapp]", format!("{whatsapp:?}")),
+        ("[[connectors]]", format!("{:?}", c.connectors)),
+        ("[csv]", format!("{:?}", c.csv)),
+        ("[status_page]", format!("{:?}", c.status_page)),
+        ("[audit]", format!("{:?}", c.audit)),
+        ("[alerts] webhook", format!("{sink:?}")),
+    ]
+}
+
+/// Reads the configuration file again for a reload: the new configuration when it is valid and
+/// changes only what a reload may change (templates, plans, sites, consent, sensitive services,
+/// reply texts, alert thresholds and feeds, retention, costs, the messaging limit); else why not.
+pub fn reload_config(current: &Loaded) -> Result<Loaded, String> {
+    let new = crate::config::load(&current.path).map_err(|e| e.to_string())?;
+    let changed: Vec<&str> = restart_only(&current.config)
+        .into_iter()
+        .zip(restart_only(&new.config))
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0)
+        .collect();
+    if !changed.is_empty() {
+        return Err(format!(
+            "{} changed, which needs a restart",
+            changed.join(", ")
+        ));
+    }
+    Ok(new)
+}
+
+/// [`run_until`], reloading the configuration file whenever `reload` is notified (SIGHUP in
+/// [`run`]): between passes, without dropping a connection; a file that is invalid or changes a
+/// restart-only section is refused with a log line and the running configuration stays.
+pub async fn run_until_with_reload(
+    config: &Path,
+    clock: Arc<dyn Clock>,
+    args: RunArgs,
+    o: &mut Output<'_>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Arc<Notify>,
+) -> anyhow::Result<u8> {
+    let mut loaded = load_config(config)?;
     // Fail closed before anything starts: every secret the service will use is set and not empty.
     crate::fhir::require_secrets(&loaded, !args.once)?;
     let store = open_store(&loaded).await?;
-    let service = build_service(&loaded, store.clone(), clock.clone())?;
+    let mut service = build_service(&loaded, store.clone(), clock.clone())?;
+    // A plan changed since the last run: future appointments are planned again.
+    let replanned = store
+        .plan_changed(&loaded.compiled.plan_fingerprint(), clock.now())
+        .await?;
+    if replanned > 0 {
+        info!(
+            appointments = replanned,
+            "the message plan changed since the last run; future appointments are planned again"
+        );
+    }
+    let reload_requested = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let woken = Arc::new(Notify::new());
     let (halt_tx, halt_rx) = watch::channel(false);
     // The listener tasks `/readyz` watches (filled below, once they are started).
     let watched: WatchedListeners = Arc::default();
-    let endpoint = if args.once {
+    let (endpoint, status_page) = if args.once {
         if loaded.webhook_listen.is_some() {
             info!("--once: the webhook endpoint is not served");
         }
-        None
+        (None, None)
     } else {
         let metrics_token = match &loaded.config.service.metrics_token_env {
             Some(var) => Some(Arc::from(
@@ -356,8 +487,10 @@ pub async fn run_until(
             listeners: watched.clone(),
             metrics_token,
             clock: clock.clone(),
+            instruments: Some(service.instruments.clone()),
         };
-        start_webhook_endpoint(
+        let status_page = start_status_page(&loaded, health.clone(), halt_rx.clone()).await?;
+        let endpoint = start_webhook_endpoint(
             &loaded,
             &store,
             clock.clone(),
@@ -365,7 +498,8 @@ pub async fn run_until(
             halt_rx,
             Some(health),
         )
-        .await?
+        .await?;
+        (endpoint, status_page)
     };
     // MLLP listeners: each message is committed before its ACK; the loop is woken to plan it.
     let listeners = if args.once {
@@ -398,7 +532,27 @@ pub async fn run_until(
             woken.notify_one();
         });
     }
-    let result = service_loop(&service, &loaded, clock.as_ref(), &stop, &woken, args.once).await;
+    let reloader = {
+        let (requested, woken) = (reload_requested.clone(), woken.clone());
+        tokio::spawn(async move {
+            loop {
+                reload.notified().await;
+                requested.store(true, Ordering::SeqCst);
+                woken.notify_one();
+            }
+        })
+    };
+    let result = service_loop(
+        &mut service,
+        &mut loaded,
+        clock.as_ref(),
+        &stop,
+        &woken,
+        &reload_requested,
+        args.once,
+    )
+    .await;
+    reloader.abort();
     // Stop accepting MLLP connections and FHIR notifications; whatever was not yet acknowledged
     // is sent again by its sender.
     for (_, handle) in &listeners {
@@ -407,6 +561,9 @@ pub async fn run_until(
     // The endpoint stops accepting and finishes in-flight requests before the store closes.
     halt_tx.send_replace(true);
     let mut endpoint_failed = None;
+    if let Some((_, handle)) = status_page {
+        let _ = handle.await;
+    }
     if let Some((_, handle)) = endpoint {
         match handle.await {
             Ok(Ok(())) => {}
@@ -436,14 +593,26 @@ pub async fn run_until(
 
 /// The daily audit checkpoint (see `audit::checkpoint_if_due`). A folder that cannot be written is
 /// logged and tried again the next day; a trail whose head is missing or altered gets no checkpoint
-/// and raises an `audit_broken` alert for staff.
+/// and raises one `audit_broken` alert for staff, resolved by the next checkpoint written.
 async fn daily_checkpoint(
     service: &Service,
     loaded: &Loaded,
     clock: &dyn Clock,
 ) -> anyhow::Result<()> {
+    const KEY: &str = "audit trail:";
     match super::audit::checkpoint_if_due(&service.store, loaded, clock.now()).await {
-        Ok(Some(path)) => info!(checkpoint = %path.display(), "audit checkpoint written"),
+        Ok(Some(path)) => {
+            info!(checkpoint = %path.display(), "audit checkpoint written");
+            // A checkpoint is only written over a trail whose head verifies: the incident is over.
+            if service
+                .store
+                .resolve_incident("audit_broken", KEY, clock.now())
+                .await?
+                > 0
+            {
+                info!("audit trail verifies again (audit_broken resolved)");
+            }
+        }
         Ok(None) => {}
         Err(e) => {
             warn!(error = %e, "audit checkpoint not written");
@@ -451,7 +620,7 @@ async fn daily_checkpoint(
             {
                 service
                     .store
-                    .raise_alert("audit_broken", why, clock.now())
+                    .raise_incident("audit_broken", KEY, &format!("{KEY} {why}"), clock.now())
                     .await?;
             }
         }
@@ -459,21 +628,80 @@ async fn daily_checkpoint(
     Ok(())
 }
 
-/// Passes until `stop`, waiting `poll_interval` (or a wake-up: a stored webhook, a signal) between
-/// them; retention and an audit checkpoint once a day.
-async fn service_loop(
+/// In cloud mode, reads the messaging limit from the Graph API (the phone number object) and
+/// stores it for every instance's sender; a token that cannot see it leaves the configured
+/// `messaging_limit` in force. Never stops the service.
+async fn refresh_messaging_limit(
+    client: &medrelay_pipeline::whatsapp::cloud::CloudApiClient,
     service: &Service,
-    loaded: &Loaded,
+    now: jiff::Timestamp,
+) {
+    match client.fetch_messaging_limit().await {
+        Ok(Some(limit)) => match service
+            .store
+            .set_messaging_limit(limit, "graph_api", now)
+            .await
+        {
+            Ok(true) => info!(limit = ?limit, "messaging limit read from the Graph API"),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "messaging limit not stored"),
+        },
+        Ok(None) => {
+            info!(
+                "the Graph API did not state the messaging limit; whatsapp.messaging_limit applies"
+            )
+        }
+        Err(e) => {
+            warn!(error = %e, "messaging limit not read from the Graph API; retrying in an hour")
+        }
+    }
+}
+
+/// Passes until `stop`, waiting `poll_interval` (or a wake-up: a stored webhook, a signal) between
+/// them; retention and an audit checkpoint once a day; the messaging limit from the Graph API
+/// once an hour (cloud mode).
+async fn service_loop(
+    service: &mut Service,
+    loaded: &mut Loaded,
     clock: &dyn Clock,
     stop: &AtomicBool,
     woken: &Notify,
+    reload: &AtomicBool,
     once: bool,
 ) -> anyhow::Result<()> {
     let mut last_prune: Option<jiff::Timestamp> = None;
+    let mut last_limit_read: Option<jiff::Timestamp> = None;
+    let limit_client = match (&loaded.config.whatsapp.mode, &loaded.cloud) {
+        (WhatsAppMode::Cloud, Some(cloud)) => crate::wiring::cloud_client(cloud).ok(),
+        _ => None,
+    };
     let mut last_fhir_poll = std::collections::HashMap::new();
     // Feeds that never delivered get their grace from here (`[alerts.feeds]`).
     let watching_since = clock.now();
+    let feeds: Vec<String> = loaded
+        .config
+        .connectors
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
     while !stop.load(Ordering::SeqCst) {
+        if reload.swap(false, Ordering::SeqCst) {
+            match reload_config(loaded) {
+                Ok(new) => {
+                    let replanned = service.reconfigure(Arc::new(new.compiled.clone())).await?;
+                    info!(
+                        templates = new.compiled.templates.len(),
+                        steps = new.compiled.steps.len(),
+                        replanned,
+                        "configuration reloaded"
+                    );
+                    *loaded = new;
+                }
+                Err(why) => {
+                    error!(%why, "configuration reload refused; the running configuration stays")
+                }
+            }
+        }
         if last_prune
             .is_none_or(|t| clock.now().duration_since(t) >= SignedDuration::from_hours(24))
         {
@@ -481,6 +709,13 @@ async fn service_loop(
             info!(?r, "retention applied");
             last_prune = Some(clock.now());
             daily_checkpoint(service, loaded, clock).await?;
+        }
+        if let Some(client) = &limit_client
+            && last_limit_read
+                .is_none_or(|t| clock.now().duration_since(t) >= SignedDuration::from_hours(1))
+        {
+            refresh_messaging_limit(client, service, clock.now()).await;
+            last_limit_read = Some(clock.now());
         }
         poll_fhir_servers(service, loaded, clock, &mut last_fhir_poll).await;
         pass(service, loaded, clock, stop).await?;
@@ -491,6 +726,8 @@ async fn service_loop(
             clock.now(),
         )
         .await?;
+        medrelay_pipeline::watch::check(&service.store, &loaded.thresholds, &feeds, clock.now())
+            .await?;
         if once {
             break;
         }

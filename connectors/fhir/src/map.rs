@@ -75,6 +75,31 @@ pub struct NotificationStatus {
     pub topic: Option<String>,
     /// `focus` references of the notification events (what an id-only notification points at).
     pub focus: Vec<String>,
+    /// `events-since-subscription-start` (`eventsSinceSubscriptionStart`): how many events the
+    /// server has sent on this Subscription so far; what a gap is measured against.
+    pub events_since_start: Option<u64>,
+    /// The `event-number` (`eventNumber`) of each notification event, in order.
+    pub event_numbers: Vec<u64>,
+}
+
+/// A FHIR counter as servers write it: `"2"` (string, the backport's `valueString` and R4B's
+/// `integer64`) or `2`.
+fn counter(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str()?.trim().parse().ok())
+}
+
+/// The first `value[x]` of a backport parameter (or part) that reads as a counter.
+fn counter_value(p: &Value) -> Option<u64> {
+    [
+        "valueString",
+        "valueInteger64",
+        "valueUnsignedInt",
+        "valueInteger",
+        "valueDecimal",
+        "valuePositiveInt",
+    ]
+    .iter()
+    .find_map(|k| counter(&p[*k]))
 }
 
 /// The result of mapping one Bundle.
@@ -444,12 +469,18 @@ fn notification_status(params: &Value) -> NotificationStatus {
                     .or(p["valueUri"].as_str())
                     .map(str::to_owned)
             }
+            Some("events-since-subscription-start") => s.events_since_start = counter_value(p),
             Some("notification-event") => {
                 for part in p["part"].as_array().into_iter().flatten() {
                     if part["name"] == "focus"
                         && let Some(r) = part["valueReference"]["reference"].as_str()
                     {
                         s.focus.push(r.to_owned());
+                    }
+                    if part["name"] == "event-number"
+                        && let Some(n) = counter_value(part)
+                    {
+                        s.event_numbers.push(n);
                     }
                 }
             }
@@ -472,6 +503,13 @@ fn subscription_status(status: &Value) -> NotificationStatus {
             .into_iter()
             .flatten()
             .filter_map(|e| e["focus"]["reference"].as_str().map(str::to_owned))
+            .collect(),
+        events_since_start: counter(&status["eventsSinceSubscriptionStart"]),
+        event_numbers: status["notificationEvent"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| counter(&e["eventNumber"]))
             .collect(),
     }
 }

@@ -7,7 +7,8 @@
 //!   limit (413, refused before reading when `Content-Length` announces more), the whole-body
 //!   deadline (408), no free slot before it (503 `throttled`: deliver again);
 //! - a body that is not a Bundle: the raw bytes go to quarantine, then 400 with an OperationOutcome;
-//! - a handshake or heartbeat: 200;
+//! - a handshake or heartbeat: recorded through [`BundleSink::heard`] (the Subscription is alive;
+//!   its event counter shows missed events), then 200;
 //! - an event notification: every entry's Appointment is committed through the [`BundleSink`],
 //!   entries that cannot be read go to quarantine, and only then 200 with an OperationOutcome that
 //!   lists them (error issues) or says "accepted";
@@ -28,7 +29,7 @@ use jiff::Timestamp;
 use medrelay_listener::{BodyError, RequestLimits, read_body, same};
 use serde_json::Value;
 
-use crate::map::{FhirOptions, MappedBundle, map_bundle};
+use crate::map::{FhirOptions, MappedBundle, NotificationStatus, map_bundle};
 use crate::outcome::{Issue, operation_outcome};
 
 /// Where mapped notifications go. `store` commits the events and the rejected entries (and, for a
@@ -40,6 +41,12 @@ pub trait BundleSink: Send + Sync + 'static {
         mapped: &MappedBundle,
         whole: Option<(&Issue, &[u8])>,
     ) -> Result<(), String>;
+
+    /// Every notification's status (handshake, heartbeat, events), after its events are stored:
+    /// the Subscription is alive, and its event counter shows whether events went missing.
+    async fn heard(&self, _status: &NotificationStatus) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Reads resources an id-only notification points at; returns a Bundle (JSON) of them with their
@@ -157,6 +164,16 @@ async fn notify(State(s): State<SubscriptionState>, headers: HeaderMap, body: Bo
         .unwrap_or_default();
     if matches!(kind.as_str(), "handshake" | "heartbeat") {
         tracing::info!(feed = %s.feed, kind, "FHIR subscription {kind}");
+        if let Some(status) = &mapped.notification
+            && let Err(e) = s.sink.heard(status).await
+        {
+            tracing::error!(feed = %s.feed, error = %e, "FHIR {kind} not recorded");
+            return one(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "not recorded; deliver again",
+            );
+        }
         return fhir(StatusCode::OK, operation_outcome(&[]));
     }
     // id-only: read what the notification points at.
@@ -209,6 +226,12 @@ async fn notify(State(s): State<SubscriptionState>, headers: HeaderMap, body: Bo
             "transient",
             "not stored; deliver again",
         );
+    }
+    // The events are durable: a failure to record the counter only weakens gap detection.
+    if let Some(status) = &mapped.notification
+        && let Err(e) = s.sink.heard(status).await
+    {
+        tracing::error!(feed = %s.feed, error = %e, "FHIR notification counter not recorded");
     }
     for r in &mapped.rejected {
         tracing::warn!(feed = %s.feed, entry = %r.location, issue = %r.issue, "FHIR entry quarantined");

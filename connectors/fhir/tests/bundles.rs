@@ -414,3 +414,30 @@ fn fhir_offset_beyond_14_hours_is_rejected_not_read_as_another_instant() {
         ]
     );
 }
+
+/// The Subscription's event counter, from the backport IG's examples (R4 `Parameters`) and the
+/// clinic's R5 notification (`SubscriptionStatus`): what gap detection is measured against.
+#[test]
+fn notification_counters_are_read_from_backport_and_r5_statuses() {
+    let counters = |name: &str| {
+        let m = map_bundle(&fixture(name), &opts("BR"), now()).unwrap();
+        let n = m.notification.expect("a notification status");
+        (n.kind, n.events_since_start, n.event_numbers)
+    };
+    assert_eq!(
+        counters("handshake_bundle_example.json"),
+        ("handshake".into(), Some(0), vec![])
+    );
+    assert_eq!(
+        counters("heartbeat_bundle_example.json"),
+        ("heartbeat".into(), Some(2), vec![])
+    );
+    assert_eq!(
+        counters("id_only_notification_bundle_example.json"),
+        ("event-notification".into(), Some(1), vec![1])
+    );
+    assert_eq!(
+        counters("notification_clinica_r5.json"),
+        ("event-notification".into(), Some(12), vec![12])
+    );
+}

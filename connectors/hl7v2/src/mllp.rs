@@ -283,6 +283,24 @@ pub trait QuarantineGate: Send + Sync + 'static {
     async fn admit(&self, source: IpAddr, bytes: usize) -> bool;
 }
 
+/// Watches the answers: `acked` is called once an ACK is written, with its MSA-1 code (`AA`,
+/// `AE`, `AR`; `CA`... in enhanced mode) and the time from the complete frame to the written
+/// ACK, which includes the commit that precedes every ACK.
+pub trait AckObserver: Send + Sync + 'static {
+    fn acked(&self, feed: &str, code: &str, elapsed: Duration);
+}
+
+/// The MSA-1 code of an ACK message (empty when it has none).
+fn ack_code(ack: &str) -> &str {
+    ack.split(['\r', '\n'])
+        .find_map(|seg| seg.strip_prefix("MSA"))
+        .and_then(|rest| {
+            let mut fields = rest.get(1..)?.split(rest.get(..1)?);
+            fields.next()
+        })
+        .unwrap_or_default()
+}
+
 /// Listener settings.
 #[derive(Clone)]
 pub struct ListenerOptions {
@@ -319,6 +337,8 @@ pub struct ListenerOptions {
     pub end_grace: Duration,
     /// The quarantine quota, if any.
     pub quarantine_gate: Option<Arc<dyn QuarantineGate>>,
+    /// Told of every ACK written (for the service's latency histograms), if any.
+    pub observer: Option<Arc<dyn AckObserver>>,
 }
 
 impl std::fmt::Debug for ListenerOptions {
@@ -341,6 +361,7 @@ impl std::fmt::Debug for ListenerOptions {
             .field("parse_budget", &self.parse_budget)
             .field("parse_workers", &self.parse_workers)
             .field("quarantine_gate", &self.quarantine_gate.is_some())
+            .field("observer", &self.observer.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -368,6 +389,7 @@ impl ListenerOptions {
                 .clamp(2, 4),
             end_grace: Duration::from_secs(1),
             quarantine_gate: None,
+            observer: None,
         }
     }
 }
@@ -661,9 +683,13 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, served: Arc<Served>
                 Frame::Message(b) | Frame::Unterminated(b) => b.len(),
                 Frame::TooLong(n) => *n,
             };
+            let complete = Instant::now();
             let ack = respond(&served, frame, peer.ip().to_canonical()).await;
             if !send_ack(&mut stream, &ack, l, peer).await {
                 return;
+            }
+            if let Some(o) = &l.observer {
+                o.acked(&l.feed, ack_code(&ack), complete.elapsed());
             }
             prepare_read(&mut buf, frame_len);
             frame_started = None;
@@ -700,9 +726,13 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, served: Arc<Served>
                     continue;
                 };
                 tracing::warn!(feed = %l.feed, %peer, "MLLP frame ended with FS but no CR; answered AR");
+                let complete = Instant::now();
                 let ack = respond(&served, frame, peer.ip().to_canonical()).await;
                 if !send_ack(&mut stream, &ack, l, peer).await {
                     return;
+                }
+                if let Some(o) = &l.observer {
+                    o.acked(&l.feed, ack_code(&ack), complete.elapsed());
                 }
                 prepare_read(&mut buf, usize::MAX);
                 frame_started = None;
@@ -795,6 +825,16 @@ pub async fn serve(
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn the_ack_code_is_msa_1_whatever_the_field_separator() {
+        assert_eq!(
+            ack_code("MSH|^~\\&|MEDRELAY|X|||20261202||ACK^S12|1|P|2.5\rMSA|AE|CTRL1\rERR|||207"),
+            "AE"
+        );
+        assert_eq!(ack_code("MSH#^~\\&#A\rMSA#AA#9\r"), "AA");
+        assert_eq!(ack_code("MSH|^~\\&|A"), "");
+    }
 
     /// A store that is down: every commit fails.
     struct Unavailable;

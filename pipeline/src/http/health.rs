@@ -41,6 +41,8 @@ pub struct HealthState {
     /// The bearer token `/metrics` needs; `None`: `/metrics` is not served.
     pub metrics_token: Option<Arc<str>>,
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// This process's timings and counters (MLLP ACKs, served requests, send attempts).
+    pub instruments: Option<Arc<crate::instruments::Instruments>>,
 }
 
 /// One readiness check.
@@ -166,7 +168,7 @@ async fn metrics(State(state): State<HealthState>, headers: HeaderMap) -> Respon
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             )],
-            crate::metrics::render(&m, &checks),
+            crate::metrics::render(&m, &checks, state.instruments.as_deref()),
         )
             .into_response(),
         Err(e) => {

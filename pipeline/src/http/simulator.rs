@@ -7,6 +7,8 @@
 //!   recipient within `pair_interval_secs` gives 131056.
 //! - `GET /{version}/{waba_id}/message_templates`: the simulator's registry in the Cloud API shape
 //!   (`data`, `paging.cursors`, `paging.next`), paged by `limit` and `after`.
+//! - `GET /{version}/{phone_number_id}?fields=...`: the phone number object, including its
+//!   messaging limit (`whatsapp_business_manager_messaging_limit`, `messaging_limit_tier`).
 //! - a background task ([`SimServer::spawn_webhook_pusher`]) that POSTs the simulator's signed webhooks
 //!   to a callback URL, retrying failures with backoff as Meta does.
 //!
@@ -43,6 +45,9 @@ fn page_size() -> usize {
 fn twelve() -> u32 {
     12
 }
+fn tier_250() -> String {
+    "TIER_250".into()
+}
 
 /// Settings of the simulator server (`[whatsapp.simulator.server]`).
 #[derive(Clone, Debug, Deserialize)]
@@ -66,6 +71,9 @@ pub struct SimServerConfig {
     /// Delivery attempts per webhook before it is dropped (Meta keeps trying for days).
     #[serde(default = "twelve")]
     pub webhook_attempts: u32,
+    /// The messaging limit the phone number object reports (`TIER_250` for a new portfolio).
+    #[serde(default = "tier_250")]
+    pub messaging_limit_tier: String,
     /// When set, requests must carry `Authorization: Bearer <token>` (else 401, code 190). Set in code
     /// from the environment, never from a file.
     #[serde(skip)]
@@ -81,6 +89,7 @@ impl Default for SimServerConfig {
             page_size: page_size(),
             fail_with: BTreeMap::new(),
             webhook_attempts: twelve(),
+            messaging_limit_tier: tier_250(),
             token: None,
         }
     }
@@ -366,7 +375,7 @@ fn registry_json(sim: &Simulator) -> Vec<Value> {
                 "name": name,
                 "language": language,
                 "status": "APPROVED",
-                "category": "UTILITY",
+                "category": if t.category.is_empty() { "UTILITY".to_owned() } else { t.category.to_ascii_uppercase() },
                 "parameter_format": if t.parameter_names.is_some() { "NAMED" } else { "POSITIONAL" },
                 "components": components,
             });
@@ -421,9 +430,56 @@ async fn templates(
         .into_response()
 }
 
+/// `GET /{version}/{phone_number_id}?fields=...`: the phone number object, with the fields a
+/// caller may ask for; an unknown field is Meta's error 100.
+async fn phone_number(
+    State(server): State<SimServer>,
+    Path((_version, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if !server.authorized(&headers) {
+        return error(190, "Error validating access token");
+    }
+    let business = server.inner.sim.business();
+    if id != business.phone_number_id {
+        return error(
+            100,
+            "Unsupported get request. Object with this ID does not exist",
+        );
+    }
+    let tier = server.inner.config.messaging_limit_tier.clone();
+    let fields = q.get("fields").map_or(
+        "id,display_phone_number,verified_name,quality_rating",
+        String::as_str,
+    );
+    let mut out = json!({"id": id});
+    for field in fields.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let value = match field {
+            "id" => json!(id),
+            "display_phone_number" => json!(business.display_phone_number),
+            "verified_name" => json!("medrelay simulator"),
+            "quality_rating" => json!("GREEN"),
+            "messaging_limit_tier" | "whatsapp_business_manager_messaging_limit" => json!(tier),
+            "throughput" => json!({"level": "STANDARD"}),
+            other => {
+                return error(
+                    100,
+                    &format!(
+                        "Tried accessing nonexisting field ({other}) on node type (WhatsAppBusinessPhoneNumber)"
+                    ),
+                );
+            }
+        };
+        out[field] = value;
+    }
+    (StatusCode::OK, axum::Json(out)).into_response()
+}
+
 /// The simulator's Cloud API router (see the module docs).
 pub fn simulator_router(server: SimServer) -> Router {
     Router::new()
+        .route("/{version}/{id}", get(phone_number))
         .route("/{version}/{id}/messages", post(messages))
         .route("/{version}/{id}/message_templates", get(templates))
         .layer(DefaultBodyLimit::max(1024 * 1024))

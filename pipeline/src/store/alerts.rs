@@ -78,7 +78,45 @@ pub fn notify_backoff_secs(failures: i64) -> i64 {
     (30i64 << (failures - 1).clamp(0, 5)).min(900)
 }
 
+/// An alert as the status page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AlertLine {
+    pub at: Timestamp,
+    pub kind: String,
+    pub detail: String,
+    pub resolved_at: Option<Timestamp>,
+}
+
 impl Store {
+    /// The newest `limit` alerts, open or resolved, newest first.
+    pub async fn recent_alerts(&self, limit: i64) -> StoreResult<Vec<AlertLine>> {
+        let rows = sqlx::query(
+            "SELECT at, kind, detail, resolved_at FROM alerts ORDER BY at DESC, id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| AlertLine {
+                at: ts(r.get("at")),
+                kind: r.get("kind"),
+                detail: r.get("detail"),
+                resolved_at: r.get::<Option<i64>, _>("resolved_at").map(ts),
+            })
+            .collect())
+    }
+
+    /// The details of the open alerts of `kind` (each names its incident first).
+    pub async fn open_alert_details(&self, kind: &str) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT detail FROM alerts WHERE kind = ? AND resolved_at IS NULL ORDER BY id",
+        )
+        .bind(kind)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// Raises an alert for staff (no PHI in `detail`).
     pub async fn raise_alert(&self, kind: &str, detail: &str, now: Timestamp) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;

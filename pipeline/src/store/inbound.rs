@@ -5,6 +5,7 @@ use serde_json::json;
 use sqlx::Row;
 
 use super::{Store, StoreResult, audit, secs, ts};
+use crate::whatsapp::webhook::StatusUpdate;
 
 /// A reply to store. `wa_message_id` makes re-deliveries idempotent.
 #[derive(Debug, Clone)]
@@ -85,15 +86,21 @@ impl Store {
     /// Merges a delivery status monotonically. Returns true if it changed anything. A status for an
     /// unknown message that carries our job id (`biz_opaque_callback_data`) reconciles a job whose send
     /// was interrupted after WhatsApp accepted it.
+    ///
+    /// The status's `pricing` (Meta's category and type, whether billable) is kept from the first
+    /// status that carries it, whatever order the statuses arrive in.
     pub async fn apply_status(
         &self,
-        wamid: &str,
-        status: &str,
-        at: Timestamp,
-        error_code: Option<i64>,
+        update: &StatusUpdate,
         callback_job: Option<i64>,
         now: Timestamp,
     ) -> StoreResult<bool> {
+        let (wamid, status, error_code) = (
+            update.wamid.as_str(),
+            update.status.as_str(),
+            update.error_code,
+        );
+        let at = Timestamp::from_second(update.timestamp).unwrap_or(now);
         let Some(rank) = status_rank(status) else {
             return Ok(false);
         };
@@ -142,6 +149,18 @@ impl Store {
         .await?
         .rows_affected()
             > 0;
+        if let Some(p) = &update.pricing {
+            sqlx::query(
+                "UPDATE messages SET pricing_category = ?, pricing_type = ?, billable = ? \
+                 WHERE wamid = ? AND pricing_category IS NULL",
+            )
+            .bind(&p.category)
+            .bind(&p.kind)
+            .bind(p.billable)
+            .bind(wamid)
+            .execute(&mut *tx)
+            .await?;
+        }
         if changed {
             audit::append(
                 &mut tx,
@@ -197,6 +216,16 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT job_id FROM messages WHERE wamid = ?")
                 .bind(wamid)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    /// The template (its configured key) a job was planned with.
+    pub async fn job_template(&self, job_id: i64) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT template FROM outbox WHERE id = ?")
+                .bind(job_id)
                 .fetch_optional(self.pool())
                 .await?,
         )

@@ -48,6 +48,11 @@ pub struct StoreMetrics {
     pub consent_changes: Vec<Sample>,
     /// Open alerts by `kind`.
     pub open_alerts: Vec<Sample>,
+    /// Unique recipients counted against the messaging limit (moving 24 h, outside a service
+    /// window).
+    pub messaging_recipients_24h: f64,
+    /// The messaging limit as WhatsApp last stated it (`None`: never stated, or unlimited).
+    pub messaging_limit_reported: Option<f64>,
 }
 
 impl Store {
@@ -180,6 +185,15 @@ impl Store {
             m.open_alerts
                 .push(sample(vec![("kind", r.get("kind"))], r.get("n")));
         }
+        m.messaging_recipients_24h = self
+            .recipients_since(now - jiff::SignedDuration::from_hours(24))
+            .await?
+            .len() as f64;
+        m.messaging_limit_reported = self
+            .reported_messaging_limit()
+            .await?
+            .and_then(|r| r.limit)
+            .map(f64::from);
         Ok(m)
     }
 }

@@ -16,6 +16,7 @@ use crate::keys::Keys;
 
 pub mod alerts;
 pub mod audit;
+pub mod config_state;
 pub mod consent;
 pub mod holds;
 pub mod inbound;
@@ -26,7 +27,10 @@ pub mod outbox;
 pub mod quarantine;
 pub mod report;
 pub mod retention;
+pub mod schema;
 pub mod status;
+pub mod subscriptions;
+pub mod watch;
 pub mod writeback;
 
 /// A store failure. Carries database error text (table and column names), never row values.

@@ -109,6 +109,8 @@ pub enum JobOutcome {
         wamid: String,
         body: String,
         contact_hash: String,
+        /// The recipient's country calling code (the rate table's key; not the number).
+        calling_code: Option<u16>,
     },
     /// Try again at `at`.
     Retry { at: Timestamp, reason: String },
@@ -363,6 +365,7 @@ impl Store {
                 wamid,
                 body,
                 contact_hash,
+                calling_code,
             } => {
                 sqlx::query(
                     "UPDATE outbox SET state = 'sent', wamid = ?, state_reason = NULL, updated_at = ? WHERE id = ?",
@@ -373,14 +376,15 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(
-                    "INSERT INTO messages (job_id, wamid, contact_hash, body, sent_at, status, status_rank) \
-                     VALUES (?, ?, ?, ?, ?, 'accepted', 0) ON CONFLICT (wamid) DO NOTHING",
+                    "INSERT INTO messages (job_id, wamid, contact_hash, body, sent_at, status, status_rank, calling_code) \
+                     VALUES (?, ?, ?, ?, ?, 'accepted', 0, ?) ON CONFLICT (wamid) DO NOTHING",
                 )
                 .bind(job.id)
                 .bind(wamid)
                 .bind(contact_hash)
                 .bind(body)
                 .bind(now_s)
+                .bind(calling_code.map(i64::from))
                 .execute(&mut *tx)
                 .await?;
                 audit::append(

@@ -10,6 +10,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{Store, StoreResult, secs};
+use crate::costs::RateTable;
 
 /// What the report groups appointments by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +21,9 @@ pub enum ReportGroup {
     Practitioner,
     /// The EHR's appointment type: it can reveal a condition, so only staff with the database see it.
     ServiceType,
+    /// The first template an appointment got (usually its booking confirmation): each
+    /// appointment, with all its messages, counts under one template, so the groups add up.
+    Template,
 }
 
 impl ReportGroup {
@@ -29,6 +33,10 @@ impl ReportGroup {
             ReportGroup::Site => "a.site",
             ReportGroup::Practitioner => "COALESCE(a.practitioner, '(none)')",
             ReportGroup::ServiceType => "COALESCE(a.service_type, '(none)')",
+            ReportGroup::Template => {
+                "COALESCE((SELECT ft.template FROM outbox ft JOIN messages fm ON fm.job_id = ft.id \
+                 WHERE ft.appointment_id = a.id ORDER BY fm.sent_at, fm.id LIMIT 1), '(none)')"
+            }
         }
     }
 }
@@ -67,6 +75,16 @@ pub struct KpiRow {
     /// Seconds from a message to the patient's tap on it: median and 90th percentile.
     pub reply_seconds_median: Option<f64>,
     pub reply_seconds_p90: Option<f64>,
+    /// Messages by Meta's pricing category (from the status webhooks; `unpriced` until a status
+    /// said), and how many of them Meta bills.
+    pub messages_by_category: BTreeMap<String, i64>,
+    pub billable_messages: i64,
+    /// With a rate table: the billable messages' cost, in all and by category, billable messages
+    /// the table has no price for (not counted as free), and cost per confirmed appointment.
+    pub cost: Option<f64>,
+    pub cost_by_category: BTreeMap<String, f64>,
+    pub unpriced_billable: i64,
+    pub cost_per_confirmed: Option<f64>,
 }
 
 fn rate(part: i64, whole: i64) -> Option<f64> {
@@ -97,12 +115,13 @@ impl Store {
             .await?)
     }
 
-    /// The report for appointments starting in `[from, until)`.
+    /// The report for appointments starting in `[from, until)`, costed with `rates` when given.
     pub async fn kpi_report(
         &self,
         from: Timestamp,
         until: Timestamp,
         by: ReportGroup,
+        rates: Option<&RateTable>,
     ) -> StoreResult<Vec<KpiRow>> {
         let g = by.column();
         let (from_s, until_s) = (secs(from), secs(until));
@@ -187,8 +206,41 @@ impl Store {
                 .or_default()
                 .push(r.get::<i64, _>("secs").max(0));
         }
+        // Pricing: messages by Meta's category and the recipient's calling code.
+        let sql = format!(
+            "SELECT {g} AS grp, COALESCE(m.pricing_category, 'unpriced') AS category, m.calling_code AS cc, \
+             COUNT(*) AS n, COALESCE(SUM(m.billable = 1), 0) AS billable \
+             FROM messages m JOIN outbox o ON o.id = m.job_id JOIN appointments a ON a.id = o.appointment_id \
+             WHERE {period} GROUP BY grp, category, cc"
+        );
+        for r in self.period_rows(sql, from_s, until_s).await? {
+            let row = rows.entry(r.get("grp")).or_default();
+            let category: String = r.get("category");
+            let (n, billable): (i64, i64) = (r.get("n"), r.get("billable"));
+            *row.messages_by_category
+                .entry(category.clone())
+                .or_default() += n;
+            row.billable_messages += billable;
+            if let Some(rates) = rates {
+                let cc = r
+                    .get::<Option<i64>, _>("cc")
+                    .and_then(|c| u16::try_from(c).ok());
+                match rates.price(cc, &category) {
+                    Some(p) => {
+                        let cost = p * billable as f64;
+                        *row.cost.get_or_insert(0.0) += cost;
+                        *row.cost_by_category.entry(category).or_default() += cost;
+                    }
+                    None => row.unpriced_billable += billable,
+                }
+            }
+        }
         for (grp, row) in rows.iter_mut() {
             row.group = grp.clone();
+            if rates.is_some() {
+                let cost = *row.cost.get_or_insert(0.0);
+                row.cost_per_confirmed = (row.confirmed > 0).then(|| cost / row.confirmed as f64);
+            }
             row.confirmation_rate = rate(row.confirmed, row.messaged);
             row.no_show_rate_reminded = rate(row.no_show_reminded, row.reminded);
             row.no_show_rate_not_messaged = rate(row.no_show_not_messaged, row.not_messaged);

@@ -366,24 +366,7 @@ impl CloudApiClient {
             if let Some(a) = &after {
                 page_url.query_pairs_mut().append_pair("after", a);
             }
-            let resp = self
-                .http
-                .get(page_url)
-                .bearer_auth(self.token.expose())
-                .send()
-                .await
-                .map_err(|e| CloudError::Http(describe(&e)))?;
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| CloudError::Http(describe(&e)))?;
-            if !(200..300).contains(&status) {
-                let code = serde_json::from_slice::<Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v["error"]["code"].as_i64());
-                return Err(CloudError::Api { status, code });
-            }
+            let bytes = self.graph_get(page_url).await?;
             let page: TemplatePage = serde_json::from_slice(&bytes)
                 .map_err(|e| CloudError::Decode(format!("template page: {e}")))?;
             out.extend(page.data);
@@ -397,6 +380,83 @@ impl CloudApiClient {
             }
         }
         Ok(out)
+    }
+}
+
+/// The business number's messaging limit as the Graph API or a webhook states it: `TIER_250`,
+/// `TIER_2K`, `TIER_10K`, `TIER_100K`, `TIER_UNLIMITED` (also `TIER_50`, `TIER_1K` of older
+/// accounts), or a plain number. `Some(None)` is unlimited; `None`: not a limit we can read.
+pub fn parse_messaging_limit(value: &str) -> Option<Option<u32>> {
+    let v = value.trim().to_ascii_uppercase();
+    if let Ok(n) = v.parse::<u32>() {
+        return Some(Some(n));
+    }
+    let tier = v.strip_prefix("TIER_")?;
+    if tier == "UNLIMITED" {
+        return Some(None);
+    }
+    let (digits, scale) = match tier.strip_suffix('K') {
+        Some(d) => (d, 1000),
+        None => (tier, 1),
+    };
+    digits
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .map(Some)
+}
+
+/// A messaging limit as a Graph API field holds it: `"TIER_2K"`, `2000`, or an object with
+/// `tier`, `current_limit` or `limit`.
+fn limit_of(v: &Value) -> Option<Option<u32>> {
+    match v {
+        Value::String(s) => parse_messaging_limit(s),
+        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()).map(Some),
+        Value::Object(o) => ["tier", "current_limit", "limit"]
+            .iter()
+            .find_map(|k| o.get(*k).filter(|v| !v.is_object()).and_then(limit_of)),
+        _ => None,
+    }
+}
+
+impl CloudApiClient {
+    /// `GET url` with the token: the body of a 2xx answer, else the status and Meta's error code.
+    async fn graph_get(&self, url: impl reqwest::IntoUrl) -> Result<axum::body::Bytes, CloudError> {
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|e| CloudError::Http(describe(&e)))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| CloudError::Http(describe(&e)))?;
+        if !(200..300).contains(&status) {
+            let code = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_i64());
+            return Err(CloudError::Api { status, code });
+        }
+        Ok(bytes)
+    }
+
+    /// Reads the business number's messaging limit (`whatsapp_business_manager_messaging_limit`,
+    /// else the older `messaging_limit_tier`). `Ok(None)` when the answer has neither (the token
+    /// may not see it); `Ok(Some(None))` for unlimited.
+    pub async fn fetch_messaging_limit(&self) -> Result<Option<Option<u32>>, CloudError> {
+        let url = format!(
+            "{}/{}/{}?fields=whatsapp_business_manager_messaging_limit,messaging_limit_tier",
+            self.config.base_url.trim_end_matches('/'),
+            self.config.graph_version,
+            self.config.phone_number_id
+        );
+        let body: Value = serde_json::from_slice(&self.graph_get(url).await?)
+            .map_err(|e| CloudError::Decode(format!("phone number: {e}")))?;
+        Ok(limit_of(&body["whatsapp_business_manager_messaging_limit"])
+            .or_else(|| limit_of(&body["messaging_limit_tier"])))
     }
 }
 

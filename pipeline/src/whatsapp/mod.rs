@@ -116,42 +116,44 @@ pub enum SendError {
     HaltAll { code: i64, detail: String },
 }
 
+/// What a Cloud API error code means, in a few words (codes only: never the error's details).
+pub fn describe_error_code(c: i64) -> &'static str {
+    match c {
+        130429 => "throughput limit reached",
+        131057 => "throughput upgrade in progress",
+        131056 => "pair rate limit",
+        131026 => "message undeliverable to this number",
+        131050 => "user stopped marketing messages",
+        131047 => "re-engagement window closed",
+        131049 => "Meta chose not to deliver",
+        132000 => "number of parameters does not match the template",
+        132001 => "template does not exist in this name and language",
+        368 => "account temporarily blocked for policy violations",
+        131048 => "spam rate limit hit",
+        190 => "access token expired or invalid",
+        _ => "unclassified error",
+    }
+}
+
 /// Classifies a Cloud API error response (`http_status`, `error.code`).
 pub fn classify(http_status: u16, code: Option<i64>) -> SendError {
-    let describe = |c: i64| -> &'static str {
-        match c {
-            130429 => "throughput limit reached",
-            131057 => "throughput upgrade in progress",
-            131056 => "pair rate limit",
-            131026 => "message undeliverable to this number",
-            131050 => "user stopped marketing messages",
-            131047 => "re-engagement window closed",
-            131049 => "Meta chose not to deliver",
-            132000 => "number of parameters does not match the template",
-            132001 => "template does not exist in this name and language",
-            368 => "account temporarily blocked for policy violations",
-            131048 => "spam rate limit hit",
-            190 => "access token expired or invalid",
-            _ => "unclassified error",
-        }
-    };
     match code {
         Some(c @ (130429 | 131057)) => SendError::Retry {
             code: Some(c),
-            detail: describe(c).into(),
+            detail: describe_error_code(c).into(),
         },
         Some(131056) => SendError::RecipientBusy { code: 131056 },
         Some(c @ (131026 | 131050 | 131047 | 131049)) => SendError::Permanent {
             code: c,
-            detail: describe(c).into(),
+            detail: describe_error_code(c).into(),
         },
         Some(c @ (132000 | 132001)) => SendError::HaltTemplate {
             code: c,
-            detail: describe(c).into(),
+            detail: describe_error_code(c).into(),
         },
         Some(c @ (368 | 131048 | 190)) => SendError::HaltAll {
             code: c,
-            detail: describe(c).into(),
+            detail: describe_error_code(c).into(),
         },
         _ if http_status >= 500 || http_status == 429 => SendError::Retry {
             code,
@@ -159,7 +161,7 @@ pub fn classify(http_status: u16, code: Option<i64>) -> SendError {
         },
         Some(c) => SendError::Permanent {
             code: c,
-            detail: describe(c).into(),
+            detail: describe_error_code(c).into(),
         },
         None => SendError::Retry {
             code: None,

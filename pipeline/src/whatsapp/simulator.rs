@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::webhook::{
-    BusinessNumber, InboundContent, InboundMessage, StatusUpdate, message_webhook, sign,
+    BusinessNumber, InboundContent, InboundMessage, Pricing, StatusUpdate, message_webhook, sign,
     status_webhook,
 };
 use super::{Accepted, SendError, WhatsAppTransport, classify_response};
@@ -78,6 +78,9 @@ pub struct SimTemplate {
     pub parameter_names: Option<Vec<String>>,
     /// The header parameter's name in a NAMED template.
     pub header_parameter_name: Option<String>,
+    /// The category Meta approved it in (`UTILITY`, `MARKETING`...; empty reads as `UTILITY`):
+    /// what the status webhooks' `pricing` says.
+    pub category: String,
 }
 
 /// The `parameter_name`s of one component's parameters (`None` where a parameter has none).
@@ -120,10 +123,36 @@ struct State {
     webhooks: VecDeque<Value>,
     scripted: HashMap<String, VecDeque<PatientAction>>,
     fail_with: HashMap<String, i64>,
+    /// When each patient last wrote (a tap or a text): their customer service window is open
+    /// for 24 h from then.
+    last_inbound: HashMap<String, i64>,
+}
+
+/// A customer service window's length (Meta: 24 h from the user's last message).
+const SERVICE_WINDOW_SECONDS: i64 = 24 * 3600;
+
+/// Bound on the windows remembered; beyond it, closed windows are forgotten.
+const WINDOWS_KEPT: usize = 100_000;
+
+impl State {
+    fn window_open(&self, to: &str, now: i64) -> bool {
+        self.last_inbound
+            .get(to)
+            .is_some_and(|&t| now < t + SERVICE_WINDOW_SECONDS)
+    }
+
+    fn patient_wrote(&mut self, from: &str, at: i64) {
+        if self.last_inbound.len() >= WINDOWS_KEPT {
+            self.last_inbound
+                .retain(|_, t| at < *t + SERVICE_WINDOW_SECONDS);
+        }
+        let t = self.last_inbound.entry(from.to_string()).or_insert(at);
+        *t = (*t).max(at);
+    }
 }
 
 /// Codes Meta reports on the `failed` status webhook after accepting the send (not synchronously).
-const ASYNC_FAILURES: [i64; 3] = [131026, 131049, 131050];
+const ASYNC_FAILURES: [i64; 4] = [131026, 131047, 131049, 131050];
 
 /// The HTTP status the Cloud API pairs with an error code.
 pub fn http_status_for(code: i64) -> u16 {
@@ -141,6 +170,7 @@ fn describe_code(code: i64) -> &'static str {
         130429 => "Rate limit hit",
         131056 => "(Business Account, Consumer Account) pair rate limit hit",
         131026 => "Message undeliverable",
+        131047 => "Re-engagement message",
         132000 => "Number of parameters does not match the expected number of params",
         132001 => "Template name does not exist in the translation",
         368 => "Temporarily blocked for policies violations",
@@ -254,6 +284,7 @@ impl Simulator {
             context_id: None,
             content: InboundContent::Text { body: body.into() },
         };
+        st.patient_wrote(&msg.from, msg.timestamp);
         let wh = message_webhook(&self.business, &msg);
         st.webhooks.push_back(wh);
     }
@@ -426,6 +457,36 @@ impl Simulator {
         let callback = body["biz_opaque_callback_data"]
             .as_str()
             .map(str::to_string);
+        // Meta's per-message pricing: a template in its approved category, free for a utility
+        // template inside an open customer service window; a service message (text) is free
+        // inside the window and cannot be sent outside it (131047, reported on the status).
+        let window_open = st.window_open(&to, now);
+        let pricing = if body["type"] == "template" {
+            let name = body["template"]["name"].as_str().unwrap_or_default();
+            let category = self
+                .templates
+                .get(name)
+                .map(|t| t.category.to_ascii_lowercase())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "utility".into());
+            let free = window_open && category == "utility";
+            Pricing {
+                billable: !free,
+                kind: if free {
+                    "free_customer_service"
+                } else {
+                    "regular"
+                }
+                .into(),
+                category,
+            }
+        } else {
+            Pricing {
+                billable: false,
+                category: "service".into(),
+                kind: "free_customer_service".into(),
+            }
+        };
         let status = |status: &str, at: i64, error_code: Option<i64>| StatusUpdate {
             wamid: wamid.clone(),
             status: status.into(),
@@ -433,14 +494,18 @@ impl Simulator {
             recipient_id: to.clone(),
             error_code,
             callback: callback.clone(),
+            pricing: Some(pricing.clone()),
         };
-        let async_failure = injected.filter(|c| ASYNC_FAILURES.contains(c)).or_else(|| {
-            self.config
-                .blocklist
-                .iter()
-                .any(|b| digits(b) == to)
-                .then_some(131026)
-        });
+        let async_failure = injected
+            .filter(|c| ASYNC_FAILURES.contains(c))
+            .or_else(|| {
+                self.config
+                    .blocklist
+                    .iter()
+                    .any(|b| digits(b) == to)
+                    .then_some(131026)
+            })
+            .or_else(|| (body["type"] != "template" && !window_open).then_some(131047));
         if let Some(code) = async_failure {
             let wh = status_webhook(&self.business, &status("failed", now, Some(code)));
             st.webhooks.push_back(wh);
@@ -483,6 +548,7 @@ impl Simulator {
                         context_id: Some(wamid.clone()),
                         content,
                     };
+                    st.patient_wrote(&msg.from, msg.timestamp);
                     let wh = message_webhook(&self.business, &msg);
                     st.webhooks.push_back(wh);
                 }

@@ -19,6 +19,46 @@ pub struct StatusUpdate {
     pub error_code: Option<i64>,
     /// Our `biz_opaque_callback_data`, echoed back.
     pub callback: Option<String>,
+    /// How Meta prices the message (`pricing`), when the status carries it.
+    pub pricing: Option<Pricing>,
+}
+
+/// The `pricing` object of a status webhook: what the message costs is decided by Meta per
+/// message (category and type), and the report multiplies it by the site's rate table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pricing {
+    /// `billable` (absent in newer payloads: then `type` decides).
+    pub billable: bool,
+    /// `utility`, `marketing`, `authentication`, `service`... (lower case, at most 32 chars).
+    pub category: String,
+    /// `regular`, `free_customer_service`, `free_entry_point` (empty when absent).
+    pub kind: String,
+}
+
+impl Pricing {
+    /// Reads a `pricing` object; `None` without a category.
+    fn parse(v: &Value) -> Option<Pricing> {
+        let cut = |s: &str| s.chars().take(32).collect::<String>().to_ascii_lowercase();
+        let category = cut(v["category"].as_str()?);
+        let kind = v["type"].as_str().map(cut).unwrap_or_default();
+        let billable = v["billable"]
+            .as_bool()
+            .unwrap_or(kind.is_empty() || kind == "regular");
+        Some(Pricing {
+            billable,
+            category,
+            kind,
+        })
+    }
+
+    fn to_json(&self) -> Value {
+        let mut p =
+            json!({"billable": self.billable, "pricing_model": "PMP", "category": self.category});
+        if !self.kind.is_empty() {
+            p["type"] = json!(self.kind);
+        }
+        p
+    }
 }
 
 /// What a patient sent.
@@ -175,6 +215,7 @@ pub fn parse(body: &[u8]) -> Result<Webhook, WebhookError> {
                         .and_then(|e| e.first())
                         .and_then(|e| num(&e["code"])),
                     callback: string(&s["biz_opaque_callback_data"]),
+                    pricing: Pricing::parse(&s["pricing"]),
                 });
             }
             for m in value["messages"].as_array().unwrap_or(&empty) {
@@ -264,9 +305,13 @@ pub fn status_webhook(business: &BusinessNumber, update: &StatusUpdate) -> Value
         "timestamp": update.timestamp.to_string(),
         "recipient_id": update.recipient_id,
     });
-    if update.status != "failed" {
-        s["conversation"] = json!({"id": format!("conv-{}", update.recipient_id.len()), "origin": {"type": "utility"}});
-        s["pricing"] = json!({"billable": true, "pricing_model": "PMP", "category": "utility"});
+    if let Some(p) = update
+        .pricing
+        .as_ref()
+        .filter(|_| update.status != "failed")
+    {
+        s["conversation"] = json!({"id": format!("conv-{}", update.recipient_id.len()), "origin": {"type": p.category}});
+        s["pricing"] = p.to_json();
     }
     if let Some(c) = update.error_code {
         s["errors"] = json!([{"code": c, "title": "Message failed", "message": "Message failed", "error_data": {"details": "Simulated failure"}}]);
@@ -402,9 +447,22 @@ mod tests {
             recipient_id: "5511".into(),
             error_code: Some(131026),
             callback: Some("job:7".into()),
+            pricing: None,
         };
         let parsed = parse(status_webhook(&b, &st).to_string().as_bytes()).unwrap();
-        assert_eq!(parsed.statuses, vec![st]);
+        assert_eq!(parsed.statuses, vec![st.clone()]);
+        let priced = StatusUpdate {
+            status: "delivered".into(),
+            error_code: None,
+            pricing: Some(Pricing {
+                billable: false,
+                category: "utility".into(),
+                kind: "free_customer_service".into(),
+            }),
+            ..st
+        };
+        let parsed = parse(status_webhook(&b, &priced).to_string().as_bytes()).unwrap();
+        assert_eq!(parsed.statuses, vec![priced]);
         let msg = InboundMessage {
             id: "wamid.B".into(),
             from: "5511".into(),
