@@ -99,6 +99,15 @@ pub fn render(
         "Patient replies by action and outcome",
         &m.replies,
     );
+    counters(
+        &mut r,
+        "store_commit_groups",
+        "Write groups committed by this process's database writer (one fsync each)",
+        &[Sample {
+            labels: Vec::new(),
+            value: m.commit_groups,
+        }],
+    );
     gauge(
         &mut r,
         "writeback_backlog",

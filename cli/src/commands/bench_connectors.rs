@@ -1,6 +1,6 @@
 //! `medrelay bench mllp`: HL7 SIU messages over a real MLLP connection into a fresh SQLite store,
 //! each committed (its own transaction, fsync) before its ACK, one message in flight at a time as
-//! an interface engine sends them. Reports messages/s and ACK latency percentiles; `--parse-only`
+//! an interface engine sends them (`--connections N`: N such senders at once). Reports messages/s and ACK latency percentiles; `--parse-only`
 //! times decoding and mapping alone.
 //!
 //! `medrelay bench fhir`: one collection Bundle of N Appointments with their Patients and Consents
@@ -24,6 +24,10 @@ pub struct MllpBenchArgs {
     /// Only decode, parse and map (no network, no database).
     #[arg(long)]
     pub parse_only: bool,
+    /// Concurrent MLLP connections, each sending its share one message at a time (the way
+    /// several interface-engine channels feed one listener).
+    #[arg(long, default_value_t = 1)]
+    pub connections: u64,
 }
 
 /// The i-th synthetic SIU^S12 (v2.5.1, the sample clinic's shape, with PD1).
@@ -89,28 +93,51 @@ pub async fn run(args: MllpBenchArgs, o: &mut Output<'_>) -> anyhow::Result<u8> 
         Arc::new(tokio::sync::Notify::new()),
     )
     .await?;
-    let mut stream = tokio::net::TcpStream::connect(listeners[0].0).await?;
-    stream.set_nodelay(true)?;
-    let mut latencies = Vec::with_capacity(messages.len());
-    let mut accepted = 0u64;
+    let connections = args.connections.max(1);
+    let mut shares: Vec<Vec<String>> = vec![Vec::new(); connections as usize];
+    for (i, m) in messages.into_iter().enumerate() {
+        shares[i % connections as usize].push(m);
+    }
+    let mut streams = Vec::new();
+    for _ in 0..connections {
+        let stream = tokio::net::TcpStream::connect(listeners[0].0).await?;
+        stream.set_nodelay(true)?;
+        streams.push(stream);
+    }
     let t = Instant::now();
-    for m in &messages {
-        let sent = Instant::now();
-        let reply = medrelay_connector_hl7v2::mllp::exchange(&mut stream, m.as_bytes()).await?;
-        latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
-        accepted += reply.windows(7).any(|w| w == b"\rMSA|AA") as u64;
+    let mut senders = tokio::task::JoinSet::new();
+    for (mut stream, share) in streams.into_iter().zip(shares) {
+        senders.spawn(async move {
+            let mut latencies = Vec::with_capacity(share.len());
+            let mut accepted = 0u64;
+            for m in &share {
+                let sent = Instant::now();
+                let reply =
+                    medrelay_connector_hl7v2::mllp::exchange(&mut stream, m.as_bytes()).await?;
+                latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                accepted += reply.windows(7).any(|w| w == b"\rMSA|AA") as u64;
+            }
+            anyhow::Ok((latencies, accepted))
+        });
+    }
+    let mut latencies = Vec::with_capacity(args.messages as usize);
+    let mut accepted = 0u64;
+    while let Some(done) = senders.join_next().await {
+        let (l, a) = done??;
+        latencies.extend(l);
+        accepted += a;
     }
     let secs = t.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
     let result = serde_json::json!({
-        "messages": args.messages, "accepted": accepted, "seconds": secs,
+        "messages": args.messages, "connections": connections, "accepted": accepted, "seconds": secs,
         "messages_per_second": args.messages as f64 / secs,
         "ack_ms_p50": percentile(&latencies, 0.5), "ack_ms_p99": percentile(&latencies, 0.99),
         "ack_ms_max": latencies.last().copied().unwrap_or(f64::NAN),
         "peak_rss_mib": super::bench::peak_rss_mib(),
     });
     o.line(format!(
-        "{} SIU messages over one MLLP connection, each committed before its ACK: {accepted} AA in {secs:.2} s ({:.0} msg/s); ACK latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; peak RSS {:.1} MiB",
+        "{} SIU messages over {connections} MLLP connection(s), each committed before its ACK: {accepted} AA in {secs:.2} s ({:.0} msg/s); ACK latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; peak RSS {:.1} MiB",
         args.messages,
         args.messages as f64 / secs,
         percentile(&latencies, 0.5),

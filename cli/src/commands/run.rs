@@ -657,6 +657,11 @@ async fn refresh_messaging_limit(
     }
 }
 
+/// First wait after a failed service cycle; doubled per failure up to [`MAX_CYCLE_BACKOFF`].
+const MIN_CYCLE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest wait between retries of a failing service cycle.
+const MAX_CYCLE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Passes until `stop`, waiting `poll_interval` (or a wake-up: a stored webhook, a signal) between
 /// them; retention and an audit checkpoint once a day; the messaging limit from the Graph API
 /// once an hour (cloud mode).
@@ -670,6 +675,8 @@ async fn service_loop(
     once: bool,
 ) -> anyhow::Result<()> {
     let mut last_prune: Option<jiff::Timestamp> = None;
+    let mut failing_since: Option<jiff::Timestamp> = None;
+    let mut backoff = MIN_CYCLE_BACKOFF;
     let mut last_limit_read: Option<jiff::Timestamp> = None;
     let limit_client = match (&loaded.config.whatsapp.mode, &loaded.cloud) {
         (WhatsAppMode::Cloud, Some(cloud)) => crate::wiring::cloud_client(cloud).ok(),
@@ -702,32 +709,62 @@ async fn service_loop(
                 }
             }
         }
-        if last_prune
-            .is_none_or(|t| clock.now().duration_since(t) >= SignedDuration::from_hours(24))
-        {
-            let r = super::prune::prune_now(&service.store, loaded, clock.now()).await?;
-            info!(?r, "retention applied");
-            last_prune = Some(clock.now());
-            daily_checkpoint(service, loaded, clock).await?;
-        }
-        if let Some(client) = &limit_client
-            && last_limit_read
-                .is_none_or(|t| clock.now().duration_since(t) >= SignedDuration::from_hours(1))
-        {
-            refresh_messaging_limit(client, service, clock.now()).await;
-            last_limit_read = Some(clock.now());
-        }
-        poll_fhir_servers(service, loaded, clock, &mut last_fhir_poll).await;
-        pass(service, loaded, clock, stop).await?;
-        medrelay_pipeline::silence::check(
-            &service.store,
-            &loaded.feed_watches,
-            watching_since,
-            clock.now(),
-        )
-        .await?;
-        medrelay_pipeline::watch::check(&service.store, &loaded.thresholds, &feeds, clock.now())
+        // A failed cycle (the database gone, a disk error) does not end the service: ingest
+        // refuses to acknowledge meanwhile, and the loop retries with backoff until it recovers.
+        let cycle = async {
+            if last_prune
+                .is_none_or(|t| clock.now().duration_since(t) >= SignedDuration::from_hours(24))
+            {
+                let r = super::prune::prune_now(&service.store, loaded, clock.now()).await?;
+                info!(?r, "retention applied");
+                last_prune = Some(clock.now());
+                daily_checkpoint(service, loaded, clock).await?;
+            }
+            if let Some(client) = &limit_client
+                && last_limit_read
+                    .is_none_or(|t| clock.now().duration_since(t) >= SignedDuration::from_hours(1))
+            {
+                refresh_messaging_limit(client, service, clock.now()).await;
+                last_limit_read = Some(clock.now());
+            }
+            poll_fhir_servers(service, loaded, clock, &mut last_fhir_poll).await;
+            pass(service, loaded, clock, stop).await?;
+            medrelay_pipeline::silence::check(
+                &service.store,
+                &loaded.feed_watches,
+                watching_since,
+                clock.now(),
+            )
             .await?;
+            medrelay_pipeline::watch::check(
+                &service.store,
+                &loaded.thresholds,
+                &feeds,
+                clock.now(),
+            )
+            .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        match cycle {
+            Ok(()) => {
+                if failing_since.take().is_some() {
+                    info!("service cycle recovered");
+                }
+                backoff = MIN_CYCLE_BACKOFF;
+            }
+            Err(e) if once => return Err(e),
+            Err(e) => {
+                failing_since.get_or_insert(clock.now());
+                error!(error = %e, retry_in_s = backoff.as_secs(), "service cycle failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = woken.notified() => {},
+                }
+                backoff = (backoff * 2).min(MAX_CYCLE_BACKOFF);
+                continue;
+            }
+        }
         if once {
             break;
         }

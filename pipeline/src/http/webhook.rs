@@ -152,8 +152,9 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: Bo
             StatusCode::OK.into_response()
         }
         Err(e) => {
+            // Not stored, so not acknowledged: 503 says "try again" (Meta does, with backoff).
             warn!(error = %e, "webhook could not be stored; Meta will deliver it again");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
         }
     }
 }

@@ -138,8 +138,10 @@ impl Store {
 
     /// Resolves every open alert of `kind` (its condition ended); returns how many.
     pub async fn resolve_alerts(&self, kind: &str, now: Timestamp) -> StoreResult<u64> {
-        let mut conn = self.pool().acquire().await?;
-        resolve(&mut conn, kind, None, now).await
+        let mut tx = self.write_tx().await?;
+        let resolved = resolve(&mut tx, kind, None, now).await?;
+        tx.commit().await?;
+        Ok(resolved)
     }
 
     /// Notifications due at `now`, oldest first: alerts not yet notified, then resolved alerts
@@ -184,12 +186,13 @@ impl Store {
         } else {
             "UPDATE alerts SET notified_at = ?, notify_failures = 0, next_notify_at = NULL WHERE id = ?"
         };
+        let mut tx = self.write_tx().await?;
         sqlx::query(sql)
             .bind(secs(now))
             .bind(notice.id)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// Records a failed attempt: the notice is due again after its backoff.
@@ -198,17 +201,18 @@ impl Store {
         notice: &AlertNotice,
         now: Timestamp,
     ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
         let failures: i64 = sqlx::query_scalar(
             "UPDATE alerts SET notify_failures = notify_failures + 1 WHERE id = ? RETURNING notify_failures",
         )
         .bind(notice.id)
-        .fetch_one(self.pool())
+        .fetch_one(&mut *tx)
         .await?;
         sqlx::query("UPDATE alerts SET next_notify_at = ? WHERE id = ?")
             .bind(secs(now) + notify_backoff_secs(failures))
             .bind(notice.id)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        tx.commit().await
     }
 }

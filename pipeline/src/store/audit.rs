@@ -636,7 +636,7 @@ mod tests {
             } else {
                 json!({"applied": id}).to_string()
             };
-            prev = insert_legacy(store.pool(), id, &prev, &detail).await;
+            prev = insert_legacy(&store.tamper_pool().await, id, &prev, &detail).await;
         }
         let v = store.audit_verify().await.unwrap();
         let (at, why) = v.broken.unwrap();
@@ -654,7 +654,7 @@ mod tests {
         // Claiming the keyed records were unkeyed (to recompute them without the key) breaks the
         // head's seal.
         sqlx::query("UPDATE audit_head SET legacy_records = 4")
-            .execute(store.pool())
+            .execute(&store.tamper_pool().await)
             .await
             .unwrap();
         let v = store.audit_verify().await.unwrap();

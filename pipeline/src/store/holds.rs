@@ -45,8 +45,10 @@ impl Store {
         key: &str,
         now: Timestamp,
     ) -> StoreResult<u64> {
-        let mut conn = self.pool().acquire().await?;
-        alerts::resolve(&mut conn, kind, Some(key), now).await
+        let mut tx = self.write_tx().await?;
+        let resolved = alerts::resolve(&mut tx, kind, Some(key), now).await?;
+        tx.commit().await?;
+        Ok(resolved)
     }
 
     /// Holds template `name` for `cause` (`status` or `category`: the sender defers its steps)

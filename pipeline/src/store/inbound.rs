@@ -48,13 +48,16 @@ pub fn status_rank(status: &str) -> Option<i64> {
 impl Store {
     /// Stores a raw webhook body; returns its id once committed (the moment a 200 may be given).
     pub async fn store_webhook(&self, body: &[u8], now: Timestamp) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(
+        let mut tx = self.write_tx().await?;
+        let id = sqlx::query_scalar(
             "INSERT INTO webhook_inbox (received_at, body) VALUES (?, ?) RETURNING id",
         )
         .bind(secs(now))
         .bind(body)
-        .fetch_one(self.pool())
-        .await?)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
     }
 
     /// Marks a stored webhook processed (with the error, if processing failed; no PHI in it).
@@ -64,13 +67,14 @@ impl Store {
         error: Option<&str>,
         now: Timestamp,
     ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE webhook_inbox SET processed_at = ?, error = ? WHERE id = ?")
             .bind(secs(now))
             .bind(error)
             .bind(id)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// Stored webhooks not yet processed (after a crash), oldest first.
@@ -286,6 +290,7 @@ impl Store {
         reason: &str,
         now: Timestamp,
     ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE outbox SET state = 'pending', next_attempt_at = ?, state_reason = ?, updated_at = ? \
              WHERE id = ? AND state = 'sent' AND expires_at > ?",
@@ -295,9 +300,9 @@ impl Store {
         .bind(secs(now))
         .bind(job_id)
         .bind(secs(at))
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// Stores a reply. Returns false if this WhatsApp message was already stored (a re-delivery).

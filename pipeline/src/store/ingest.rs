@@ -383,6 +383,7 @@ async fn resolve_placer_aliases(
 impl Store {
     /// Records the start of an import and returns its id.
     pub async fn begin_import(&self, info: &ImportInfo, now: Timestamp) -> StoreResult<i64> {
+        let mut tx = self.write_tx().await?;
         let id = sqlx::query_scalar(
             "INSERT INTO imports (source, input_name, input_sha256, mode, as_of_us, started_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         )
@@ -392,14 +393,15 @@ impl Store {
         .bind(info.mode.as_str())
         .bind(info.as_of.as_microsecond())
         .bind(secs(now))
-        .fetch_one(self.pool())
+        .fetch_one(&mut *tx)
         .await?;
         // An import that starts is input, even one that turns out empty.
         sqlx::query(FEED_ACTIVITY_SQL)
             .bind(&info.source)
             .bind(secs(now))
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(id)
     }
 
@@ -563,6 +565,7 @@ impl Store {
         summary: &ImportSummary,
         now: Timestamp,
     ) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE imports SET finished_at = ?, rows_ok = ?, rows_bad = ?, rows_applied = ?, rows_older = ?, rows_unknown = ?, swept = ?, sweep_note = ? WHERE id = ?",
         )
@@ -575,8 +578,8 @@ impl Store {
         .bind(summary.swept as i64)
         .bind(&summary.sweep_note)
         .bind(import_id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await
     }
 }

@@ -61,6 +61,7 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<bool> {
         let before = self.reported_messaging_limit().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO account_limits (name, value, source, updated_at) VALUES ('messaging_limit', ?, ?, ?) \
              ON CONFLICT (name) DO UPDATE SET value = excluded.value, source = excluded.source, updated_at = excluded.updated_at",
@@ -68,8 +69,9 @@ impl Store {
         .bind(limit.map(i64::from))
         .bind(source)
         .bind(secs(now))
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(before.is_none_or(|b| b.limit != limit))
     }
 

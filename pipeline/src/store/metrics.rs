@@ -53,6 +53,9 @@ pub struct StoreMetrics {
     pub messaging_recipients_24h: f64,
     /// The messaging limit as WhatsApp last stated it (`None`: never stated, or unlimited).
     pub messaging_limit_reported: Option<f64>,
+    /// Write groups this process committed (one fsync each); against the writes counted above it
+    /// shows how much the group commit folds.
+    pub commit_groups: f64,
 }
 
 impl Store {
@@ -194,6 +197,7 @@ impl Store {
             .await?
             .and_then(|r| r.limit)
             .map(f64::from);
+        m.commit_groups = self.writer.commits() as f64;
         Ok(m)
     }
 }

@@ -2,15 +2,17 @@
 //! (a second implementation of these methods with its own migrations), not a rewrite.
 //!
 //! SQLite is opened in WAL mode with `synchronous = FULL` (a committed batch survives power loss: the
-//! promise behind every ACK) and a busy timeout; read-then-write transactions use `BEGIN IMMEDIATE`.
+//! promise behind every ACK). Every write goes through the one writer task ([`writer`]), which
+//! commits the work of producers waiting at the same time in one group; reads use a pool of
+//! read-only connections, which WAL never blocks.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use crate::keys::Keys;
 
@@ -32,6 +34,10 @@ pub mod status;
 pub mod subscriptions;
 pub mod watch;
 pub mod writeback;
+mod writer;
+
+pub(crate) use writer::WriteTx;
+use writer::Writer;
 
 /// A store failure. Carries database error text (table and column names), never row values.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +49,9 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A write could not be committed (the database writer's report; no row values).
+    #[error("commit failed: {0}")]
+    Commit(String),
     #[error("stored data is inconsistent: {0}")]
     Inconsistent(String),
 }
@@ -53,7 +62,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Handle to the database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Read-only connections.
     pool: SqlitePool,
+    writer: Writer,
     keys: Keys,
 }
 
@@ -70,24 +81,30 @@ pub(crate) fn ts(s: i64) -> Timestamp {
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and applies the embedded migrations.
     pub async fn open(path: &Path, keys: Keys) -> StoreResult<Store> {
-        let options = SqliteConnectOptions::from_str("sqlite:")?
+        let base = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("temp_store", "memory")
-            .pragma("cache_size", "-32768")
+            .pragma("cache_size", "-32768");
+        let write_options = base
+            .clone()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
             // Checkpoint less often (every ~32 MB of WAL) so bulk imports do not copy pages back
             // to the database file after every few batches.
             .pragma("wal_autocheckpoint", "8192");
+        let mut conn = SqliteConnection::connect_with(&write_options).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
+        // Writes through a reader fail loudly ("readonly database") instead of queueing behind
+        // the writer in SQLite's busy handler.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .connect_with(base.read_only(true))
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        let store = Store { pool, keys };
+        let writer = Writer::spawn(conn, write_options);
+        let store = Store { pool, writer, keys };
         audit::seal_after_upgrade(&store).await?;
         Ok(store)
     }
@@ -97,18 +114,32 @@ impl Store {
         &self.keys
     }
 
-    /// The pool, for this module's submodules only.
+    /// The read-only pool, for this module's submodules only.
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
-    /// Starts a write transaction that takes the write lock at once (no SQLITE_BUSY on upgrade).
-    pub(crate) async fn write_tx(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// Waits for the writing connection: everything done on it until `commit()` is kept (or
+    /// dropped) together, and `commit()` returns once it is durable.
+    pub(crate) async fn write_tx(&self) -> StoreResult<WriteTx> {
+        self.writer.begin().await
     }
 
-    /// Closes the pool (checkpointing the WAL).
+    /// A separate writing pool on the same file, for tests that play someone editing the database
+    /// behind medrelay's back.
+    #[cfg(test)]
+    pub(crate) async fn tamper_pool(&self) -> SqlitePool {
+        let options = (*self.pool.connect_options()).clone().read_only(false);
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("a second connection to the test database")
+    }
+
+    /// Closes the readers, then the writer (the last connection checkpoints the WAL).
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }

@@ -233,6 +233,7 @@ impl Store {
 
     /// Claims up to `limit` due jobs (nearest-term lanes first) by moving them to `sending`.
     pub async fn claim_due(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<ClaimedJob>> {
+        let mut tx = self.write_tx().await?;
         let rows = sqlx::query(
             "UPDATE outbox SET state = 'sending', sending_since = ?1, attempts = attempts + 1, updated_at = ?1 \
              WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= ?1 AND next_attempt_at <= ?1 \
@@ -241,8 +242,9 @@ impl Store {
         )
         .bind(secs(now))
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         // RETURNING gives no order: the batch is sent in the order it was chosen (lane, then due
         // time), so that within a batch too a nearer-term message goes first (the messaging limit
         // and the pacer spend their budget in that order).
@@ -273,14 +275,17 @@ impl Store {
     /// Puts jobs left in `sending` for longer than `older_than` back to pending (after a crash). The
     /// WhatsApp layer narrows the duplicate window further by reconciling status webhooks first.
     pub async fn release_stale_sending(&self, older_than: Timestamp) -> StoreResult<u64> {
-        Ok(sqlx::query(
+        let mut tx = self.write_tx().await?;
+        let released = sqlx::query(
             "UPDATE outbox SET state = 'pending', state_reason = 'released after an interrupted send', \
              next_attempt_at = ?1 WHERE state = 'sending' AND sending_since < ?1",
         )
         .bind(secs(older_than))
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?
-        .rows_affected())
+        .rows_affected();
+        tx.commit().await?;
+        Ok(released)
     }
 
     /// Loads an appointment for rendering and send-time checks.

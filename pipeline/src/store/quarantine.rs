@@ -286,6 +286,7 @@ impl QuarantineQuota {
                         crate::store::ts(at),
                     )
                     .await?;
+                let mut tx = self.store.write_tx().await?;
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO quarantine_dropped (feed, source, started_at, last_at, messages, bytes) \
                      VALUES (?, ?, ?, ?, 1, ?) RETURNING id",
@@ -295,8 +296,9 @@ impl QuarantineQuota {
                 .bind(at)
                 .bind(at)
                 .bind(bytes as i64)
-                .fetch_one(self.store.pool())
+                .fetch_one(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 tracing::warn!(feed = %self.feed, source = key, "quarantine quota reached; rejected input is no longer kept");
                 return Ok(Incident {
                     id,
@@ -324,6 +326,7 @@ impl QuarantineQuota {
     async fn write(&self, i: &mut Incident) -> StoreResult<()> {
         let now = (i.messages, i.bytes, i.last_at);
         if i.written != now {
+            let mut tx = self.store.write_tx().await?;
             sqlx::query(
                 "UPDATE quarantine_dropped SET messages = ?, bytes = ?, last_at = ? WHERE id = ?",
             )
@@ -331,8 +334,9 @@ impl QuarantineQuota {
             .bind(i.bytes as i64)
             .bind(i.last_at)
             .bind(i.id)
-            .execute(self.store.pool())
+            .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
             i.written = now;
         }
         i.written_when = Instant::now();
@@ -522,14 +526,16 @@ mod tests {
         let (store, _dir) = store().await;
         // What the feed quarantined before the restart counts against its quota.
         for i in 0..5 {
+            let mut tx = store.write_tx().await.unwrap();
             sqlx::query(
                 "INSERT INTO quarantine (source, location, reason, raw, received_at) VALUES ('feed', 'x', 'y', ?, ?)",
             )
             .bind(vec![0u8; 10])
             .bind(secs(at(i)))
-            .execute(store.pool())
+            .execute(&mut *tx)
             .await
             .unwrap();
+            tx.commit().await.unwrap();
         }
         let q = QuarantineQuota::open(store.clone(), "feed", limits(), at(10))
             .await

@@ -156,6 +156,7 @@ impl Store {
                 .fetch_optional(self.pool())
                 .await?
                 .flatten();
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE writeback_batches SET last_error = ?, failures = failures + 1, failed_at = ?, refused = ? WHERE id = ?",
         )
@@ -163,8 +164,9 @@ impl Store {
         .bind(secs(now))
         .bind(permanent)
         .bind(batch)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         // The EHR refused it: staff must look (once per distinct error, not on every retry).
         if permanent && previous.as_deref() != Some(error) {
             self.raise_alert(
