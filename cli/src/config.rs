@@ -14,6 +14,7 @@ use medrelay_pipeline::config::{
 };
 use medrelay_pipeline::http::simulator::SimServerConfig;
 use medrelay_pipeline::http::webhook::{DEFAULT_BODY_LIMIT, DEFAULT_MAX_REQUESTS};
+use medrelay_pipeline::store::StoreLocation;
 use medrelay_pipeline::store::quarantine::QuotaLimits;
 use medrelay_pipeline::whatsapp::cloud::CloudApiConfig;
 use medrelay_pipeline::whatsapp::simulator::{ReplyMix, SimulatorConfig};
@@ -23,11 +24,57 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
+    /// The SQLite database (the embedded default), unless `url` or `url_env` names a server.
     #[serde(default = "default_db")]
     pub path: PathBuf,
+    /// A PostgreSQL URL (`postgres://medrelay@db.example:5432/medrelay`), for several instances
+    /// on one database. Without a password: this file is read and shown by `config check`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The environment variable holding the PostgreSQL URL (the way to give a password).
+    #[serde(default)]
+    pub url_env: Option<String>,
     /// Key file (used when `MEDRELAY_SECRET` is not set).
     #[serde(default = "default_key")]
     pub secret_file: PathBuf,
+}
+
+impl StoreConfig {
+    /// Checks `url` / `url_env` without reading the environment: one of them at most, a
+    /// PostgreSQL URL, and no password in the file.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.url.is_some() && self.url_env.is_some() {
+            return Err("[store] sets both url and url_env; keep one".into());
+        }
+        if let Some(url) = &self.url {
+            check_postgres_url(url, "[store] url")?;
+            if url_has_password(url) {
+                return Err("[store] url carries a password; put the URL in an environment variable and name it in url_env".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses anything but a `postgres://` / `postgresql://` URL (the text is not echoed: it may
+/// hold a password).
+fn check_postgres_url(url: &str, what: &str) -> Result<(), String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} must be a postgres:// URL (the SQLite database is `path`)"
+        ))
+    }
+}
+
+/// Whether the URL's authority has `user:password@`.
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
 fn default_db() -> PathBuf {
@@ -41,6 +88,8 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: default_db(),
+            url: None,
+            url_env: None,
             secret_file: default_key(),
         }
     }
@@ -1291,6 +1340,22 @@ impl Loaded {
         }
     }
 
+    /// Where the store lives: the PostgreSQL server `[store] url` / `url_env` names, else the
+    /// SQLite file `path`. Errors name the setting, never the URL.
+    pub fn store_location(&self) -> Result<StoreLocation, String> {
+        let store = &self.config.store;
+        if let Some(url) = &store.url {
+            return Ok(StoreLocation::Postgres(url.clone()));
+        }
+        if let Some(var) = &store.url_env {
+            let url = std::env::var(var)
+                .map_err(|_| format!("[store] url_env names {var}, which is not set"))?;
+            check_postgres_url(&url, &format!("the value of {var}"))?;
+            return Ok(StoreLocation::Postgres(url));
+        }
+        Ok(StoreLocation::Sqlite(self.resolve(&store.path)))
+    }
+
     /// The folder of audit checkpoints: `[audit] checkpoint_dir`, else `audit-checkpoints` in the
     /// database's folder.
     pub fn checkpoint_dir(&self) -> PathBuf {
@@ -1683,6 +1748,9 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         if let Err(e) = p.validate() {
             errors.extend(e.into_iter().map(|e| format!("csv profile `{name}`: {e}")));
         }
+    }
+    if let Err(e) = config.store.validate() {
+        errors.push(e);
     }
     let mut names = std::collections::BTreeSet::new();
     for c in &config.connectors {

@@ -17,7 +17,7 @@ use medrelay_pipeline::ingest::{
 };
 use medrelay_pipeline::keys::Keys;
 use medrelay_pipeline::service::Service;
-use medrelay_pipeline::store::Store;
+use medrelay_pipeline::store::{Store, StoreLocation};
 use medrelay_pipeline::whatsapp::WhatsAppTransport;
 use medrelay_pipeline::whatsapp::cloud::{ApiToken, CloudApiClient, CloudApiConfig};
 use medrelay_pipeline::whatsapp::pacing::{Pacer, Pacing};
@@ -65,10 +65,15 @@ pub fn new_secret() -> String {
 /// Opens the store the config names.
 pub async fn open_store(loaded: &Loaded) -> anyhow::Result<Store> {
     let secret = load_secret(loaded)?;
-    let path = loaded.resolve(&loaded.config.store.path);
-    Store::open(&path, Keys::from_secret(&secret))
+    let location = loaded.store_location().map_err(anyhow::Error::msg)?;
+    let shown = match &location {
+        StoreLocation::Sqlite(path) => path.display().to_string(),
+        // The URL may carry a password: name the backend only.
+        StoreLocation::Postgres(_) => "on the PostgreSQL server [store] names".to_owned(),
+    };
+    Store::connect(&location, Keys::from_secret(&secret))
         .await
-        .with_context(|| format!("cannot open database {}", path.display()))
+        .with_context(|| format!("cannot open database {shown}"))
 }
 
 /// The simulator's template registry, from the configured templates.

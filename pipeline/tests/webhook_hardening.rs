@@ -61,9 +61,12 @@ fn compiled() -> Arc<Compiled> {
 /// A store in a temporary folder and the webhook state over it.
 async fn state() -> (tempfile::TempDir, Store, WebhookState) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("m.db"), Keys::from_secret(b"secret"))
-        .await
-        .unwrap();
+    let store = medrelay_pipeline::store::testing::open(
+        &dir.path().join("m.db"),
+        Keys::from_secret(b"secret"),
+    )
+    .await
+    .unwrap();
     let clock = Arc::new(ManualClock::new(
         "2026-03-10T12:00:00Z".parse::<Timestamp>().unwrap(),
     ));

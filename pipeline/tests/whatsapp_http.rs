@@ -393,9 +393,12 @@ struct Db {
 
 async fn db() -> Db {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("m.db"), Keys::from_secret(b"secret"))
-        .await
-        .unwrap();
+    let store = medrelay_pipeline::store::testing::open(
+        &dir.path().join("m.db"),
+        Keys::from_secret(b"secret"),
+    )
+    .await
+    .unwrap();
     Db {
         _dir: dir,
         store,

@@ -3,45 +3,48 @@
 
 use jiff::Timestamp;
 use serde_json::json;
-use sqlx::{Row, SqliteConnection};
 
 use super::{Store, StoreResult, audit, secs, ts};
+use super::{on_db, on_tx};
 
 /// Resolves the open alerts of `kind`, only those whose detail starts with `detail_prefix` when
 /// given (one incident among several of a kind); returns how many. Runs on `conn`, so a caller
 /// resolves in the same transaction as the change that ends the incident.
 pub(crate) async fn resolve(
-    conn: &mut SqliteConnection,
+    conn: &mut super::Tx,
     kind: &str,
     detail_prefix: Option<&str>,
     now: Timestamp,
 ) -> StoreResult<u64> {
-    Ok(sqlx::query(
-        "UPDATE alerts SET resolved_at = ?1 WHERE kind = ?2 AND resolved_at IS NULL \
-         AND (?3 IS NULL OR substr(detail, 1, length(?3)) = ?3)",
+    Ok(on_tx!(conn, |c| sqlx::query(
+        "UPDATE alerts SET resolved_at = $1 WHERE kind = $2 AND resolved_at IS NULL \
+         AND ($3 IS NULL OR substr(detail, 1, length($3)) = $3)",
     )
     .bind(secs(now))
     .bind(kind)
     .bind(detail_prefix)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected())
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?)
 }
 
 /// Inserts an alert and its audit record on `conn` (the caller's transaction).
 pub(crate) async fn insert(
-    conn: &mut SqliteConnection,
+    conn: &mut super::Tx,
     keys: &crate::keys::Keys,
     kind: &str,
     detail: &str,
     now: Timestamp,
 ) -> StoreResult<()> {
-    sqlx::query("INSERT INTO alerts (at, kind, detail) VALUES (?, ?, ?)")
-        .bind(secs(now))
-        .bind(kind)
-        .bind(detail)
-        .execute(&mut *conn)
-        .await?;
+    on_tx!(conn, |c| sqlx::query(
+        "INSERT INTO alerts (at, kind, detail) VALUES ($1, $2, $3)"
+    )
+    .bind(secs(now))
+    .bind(kind)
+    .bind(detail)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected()))?;
     audit::append(
         conn,
         keys,
@@ -90,12 +93,13 @@ pub struct AlertLine {
 impl Store {
     /// The newest `limit` alerts, open or resolved, newest first.
     pub async fn recent_alerts(&self, limit: i64) -> StoreResult<Vec<AlertLine>> {
-        let rows = sqlx::query(
-            "SELECT at, kind, detail, resolved_at FROM alerts ORDER BY at DESC, id DESC LIMIT ?",
+        let rows = on_db!(self, |db| {
+            sqlx::query(
+            "SELECT at, kind, detail, resolved_at FROM alerts ORDER BY at DESC, id DESC LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
         Ok(rows
             .iter()
             .map(|r| AlertLine {
@@ -109,12 +113,12 @@ impl Store {
 
     /// The details of the open alerts of `kind` (each names its incident first).
     pub async fn open_alert_details(&self, kind: &str) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT detail FROM alerts WHERE kind = ? AND resolved_at IS NULL ORDER BY id",
+        Ok(on_db!(self, |db| sqlx::query_scalar(
+            "SELECT detail FROM alerts WHERE kind = $1 AND resolved_at IS NULL ORDER BY id",
         )
         .bind(kind)
-        .fetch_all(self.pool())
-        .await?)
+        .fetch_all(db)
+        .await)?)
     }
 
     /// Raises an alert for staff (no PHI in `detail`).
@@ -127,12 +131,12 @@ impl Store {
 
     /// Whether an alert of `kind` is open (raised and not resolved).
     pub async fn alert_open(&self, kind: &str) -> StoreResult<bool> {
-        Ok(sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM alerts WHERE kind = ? AND resolved_at IS NULL",
+        Ok(on_db!(self, |db| sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM alerts WHERE kind = $1 AND resolved_at IS NULL",
         )
         .bind(kind)
-        .fetch_one(self.pool())
-        .await?
+        .fetch_one(db)
+        .await)?
             > 0)
     }
 
@@ -151,15 +155,16 @@ impl Store {
         now: Timestamp,
         limit: i64,
     ) -> StoreResult<Vec<AlertNotice>> {
-        let rows = sqlx::query(
+        let rows = on_db!(self, |db| {
+            sqlx::query(
             "SELECT id, kind, detail, at, resolved_at, notified_at FROM alerts \
              WHERE (notified_at IS NULL OR (resolved_at IS NOT NULL AND recovery_notified_at IS NULL)) \
-             AND (next_notify_at IS NULL OR next_notify_at <= ?) ORDER BY id LIMIT ?",
+             AND (next_notify_at IS NULL OR next_notify_at <= $1) ORDER BY id LIMIT $2",
         )
         .bind(secs(now))
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -182,16 +187,17 @@ impl Store {
     /// Records that the sink took `notice`.
     pub async fn alert_notified(&self, notice: &AlertNotice, now: Timestamp) -> StoreResult<()> {
         let sql = if notice.is_recovery() {
-            "UPDATE alerts SET recovery_notified_at = ?, notify_failures = 0, next_notify_at = NULL WHERE id = ?"
+            "UPDATE alerts SET recovery_notified_at = $1, notify_failures = 0, next_notify_at = NULL WHERE id = $2"
         } else {
-            "UPDATE alerts SET notified_at = ?, notify_failures = 0, next_notify_at = NULL WHERE id = ?"
+            "UPDATE alerts SET notified_at = $1, notify_failures = 0, next_notify_at = NULL WHERE id = $2"
         };
         let mut tx = self.write_tx().await?;
-        sqlx::query(sql)
+        on_tx!(tx, |c| sqlx::query(sql)
             .bind(secs(now))
             .bind(notice.id)
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut *c)
+            .await
+            .map(|r| r.rows_affected()))?;
         tx.commit().await
     }
 
@@ -202,17 +208,21 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        let failures: i64 = sqlx::query_scalar(
-            "UPDATE alerts SET notify_failures = notify_failures + 1 WHERE id = ? RETURNING notify_failures",
+        let failures: i64 = on_tx!(tx, |c| {
+            sqlx::query_scalar(
+            "UPDATE alerts SET notify_failures = notify_failures + 1 WHERE id = $1 RETURNING notify_failures",
         )
         .bind(notice.id)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE alerts SET next_notify_at = ? WHERE id = ?")
-            .bind(secs(now) + notify_backoff_secs(failures))
-            .bind(notice.id)
-            .execute(&mut *tx)
-            .await?;
+        .fetch_one(&mut *c).await
+        })?;
+        on_tx!(tx, |c| sqlx::query(
+            "UPDATE alerts SET next_notify_at = $1 WHERE id = $2"
+        )
+        .bind(secs(now) + notify_backoff_secs(failures))
+        .bind(notice.id)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await
     }
 }

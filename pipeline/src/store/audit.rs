@@ -26,9 +26,9 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::{Row, SqliteConnection};
 
 use super::{Store, StoreError, StoreResult, secs, ts};
+use super::{on_db, on_tx};
 use crate::checkpoint::{Checkpoint, CheckpointFile};
 use crate::keys::Keys;
 
@@ -128,11 +128,18 @@ impl Head {
     }
 }
 
-async fn load_head(conn: &mut SqliteConnection) -> StoreResult<Option<Head>> {
-    let row =
-        sqlx::query("SELECT records, last_hash, legacy_records, mac FROM audit_head WHERE id = 1")
-            .fetch_optional(&mut *conn)
-            .await?;
+/// The chain head. With `lock` (an append) on PostgreSQL the head row stays locked until the
+/// caller's transaction ends: chain writers of every instance take turns, so the chain cannot
+/// fork (SQLite has one writer anyway).
+async fn load_head(conn: &mut super::Tx, lock: bool) -> StoreResult<Option<Head>> {
+    let row = on_tx!(conn, |c, pg| sqlx::query(if pg && lock {
+        "SELECT records, last_hash, legacy_records, mac FROM audit_head WHERE id = 1 FOR UPDATE"
+    } else {
+        "SELECT records, last_hash, legacy_records, mac FROM audit_head WHERE id = 1"
+    })
+    .fetch_optional(&mut *c)
+    .await
+    .map(|v| v.map(super::StoredRow::from)))?;
     Ok(row.map(|r| Head {
         records: r.get("records"),
         last_hash: r.get("last_hash"),
@@ -142,7 +149,7 @@ async fn load_head(conn: &mut SqliteConnection) -> StoreResult<Option<Head>> {
 }
 
 async fn write_head(
-    conn: &mut SqliteConnection,
+    conn: &mut super::Tx,
     keys: &Keys,
     records: i64,
     last_hash: &str,
@@ -150,36 +157,38 @@ async fn write_head(
 ) -> StoreResult<()> {
     let parts = head_parts(records, last_hash, legacy_records);
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    sqlx::query(
-        "UPDATE audit_head SET records = ?, last_hash = ?, legacy_records = ?, mac = ? WHERE id = 1",
+    on_tx!(conn, |c| {
+        sqlx::query(
+        "UPDATE audit_head SET records = $1, last_hash = $2, legacy_records = $3, mac = $4 WHERE id = 1",
     )
     .bind(records)
     .bind(last_hash)
     .bind(legacy_records)
     .bind(keys.audit_mac(&parts))
-    .execute(&mut *conn)
-    .await?;
+    .execute(&mut *c).await.map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
 /// The newest record's id and hash.
-async fn last_record(conn: &mut SqliteConnection) -> StoreResult<Option<(i64, String)>> {
-    Ok(
-        sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
-            .fetch_optional(&mut *conn)
-            .await?,
+async fn last_record(conn: &mut super::Tx) -> StoreResult<Option<(i64, String)>> {
+    Ok(on_tx!(conn, |c| sqlx::query_as(
+        "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1"
     )
+    .fetch_optional(&mut *c)
+    .await)?)
 }
 
 /// Writes one keyed record with its explicit id and returns its hash.
 async fn insert_record(
-    conn: &mut SqliteConnection,
+    conn: &mut super::Tx,
     keys: &Keys,
     f: &RecordFields<'_>,
 ) -> StoreResult<String> {
     let hash = f.hash(keys);
-    sqlx::query(
-        "INSERT INTO audit_log (id, at, actor, action, subject, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    on_tx!(conn, |c| {
+        sqlx::query(
+        "INSERT INTO audit_log (id, at, actor, action, subject, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(f.id)
     .bind(f.at)
@@ -189,8 +198,8 @@ async fn insert_record(
     .bind(f.detail)
     .bind(f.prev)
     .bind(&hash)
-    .execute(&mut *conn)
-    .await?;
+    .execute(&mut *c).await.map(|r| r.rows_affected())
+    })?;
     Ok(hash)
 }
 
@@ -202,7 +211,7 @@ async fn insert_record(
 /// (removed or altered), it continues from the newest stored record and the head is left as it is:
 /// `audit verify` keeps reporting the damage, and the service keeps running.
 pub(crate) async fn append(
-    conn: &mut SqliteConnection,
+    conn: &mut super::Tx,
     keys: &Keys,
     at: Timestamp,
     actor: &str,
@@ -211,7 +220,7 @@ pub(crate) async fn append(
     detail: serde_json::Value,
 ) -> StoreResult<()> {
     let detail = detail.to_string();
-    let head = load_head(conn).await?.filter(|h| h.sealed(keys));
+    let head = load_head(conn, true).await?.filter(|h| h.sealed(keys));
     let (id, prev) = match &head {
         Some(h) => (h.records + 1, h.last_hash.clone()),
         None => last_record(conn)
@@ -240,16 +249,17 @@ pub(crate) async fn append(
 /// written before keying, one keyed `audit_keyed` record marks the boundary (it chains onto the last
 /// unkeyed record). Any other unsealed head is left unsealed, and `audit verify` reports it.
 pub(crate) async fn seal_after_upgrade(store: &Store) -> StoreResult<()> {
-    let unsealed: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM audit_head WHERE id = 1 AND mac IS NULL")
-            .fetch_optional(store.pool())
-            .await?;
+    let unsealed: Option<i64> = on_db!(store, |db| sqlx::query_scalar(
+        "SELECT 1 FROM audit_head WHERE id = 1 AND mac IS NULL"
+    )
+    .fetch_optional(db)
+    .await)?;
     if unsealed.is_none() {
         return Ok(());
     }
     let keys = store.keys();
     let mut tx = store.write_tx().await?;
-    let Some(h) = load_head(&mut tx).await? else {
+    let Some(h) = load_head(&mut tx, true).await? else {
         return Ok(());
     };
     if h.mac.is_some() {
@@ -340,14 +350,15 @@ impl Store {
         checkpoints: &[CheckpointFile],
     ) -> StoreResult<AuditVerification> {
         // One read transaction: the records and the head as of one moment.
-        let mut tx = self.pool().begin().await?;
-        let rows = sqlx::query(
+        let mut tx = self.read_tx().await?;
+        let rows = on_tx!(tx, |c| {
+            sqlx::query(
             "SELECT id, at, actor, action, subject, detail, prev_hash, hash FROM audit_log ORDER BY id",
         )
-        .fetch_all(&mut *tx)
-        .await?;
-        let head = load_head(&mut tx).await?;
-        tx.rollback().await?;
+        .fetch_all(&mut *c).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
+        let head = load_head(&mut tx, false).await?;
+        drop(tx);
         let keys = &self.keys;
         let head_ok = head.as_ref().is_some_and(|h| h.sealed(keys));
         // Without a valid head the boundary is not vouched for; take the keying record's word for
@@ -504,8 +515,8 @@ impl Store {
     /// database). Refused when the head is missing or altered: a checkpoint must not vouch for a
     /// trail that already fails verification.
     pub async fn audit_checkpoint(&self, now: Timestamp) -> StoreResult<Checkpoint> {
-        let mut conn = self.pool().acquire().await?;
-        let head = load_head(&mut conn)
+        let mut tx = self.read_tx().await?;
+        let head = load_head(&mut tx, false)
             .await?
             .filter(|h| h.sealed(&self.keys))
             .ok_or_else(|| {
@@ -524,12 +535,13 @@ impl Store {
 
     /// Records since `since`, oldest first (for `medrelay audit export`).
     pub async fn audit_since(&self, since: Timestamp) -> StoreResult<Vec<AuditRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, at, actor, action, subject, detail, prev_hash, hash FROM audit_log WHERE at >= ? ORDER BY id",
+        let rows = on_db!(self, |db| {
+            sqlx::query(
+            "SELECT id, at, actor, action, subject, detail, prev_hash, hash FROM audit_log WHERE at >= $1 ORDER BY id",
         )
         .bind(secs(since))
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
         Ok(rows
             .iter()
             .map(|r| AuditRecord {
@@ -584,7 +596,7 @@ mod tests {
         let at = 1_790_000_000 + id;
         let hash = legacy_hash(prev, at, "connector:openemr", "ingest", "batch", detail);
         sqlx::query(
-            "INSERT OR REPLACE INTO audit_log (id, at, actor, action, subject, detail, prev_hash, hash) VALUES (?, ?, 'connector:openemr', 'ingest', 'batch', ?, ?, ?)",
+            "INSERT OR REPLACE INTO audit_log (id, at, actor, action, subject, detail, prev_hash, hash) VALUES ($1, $2, 'connector:openemr', 'ingest', 'batch', $3, $4, $5)",
         )
         .bind(id)
         .bind(at)
@@ -675,7 +687,7 @@ mod tests {
     async fn a_fresh_database_starts_with_a_sealed_empty_head() {
         let dir = tempfile::tempdir().unwrap();
         let keys = Keys::from_secret(b"s");
-        let store = Store::open(&dir.path().join("m.db"), keys.clone())
+        let store = crate::store::testing::open(&dir.path().join("m.db"), keys.clone())
             .await
             .unwrap();
         let v = store.audit_verify().await.unwrap();
@@ -684,5 +696,45 @@ mod tests {
         assert_eq!((c.records, c.last_hash.as_str()), (0, GENESIS));
         assert!(c.signed_by(&keys));
         store.close().await;
+    }
+
+    /// Two handles on one database (two instances) appending at once: on PostgreSQL the head
+    /// row lock makes them take turns, on SQLite the write lock does; the chain never forks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_of_two_instances_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::from_secret(b"s");
+        let location = crate::store::testing::location(&dir.path().join("m.db"))
+            .await
+            .unwrap();
+        let a = Store::connect(&location, keys.clone()).await.unwrap();
+        let b = Store::connect(&location, keys.clone()).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                for n in 0..25 {
+                    store
+                        .audit(
+                            Timestamp::now(),
+                            "staff",
+                            "note",
+                            &format!("w{i}"),
+                            json!({"n": n}),
+                        )
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for store in [&a, &b] {
+            let v = store.audit_verify().await.unwrap();
+            assert_eq!((v.records, &v.broken), (200, &None), "{v:?}");
+        }
+        a.close().await;
+        b.close().await;
     }
 }

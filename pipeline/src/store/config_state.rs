@@ -3,6 +3,7 @@
 
 use jiff::Timestamp;
 
+use super::on_tx;
 use super::{Store, StoreResult, secs};
 
 impl Store {
@@ -10,31 +11,33 @@ impl Store {
     /// was), marks every appointment that has not started for planning and returns how many.
     pub async fn plan_changed(&self, fingerprint: &str, now: Timestamp) -> StoreResult<u64> {
         let mut tx = self.write_tx().await?;
-        let stored: Option<String> =
-            sqlx::query_scalar("SELECT value FROM config_state WHERE name = 'plan_fingerprint'")
-                .fetch_optional(&mut *tx)
-                .await?;
+        let stored: Option<String> = on_tx!(tx, |c| sqlx::query_scalar(
+            "SELECT value FROM config_state WHERE name = 'plan_fingerprint'"
+        )
+        .fetch_optional(&mut *c)
+        .await)?;
         if stored.as_deref() == Some(fingerprint) {
             return Ok(0);
         }
-        sqlx::query(
-            "INSERT INTO config_state (name, value, updated_at) VALUES ('plan_fingerprint', ?1, ?2) \
+        on_tx!(tx, |c| {
+            sqlx::query(
+            "INSERT INTO config_state (name, value, updated_at) VALUES ('plan_fingerprint', $1, $2) \
              ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
         )
         .bind(fingerprint)
         .bind(secs(now))
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
         // A first fingerprint (a new database, or one from before this migration) is only the
         // baseline: nothing was planned under another plan that this process knows of.
         let marked = if stored.is_some() {
-            sqlx::query(
-                "UPDATE appointments SET needs_plan = 1 WHERE needs_plan = 0 AND start_at > ?",
+            on_tx!(tx, |c| sqlx::query(
+                "UPDATE appointments SET needs_plan = 1 WHERE needs_plan = 0 AND start_at > $1",
             )
             .bind(secs(now))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
+            .execute(&mut *c)
+            .await
+            .map(|r| r.rows_affected()))?
         } else {
             0
         };

@@ -6,9 +6,9 @@ use medrelay_mapping::consent::{
 };
 use medrelay_mapping::model::EhrConsent;
 use serde_json::json;
-use sqlx::Row;
 
 use super::{Store, StoreResult, audit, secs, ts};
+use super::{on_db, on_tx};
 
 /// One ledger entry as shown by `medrelay consent show`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -28,13 +28,14 @@ impl Store {
         contact_hash: &str,
         purpose: Purpose,
     ) -> StoreResult<Vec<ConsentSignal>> {
-        let rows = sqlx::query(
-            "SELECT granted, source, at FROM consent_ledger WHERE contact_hash = ? AND purpose = ?",
+        let rows = on_db!(self, |db| {
+            sqlx::query(
+            "SELECT granted, source, at FROM consent_ledger WHERE contact_hash = $1 AND purpose = $2",
         )
         .bind(contact_hash)
         .bind(purpose.as_str())
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
         Ok(rows
             .iter()
             .filter_map(|r| {
@@ -78,12 +79,13 @@ impl Store {
 
     /// Full ledger for a contact.
     pub async fn consent_ledger(&self, contact_hash: &str) -> StoreResult<Vec<LedgerEntry>> {
-        let rows = sqlx::query(
-            "SELECT purpose, granted, source, actor, reason, at FROM consent_ledger WHERE contact_hash = ? ORDER BY at, id",
+        let rows = on_db!(self, |db| {
+            sqlx::query(
+            "SELECT purpose, granted, source, actor, reason, at FROM consent_ledger WHERE contact_hash = $1 ORDER BY at, id",
         )
         .bind(contact_hash)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
         Ok(rows
             .iter()
             .map(|r| LedgerEntry {
@@ -114,8 +116,9 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let mut withdrawn = 0;
         for p in purposes {
-            sqlx::query(
-                "INSERT INTO consent_ledger (contact_hash, purpose, granted, source, actor, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            on_tx!(tx, |c| {
+                sqlx::query(
+                "INSERT INTO consent_ledger (contact_hash, purpose, granted, source, actor, reason, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(contact_hash)
             .bind(p.as_str())
@@ -124,8 +127,8 @@ impl Store {
             .bind(actor)
             .bind(reason)
             .bind(secs(at))
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut *c).await.map(|r| r.rows_affected())
+            })?;
             let kinds = match p {
                 Purpose::Logistics => "('confirmation', 'reminder')",
                 Purpose::FollowUp => "('follow_up')",
@@ -133,28 +136,30 @@ impl Store {
             if granted {
                 // Steps withdrawn by an earlier revocation come back if they can still be useful;
                 // the sender re-checks everything (including the combined consent) before sending.
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+                on_tx!(tx, |c, pg| {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE outbox SET state = 'pending', state_reason = 'consent granted again', \
-                     next_attempt_at = MAX(due_at, ?1), updated_at = ?1 \
+                     next_attempt_at = {greatest}(due_at, $1), updated_at = $1 \
                      WHERE state = 'skipped' AND (state_reason LIKE 'consent revoked%' OR state_reason LIKE 'no consent:%') AND kind IN {kinds} \
-                     AND expires_at > ?1 AND appointment_id IN (SELECT id FROM appointments WHERE contact_hash = ?2)"
+                     AND expires_at > $1 AND appointment_id IN (SELECT id FROM appointments WHERE contact_hash = $2)",
+                    greatest = super::greatest(pg)
                 )))
                 .bind(secs(at))
                 .bind(contact_hash)
-                .execute(&mut *tx)
-                .await?;
+                .execute(&mut *c).await.map(|r| r.rows_affected())
+                })?;
             } else {
-                withdrawn += sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE outbox SET state = 'skipped', state_reason = 'consent revoked ({})', updated_at = ?1 \
+                withdrawn += on_tx!(tx, |c| {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE outbox SET state = 'skipped', state_reason = 'consent revoked ({})', updated_at = $1 \
                      WHERE state = 'pending' AND kind IN {kinds} \
-                     AND appointment_id IN (SELECT id FROM appointments WHERE contact_hash = ?2)",
+                     AND appointment_id IN (SELECT id FROM appointments WHERE contact_hash = $2)",
                     source.as_str()
                 )))
                 .bind(secs(at))
                 .bind(contact_hash)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                .execute(&mut *c).await.map(|r| r.rows_affected())
+                })?;
             }
         }
         audit::append(

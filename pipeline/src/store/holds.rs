@@ -5,9 +5,9 @@ use std::collections::HashMap;
 
 use jiff::Timestamp;
 use serde_json::json;
-use sqlx::Row;
 
 use super::{Store, StoreResult, alerts, audit, secs};
+use super::{on_db, on_tx};
 
 impl Store {
     /// Raises an alert of `kind` for the incident named by `key` (the start of its detail, e.g.
@@ -22,14 +22,14 @@ impl Store {
     ) -> StoreResult<bool> {
         debug_assert!(detail.starts_with(key));
         let mut tx = self.write_tx().await?;
-        let open: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM alerts WHERE kind = ?1 AND resolved_at IS NULL \
-             AND substr(detail, 1, length(?2)) = ?2",
+        let open: i64 = on_tx!(tx, |c| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM alerts WHERE kind = $1 AND resolved_at IS NULL \
+             AND substr(detail, 1, length($2)) = $2",
         )
         .bind(kind)
         .bind(key)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_one(&mut *c)
+        .await)?;
         if open > 0 {
             return Ok(false);
         }
@@ -61,17 +61,17 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        let added = sqlx::query(
-            "INSERT INTO template_holds (name, cause, reason, since) VALUES (?, ?, ?, ?) \
+        let added = on_tx!(tx, |c| sqlx::query(
+            "INSERT INTO template_holds (name, cause, reason, since) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name, cause) DO NOTHING",
         )
         .bind(name)
         .bind(cause)
         .bind(reason)
         .bind(secs(now))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
         if added > 0 {
             audit::append(
                 &mut tx,
@@ -97,12 +97,14 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<bool> {
         let mut tx = self.write_tx().await?;
-        let removed = sqlx::query("DELETE FROM template_holds WHERE name = ? AND cause = ?")
-            .bind(name)
-            .bind(cause)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let removed = on_tx!(tx, |c| sqlx::query(
+            "DELETE FROM template_holds WHERE name = $1 AND cause = $2"
+        )
+        .bind(name)
+        .bind(cause)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
         if removed > 0 {
             audit::append(
                 &mut tx,
@@ -121,9 +123,15 @@ impl Store {
 
     /// Held templates by name, with why (the oldest hold when there are two).
     pub async fn held_templates(&self) -> StoreResult<HashMap<String, String>> {
-        let rows = sqlx::query("SELECT name, reason FROM template_holds ORDER BY since DESC")
-            .fetch_all(self.pool())
-            .await?;
+        let rows = on_db!(self, |db| sqlx::query(
+            "SELECT name, reason FROM template_holds ORDER BY since DESC"
+        )
+        .fetch_all(db)
+        .await
+        .map(|v| v
+            .into_iter()
+            .map(super::StoredRow::from)
+            .collect::<Vec<_>>()))?;
         Ok(rows
             .iter()
             .map(|r| (r.get("name"), r.get("reason")))
@@ -134,9 +142,15 @@ impl Store {
 impl Store {
     /// When each feed last delivered input (good or bad), for the `feed_silent` alert.
     pub async fn last_inputs(&self) -> StoreResult<HashMap<String, Timestamp>> {
-        let rows = sqlx::query("SELECT feed, last_input_at FROM feed_activity")
-            .fetch_all(self.pool())
-            .await?;
+        let rows = on_db!(self, |db| sqlx::query(
+            "SELECT feed, last_input_at FROM feed_activity"
+        )
+        .fetch_all(db)
+        .await
+        .map(|v| v
+            .into_iter()
+            .map(super::StoredRow::from)
+            .collect::<Vec<_>>()))?;
         Ok(rows
             .iter()
             .map(|r| (r.get("feed"), super::ts(r.get("last_input_at"))))

@@ -2,9 +2,9 @@
 
 use jiff::Timestamp;
 use serde_json::json;
-use sqlx::Row;
 
 use super::{Store, StoreResult, audit, secs, ts};
+use super::{on_db, on_tx};
 use crate::whatsapp::webhook::StatusUpdate;
 
 /// A reply to store. `wa_message_id` makes re-deliveries idempotent.
@@ -49,13 +49,13 @@ impl Store {
     /// Stores a raw webhook body; returns its id once committed (the moment a 200 may be given).
     pub async fn store_webhook(&self, body: &[u8], now: Timestamp) -> StoreResult<i64> {
         let mut tx = self.write_tx().await?;
-        let id = sqlx::query_scalar(
-            "INSERT INTO webhook_inbox (received_at, body) VALUES (?, ?) RETURNING id",
+        let id = on_tx!(tx, |c| sqlx::query_scalar(
+            "INSERT INTO webhook_inbox (received_at, body) VALUES ($1, $2) RETURNING id",
         )
         .bind(secs(now))
         .bind(body)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_one(&mut *c)
+        .await)?;
         tx.commit().await?;
         Ok(id)
     }
@@ -68,22 +68,29 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE webhook_inbox SET processed_at = ?, error = ? WHERE id = ?")
-            .bind(secs(now))
-            .bind(error)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        on_tx!(tx, |c| sqlx::query(
+            "UPDATE webhook_inbox SET processed_at = $1, error = $2 WHERE id = $3"
+        )
+        .bind(secs(now))
+        .bind(error)
+        .bind(id)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await
     }
 
     /// Stored webhooks not yet processed (after a crash), oldest first.
     pub async fn unprocessed_webhooks(&self) -> StoreResult<Vec<(i64, Vec<u8>)>> {
-        let rows = sqlx::query(
+        let rows = on_db!(self, |db| sqlx::query(
             "SELECT id, body FROM webhook_inbox WHERE processed_at IS NULL ORDER BY id",
         )
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db)
+        .await
+        .map(|v| v
+            .into_iter()
+            .map(super::StoredRow::from)
+            .collect::<Vec<_>>()))?;
         Ok(rows.iter().map(|r| (r.get("id"), r.get("body"))).collect())
     }
 
@@ -109,39 +116,43 @@ impl Store {
             return Ok(false);
         };
         let mut tx = self.write_tx().await?;
-        let known: Option<i64> = sqlx::query_scalar("SELECT job_id FROM messages WHERE wamid = ?")
-            .bind(wamid)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let known: Option<i64> = on_tx!(tx, |c| sqlx::query_scalar(
+            "SELECT job_id FROM messages WHERE wamid = $1"
+        )
+        .bind(wamid)
+        .fetch_optional(&mut *c)
+        .await)?;
         if known.is_none()
             && let Some(job) = callback_job
         {
-            let reconciled = sqlx::query(
-                "UPDATE outbox SET state = 'sent', wamid = ?, state_reason = 'reconciled from a status webhook', updated_at = ? \
-                 WHERE id = ? AND state IN ('sending', 'pending')",
+            let reconciled = on_tx!(tx, |c| {
+                sqlx::query(
+                "UPDATE outbox SET state = 'sent', wamid = $1, state_reason = 'reconciled from a status webhook', updated_at = $2 \
+                 WHERE id = $3 AND state IN ('sending', 'pending')",
             )
             .bind(wamid)
             .bind(secs(now))
             .bind(job)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .execute(&mut *c).await.map(|r| r.rows_affected())
+            })?;
             if reconciled > 0 {
-                sqlx::query(
+                on_tx!(tx, |c| {
+                    sqlx::query(
                     "INSERT INTO messages (job_id, wamid, contact_hash, body, sent_at, status, status_rank) \
-                     SELECT o.id, ?, COALESCE(a.contact_hash, ''), NULL, ?, 'accepted', 0 FROM outbox o \
-                     JOIN appointments a ON a.id = o.appointment_id WHERE o.id = ?",
+                     SELECT o.id, $1, COALESCE(a.contact_hash, ''), NULL, $2, 'accepted', 0 FROM outbox o \
+                     JOIN appointments a ON a.id = o.appointment_id WHERE o.id = $3",
                 )
                 .bind(wamid)
                 .bind(secs(now))
                 .bind(job)
-                .execute(&mut *tx)
-                .await?;
+                .execute(&mut *c).await.map(|r| r.rows_affected())
+                })?;
             }
         }
-        let changed = sqlx::query(
-            "UPDATE messages SET status = ?, status_rank = ?, status_at = ?, error_code = COALESCE(?, error_code) \
-             WHERE wamid = ? AND status_rank < ?",
+        let changed = on_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE messages SET status = $1, status_rank = $2, status_at = $3, error_code = COALESCE($4, error_code) \
+             WHERE wamid = $5 AND status_rank < $6",
         )
         .bind(status)
         .bind(rank)
@@ -149,21 +160,20 @@ impl Store {
         .bind(error_code)
         .bind(wamid)
         .bind(rank)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })? > 0;
         if let Some(p) = &update.pricing {
-            sqlx::query(
-                "UPDATE messages SET pricing_category = ?, pricing_type = ?, billable = ? \
-                 WHERE wamid = ? AND pricing_category IS NULL",
+            on_tx!(tx, |c| sqlx::query(
+                "UPDATE messages SET pricing_category = $1, pricing_type = $2, billable = $3 \
+                 WHERE wamid = $4 AND pricing_category IS NULL",
             )
             .bind(&p.category)
             .bind(&p.kind)
             .bind(p.billable)
             .bind(wamid)
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut *c)
+            .await
+            .map(|r| r.rows_affected()))?;
         }
         if changed {
             audit::append(
@@ -183,12 +193,13 @@ impl Store {
 
     /// The job a message or payload refers to.
     pub async fn job_ref(&self, job_id: i64) -> StoreResult<Option<JobRef>> {
-        let row = sqlx::query(
-            "SELECT id, appointment_id, slot_start, state, wamid FROM outbox WHERE id = ?",
+        let row = on_db!(self, |db| sqlx::query(
+            "SELECT id, appointment_id, slot_start, state, wamid FROM outbox WHERE id = $1",
         )
         .bind(job_id)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(db)
+        .await
+        .map(|v| v.map(super::StoredRow::from)))?;
         Ok(row.map(|r| JobRef {
             id: r.get("id"),
             appointment_id: r.get("appointment_id"),
@@ -204,35 +215,35 @@ impl Store {
         appointment_id: i64,
         slot_start: Timestamp,
     ) -> StoreResult<Option<String>> {
-        Ok(sqlx::query_scalar(
+        Ok(on_db!(self, |db| sqlx::query_scalar(
             "SELECT r.action FROM replies r JOIN outbox o ON o.id = r.job_id \
-             WHERE r.appointment_id = ? AND r.outcome = 'accepted' AND o.slot_start = ? \
+             WHERE r.appointment_id = $1 AND r.outcome = 'accepted' AND o.slot_start = $2 \
              ORDER BY r.id DESC LIMIT 1",
         )
         .bind(appointment_id)
         .bind(secs(slot_start))
-        .fetch_optional(self.pool())
-        .await?)
+        .fetch_optional(db)
+        .await)?)
     }
 
     /// The job a WhatsApp message id belongs to.
     pub async fn job_for_wamid(&self, wamid: &str) -> StoreResult<Option<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT job_id FROM messages WHERE wamid = ?")
-                .bind(wamid)
-                .fetch_optional(self.pool())
-                .await?,
+        Ok(on_db!(self, |db| sqlx::query_scalar(
+            "SELECT job_id FROM messages WHERE wamid = $1"
         )
+        .bind(wamid)
+        .fetch_optional(db)
+        .await)?)
     }
 
     /// The template (its configured key) a job was planned with.
     pub async fn job_template(&self, job_id: i64) -> StoreResult<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT template FROM outbox WHERE id = ?")
-                .bind(job_id)
-                .fetch_optional(self.pool())
-                .await?,
+        Ok(on_db!(self, |db| sqlx::query_scalar(
+            "SELECT template FROM outbox WHERE id = $1"
         )
+        .bind(job_id)
+        .fetch_optional(db)
+        .await)?)
     }
 
     /// WhatsApp could not deliver a step for good: the job becomes `failed` and, once per appointment
@@ -245,27 +256,27 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<bool> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE outbox SET state = 'failed', state_reason = ?, updated_at = ? WHERE id = ? AND state IN ('sent', 'sending')",
+        on_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE outbox SET state = 'failed', state_reason = $1, updated_at = $2 WHERE id = $3 AND state IN ('sent', 'sending')",
         )
         .bind(reason)
         .bind(secs(now))
         .bind(job_id)
-        .execute(&mut *tx)
-        .await?;
-        let inserted = sqlx::query(
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
+        let inserted = on_tx!(tx, |c| {
+            sqlx::query(
             "INSERT INTO replies (wa_message_id, contact_hash, job_id, appointment_id, kind, action, outcome, received_at) \
              SELECT 'not-notified:' || a.id || ':' || o.slot_start, COALESCE(a.contact_hash, ''), o.id, a.id, 'system', \
-                    'not_notified', 'accepted', ? \
-             FROM outbox o JOIN appointments a ON a.id = o.appointment_id WHERE o.id = ? \
+                    'not_notified', 'accepted', $1 \
+             FROM outbox o JOIN appointments a ON a.id = o.appointment_id WHERE o.id = $2 \
              ON CONFLICT (wa_message_id) DO NOTHING",
         )
         .bind(secs(now))
         .bind(job_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })? > 0;
         if inserted {
             audit::append(
                 &mut tx,
@@ -291,17 +302,18 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE outbox SET state = 'pending', next_attempt_at = ?, state_reason = ?, updated_at = ? \
-             WHERE id = ? AND state = 'sent' AND expires_at > ?",
+        on_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE outbox SET state = 'pending', next_attempt_at = $1, state_reason = $2, updated_at = $3 \
+             WHERE id = $4 AND state = 'sent' AND expires_at > $5",
         )
         .bind(secs(at))
         .bind(reason)
         .bind(secs(now))
         .bind(job_id)
         .bind(secs(at))
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
         tx.commit().await
     }
 
@@ -309,9 +321,10 @@ impl Store {
     /// A patient Cancel also marks the appointment, which withdraws its pending steps (trigger).
     pub async fn insert_reply(&self, reply: &NewReply, now: Timestamp) -> StoreResult<bool> {
         let mut tx = self.write_tx().await?;
-        let inserted = sqlx::query(
+        let inserted = on_tx!(tx, |c| {
+            sqlx::query(
             "INSERT INTO replies (wa_message_id, contact_hash, context_wamid, job_id, appointment_id, kind, action, outcome, text, received_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (wa_message_id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (wa_message_id) DO NOTHING",
         )
         .bind(&reply.wa_message_id)
         .bind(&reply.contact_hash)
@@ -323,22 +336,21 @@ impl Store {
         .bind(reply.outcome)
         .bind(&reply.text)
         .bind(secs(reply.received_at))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })? > 0;
         if inserted {
             if reply.outcome == "accepted"
                 && reply.action.as_deref() == Some("cancel")
                 && let Some(a) = reply.appointment_id
             {
-                sqlx::query(
-                    "UPDATE appointments SET patient_cancelled_at = ?1, updated_at = ?1 WHERE id = ?2 AND patient_cancelled_at IS NULL",
+                on_tx!(tx, |c| {
+                    sqlx::query(
+                    "UPDATE appointments SET patient_cancelled_at = $1, updated_at = $1 WHERE id = $2 AND patient_cancelled_at IS NULL",
                 )
                 .bind(secs(now))
                 .bind(a)
-                .execute(&mut *tx)
-                .await?;
+                .execute(&mut *c).await.map(|r| r.rows_affected())
+                })?;
             }
             audit::append(
                 &mut tx,

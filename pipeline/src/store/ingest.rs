@@ -5,6 +5,7 @@ use serde_json::json;
 
 use medrelay_mapping::AppointmentStatus;
 
+use super::on_tx;
 use super::{Store, StoreError, StoreResult, audit, secs};
 use crate::ingest::{AcceptReceipt, ImportInfo, ImportSummary, Rejected};
 
@@ -121,10 +122,10 @@ pub(crate) const FEED_ACTIVITY_SQL: &str = "INSERT INTO feed_activity (feed, las
 
 /// What a batch's rows did (see [`AcceptReceipt`]).
 #[derive(Default)]
-struct RowCounts {
-    applied: u64,
-    older: u64,
-    unknown: u64,
+pub(crate) struct RowCounts {
+    pub(crate) applied: u64,
+    pub(crate) older: u64,
+    pub(crate) unknown: u64,
 }
 
 /// Applies a batch row by row with prepared statements: upsert (or status update), event (when
@@ -322,7 +323,7 @@ fn upsert_rows(
 /// system (stored, or earlier in this batch), updates that appointment instead of creating a twin.
 /// One query for the whole batch; `None` when nothing needed rewriting.
 async fn resolve_placer_aliases(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut super::Tx,
     rows: &[AppointmentRow],
 ) -> StoreResult<Option<Vec<AppointmentRow>>> {
     let probes: Vec<(usize, &str, &str, &str)> = rows
@@ -340,12 +341,18 @@ async fn resolve_placer_aliases(
     }
     let json = serde_json::to_string(&probes).unwrap_or_else(|_| "[]".into());
     // For each probe: does its filler id exist, and which stored appointment has its placer id?
-    let found: Vec<(i64, bool, Option<String>)> = sqlx::query_as(
-        "SELECT json_extract(j.value, '$[0]'),          EXISTS (SELECT 1 FROM appointments b WHERE b.source = json_extract(j.value, '$[1]')                  AND b.filler_id = json_extract(j.value, '$[2]')),          (SELECT a.filler_id FROM appointments a WHERE a.source = json_extract(j.value, '$[1]')                  AND a.placer_id = json_extract(j.value, '$[3]') ORDER BY a.id LIMIT 1)          FROM json_each(?) j",
+    let found: Vec<(i64, bool, Option<String>)> = on_tx!(tx, |c, pg| {
+        sqlx::query_as(if pg {
+            "SELECT (j->>0)::BIGINT, EXISTS (SELECT 1 FROM appointments b WHERE b.source = j->>1 \
+             AND b.filler_id = j->>2), (SELECT a.filler_id FROM appointments a WHERE a.source = j->>1 \
+             AND a.placer_id = j->>3 ORDER BY a.id LIMIT 1) FROM jsonb_array_elements($1::jsonb) j"
+        } else {
+            "SELECT json_extract(j.value, '$[0]'),          EXISTS (SELECT 1 FROM appointments b WHERE b.source = json_extract(j.value, '$[1]')                  AND b.filler_id = json_extract(j.value, '$[2]')),          (SELECT a.filler_id FROM appointments a WHERE a.source = json_extract(j.value, '$[1]')                  AND a.placer_id = json_extract(j.value, '$[3]') ORDER BY a.id LIMIT 1)          FROM json_each($1) j"
+        },
     )
     .bind(json)
-    .fetch_all(&mut *tx)
-    .await?;
+    .fetch_all(&mut *c).await
+    })?;
     let stored: std::collections::HashMap<usize, (bool, Option<String>)> = found
         .into_iter()
         .map(|(i, exists, target)| (i as usize, (exists, target)))
@@ -384,8 +391,9 @@ impl Store {
     /// Records the start of an import and returns its id.
     pub async fn begin_import(&self, info: &ImportInfo, now: Timestamp) -> StoreResult<i64> {
         let mut tx = self.write_tx().await?;
-        let id = sqlx::query_scalar(
-            "INSERT INTO imports (source, input_name, input_sha256, mode, as_of_us, started_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        let id = on_tx!(tx, |c| {
+            sqlx::query_scalar(
+            "INSERT INTO imports (source, input_name, input_sha256, mode, as_of_us, started_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(&info.source)
         .bind(&info.input_name)
@@ -393,14 +401,19 @@ impl Store {
         .bind(info.mode.as_str())
         .bind(info.as_of.as_microsecond())
         .bind(secs(now))
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_one(&mut *c).await
+        })?;
         // An import that starts is input, even one that turns out empty.
-        sqlx::query(FEED_ACTIVITY_SQL)
-            .bind(&info.source)
-            .bind(secs(now))
-            .execute(&mut *tx)
-            .await?;
+        on_tx!(tx, |c, pg| sqlx::query(if pg {
+            super::ingest_pg::FEED_ACTIVITY_SQL
+        } else {
+            FEED_ACTIVITY_SQL
+        })
+        .bind(&info.source)
+        .bind(secs(now))
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await?;
         Ok(id)
     }
@@ -425,34 +438,40 @@ impl Store {
         let now_s = secs(now);
         let as_of_us = as_of.as_microsecond();
         let mut tx = self.write_tx().await?;
-        let counts;
         let resolved = resolve_placer_aliases(&mut tx, rows).await?;
         let rows = resolved.as_deref().unwrap_or(rows);
-        let token: i64 = sqlx::query_scalar(
-            "INSERT INTO ingest_batches (import_id, committed_at) VALUES (?, ?) RETURNING id",
+        let token: i64 = on_tx!(tx, |c| sqlx::query_scalar(
+            "INSERT INTO ingest_batches (import_id, committed_at) VALUES ($1, $2) RETURNING id",
         )
         .bind(import_id)
         .bind(now_s)
-        .fetch_one(&mut *tx)
-        .await?;
-        {
-            // The per-row statements run on the raw SQLite handle of this very transaction (see
-            // `upsert_rows`): no statement text per batch, no argument boxing, no worker hand-offs.
-            let mut handle = tx.lock_handle().await?;
-            // SAFETY: the handle is locked away from sqlx's worker for the lifetime of `handle`,
-            // and `conn` (which does not close the handle on drop) is dropped before it.
-            let conn =
-                unsafe { rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr()) }
-                    .map_err(StoreError::from)?;
-            let run = || upsert_rows(&conn, import_id, source, as_of_us, now_s, token, rows);
-            // A batch is tens of milliseconds of synchronous SQLite work: on the service's
-            // multi-threaded runtime, let other tasks (webhooks, the sender) move to another worker.
-            counts = match tokio::runtime::Handle::current().runtime_flavor() {
-                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
-                _ => run(),
-            }?;
-            drop(conn);
-        }
+        .fetch_one(&mut *c)
+        .await)?;
+        let counts = match tx.conn() {
+            super::Conn::Postgres(c) => {
+                super::ingest_pg::upsert_rows(c, import_id, source, as_of_us, now_s, token, rows)
+                    .await?
+            }
+            super::Conn::Sqlite(c) => {
+                // The per-row statements run on the raw SQLite handle of this very transaction (see
+                // `upsert_rows`): no statement text per batch, no argument boxing, no worker hand-offs.
+                let mut handle = c.lock_handle().await?;
+                // SAFETY: the handle is locked away from sqlx's worker for the lifetime of `handle`,
+                // and `conn` (which does not close the handle on drop) is dropped before it.
+                let conn =
+                    unsafe { rusqlite::Connection::from_handle(handle.as_raw_handle().as_ptr()) }
+                        .map_err(StoreError::from)?;
+                let run = || upsert_rows(&conn, import_id, source, as_of_us, now_s, token, rows);
+                // A batch is tens of milliseconds of synchronous SQLite work: on the service's
+                // multi-threaded runtime, let other tasks (webhooks, the sender) move to another worker.
+                let counts = match tokio::runtime::Handle::current().runtime_flavor() {
+                    tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
+                    _ => run(),
+                }?;
+                drop(conn);
+                counts
+            }
+        };
         let bad_ids: Vec<&str> = rejected
             .iter()
             .filter_map(|r| r.filler_id.as_deref())
@@ -460,21 +479,29 @@ impl Store {
         if touch_seen && !bad_ids.is_empty() {
             // Bad rows whose id was readable still prove the appointment is present in this
             // snapshot (only appointments this feed already knows can be meant).
-            sqlx::query(
-                "UPDATE appointment_feeds SET seen_as_of_us = ?1 WHERE feed = ?2 AND seen_as_of_us < ?1 \
+            on_tx!(tx, |c, pg| {
+                sqlx::query(if pg {
+                "UPDATE appointment_feeds SET seen_as_of_us = $1 WHERE feed = $2 AND seen_as_of_us < $1 \
                  AND appointment_id IN (SELECT a.id FROM appointments a JOIN appointment_feeds f \
-                     ON f.appointment_id = a.id AND f.feed = ?2 \
-                     WHERE a.filler_id IN (SELECT value FROM json_each(?3)))",
+                     ON f.appointment_id = a.id AND f.feed = $2 \
+                     WHERE a.filler_id IN (SELECT jsonb_array_elements_text($3::jsonb)))"
+            } else {
+            "UPDATE appointment_feeds SET seen_as_of_us = $1 WHERE feed = $2 AND seen_as_of_us < $1 \
+                 AND appointment_id IN (SELECT a.id FROM appointments a JOIN appointment_feeds f \
+                     ON f.appointment_id = a.id AND f.feed = $2 \
+                     WHERE a.filler_id IN (SELECT value FROM json_each($3)))"
+            },
             )
             .bind(as_of_us)
             .bind(source)
             .bind(serde_json::to_string(&bad_ids).unwrap_or_else(|_| "[]".into()))
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut *c).await.map(|r| r.rows_affected())
+            })?;
         }
         for r in rejected {
-            sqlx::query(
-                "INSERT INTO quarantine (source, import_id, location, column_name, reason, raw, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            on_tx!(tx, |c| {
+                sqlx::query(
+                "INSERT INTO quarantine (source, import_id, location, column_name, reason, raw, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(source)
             .bind(import_id)
@@ -483,14 +510,19 @@ impl Store {
             .bind(&r.reason)
             .bind(&r.raw)
             .bind(now_s)
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut *c).await.map(|r| r.rows_affected())
+            })?;
         }
-        sqlx::query(FEED_ACTIVITY_SQL)
-            .bind(source)
-            .bind(now_s)
-            .execute(&mut *tx)
-            .await?;
+        on_tx!(tx, |c, pg| sqlx::query(if pg {
+            super::ingest_pg::FEED_ACTIVITY_SQL
+        } else {
+            FEED_ACTIVITY_SQL
+        })
+        .bind(source)
+        .bind(now_s)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
         let receipt = AcceptReceipt {
             applied: counts.applied,
             unchanged: rows.len() as u64 - counts.applied - counts.older - counts.unknown,
@@ -528,22 +560,22 @@ impl Store {
     ) -> StoreResult<u64> {
         let mut tx = self.write_tx().await?;
         let as_of_us = as_of.as_microsecond();
-        let swept = sqlx::query(
-            "UPDATE appointments SET status = 'cancelled', sv_at_us = ?1, sv_seq = 0, revision = revision + 1, \
-             needs_plan = 1, updated_at = ?2, content_hash = 'swept:' || content_hash \
-             WHERE id IN (SELECT appointment_id FROM appointment_feeds WHERE feed = ?3 AND seen_as_of_us < ?1) \
-             AND sv_at_us < ?1 \
+        let swept = on_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE appointments SET status = 'cancelled', sv_at_us = $1, sv_seq = 0, revision = revision + 1, \
+             needs_plan = 1, updated_at = $2, content_hash = 'swept:' || content_hash \
+             WHERE id IN (SELECT appointment_id FROM appointment_feeds WHERE feed = $3 AND seen_as_of_us < $1) \
+             AND sv_at_us < $1 \
              AND status NOT IN ('cancelled', 'noshow', 'entered-in-error', 'fulfilled') \
-             AND start_at > ?4 AND start_at <= ?5",
+             AND start_at > $4 AND start_at <= $5",
         )
         .bind(as_of_us)
         .bind(secs(now))
         .bind(source)
         .bind(secs(as_of))
         .bind(horizon_end.map_or(i64::MAX, secs))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
         audit::append(
             &mut tx,
             &self.keys,
@@ -566,8 +598,9 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE imports SET finished_at = ?, rows_ok = ?, rows_bad = ?, rows_applied = ?, rows_older = ?, rows_unknown = ?, swept = ?, sweep_note = ? WHERE id = ?",
+        on_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE imports SET finished_at = $1, rows_ok = $2, rows_bad = $3, rows_applied = $4, rows_older = $5, rows_unknown = $6, swept = $7, sweep_note = $8 WHERE id = $9",
         )
         .bind(secs(now))
         .bind(summary.rows_ok as i64)
@@ -578,8 +611,8 @@ impl Store {
         .bind(summary.swept as i64)
         .bind(&summary.sweep_note)
         .bind(import_id)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
         tx.commit().await
     }
 }

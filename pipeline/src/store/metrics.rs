@@ -3,8 +3,8 @@
 //! configured name (connector, template, site), a state or a code: never patient data.
 
 use jiff::Timestamp;
-use sqlx::Row;
 
+use super::on_db;
 use super::{Store, StoreResult, secs};
 
 /// One labelled value.
@@ -61,14 +61,13 @@ pub struct StoreMetrics {
 impl Store {
     /// Reads every exported number in one pass of small aggregate queries.
     pub async fn metrics(&self, now: Timestamp) -> StoreResult<StoreMetrics> {
-        let pool = self.pool();
         let mut m = StoreMetrics::default();
-        for r in sqlx::query(
+        for r in on_db!(self, |db| {
+            sqlx::query(
             "SELECT state, lane, COUNT(*) AS n FROM outbox GROUP BY state, lane ORDER BY state, lane",
         )
-        .fetch_all(pool)
-        .await?
-        {
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })? {
             m.outbox_jobs.push(sample(
                 vec![
                     ("state", r.get("state")),
@@ -77,44 +76,48 @@ impl Store {
                 r.get("n"),
             ));
         }
-        let oldest: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(due_at) FROM outbox WHERE state = 'pending' AND due_at <= ?",
+        let oldest: Option<i64> = on_db!(self, |db| sqlx::query_scalar(
+            "SELECT MIN(due_at) FROM outbox WHERE state = 'pending' AND due_at <= $1",
         )
         .bind(secs(now))
-        .fetch_one(pool)
-        .await?;
+        .fetch_one(db)
+        .await)?;
         m.oldest_due_seconds = oldest.map_or(0, |t| (secs(now) - t).max(0)) as f64;
-        for r in sqlx::query(
+        for r in on_db!(self, |db| {
+            sqlx::query(
             "SELECT o.template, m.status, COUNT(*) AS n FROM messages m JOIN outbox o ON o.id = m.job_id \
              GROUP BY o.template, m.status ORDER BY 1, 2",
         )
-        .fetch_all(pool)
-        .await?
-        {
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })? {
             m.messages.push(sample(
                 vec![("template", r.get("template")), ("status", r.get("status"))],
                 r.get("n"),
             ));
         }
-        for r in sqlx::query(
+        for r in on_db!(self, |db| sqlx::query(
             "SELECT error_code, COUNT(*) AS n FROM messages WHERE error_code IS NOT NULL \
              GROUP BY error_code ORDER BY 1",
         )
-        .fetch_all(pool)
-        .await?
+        .fetch_all(db)
+        .await
+        .map(|v| v
+            .into_iter()
+            .map(super::StoredRow::from)
+            .collect::<Vec<_>>()))?
         {
             m.message_errors.push(sample(
                 vec![("code", r.get::<i64, _>("error_code").to_string())],
                 r.get("n"),
             ));
         }
-        for r in sqlx::query(
-            "SELECT source, SUM(rows_ok) AS ok, SUM(rows_bad) AS bad, SUM(rows_applied) AS applied \
+        for r in on_db!(self, |db| {
+            sqlx::query(
+            "SELECT source, CAST(SUM(rows_ok) AS BIGINT) AS ok, CAST(SUM(rows_bad) AS BIGINT) AS bad, CAST(SUM(rows_applied) AS BIGINT) AS applied \
              FROM imports GROUP BY source ORDER BY source",
         )
-        .fetch_all(pool)
-        .await?
-        {
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })? {
             let source: String = r.get("source");
             for outcome in ["ok", "bad", "applied"] {
                 m.imported.push(sample(
@@ -123,68 +126,86 @@ impl Store {
                 ));
             }
         }
-        for r in sqlx::query(
+        for r in on_db!(self, |db| sqlx::query(
             "SELECT source, COUNT(*) AS n FROM quarantine GROUP BY source ORDER BY source",
         )
-        .fetch_all(pool)
-        .await?
+        .fetch_all(db)
+        .await
+        .map(|v| v
+            .into_iter()
+            .map(super::StoredRow::from)
+            .collect::<Vec<_>>()))?
         {
             m.quarantined
                 .push(sample(vec![("connector", r.get("source"))], r.get("n")));
         }
-        for r in sqlx::query(
+        for r in on_db!(self, |db| sqlx::query(
             "SELECT COALESCE(action, 'none') AS action, outcome, COUNT(*) AS n FROM replies \
              GROUP BY 1, 2 ORDER BY 1, 2",
         )
-        .fetch_all(pool)
-        .await?
+        .fetch_all(db)
+        .await
+        .map(|v| v
+            .into_iter()
+            .map(super::StoredRow::from)
+            .collect::<Vec<_>>()))?
         {
             m.replies.push(sample(
                 vec![("action", r.get("action")), ("outcome", r.get("outcome"))],
                 r.get("n"),
             ));
         }
-        m.writeback_backlog = sqlx::query_scalar::<_, i64>(super::writeback::BACKLOG_SQL)
-            .fetch_one(pool)
-            .await? as f64;
-        let oldest_open: Option<i64> = sqlx::query_scalar(
+        m.writeback_backlog = on_db!(self, |db| sqlx::query_scalar::<_, i64>(
+            super::writeback::BACKLOG_SQL
+        )
+        .fetch_one(db)
+        .await)? as f64;
+        let oldest_open: Option<i64> = on_db!(self, |db| sqlx::query_scalar(
             "SELECT MIN(created_at) FROM writeback_batches WHERE completed_at IS NULL",
         )
-        .fetch_one(pool)
-        .await?;
+        .fetch_one(db)
+        .await)?;
         m.writeback_oldest_open_seconds = oldest_open.map_or(0, |t| (secs(now) - t).max(0)) as f64;
-        for r in sqlx::query(
+        for r in on_db!(self, |db| sqlx::query(
             "SELECT target, CASE WHEN skipped_at IS NOT NULL THEN 'skipped' \
              WHEN completed_at IS NOT NULL THEN 'written' WHEN refused != 0 THEN 'refused' \
              WHEN failed_at IS NOT NULL THEN 'failing' ELSE 'pending' END AS state, COUNT(*) AS n \
              FROM writeback_batches GROUP BY 1, 2 ORDER BY 1, 2",
         )
-        .fetch_all(pool)
-        .await?
+        .fetch_all(db)
+        .await
+        .map(|v| v
+            .into_iter()
+            .map(super::StoredRow::from)
+            .collect::<Vec<_>>()))?
         {
             m.writeback_batches.push(sample(
                 vec![("target", r.get("target")), ("state", r.get("state"))],
                 r.get("n"),
             ));
         }
-        for r in sqlx::query(
+        for r in on_db!(self, |db| sqlx::query(
             "SELECT purpose, CASE WHEN granted != 0 THEN 'grant' ELSE 'revoke' END AS change, \
              COUNT(*) AS n FROM consent_ledger GROUP BY 1, 2 ORDER BY 1, 2",
         )
-        .fetch_all(pool)
-        .await?
+        .fetch_all(db)
+        .await
+        .map(|v| v
+            .into_iter()
+            .map(super::StoredRow::from)
+            .collect::<Vec<_>>()))?
         {
             m.consent_changes.push(sample(
                 vec![("purpose", r.get("purpose")), ("change", r.get("change"))],
                 r.get("n"),
             ));
         }
-        for r in sqlx::query(
+        for r in on_db!(self, |db| {
+            sqlx::query(
             "SELECT kind, COUNT(*) AS n FROM alerts WHERE resolved_at IS NULL GROUP BY kind ORDER BY kind",
         )
-        .fetch_all(pool)
-        .await?
-        {
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })? {
             m.open_alerts
                 .push(sample(vec![("kind", r.get("kind"))], r.get("n")));
         }
@@ -197,7 +218,7 @@ impl Store {
             .await?
             .and_then(|r| r.limit)
             .map(f64::from);
-        m.commit_groups = self.writer.commits() as f64;
+        m.commit_groups = self.commit_groups() as f64;
         Ok(m)
     }
 }

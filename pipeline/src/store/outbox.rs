@@ -6,9 +6,10 @@ use medrelay_mapping::model::{
 };
 use medrelay_mapping::phi::Phi;
 use serde_json::json;
-use sqlx::{QueryBuilder, Row};
+use sqlx::QueryBuilder;
 
 use super::{Store, StoreResult, audit, secs, ts};
+use super::{on_db, on_tx};
 
 /// An appointment whose plan must be (re)computed: only the columns planning needs, so planning
 /// 100,000 appointments reads no patient data but the service type.
@@ -128,17 +129,18 @@ fn status_of(s: &str) -> AppointmentStatus {
 impl Store {
     /// Appointments whose plan is out of date, oldest first.
     pub async fn appointments_to_plan(&self, limit: i64) -> StoreResult<Vec<PlanInput>> {
-        let rows = sqlx::query(
+        let rows = on_db!(self, |db| {
+            sqlx::query(
             "SELECT a.id, a.revision, a.status, a.start_at, a.end_at, a.time_unknown, a.site, a.time_zone, \
              a.patient_cancelled_at, a.service_type, a.location_rev, \
              CASE WHEN a.location_rev = 0 THEN NULL ELSE \
                (SELECT o.state FROM outbox o WHERE o.appointment_id = a.id AND o.slot_start = a.start_at \
                 AND o.kind = 'confirmation' ORDER BY o.state = 'pending' DESC LIMIT 1) END AS confirmation_state \
-             FROM appointments a WHERE a.needs_plan = 1 ORDER BY a.id LIMIT ?",
+             FROM appointments a WHERE a.needs_plan = 1 ORDER BY a.id LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
         Ok(rows
             .iter()
             .map(|r| PlanInput {
@@ -171,49 +173,57 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let mut created = 0;
         for chunk in jobs.chunks(500) {
-            let mut q = QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO outbox (appointment_id, step, kind, slot_start, revision, lane, template, due_at, expires_at, \
+            created += on_tx!(tx, |c| {
+                let mut q = QueryBuilder::new(
+                    "INSERT INTO outbox (appointment_id, step, kind, slot_start, revision, lane, template, due_at, expires_at, \
                  next_attempt_at, state, state_reason, plan_note, created_at, updated_at) ",
-            );
-            q.push_values(chunk, |mut b, j| {
-                b.push_bind(j.appointment_id)
-                    .push_bind(j.step.clone())
-                    .push_bind(j.kind)
-                    .push_bind(secs(j.slot_start))
-                    .push_bind(j.revision)
-                    .push_bind(j.lane)
-                    .push_bind(j.template.clone())
-                    .push_bind(secs(j.due))
-                    .push_bind(secs(j.expires))
-                    .push_bind(secs(j.due))
-                    .push_bind(j.state)
-                    .push_bind(j.state_reason.clone())
-                    .push_bind(j.plan_note.clone())
-                    .push_bind(now_s)
-                    .push_bind(now_s);
-            });
-            q.push(
+                );
+                q.push_values(chunk, |mut b, j| {
+                    b.push_bind(j.appointment_id)
+                        .push_bind(j.step.clone())
+                        .push_bind(j.kind)
+                        .push_bind(secs(j.slot_start))
+                        .push_bind(j.revision)
+                        .push_bind(j.lane)
+                        .push_bind(j.template.clone())
+                        .push_bind(secs(j.due))
+                        .push_bind(secs(j.expires))
+                        .push_bind(secs(j.due))
+                        .push_bind(j.state)
+                        .push_bind(j.state_reason.clone())
+                        .push_bind(j.plan_note.clone())
+                        .push_bind(now_s)
+                        .push_bind(now_s);
+                });
+                q.push(
                 " ON CONFLICT (appointment_id, step, slot_start) DO UPDATE SET \
                  revision = excluded.revision, due_at = excluded.due_at, expires_at = excluded.expires_at, \
                  next_attempt_at = excluded.next_attempt_at, state = excluded.state, \
                  state_reason = excluded.state_reason, plan_note = excluded.plan_note, updated_at = excluded.updated_at \
                  WHERE outbox.state = 'withdrawn'",
             );
-            created += q.build().execute(&mut *tx).await?.rows_affected();
+                q.build().execute(&mut *c).await.map(|r| r.rows_affected())
+            })?;
         }
         if !planned.is_empty() {
             // One statement: each planned (id, revision) is looked up by rowid. A revision that
             // changed meanwhile keeps needs_plan and is planned again.
             let pairs: Vec<[i64; 2]> = planned.iter().map(|(a, r)| [*a, *r]).collect();
-            sqlx::query(
+            on_tx!(tx, |c, pg| {
+                sqlx::query(if pg {
+                "UPDATE appointments SET needs_plan = 0 \
+                 FROM (SELECT (e->>0)::BIGINT AS id, (e->>1)::BIGINT AS rev \
+                       FROM jsonb_array_elements($1::jsonb) e) AS p \
+                 WHERE appointments.id = p.id AND appointments.revision = p.rev AND appointments.needs_plan = 1"
+            } else {
                 "UPDATE appointments SET needs_plan = 0 \
                  FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS rev \
-                       FROM json_each(?)) AS p \
-                 WHERE appointments.id = p.id AND appointments.revision = p.rev AND appointments.needs_plan = 1",
-            )
+                       FROM json_each($1)) AS p \
+                 WHERE appointments.id = p.id AND appointments.revision = p.rev AND appointments.needs_plan = 1"
+            })
             .bind(serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into()))
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut *c).await.map(|r| r.rows_affected())
+            })?;
         }
         if !planned.is_empty() {
             audit::append(
@@ -234,16 +244,17 @@ impl Store {
     /// Claims up to `limit` due jobs (nearest-term lanes first) by moving them to `sending`.
     pub async fn claim_due(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<ClaimedJob>> {
         let mut tx = self.write_tx().await?;
-        let rows = sqlx::query(
-            "UPDATE outbox SET state = 'sending', sending_since = ?1, attempts = attempts + 1, updated_at = ?1 \
-             WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= ?1 AND next_attempt_at <= ?1 \
-                          ORDER BY lane, due_at, id LIMIT ?2) \
+        let rows = on_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE outbox SET state = 'sending', sending_since = $1, attempts = attempts + 1, updated_at = $1 \
+             WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= $1 AND next_attempt_at <= $1 \
+                          ORDER BY lane, due_at, id LIMIT $2) \
              RETURNING id, appointment_id, step, kind, slot_start, template, expires_at, attempts, lane, due_at",
         )
         .bind(secs(now))
         .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
+        .fetch_all(&mut *c).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
         tx.commit().await?;
         // RETURNING gives no order: the batch is sent in the order it was chosen (lane, then due
         // time), so that within a batch too a nearer-term message goes first (the messaging limit
@@ -276,24 +287,27 @@ impl Store {
     /// WhatsApp layer narrows the duplicate window further by reconciling status webhooks first.
     pub async fn release_stale_sending(&self, older_than: Timestamp) -> StoreResult<u64> {
         let mut tx = self.write_tx().await?;
-        let released = sqlx::query(
+        let released = on_tx!(tx, |c| {
+            sqlx::query(
             "UPDATE outbox SET state = 'pending', state_reason = 'released after an interrupted send', \
-             next_attempt_at = ?1 WHERE state = 'sending' AND sending_since < ?1",
+             next_attempt_at = $1 WHERE state = 'sending' AND sending_since < $1",
         )
         .bind(secs(older_than))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
         tx.commit().await?;
         Ok(released)
     }
 
     /// Loads an appointment for rendering and send-time checks.
     pub async fn load_appointment(&self, id: i64) -> StoreResult<Option<AppointmentRecord>> {
-        let Some(r) = sqlx::query("SELECT * FROM appointments WHERE id = ?")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
+        let Some(r) = on_db!(self, |db| sqlx::query(
+            "SELECT * FROM appointments WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .map(|v| v.map(super::StoredRow::from)))?
         else {
             return Ok(None);
         };
@@ -372,17 +386,19 @@ impl Store {
                 contact_hash,
                 calling_code,
             } => {
-                sqlx::query(
-                    "UPDATE outbox SET state = 'sent', wamid = ?, state_reason = NULL, updated_at = ? WHERE id = ?",
+                on_tx!(tx, |c| {
+                    sqlx::query(
+                    "UPDATE outbox SET state = 'sent', wamid = $1, state_reason = NULL, updated_at = $2 WHERE id = $3",
                 )
                 .bind(wamid)
                 .bind(now_s)
                 .bind(job.id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
+                .execute(&mut *c).await.map(|r| r.rows_affected())
+                })?;
+                on_tx!(tx, |c| {
+                    sqlx::query(
                     "INSERT INTO messages (job_id, wamid, contact_hash, body, sent_at, status, status_rank, calling_code) \
-                     VALUES (?, ?, ?, ?, ?, 'accepted', 0, ?) ON CONFLICT (wamid) DO NOTHING",
+                     VALUES ($1, $2, $3, $4, $5, 'accepted', 0, $6) ON CONFLICT (wamid) DO NOTHING",
                 )
                 .bind(job.id)
                 .bind(wamid)
@@ -390,8 +406,8 @@ impl Store {
                 .bind(body)
                 .bind(now_s)
                 .bind(calling_code.map(i64::from))
-                .execute(&mut *tx)
-                .await?;
+                .execute(&mut *c).await.map(|r| r.rows_affected())
+                })?;
                 audit::append(
                     &mut tx,
                     &self.keys,
@@ -404,38 +420,41 @@ impl Store {
                 .await?;
             }
             JobOutcome::Retry { at, reason } => {
-                sqlx::query(
-                    "UPDATE outbox SET state = 'pending', next_attempt_at = ?, state_reason = ?, updated_at = ? WHERE id = ?",
+                on_tx!(tx, |c| {
+                    sqlx::query(
+                    "UPDATE outbox SET state = 'pending', next_attempt_at = $1, state_reason = $2, updated_at = $3 WHERE id = $4",
                 )
                 .bind(secs(*at))
                 .bind(reason)
                 .bind(now_s)
                 .bind(job.id)
-                .execute(&mut *tx)
-                .await?;
+                .execute(&mut *c).await.map(|r| r.rows_affected())
+                })?;
             }
             JobOutcome::Deferred { at, reason } => {
-                sqlx::query(
-                    "UPDATE outbox SET state = 'pending', attempts = MAX(attempts - 1, 0), next_attempt_at = ?, \
-                     state_reason = ?, updated_at = ? WHERE id = ?",
+                on_tx!(tx, |c| {
+                    sqlx::query(
+                    "UPDATE outbox SET state = 'pending', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, next_attempt_at = $1, \
+                     state_reason = $2, updated_at = $3 WHERE id = $4",
                 )
                 .bind(secs(*at))
                 .bind(reason)
                 .bind(now_s)
                 .bind(job.id)
-                .execute(&mut *tx)
-                .await?;
+                .execute(&mut *c).await.map(|r| r.rows_affected())
+                })?;
             }
             JobOutcome::Final { state, reason } => {
-                sqlx::query(
-                    "UPDATE outbox SET state = ?, state_reason = ?, updated_at = ? WHERE id = ?",
+                on_tx!(tx, |c| {
+                    sqlx::query(
+                    "UPDATE outbox SET state = $1, state_reason = $2, updated_at = $3 WHERE id = $4",
                 )
                 .bind(*state)
                 .bind(reason)
                 .bind(now_s)
                 .bind(job.id)
-                .execute(&mut *tx)
-                .await?;
+                .execute(&mut *c).await.map(|r| r.rows_affected())
+                })?;
                 audit::append(
                     &mut tx,
                     &self.keys,

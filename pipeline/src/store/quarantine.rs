@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use sqlx::Row;
 
 use super::{Store, StoreResult, secs};
+use super::{on_db, on_tx};
 
 /// The alert kind of a quota incident.
 pub const QUOTA_ALERT: &str = "quarantine_quota";
@@ -148,15 +148,19 @@ impl QuarantineQuota {
         now: Timestamp,
     ) -> StoreResult<QuarantineQuota> {
         let cutoff = secs(now) - limits.window.as_secs() as i64;
-        let rows = sqlx::query(
+        let rows = on_db!(store, |db| sqlx::query(
             "SELECT received_at, COALESCE(LENGTH(raw), 0) AS n FROM quarantine \
-             WHERE source = ? AND received_at > ? ORDER BY received_at DESC, id DESC LIMIT ?",
+             WHERE source = $1 AND received_at > $2 ORDER BY received_at DESC, id DESC LIMIT $3",
         )
         .bind(feed)
         .bind(cutoff)
         .bind(limits.max_messages as i64)
-        .fetch_all(store.pool())
-        .await?;
+        .fetch_all(db)
+        .await
+        .map(|v| v
+            .into_iter()
+            .map(super::StoredRow::from)
+            .collect::<Vec<_>>()))?;
         let mut state = State::default();
         for r in rows.iter().rev() {
             state
@@ -245,15 +249,16 @@ impl QuarantineQuota {
         at: i64,
         cutoff: i64,
     ) -> StoreResult<Incident> {
-        let open = sqlx::query(
+        let open = on_db!(self.store, |db| sqlx::query(
             "SELECT id, messages, bytes FROM quarantine_dropped \
-             WHERE feed = ? AND source = ? AND last_at > ? ORDER BY id DESC LIMIT 1",
+             WHERE feed = $1 AND source = $2 AND last_at > $3 ORDER BY id DESC LIMIT 1",
         )
         .bind(&self.feed)
         .bind(key)
         .bind(cutoff)
-        .fetch_optional(self.store.pool())
-        .await?;
+        .fetch_optional(db)
+        .await
+        .map(|v| v.map(super::StoredRow::from)))?;
         let (id, messages, total) = match open {
             Some(r) => (
                 r.get::<i64, _>("id"),
@@ -287,17 +292,18 @@ impl QuarantineQuota {
                     )
                     .await?;
                 let mut tx = self.store.write_tx().await?;
-                let id: i64 = sqlx::query_scalar(
+                let id: i64 = on_tx!(tx, |c| {
+                    sqlx::query_scalar(
                     "INSERT INTO quarantine_dropped (feed, source, started_at, last_at, messages, bytes) \
-                     VALUES (?, ?, ?, ?, 1, ?) RETURNING id",
+                     VALUES ($1, $2, $3, $4, 1, $5) RETURNING id",
                 )
                 .bind(&self.feed)
                 .bind(key)
                 .bind(at)
                 .bind(at)
                 .bind(bytes as i64)
-                .fetch_one(&mut *tx)
-                .await?;
+                .fetch_one(&mut *c).await
+                })?;
                 tx.commit().await?;
                 tracing::warn!(feed = %self.feed, source = key, "quarantine quota reached; rejected input is no longer kept");
                 return Ok(Incident {
@@ -327,15 +333,16 @@ impl QuarantineQuota {
         let now = (i.messages, i.bytes, i.last_at);
         if i.written != now {
             let mut tx = self.store.write_tx().await?;
-            sqlx::query(
-                "UPDATE quarantine_dropped SET messages = ?, bytes = ?, last_at = ? WHERE id = ?",
+            on_tx!(tx, |c| {
+                sqlx::query(
+                "UPDATE quarantine_dropped SET messages = $1, bytes = $2, last_at = $3 WHERE id = $4",
             )
             .bind(i.messages as i64)
             .bind(i.bytes as i64)
             .bind(i.last_at)
             .bind(i.id)
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut *c).await.map(|r| r.rows_affected())
+            })?;
             tx.commit().await?;
             i.written = now;
         }
@@ -384,18 +391,19 @@ pub struct DroppedSummary {
 impl Store {
     /// What the quarantine quota dropped: totals, and the incidents active since `since`.
     pub async fn quarantine_dropped(&self, since: Timestamp) -> StoreResult<DroppedSummary> {
-        let (messages, bytes): (i64, i64) = sqlx::query_as(
-            "SELECT COALESCE(SUM(messages), 0), COALESCE(SUM(bytes), 0) FROM quarantine_dropped",
+        let (messages, bytes): (i64, i64) = on_db!(self, |db| {
+            sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(messages), 0) AS BIGINT), CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM quarantine_dropped",
         )
-        .fetch_one(self.pool())
-        .await?;
-        let recent = sqlx::query_as(
-            "SELECT feed, source, messages, bytes FROM quarantine_dropped WHERE last_at >= ? \
+        .fetch_one(db).await
+        })?;
+        let recent = on_db!(self, |db| sqlx::query_as(
+            "SELECT feed, source, messages, bytes FROM quarantine_dropped WHERE last_at >= $1 \
              ORDER BY id DESC LIMIT 20",
         )
         .bind(secs(since))
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db)
+        .await)?;
         Ok(DroppedSummary {
             messages,
             bytes,
@@ -411,7 +419,9 @@ mod tests {
     async fn store() -> (Store, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let keys = crate::keys::Keys::from_secret(b"quarantine quota test secret");
-        let store = Store::open(&dir.path().join("q.db"), keys).await.unwrap();
+        let store = super::super::testing::open(&dir.path().join("q.db"), keys)
+            .await
+            .unwrap();
         (store, dir)
     }
 
@@ -430,11 +440,13 @@ mod tests {
     }
 
     async fn alerts(store: &Store) -> Vec<String> {
-        sqlx::query_scalar("SELECT detail FROM alerts WHERE kind = ? ORDER BY id")
-            .bind(QUOTA_ALERT)
-            .fetch_all(store.pool())
-            .await
-            .unwrap()
+        on_db!(store, |db| sqlx::query_scalar(
+            "SELECT detail FROM alerts WHERE kind = $1 ORDER BY id"
+        )
+        .bind(QUOTA_ALERT)
+        .fetch_all(db)
+        .await)
+        .unwrap()
     }
 
     #[tokio::test]
@@ -527,13 +539,12 @@ mod tests {
         // What the feed quarantined before the restart counts against its quota.
         for i in 0..5 {
             let mut tx = store.write_tx().await.unwrap();
-            sqlx::query(
-                "INSERT INTO quarantine (source, location, reason, raw, received_at) VALUES ('feed', 'x', 'y', ?, ?)",
+            on_tx!(tx, |c| sqlx::query(
+                "INSERT INTO quarantine (source, location, reason, raw, received_at) VALUES ('feed', 'x', 'y', $1, $2)",
             )
             .bind(vec![0u8; 10])
             .bind(secs(at(i)))
-            .execute(&mut *tx)
-            .await
+            .execute(&mut *c).await.map(|r| r.rows_affected()))
             .unwrap();
             tx.commit().await.unwrap();
         }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use serde::Serialize;
-use sqlx::Row;
 
+use super::on_db;
 use super::{Store, StoreResult, secs};
 use crate::costs::RateTable;
 
@@ -101,18 +101,22 @@ fn quantile(sorted: &[i64], q: f64) -> Option<f64> {
 }
 
 impl Store {
-    /// Runs one of the report's queries (its `?1` / `?2` are the period's bounds).
+    /// Runs one of the report's queries (its `$1` / `$2` are the period's bounds).
     async fn period_rows(
         &self,
         sql: String,
         from: i64,
         until: i64,
-    ) -> StoreResult<Vec<sqlx::sqlite::SqliteRow>> {
-        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+    ) -> StoreResult<Vec<super::StoredRow>> {
+        Ok(on_db!(self, |db| sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(from)
             .bind(until)
-            .fetch_all(self.pool())
-            .await?)
+            .fetch_all(db)
+            .await
+            .map(|v| v
+                .into_iter()
+                .map(super::StoredRow::from)
+                .collect::<Vec<_>>()))?)
     }
 
     /// The report for appointments starting in `[from, until)`, costed with `rates` when given.
@@ -128,14 +132,14 @@ impl Store {
         let mut rows: BTreeMap<String, KpiRow> = BTreeMap::new();
         // The only formatted parts are this constant condition and the group column, one of the
         // constants of `ReportGroup::column`; every value is bound.
-        let period = "a.start_at >= ?1 AND a.start_at < ?2";
+        let period = "a.start_at >= $1 AND a.start_at < $2";
         // Appointments, messaged, reminded, no-shows.
         let sql = format!(
             "SELECT {g} AS grp, COUNT(*) AS n, \
-             SUM(EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id)) AS messaged, \
-             SUM(EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id AND o.kind = 'reminder')) AS reminded, \
-             SUM(a.status = 'noshow' AND EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id AND o.kind = 'reminder')) AS ns_reminded, \
-             SUM(a.status = 'noshow' AND NOT EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id)) AS ns_not \
+             COUNT(CASE WHEN EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id) THEN 1 END) AS messaged, \
+             COUNT(CASE WHEN EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id AND o.kind = 'reminder') THEN 1 END) AS reminded, \
+             COUNT(CASE WHEN a.status = 'noshow' AND EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id AND o.kind = 'reminder') THEN 1 END) AS ns_reminded, \
+             COUNT(CASE WHEN a.status = 'noshow' AND NOT EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id) THEN 1 END) AS ns_not \
              FROM appointments a WHERE {period} GROUP BY grp"
         );
         for r in self.period_rows(sql, from_s, until_s).await? {
@@ -149,8 +153,8 @@ impl Store {
         }
         // Messages by latest status.
         let sql = format!(
-            "SELECT {g} AS grp, COUNT(*) AS sent, SUM(m.status IN ('delivered', 'read')) AS delivered, \
-             SUM(m.status = 'read') AS read, SUM(m.status = 'failed') AS failed \
+            "SELECT {g} AS grp, COUNT(*) AS sent, COUNT(CASE WHEN m.status IN ('delivered', 'read') THEN 1 END) AS delivered, \
+             COUNT(CASE WHEN m.status = 'read' THEN 1 END) AS read, COUNT(CASE WHEN m.status = 'failed' THEN 1 END) AS failed \
              FROM messages m JOIN outbox o ON o.id = m.job_id JOIN appointments a ON a.id = o.appointment_id \
              WHERE {period} GROUP BY grp"
         );
@@ -181,7 +185,7 @@ impl Store {
         let sql = format!(
             "SELECT {g} AS grp, COUNT(DISTINCT a.contact_hash) AS contacts, \
              COUNT(DISTINCT CASE WHEN EXISTS (SELECT 1 FROM replies r WHERE r.contact_hash = a.contact_hash \
-               AND r.action = 'stop' AND r.received_at < ?2) THEN a.contact_hash END) AS stopped \
+               AND r.action = 'stop' AND r.received_at < $2) THEN a.contact_hash END) AS stopped \
              FROM appointments a WHERE {period} AND a.contact_hash IS NOT NULL \
              AND EXISTS (SELECT 1 FROM outbox o JOIN messages m ON m.job_id = o.id WHERE o.appointment_id = a.id) \
              GROUP BY grp"
@@ -209,7 +213,7 @@ impl Store {
         // Pricing: messages by Meta's category and the recipient's calling code.
         let sql = format!(
             "SELECT {g} AS grp, COALESCE(m.pricing_category, 'unpriced') AS category, m.calling_code AS cc, \
-             COUNT(*) AS n, COALESCE(SUM(m.billable = 1), 0) AS billable \
+             COUNT(*) AS n, COUNT(CASE WHEN m.billable = 1 THEN 1 END) AS billable \
              FROM messages m JOIN outbox o ON o.id = m.job_id JOIN appointments a ON a.id = o.appointment_id \
              WHERE {period} GROUP BY grp, category, cc"
         );

@@ -5,6 +5,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use serde_json::json;
 
+use super::on_tx;
 use super::{Store, StoreResult, audit, secs};
 
 /// What a prune removed, by kind.
@@ -29,46 +30,47 @@ impl Store {
         let raw_cutoff = secs(now - raw_after);
         let phi_cutoff = secs(now - phi_after);
         let mut tx = self.write_tx().await?;
-        let quarantine_raw = sqlx::query(
-            "UPDATE quarantine SET raw = NULL WHERE raw IS NOT NULL AND received_at < ?",
+        let quarantine_raw = on_tx!(tx, |c| sqlx::query(
+            "UPDATE quarantine SET raw = NULL WHERE raw IS NOT NULL AND received_at < $1",
         )
         .bind(raw_cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let webhook_bodies = sqlx::query(
-            "UPDATE webhook_inbox SET body = X'' WHERE length(body) > 0 AND processed_at IS NOT NULL AND received_at < ?",
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        let webhook_bodies = on_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE webhook_inbox SET body = X'' WHERE length(body) > 0 AND processed_at IS NOT NULL AND received_at < $1",
         )
         .bind(raw_cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let message_bodies =
-            sqlx::query("UPDATE messages SET body = NULL WHERE body IS NOT NULL AND sent_at < ?")
-                .bind(raw_cutoff)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        let reply_texts = sqlx::query(
-            "UPDATE replies SET text = NULL WHERE text IS NOT NULL AND received_at < ?",
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
+        let message_bodies = on_tx!(tx, |c| sqlx::query(
+            "UPDATE messages SET body = NULL WHERE body IS NOT NULL AND sent_at < $1"
         )
         .bind(raw_cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        let reply_texts = on_tx!(tx, |c| sqlx::query(
+            "UPDATE replies SET text = NULL WHERE text IS NOT NULL AND received_at < $1",
+        )
+        .bind(raw_cutoff)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
         // The appointment keeps its ids, times, status and contact hash (for consent and audit); the
         // patient's name, number, identifiers, service type and reason go. Pending steps cannot
         // exist for an appointment that ended long ago.
-        let appointments_scrubbed = sqlx::query(
+        let appointments_scrubbed = on_tx!(tx, |c| {
+            sqlx::query(
             "UPDATE appointments SET given_name = NULL, family_name = NULL, phone_e164 = NULL, patient_ref = NULL, \
              service_type = NULL, reason = NULL \
-             WHERE COALESCE(end_at, start_at) < ? AND (given_name IS NOT NULL OR family_name IS NOT NULL \
+             WHERE COALESCE(end_at, start_at) < $1 AND (given_name IS NOT NULL OR family_name IS NOT NULL \
              OR phone_e164 IS NOT NULL OR patient_ref IS NOT NULL OR service_type IS NOT NULL OR reason IS NOT NULL)",
         )
         .bind(phi_cutoff)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
         let report = PruneReport {
             quarantine_raw,
             webhook_bodies,

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
-use sqlx::Row;
 
+use super::on_db;
 use super::{Store, StoreResult, ts};
 
 /// The service at a glance.
@@ -49,9 +49,9 @@ pub struct IgnoredLine {
 impl Store {
     /// Whether the database answers a trivial query (for `/readyz`).
     pub async fn ping(&self) -> StoreResult<()> {
-        sqlx::query_scalar::<_, i64>("SELECT 1")
-            .fetch_one(self.pool())
-            .await?;
+        on_db!(self, |db| sqlx::query_scalar::<_, i64>("SELECT 1")
+            .fetch_one(db)
+            .await)?;
         Ok(())
     }
 
@@ -59,10 +59,11 @@ impl Store {
     /// current). A database migrated by a newer medrelay has applied ones this binary does not
     /// know; they are not counted here.
     pub async fn pending_migrations(&self) -> StoreResult<usize> {
-        let applied: Vec<i64> =
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = 1")
-                .fetch_all(self.pool())
-                .await?;
+        let applied: Vec<i64> = on_db!(self, |db| sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success = 1"
+        )
+        .fetch_all(db)
+        .await)?;
         Ok(sqlx::migrate!("./migrations/sqlite")
             .iter()
             .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
@@ -76,15 +77,16 @@ impl Store {
         limit: i64,
     ) -> StoreResult<Vec<IgnoredLine>> {
         let (source, filler) = appointment.unwrap_or(("", ""));
-        let rows = sqlx::query(
+        let rows = on_db!(self, |db| {
+            sqlx::query(
             "SELECT feed, source, filler_id, reason, status, stored_status, sv_at_us, stored_sv_at_us, raw_ref, received_at \
-             FROM ignored_events WHERE (?1 = '' OR (source = ?1 AND filler_id = ?2)) ORDER BY id DESC LIMIT ?3",
+             FROM ignored_events WHERE ($1 = '' OR (source = $1 AND filler_id = $2)) ORDER BY id DESC LIMIT $3",
         )
         .bind(source)
         .bind(filler)
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
         let micros = |us: i64| Timestamp::from_microsecond(us).unwrap_or(Timestamp::UNIX_EPOCH);
         Ok(rows
             .iter()
@@ -181,7 +183,10 @@ pub struct StepLine {
 }
 
 async fn group(store: &Store, sql: &'static str) -> StoreResult<BTreeMap<String, i64>> {
-    let rows = sqlx::query(sql).fetch_all(store.pool()).await?;
+    let rows = on_db!(store, |db| sqlx::query(sql).fetch_all(db).await.map(|v| v
+        .into_iter()
+        .map(super::StoredRow::from)
+        .collect::<Vec<_>>()))?;
     Ok(rows
         .iter()
         .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
@@ -202,15 +207,16 @@ impl Store {
     /// Fills `line.progress`; for an unfinished import also its row counts, summed from the audit
     /// records of its committed batches (the totals are only written when an import finishes).
     async fn import_progress(&self, line: &mut ImportLine, now: Timestamp) -> StoreResult<()> {
-        let r = sqlx::query(
+        let r = on_db!(self, |db| sqlx::query(
             "SELECT started_at, finished_at, \
-             (SELECT COUNT(*) FROM ingest_batches WHERE import_id = ?1) AS batches, \
-             (SELECT MAX(committed_at) FROM ingest_batches WHERE import_id = ?1) AS last_commit \
-             FROM imports WHERE id = ?1",
+             (SELECT COUNT(*) FROM ingest_batches WHERE import_id = $1) AS batches, \
+             (SELECT MAX(committed_at) FROM ingest_batches WHERE import_id = $1) AS last_commit \
+             FROM imports WHERE id = $1",
         )
         .bind(line.id)
-        .fetch_one(self.pool())
-        .await?;
+        .fetch_one(db)
+        .await
+        .map(super::StoredRow::from))?;
         let started: i64 = r.get("started_at");
         let finished: Option<i64> = r.get("finished_at");
         let last_commit: Option<i64> = r.get("last_commit");
@@ -230,17 +236,27 @@ impl Store {
         } else {
             ImportState::Running
         };
-        let c = sqlx::query(
+        let c = on_db!(self, |db, pg| {
+            sqlx::query(if pg {
+            "SELECT CAST(COALESCE(SUM((detail::jsonb->>'applied')::BIGINT), 0) AS BIGINT) AS applied, \
+             CAST(COALESCE(SUM((detail::jsonb->>'unchanged')::BIGINT), 0) \
+               + COALESCE(SUM((detail::jsonb->>'older_ignored')::BIGINT), 0) \
+               + COALESCE(SUM((detail::jsonb->>'unknown_ignored')::BIGINT), 0) AS BIGINT) AS not_applied, \
+             CAST(COALESCE(SUM((detail::jsonb->>'quarantined')::BIGINT), 0) AS BIGINT) AS rejected \
+             FROM audit_log WHERE action = 'ingest' AND subject = $1"
+        } else {
             "SELECT COALESCE(SUM(json_extract(detail, '$.applied')), 0) AS applied, \
              COALESCE(SUM(json_extract(detail, '$.unchanged')), 0) \
                + COALESCE(SUM(json_extract(detail, '$.older_ignored')), 0) \
                + COALESCE(SUM(json_extract(detail, '$.unknown_ignored')), 0) AS not_applied, \
              COALESCE(SUM(json_extract(detail, '$.quarantined')), 0) AS rejected \
-             FROM audit_log WHERE action = 'ingest' AND subject = ?",
-        )
+             FROM audit_log WHERE action = 'ingest' AND subject = $1"
+        })
         .bind(format!("import:{}", line.id))
-        .fetch_one(self.pool())
-        .await?;
+        .fetch_one(db)
+        .await
+        .map(super::StoredRow::from)
+        })?;
         let applied: i64 = c.get("applied");
         line.rows_applied = applied;
         line.rows_ok = applied + c.get::<i64, _>("not_applied");
@@ -249,22 +265,24 @@ impl Store {
     }
 
     async fn summary_counts(&self, now: Timestamp) -> StoreResult<StatusSummary> {
-        let oldest: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(due_at) FROM outbox WHERE state = 'pending' AND due_at <= ?",
+        let oldest: Option<i64> = on_db!(self, |db| sqlx::query_scalar(
+            "SELECT MIN(due_at) FROM outbox WHERE state = 'pending' AND due_at <= $1",
         )
         .bind(now.as_second())
-        .fetch_one(self.pool())
-        .await?;
-        let alerts = sqlx::query(
+        .fetch_one(db)
+        .await)?;
+        let alerts = on_db!(self, |db| {
+            sqlx::query(
             "SELECT at, kind, detail FROM alerts WHERE resolved_at IS NULL ORDER BY id DESC LIMIT 20",
         )
-        .fetch_all(self.pool())
-        .await?;
-        let imports = sqlx::query(
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
+        let imports = on_db!(self, |db| {
+            sqlx::query(
             "SELECT id, source, input_name, mode, rows_ok, rows_bad, rows_applied, rows_older, swept FROM imports ORDER BY id DESC LIMIT 5",
         )
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
         Ok(StatusSummary {
             appointments_by_status: group(
                 self,
@@ -283,12 +301,16 @@ impl Store {
             )
             .await?,
             oldest_due_pending: oldest.map(ts),
-            quarantined: sqlx::query_scalar("SELECT COUNT(*) FROM quarantine")
-                .fetch_one(self.pool())
-                .await?,
-            writeback_pending: sqlx::query_scalar(super::writeback::BACKLOG_SQL)
-                .fetch_one(self.pool())
-                .await?,
+            quarantined: on_db!(self, |db| sqlx::query_scalar(
+                "SELECT COUNT(*) FROM quarantine"
+            )
+            .fetch_one(db)
+            .await)?,
+            writeback_pending: on_db!(self, |db| sqlx::query_scalar(
+                super::writeback::BACKLOG_SQL
+            )
+            .fetch_one(db)
+            .await)?,
             open_alerts: alerts
                 .iter()
                 .map(|r| (ts(r.get("at")), r.get("kind"), r.get("detail")))
@@ -323,25 +345,27 @@ impl Store {
     /// Finds an appointment id by `source/filler_id` or by filler id alone.
     pub async fn find_appointment(&self, reference: &str) -> StoreResult<Option<i64>> {
         let (source, id) = reference.split_once('/').unwrap_or(("", reference));
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM appointments WHERE filler_id = ?1 AND (?2 = '' OR source = ?2) ORDER BY id LIMIT 1",
+        Ok(on_db!(self, |db| {
+            sqlx::query_scalar(
+            "SELECT id FROM appointments WHERE filler_id = $1 AND ($2 = '' OR source = $2) ORDER BY id LIMIT 1",
         )
         .bind(id)
         .bind(source)
-        .fetch_optional(self.pool())
-        .await?)
+        .fetch_optional(db).await
+        })?)
     }
 
     /// Every step ever planned for an appointment, with its message status.
     pub async fn steps_of(&self, appointment_id: i64) -> StoreResult<Vec<StepLine>> {
-        let rows = sqlx::query(
+        let rows = on_db!(self, |db| {
+            sqlx::query(
             "SELECT o.id, o.step, o.kind, o.template, o.slot_start, o.due_at, o.expires_at, o.state, o.state_reason, o.plan_note, o.attempts, \
              m.status AS mstatus, m.sent_at, m.error_code \
-             FROM outbox o LEFT JOIN messages m ON m.wamid = o.wamid WHERE o.appointment_id = ? ORDER BY o.slot_start, o.due_at, o.id",
+             FROM outbox o LEFT JOIN messages m ON m.wamid = o.wamid WHERE o.appointment_id = $1 ORDER BY o.slot_start, o.due_at, o.id",
         )
         .bind(appointment_id)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
         Ok(rows
             .iter()
             .map(|r| StepLine {
@@ -366,12 +390,12 @@ impl Store {
     /// The feeds (connectors) that have listed an appointment, for `medrelay explain`: one
     /// appointment may come from several feeds of one system.
     pub async fn feeds_of(&self, appointment_id: i64) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT feed FROM appointment_feeds WHERE appointment_id = ? ORDER BY feed",
+        Ok(on_db!(self, |db| sqlx::query_scalar(
+            "SELECT feed FROM appointment_feeds WHERE appointment_id = $1 ORDER BY feed",
         )
         .bind(appointment_id)
-        .fetch_all(self.pool())
-        .await?)
+        .fetch_all(db)
+        .await)?)
     }
 
     /// Appointment ids with a start in `[from, to)`.
@@ -380,13 +404,14 @@ impl Store {
         from: Timestamp,
         to: Timestamp,
     ) -> StoreResult<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM appointments WHERE start_at >= ? AND start_at < ? ORDER BY start_at, id",
+        Ok(on_db!(self, |db| {
+            sqlx::query_scalar(
+            "SELECT id FROM appointments WHERE start_at >= $1 AND start_at < $2 ORDER BY start_at, id",
         )
         .bind(from.as_second())
         .bind(to.as_second())
-        .fetch_all(self.pool())
-        .await?)
+        .fetch_all(db).await
+        })?)
     }
 }
 
@@ -404,12 +429,13 @@ pub struct QuarantineLine {
 impl Store {
     /// The newest quarantined inputs (location, column, reason: never the raw bytes).
     pub async fn quarantine_lines(&self, limit: i64) -> StoreResult<Vec<QuarantineLine>> {
-        let rows = sqlx::query(
-            "SELECT id, source, location, column_name, reason, received_at FROM quarantine ORDER BY id DESC LIMIT ?",
+        let rows = on_db!(self, |db| {
+            sqlx::query(
+            "SELECT id, source, location, column_name, reason, received_at FROM quarantine ORDER BY id DESC LIMIT $1",
         )
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
         Ok(rows
             .iter()
             .map(|r| QuarantineLine {

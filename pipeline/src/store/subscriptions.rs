@@ -4,6 +4,7 @@
 use jiff::Timestamp;
 
 use super::ingest::FEED_ACTIVITY_SQL;
+use super::on_tx;
 use super::{Store, StoreResult, secs};
 
 /// Alert kind for events a FHIR Subscription's counter shows were sent but never arrived.
@@ -31,20 +32,26 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<Option<EventGap>> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(FEED_ACTIVITY_SQL)
-            .bind(feed)
-            .bind(secs(now))
-            .execute(&mut *tx)
-            .await?;
+        on_tx!(tx, |c, pg| sqlx::query(if pg {
+            super::ingest_pg::FEED_ACTIVITY_SQL
+        } else {
+            FEED_ACTIVITY_SQL
+        })
+        .bind(feed)
+        .bind(secs(now))
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
         let seen = event_numbers.iter().copied().max();
         let newest = seen.max(events_since_start);
-        let previous: Option<i64> = sqlx::query_scalar(
-            "SELECT last_event FROM subscription_progress WHERE feed = ? AND subscription = ?",
+        let previous: Option<i64> = on_tx!(tx, |c| {
+            sqlx::query_scalar(
+            "SELECT last_event FROM subscription_progress WHERE feed = $1 AND subscription = $2",
         )
         .bind(feed)
         .bind(subscription)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(&mut *c).await
+        })?;
         let previous = previous.and_then(|p| u64::try_from(p).ok());
         let gap = previous.and_then(|p| {
             // The first event this notification carries should follow the last one seen; a
@@ -65,17 +72,19 @@ impl Store {
         });
         if let Some(n) = newest {
             let n = i64::try_from(n).unwrap_or(i64::MAX);
-            sqlx::query(
-                "INSERT INTO subscription_progress (feed, subscription, last_event, updated_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (feed, subscription) DO UPDATE SET last_event = MAX(last_event, excluded.last_event), \
+            on_tx!(tx, |c| {
+                sqlx::query(
+                "INSERT INTO subscription_progress (feed, subscription, last_event, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (feed, subscription) DO UPDATE SET last_event = CASE WHEN excluded.last_event > subscription_progress.last_event \
+                 THEN excluded.last_event ELSE subscription_progress.last_event END, \
                  updated_at = excluded.updated_at",
             )
             .bind(feed)
             .bind(subscription)
             .bind(n)
             .bind(secs(now))
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut *c).await.map(|r| r.rows_affected())
+            })?;
         }
         tx.commit().await?;
         Ok(gap)

@@ -12,9 +12,9 @@ use medrelay_mapping::ports::Confirmation;
 use medrelay_mapping::reply::ReplyAction;
 use serde::Serialize;
 use serde_json::json;
-use sqlx::Row;
 
 use super::{Store, StoreResult, audit, secs, ts};
+use super::{on_db, on_tx};
 
 impl Store {
     /// Batches of `target` that were assigned but not completed, oldest first, each with whether it
@@ -25,13 +25,17 @@ impl Store {
         target: &str,
         now: Timestamp,
     ) -> StoreResult<Vec<(i64, bool)>> {
-        let rows = sqlx::query(
+        let rows = on_db!(self, |db| sqlx::query(
             "SELECT id, failures, failed_at FROM writeback_batches \
-             WHERE target = ? AND completed_at IS NULL ORDER BY id",
+             WHERE target = $1 AND completed_at IS NULL ORDER BY id",
         )
         .bind(target)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db)
+        .await
+        .map(|v| v
+            .into_iter()
+            .map(super::StoredRow::from)
+            .collect::<Vec<_>>()))?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -48,44 +52,46 @@ impl Store {
     /// Returns the batch id, or `None` when there is nothing to write.
     pub async fn assign_batch(&self, source: &str, now: Timestamp) -> StoreResult<Option<i64>> {
         let mut tx = self.write_tx().await?;
-        let pending: i64 = sqlx::query_scalar(
+        let pending: i64 = on_tx!(tx, |c| sqlx::query_scalar(
             "SELECT COUNT(*) FROM replies r JOIN appointments a ON a.id = r.appointment_id \
-             WHERE r.writeback_batch IS NULL AND r.outcome = 'accepted' AND a.source = ?",
+             WHERE r.writeback_batch IS NULL AND r.outcome = 'accepted' AND a.source = $1",
         )
         .bind(source)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_one(&mut *c)
+        .await)?;
         if pending == 0 {
             return Ok(None);
         }
-        let batch: i64 = sqlx::query_scalar(
-            "INSERT INTO writeback_batches (target, created_at) VALUES (?, ?) RETURNING id",
+        let batch: i64 = on_tx!(tx, |c| sqlx::query_scalar(
+            "INSERT INTO writeback_batches (target, created_at) VALUES ($1, $2) RETURNING id",
         )
         .bind(source)
         .bind(secs(now))
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE replies SET writeback_batch = ?1 WHERE writeback_batch IS NULL AND outcome = 'accepted' \
-             AND appointment_id IN (SELECT id FROM appointments WHERE source = ?2)",
+        .fetch_one(&mut *c)
+        .await)?;
+        on_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE replies SET writeback_batch = $1 WHERE writeback_batch IS NULL AND outcome = 'accepted' \
+             AND appointment_id IN (SELECT id FROM appointments WHERE source = $2)",
         )
         .bind(batch)
         .bind(source)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
         tx.commit().await?;
         Ok(Some(batch))
     }
 
     /// The confirmations in a batch, in reply order.
     pub async fn batch_items(&self, batch: i64) -> StoreResult<Vec<Confirmation>> {
-        let rows = sqlx::query(
+        let rows = on_db!(self, |db| {
+            sqlx::query(
             "SELECT r.id, r.action, r.received_at, a.source, a.filler_id, a.placer_id, a.patient_ref, a.start_at, a.time_zone \
-             FROM replies r JOIN appointments a ON a.id = r.appointment_id WHERE r.writeback_batch = ? ORDER BY r.id",
+             FROM replies r JOIN appointments a ON a.id = r.appointment_id WHERE r.writeback_batch = $1 ORDER BY r.id",
         )
         .bind(batch)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
+        })?;
         Ok(rows
             .iter()
             .filter_map(|r| {
@@ -113,14 +119,15 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE writeback_batches SET completed_at = ?, location = ?, last_error = NULL, refused = 0 WHERE id = ?",
+        on_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE writeback_batches SET completed_at = $1, location = $2, last_error = NULL, refused = 0 WHERE id = $3",
         )
         .bind(secs(now))
         .bind(location)
         .bind(batch)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
         super::alerts::resolve(
             &mut tx,
             "writeback_rejected",
@@ -150,22 +157,24 @@ impl Store {
         permanent: bool,
         now: Timestamp,
     ) -> StoreResult<()> {
-        let previous: Option<String> =
-            sqlx::query_scalar("SELECT last_error FROM writeback_batches WHERE id = ?")
-                .bind(batch)
-                .fetch_optional(self.pool())
-                .await?
-                .flatten();
+        let previous: Option<String> = on_db!(self, |db| sqlx::query_scalar(
+            "SELECT last_error FROM writeback_batches WHERE id = $1"
+        )
+        .bind(batch)
+        .fetch_optional(db)
+        .await)?
+        .flatten();
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE writeback_batches SET last_error = ?, failures = failures + 1, failed_at = ?, refused = ? WHERE id = ?",
+        on_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE writeback_batches SET last_error = $1, failures = failures + 1, failed_at = $2, refused = $3 WHERE id = $4",
         )
         .bind(error)
         .bind(secs(now))
         .bind(permanent)
         .bind(batch)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
         tx.commit().await?;
         // The EHR refused it: staff must look (once per distinct error, not on every retry).
         if permanent && previous.as_deref() != Some(error) {
@@ -259,7 +268,7 @@ macro_rules! batch_line_sql {
     };
 }
 
-fn batch_line(r: &sqlx::sqlite::SqliteRow) -> BatchLine {
+fn batch_line(r: &super::StoredRow) -> BatchLine {
     let completed_at: Option<i64> = r.get("completed_at");
     let skipped_at: Option<i64> = r.get("skipped_at");
     let failures: i64 = r.get("failures");
@@ -295,21 +304,29 @@ impl Store {
     /// every state.
     pub async fn writeback_batches(&self, all: bool, limit: i64) -> StoreResult<Vec<BatchLine>> {
         let rows = if all {
-            sqlx::query(concat!(
+            on_db!(self, |db| sqlx::query(concat!(
                 "SELECT * FROM (",
                 batch_line_sql!(),
                 " ORDER BY b.id DESC LIMIT ?) ORDER BY id"
             ))
             .bind(limit)
-            .fetch_all(self.pool())
-            .await?
+            .fetch_all(db)
+            .await
+            .map(|v| v
+                .into_iter()
+                .map(super::StoredRow::from)
+                .collect::<Vec<_>>()))?
         } else {
-            sqlx::query(concat!(
+            on_db!(self, |db| sqlx::query(concat!(
                 batch_line_sql!(),
                 " WHERE b.completed_at IS NULL ORDER BY b.id"
             ))
-            .fetch_all(self.pool())
-            .await?
+            .fetch_all(db)
+            .await
+            .map(|v| v
+                .into_iter()
+                .map(super::StoredRow::from)
+                .collect::<Vec<_>>()))?
         };
         Ok(rows.iter().map(batch_line).collect())
     }
@@ -319,20 +336,23 @@ impl Store {
         &self,
         batch: i64,
     ) -> StoreResult<Option<(BatchLine, Vec<BatchReply>)>> {
-        let Some(row) = sqlx::query(concat!(batch_line_sql!(), " WHERE b.id = ?"))
-            .bind(batch)
-            .fetch_optional(self.pool())
-            .await?
+        let Some(row) = on_db!(self, |db| sqlx::query(concat!(
+            batch_line_sql!(),
+            " WHERE b.id = $1"
+        ))
+        .bind(batch)
+        .fetch_optional(db)
+        .await
+        .map(|v| v.map(super::StoredRow::from)))?
         else {
             return Ok(None);
         };
-        let replies = sqlx::query(
+        let replies = on_db!(self, |db| sqlx::query(
             "SELECT r.id, r.action, r.received_at, a.source, a.filler_id FROM replies r \
-             JOIN appointments a ON a.id = r.appointment_id WHERE r.writeback_batch = ? ORDER BY r.id",
+             JOIN appointments a ON a.id = r.appointment_id WHERE r.writeback_batch = $1 ORDER BY r.id",
         )
         .bind(batch)
-        .fetch_all(self.pool())
-        .await?
+        .fetch_all(db).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>()))?
         .iter()
         .map(|r| BatchReply {
             reply_id: r.get("id"),
@@ -372,12 +392,13 @@ impl Store {
             return Ok(Err(e));
         }
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE writeback_batches SET failed_at = NULL, failures = 0 WHERE id = ? AND completed_at IS NULL",
+        on_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE writeback_batches SET failed_at = NULL, failures = 0 WHERE id = $1 AND completed_at IS NULL",
         )
         .bind(batch)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
         audit::append(
             &mut tx,
             &self.keys,
@@ -407,16 +428,17 @@ impl Store {
             return Ok(Err(e));
         }
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE writeback_batches SET completed_at = ?1, skipped_at = ?1, skipped_by = ?2, skip_reason = ?3 \
-             WHERE id = ?4 AND completed_at IS NULL",
+        on_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE writeback_batches SET completed_at = $1, skipped_at = $1, skipped_by = $2, skip_reason = $3 \
+             WHERE id = $4 AND completed_at IS NULL",
         )
         .bind(secs(now))
         .bind(actor)
         .bind(reason)
         .bind(batch)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut *c).await.map(|r| r.rows_affected())
+        })?;
         super::alerts::resolve(
             &mut tx,
             "writeback_rejected",

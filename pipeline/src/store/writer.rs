@@ -361,7 +361,7 @@ mod tests {
         let store = Store::open(&dir.path().join("m.db"), Keys::from_secret(b"k"))
             .await
             .unwrap();
-        let mut tx = store.write_tx().await.unwrap();
+        let mut tx = store.sqlite_writer().begin().await.unwrap();
         sqlx::query("CREATE TABLE scratch (producer INTEGER PRIMARY KEY)")
             .execute(&mut *tx)
             .await
@@ -372,7 +372,7 @@ mod tests {
 
     async fn rows(store: &Store) -> Vec<i64> {
         sqlx::query("SELECT producer FROM scratch ORDER BY producer")
-            .fetch_all(store.pool())
+            .fetch_all(store.sqlite_pool())
             .await
             .unwrap()
             .iter()
@@ -383,12 +383,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn producers_waiting_together_share_commits_and_each_sees_its_own_commit() {
         let (store, _dir) = store_with_table().await;
-        let before = store.writer.commits();
+        let before = store.commit_groups();
         let mut tasks = Vec::new();
         for p in 0..200i64 {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
-                let mut tx = store.write_tx().await.unwrap();
+                let mut tx = store.sqlite_writer().begin().await.unwrap();
                 sqlx::query("INSERT INTO scratch (producer) VALUES (?)")
                     .bind(p)
                     .execute(&mut *tx)
@@ -399,7 +399,7 @@ mod tests {
                 let seen: Option<i64> =
                     sqlx::query_scalar("SELECT producer FROM scratch WHERE producer = ?")
                         .bind(p)
-                        .fetch_optional(store.pool())
+                        .fetch_optional(store.sqlite_pool())
                         .await
                         .unwrap();
                 assert_eq!(seen, Some(p));
@@ -409,7 +409,7 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(rows(&store).await, (0..200).collect::<Vec<_>>());
-        let commits = store.writer.commits() - before;
+        let commits = store.commit_groups() - before;
         assert!(
             commits < 200,
             "200 producers waiting together took {commits} commits"
@@ -425,7 +425,7 @@ mod tests {
             let store = store.clone();
             let gate = gate.clone();
             tokio::spawn(async move {
-                let mut tx = store.write_tx().await.unwrap();
+                let mut tx = store.sqlite_writer().begin().await.unwrap();
                 sqlx::query("INSERT INTO scratch (producer) VALUES (1)")
                     .execute(&mut *tx)
                     .await
@@ -441,7 +441,7 @@ mod tests {
             tokio::spawn(async move {
                 // Asks while the first producer still holds the connection.
                 gate.wait().await;
-                let mut tx = store.write_tx().await.unwrap();
+                let mut tx = store.sqlite_writer().begin().await.unwrap();
                 sqlx::query("INSERT INTO scratch (producer) VALUES (2)")
                     .execute(&mut *tx)
                     .await
@@ -458,7 +458,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_statement_does_not_spoil_the_producers_work_that_follows() {
         let (store, _dir) = store_with_table().await;
-        let mut tx = store.write_tx().await.unwrap();
+        let mut tx = store.sqlite_writer().begin().await.unwrap();
         sqlx::query("INSERT INTO scratch (producer) VALUES (7)")
             .execute(&mut *tx)
             .await
@@ -476,7 +476,7 @@ mod tests {
     async fn readers_cannot_write() {
         let (store, _dir) = store_with_table().await;
         let err = sqlx::query("INSERT INTO scratch (producer) VALUES (1)")
-            .execute(store.pool())
+            .execute(store.sqlite_pool())
             .await
             .unwrap_err();
         assert!(err.to_string().contains("readonly"), "{err}");
@@ -493,7 +493,7 @@ mod tests {
             .await
             .unwrap();
         let started = Timestamp::now();
-        let err = match store.write_tx().await {
+        let err = match store.sqlite_writer().begin().await {
             Err(e) => e.to_string(),
             Ok(_) => panic!("the database is locked by another connection"),
         };
@@ -501,7 +501,7 @@ mod tests {
         assert!(Timestamp::now().duration_since(started).as_secs() >= 9);
         sqlx::query("ROLLBACK").execute(&mut *lock).await.unwrap();
         drop(lock);
-        let mut tx = store.write_tx().await.unwrap();
+        let mut tx = store.sqlite_writer().begin().await.unwrap();
         sqlx::query("INSERT INTO scratch (producer) VALUES (3)")
             .execute(&mut *tx)
             .await

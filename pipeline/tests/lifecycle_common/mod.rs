@@ -136,9 +136,12 @@ impl Harness {
     /// Like [`Harness::new`], with this compiled configuration.
     pub async fn with_config(now: Timestamp, compiled: Compiled) -> Harness {
         let dir = temp_dir();
-        let store = Store::open(&dir.path().join("t.db"), Keys::from_secret(&[7u8; 32]))
-            .await
-            .expect("store opens");
+        let store = medrelay_pipeline::store::testing::open(
+            &dir.path().join("t.db"),
+            Keys::from_secret(&[7u8; 32]),
+        )
+        .await
+        .expect("store opens");
         let compiled = Arc::new(compiled);
         let clock = Arc::new(ManualClock::new(now));
         let registry: BTreeMap<String, SimTemplate> = compiled
