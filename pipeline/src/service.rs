@@ -22,7 +22,12 @@ pub struct TickReport {
     pub send: SendReport,
     pub inbound: InboundReport,
     pub writeback: WriteBackReport,
+    /// Another instance holds the outbound lease: this one only planned.
+    pub standby: bool,
 }
+
+/// The outbound lease's name (one sender per database; see `store::lease`).
+pub const OUTBOUND_LEASE: &str = "medrelay-outbound";
 
 impl TickReport {
     /// Whether the tick did anything at all (loops run until a tick is idle).
@@ -133,12 +138,21 @@ impl Service {
     /// processes stored webhooks, and writes back.
     pub async fn tick(&self, send_batch: i64) -> StoreResult<TickReport> {
         let plan = self.scheduler.plan_pending().await?;
-        let send = self.sender.send_due(send_batch).await?;
         if let Some(sim) = &self.simulator {
             for wh in sim.take_webhooks() {
                 self.inbound.receive(&wh.body).await?;
             }
         }
+        // Sending, answering patients and writing back happen on one instance at a time (the
+        // outbound lease; always this one on SQLite). The others ingest, store webhooks and plan.
+        if !self.store.outbound_lease(OUTBOUND_LEASE).await? {
+            return Ok(TickReport {
+                plan,
+                standby: true,
+                ..TickReport::default()
+            });
+        }
+        let send = self.sender.send_due(send_batch).await?;
         let inbound = self.inbound.process_pending().await?;
         let writeback = self.writeback.run_once().await?;
         Ok(TickReport {
@@ -146,6 +160,7 @@ impl Service {
             send,
             inbound,
             writeback,
+            standby: false,
         })
     }
 }

@@ -53,8 +53,8 @@ fn print(s: &SchemaStatus, o: &mut Output<'_>) {
 /// Runs a `db` command.
 pub async fn run(config: &Path, command: DbCommand, o: &mut Output<'_>) -> anyhow::Result<u8> {
     let loaded = load_config(config)?;
-    let path = loaded.resolve(&loaded.config.store.path);
-    let before = schema_status(&path).await?;
+    let location = loaded.store_location().map_err(anyhow::Error::msg)?;
+    let before = schema_status(&location).await?;
     match command {
         DbCommand::Status => {
             print(&before, o);
@@ -65,7 +65,7 @@ pub async fn run(config: &Path, command: DbCommand, o: &mut Output<'_>) -> anyho
         DbCommand::Migrate => {
             let store = open_store(&loaded).await?;
             store.close().await;
-            let after = schema_status(&path).await?;
+            let after = schema_status(&location).await?;
             if !o.json {
                 o.line(format!(
                     "{} migration(s) applied",

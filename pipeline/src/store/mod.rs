@@ -27,6 +27,7 @@ pub mod holds;
 pub mod inbound;
 pub mod ingest;
 mod ingest_pg;
+mod lease;
 pub mod limits;
 pub mod metrics;
 pub mod outbox;
@@ -99,12 +100,11 @@ impl StoreLocation {
 #[derive(Clone, Debug)]
 pub(crate) enum Db {
     /// Read-only pool plus the one writer task.
-    Sqlite {
-        pool: SqlitePool,
-        writer: Writer,
-    },
+    Sqlite { pool: SqlitePool, writer: Writer },
+    /// The pool, and this instance's outbound lease (see [`lease`]).
     Postgres {
         pool: PgPool,
+        lease: lease::SharedLease,
     },
 }
 
@@ -161,7 +161,7 @@ macro_rules! on_db {
                 let $pg = false;
                 $body
             }
-            $crate::store::Db::Postgres { pool: $db } => {
+            $crate::store::Db::Postgres { pool: $db, .. } => {
                 #[allow(unused_variables)]
                 let $pg = true;
                 $body
@@ -308,7 +308,10 @@ impl Store {
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let store = Store {
-            db: Db::Postgres { pool },
+            db: Db::Postgres {
+                pool,
+                lease: Default::default(),
+            },
             keys,
         };
         audit::seal_after_upgrade(&store).await?;
@@ -339,7 +342,7 @@ impl Store {
     pub(crate) async fn write_tx(&self) -> StoreResult<Tx> {
         match &self.db {
             Db::Sqlite { writer, .. } => Ok(Tx::Sqlite(writer.begin().await?)),
-            Db::Postgres { pool } => Ok(Tx::Postgres(pool.begin().await?)),
+            Db::Postgres { pool, .. } => Ok(Tx::Postgres(pool.begin().await?)),
         }
     }
 
@@ -348,7 +351,7 @@ impl Store {
     pub(crate) async fn read_tx(&self) -> StoreResult<Tx> {
         match &self.db {
             Db::Sqlite { pool, .. } => Ok(Tx::SqliteRead(pool.begin().await?)),
-            Db::Postgres { pool } => {
+            Db::Postgres { pool, .. } => {
                 let mut t = pool.begin().await?;
                 sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     .execute(&mut *t)
@@ -407,7 +410,7 @@ impl Store {
                 pool.close().await;
                 writer.close().await;
             }
-            Db::Postgres { pool } => pool.close().await,
+            Db::Postgres { pool, .. } => pool.close().await,
         }
     }
 }

@@ -244,13 +244,20 @@ impl Store {
     /// Claims up to `limit` due jobs (nearest-term lanes first) by moving them to `sending`.
     pub async fn claim_due(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<ClaimedJob>> {
         let mut tx = self.write_tx().await?;
-        let rows = on_tx!(tx, |c| {
-            sqlx::query(
+        // PostgreSQL: instances claiming at once skip each other's locked rows instead of waiting
+        // for them (and a row one claims is never claimed twice: the claim is the state change).
+        let rows = on_tx!(tx, |c, pg| {
+            sqlx::query(if pg {
+            "UPDATE outbox SET state = 'sending', sending_since = $1, attempts = attempts + 1, updated_at = $1 \
+             WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= $1 AND next_attempt_at <= $1 \
+                          ORDER BY lane, due_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, appointment_id, step, kind, slot_start, template, expires_at, attempts, lane, due_at"
+            } else {
             "UPDATE outbox SET state = 'sending', sending_since = $1, attempts = attempts + 1, updated_at = $1 \
              WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND due_at <= $1 AND next_attempt_at <= $1 \
                           ORDER BY lane, due_at, id LIMIT $2) \
-             RETURNING id, appointment_id, step, kind, slot_start, template, expires_at, attempts, lane, due_at",
-        )
+             RETURNING id, appointment_id, step, kind, slot_start, template, expires_at, attempts, lane, due_at"
+            })
         .bind(secs(now))
         .bind(limit)
         .fetch_all(&mut *c).await.map(|v| v.into_iter().map(super::StoredRow::from).collect::<Vec<_>>())
