@@ -70,6 +70,43 @@ fn inbox_files(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
     files
 }
 
+/// Claims `file` for this instance by moving it into the inbox's `processing/` folder: a rename,
+/// so with several instances watching one inbox exactly one gets it (`None`: another did). The
+/// claim's time is the file's modification time from then on (see [`reclaim_abandoned`]).
+fn claim(inbox: &Path, file: &Path) -> std::io::Result<Option<PathBuf>> {
+    let dir = inbox.join("processing");
+    std::fs::create_dir_all(&dir)?;
+    let to = dir.join(file.file_name().unwrap_or_default());
+    match std::fs::rename(file, &to) {
+        Ok(()) => {
+            let _ = std::fs::File::options()
+                .write(true)
+                .open(&to)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            Ok(Some(to))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A file claimed over an hour ago and still in `processing/` was left by an instance that died
+/// mid-import: it goes back to the inbox to be claimed again (importing a file twice is safe:
+/// versions and content hashes make the second pass change nothing).
+fn reclaim_abandoned(inbox: &Path, extensions: &[&str]) {
+    const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+    for file in inbox_files(&inbox.join("processing"), extensions) {
+        let old = std::fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > ABANDONED_AFTER);
+        if old && std::fs::rename(&file, inbox.join(file.file_name().unwrap_or_default())).is_ok() {
+            warn!(file = ?file.file_name(), "an import abandoned in processing/ is queued again");
+        }
+    }
+}
+
 /// Imports every file waiting in the inboxes (CSV exports, HL7 message files); moves each to
 /// `done/` once committed, or to `failed/` when it could not be imported at all.
 pub async fn import_inboxes(
@@ -86,8 +123,13 @@ pub async fn import_inboxes(
             ConnectorConfig::Hl7v2(_) => &["hl7", "txt"],
             ConnectorConfig::Fhir(_) => &["json"],
         };
+        reclaim_abandoned(&inbox, extensions);
         for file in inbox_files(&inbox, extensions) {
             let name = file.file_name().unwrap_or_default().to_os_string();
+            // With several instances on one inbox, the one whose rename wins imports the file.
+            let Some(file) = claim(&inbox, &file)? else {
+                continue;
+            };
             let (ok, report) = match c {
                 ConnectorConfig::Csv(csv) => {
                     match import_csv(service, loaded, csv, &file, None, |_| {}).await {

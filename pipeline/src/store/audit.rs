@@ -250,7 +250,7 @@ pub(crate) async fn append(
 /// unkeyed record). Any other unsealed head is left unsealed, and `audit verify` reports it.
 pub(crate) async fn seal_after_upgrade(store: &Store) -> StoreResult<()> {
     let unsealed: Option<i64> = on_db!(store, |db| sqlx::query_scalar(
-        "SELECT 1 FROM audit_head WHERE id = 1 AND mac IS NULL"
+        "SELECT id FROM audit_head WHERE id = 1 AND mac IS NULL"
     )
     .fetch_optional(db)
     .await)?;

@@ -122,7 +122,7 @@ impl Store {
             )
             .bind(contact_hash)
             .bind(p.as_str())
-            .bind(granted)
+            .bind(i64::from(granted))
             .bind(source.as_str())
             .bind(actor)
             .bind(reason)

@@ -169,7 +169,7 @@ impl Store {
             )
             .bind(&p.category)
             .bind(&p.kind)
-            .bind(p.billable)
+            .bind(i64::from(p.billable))
             .bind(wamid)
             .execute(&mut *c)
             .await

@@ -32,11 +32,11 @@ pub(crate) const UPSERT_SQL: &str = "INSERT INTO appointments (source, filler_id
        THEN appointments.ehr_consent_feed ELSE excluded.ehr_consent_feed END, \
      protected_feed = CASE WHEN $22 IS NULL OR excluded.protected = appointments.protected \
        THEN COALESCE(appointments.protected_feed, excluded.protected_feed) ELSE excluded.protected_feed END, \
-     revision = appointments.revision + (excluded.content_hash <> appointments.content_hash)::BIGINT, \
+     revision = appointments.revision + (excluded.content_hash <> appointments.content_hash)::INT, \
      location_rev = CASE WHEN excluded.start_at <> appointments.start_at THEN 0 \
        ELSE appointments.location_rev + (excluded.location IS NOT NULL AND appointments.location IS NOT NULL \
        AND excluded.location <> appointments.location \
-       AND excluded.status = 'booked' AND appointments.status = 'booked')::BIGINT END, \
+       AND excluded.status = 'booked' AND appointments.status = 'booked')::INT END, \
      needs_plan = CASE WHEN excluded.content_hash <> appointments.content_hash THEN 1 ELSE appointments.needs_plan END, \
      patient_cancelled_at = CASE WHEN excluded.start_at <> appointments.start_at THEN NULL ELSE appointments.patient_cancelled_at END, \
      updated_at = CASE WHEN excluded.content_hash <> appointments.content_hash THEN excluded.updated_at ELSE appointments.updated_at END, \
@@ -49,7 +49,7 @@ pub(crate) const UPSERT_SQL: &str = "INSERT INTO appointments (source, filler_id
 /// PostgreSQL form of `ingest::STATUS_SQL`.
 pub(crate) const STATUS_SQL: &str = "UPDATE appointments SET \
      placer_id = COALESCE($3, placer_id), sv_at_us = $4, sv_seq = $5, status = $6, \
-     revision = revision + (content_hash <> $7)::BIGINT, \
+     revision = revision + (content_hash <> $7)::INT, \
      needs_plan = CASE WHEN content_hash <> $7 THEN 1 ELSE needs_plan END, \
      updated_at = CASE WHEN content_hash <> $7 THEN $8 ELSE updated_at END, \
      change_token = CASE WHEN content_hash <> $7 THEN $9 ELSE change_token END, \

@@ -25,16 +25,6 @@ pub(crate) struct LeaseSlot {
 /// Shared by every clone of one store handle (one instance).
 pub(crate) type SharedLease = Arc<Mutex<LeaseSlot>>;
 
-/// The advisory lock key for a lease name (stable across instances and versions: FNV-1a).
-fn key(name: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h as i64
-}
-
 impl Store {
     /// Whether this instance holds the outbound lease `name` now, taking it if it is free.
     /// Checked before every outbound pass; a lost connection loses the lease (and another
@@ -63,8 +53,12 @@ impl Store {
         let Some(c) = slot.conn.as_mut() else {
             return Ok(false);
         };
-        let got: Result<bool, sqlx::Error> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key(name))
+        // Advisory locks are per database: the key names the schema too, so installations that
+        // share a server database under different schemas do not take each other's lease.
+        let got: Result<bool, sqlx::Error> = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtextextended(current_database() || '/' || current_schema() || '/' || $1, 0))",
+        )
+        .bind(name)
             .fetch_one(&mut *c)
             .await;
         match got {

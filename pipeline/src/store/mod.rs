@@ -23,6 +23,7 @@ pub mod alerts;
 pub mod audit;
 pub mod config_state;
 pub mod consent;
+pub mod copy;
 pub mod holds;
 pub mod inbound;
 pub mod ingest;

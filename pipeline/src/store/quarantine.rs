@@ -149,7 +149,7 @@ impl QuarantineQuota {
     ) -> StoreResult<QuarantineQuota> {
         let cutoff = secs(now) - limits.window.as_secs() as i64;
         let rows = on_db!(store, |db| sqlx::query(
-            "SELECT received_at, COALESCE(LENGTH(raw), 0) AS n FROM quarantine \
+            "SELECT received_at, CAST(COALESCE(LENGTH(raw), 0) AS BIGINT) AS n FROM quarantine \
              WHERE source = $1 AND received_at > $2 ORDER BY received_at DESC, id DESC LIMIT $3",
         )
         .bind(feed)

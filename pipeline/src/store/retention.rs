@@ -37,10 +37,12 @@ impl Store {
         .execute(&mut *c)
         .await
         .map(|r| r.rows_affected()))?;
-        let webhook_bodies = on_tx!(tx, |c| {
-            sqlx::query(
-            "UPDATE webhook_inbox SET body = X'' WHERE length(body) > 0 AND processed_at IS NOT NULL AND received_at < $1",
-        )
+        let webhook_bodies = on_tx!(tx, |c, pg| {
+            sqlx::query(if pg {
+                "UPDATE webhook_inbox SET body = ''::BYTEA WHERE length(body) > 0 AND processed_at IS NOT NULL AND received_at < $1"
+            } else {
+                "UPDATE webhook_inbox SET body = X'' WHERE length(body) > 0 AND processed_at IS NOT NULL AND received_at < $1"
+            })
         .bind(raw_cutoff)
         .execute(&mut *c).await.map(|r| r.rows_affected())
         })?;

@@ -49,9 +49,11 @@ pub struct IgnoredLine {
 impl Store {
     /// Whether the database answers a trivial query (for `/readyz`).
     pub async fn ping(&self) -> StoreResult<()> {
-        on_db!(self, |db| sqlx::query_scalar::<_, i64>("SELECT 1")
-            .fetch_one(db)
-            .await)?;
+        on_db!(self, |db| sqlx::query_scalar::<_, i64>(
+            "SELECT CAST(1 AS BIGINT)"
+        )
+        .fetch_one(db)
+        .await)?;
         Ok(())
     }
 
@@ -60,11 +62,15 @@ impl Store {
     /// know; they are not counted here.
     pub async fn pending_migrations(&self) -> StoreResult<usize> {
         let applied: Vec<i64> = on_db!(self, |db| sqlx::query_scalar(
-            "SELECT version FROM _sqlx_migrations WHERE success = 1"
+            "SELECT version FROM _sqlx_migrations WHERE success"
         )
         .fetch_all(db)
         .await)?;
-        Ok(sqlx::migrate!("./migrations/sqlite")
+        let embedded = match self.db() {
+            super::Db::Sqlite { .. } => sqlx::migrate!("./migrations/sqlite"),
+            super::Db::Postgres { .. } => sqlx::migrate!("./migrations/postgres"),
+        };
+        Ok(embedded
             .iter()
             .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
             .count())

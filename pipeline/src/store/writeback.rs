@@ -171,7 +171,7 @@ impl Store {
         )
         .bind(error)
         .bind(secs(now))
-        .bind(permanent)
+        .bind(i64::from(permanent))
         .bind(batch)
         .execute(&mut *c).await.map(|r| r.rows_affected())
         })?;
