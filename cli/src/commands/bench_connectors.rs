@@ -61,7 +61,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub async fn run(args: MllpBenchArgs, o: &mut Output<'_>) -> anyhow::Result<u8> {
     let config = super::init::STARTER_CONFIG
         .replace("# listen = \"0.0.0.0:2575\"", "listen = \"127.0.0.1:0\"");
-    let (_dir, loaded) = super::bench::bench_setup(&config)?;
+    let (_dir, loaded) = super::bench::bench_setup(&super::bench::bench_config(&config).await?)?;
     let messages: Vec<String> = (0..args.messages).map(message).collect();
     let bytes: usize = messages.iter().map(String::len).sum();
     if args.parse_only {

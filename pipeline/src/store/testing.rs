@@ -40,29 +40,29 @@ pub fn postgres_requested() -> bool {
     std::env::var_os(TEST_POSTGRES_ENV).is_some_and(|v| !v.is_empty())
 }
 
-/// Creates a schema named after this process, a counter and the clock, and returns a URL whose
-/// connections use it.
+/// A URL for a fresh schema on the server named by [`TEST_POSTGRES_ENV`], if it is set.
 async fn fresh_postgres_url() -> StoreResult<Option<String>> {
+    match std::env::var(TEST_POSTGRES_ENV) {
+        Ok(base) if !base.is_empty() => Ok(Some(fresh_schema_url(&base).await?)),
+        _ => Ok(None),
+    }
+}
+
+/// Creates a schema on the server at `base`, named after this process, a counter and the
+/// clock, and returns a URL whose connections use it (tests and benchmarks).
+pub async fn fresh_schema_url(base: &str) -> StoreResult<String> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let Some(base) = std::env::var(TEST_POSTGRES_ENV)
-        .ok()
-        .filter(|v| !v.is_empty())
-    else {
-        return Ok(None);
-    };
     let schema = format!(
         "t_{}_{}_{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed),
         jiff::Timestamp::now().as_microsecond() % 1_000_000_000
     );
-    let mut c = PgConnection::connect(&base).await?;
+    let mut c = PgConnection::connect(base).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&mut c)
         .await?;
     c.close().await?;
     let sep = if base.contains('?') { '&' } else { '?' };
-    Ok(Some(format!(
-        "{base}{sep}options=-c%20search_path%3D{schema}"
-    )))
+    Ok(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
 }
