@@ -77,18 +77,17 @@ async fn db_status_reads_the_schema_without_changing_it_and_migrate_applies_what
 /// names the server) equals the source's, its audit trail verifies, and the service goes on
 /// there: its ids continue after the copied ones. Needs `MEDRELAY_TEST_POSTGRES`; skipped (and
 /// says so) without it. `.ci/run` sets it.
+#[ignore = "PostgreSQL: set MEDRELAY_TEST_POSTGRES and run with --include-ignored (.ci/run does)"]
 #[tokio::test]
 async fn db_copy_moves_an_installation_to_postgres_and_the_target_verifies() {
     use medrelay_pipeline::clock::{Clock, ManualClock};
     use medrelay_pipeline::store::{StoreLocation, testing};
     use std::sync::Arc;
-    if !testing::postgres_requested() {
-        eprintln!(
-            "SKIPPED: db_copy_moves_an_installation_to_postgres_and_the_target_verifies needs {}",
-            testing::TEST_POSTGRES_ENV
-        );
-        return;
-    }
+    assert!(
+        testing::postgres_requested(),
+        "this test needs {} (a PostgreSQL server)",
+        testing::TEST_POSTGRES_ENV
+    );
     let dir = tempfile::tempdir().unwrap();
     let loaded = common::demo_config(dir.path(), &[]);
     let file = common::copy_sample(dir.path(), "samples/csv/openemr_future_appointments.csv");

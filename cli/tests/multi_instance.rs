@@ -161,15 +161,14 @@ fn accepted_jobs(server: &SimServer) -> Vec<String> {
         .collect()
 }
 
+#[ignore = "PostgreSQL: set MEDRELAY_TEST_POSTGRES and run with --include-ignored (.ci/run does)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_postgres_send_a_backlog_once_within_the_rate_through_a_kill_9() {
-    if !testing::postgres_requested() {
-        eprintln!(
-            "SKIPPED: three_instances_on_postgres_... needs {} (a PostgreSQL server)",
-            testing::TEST_POSTGRES_ENV
-        );
-        return;
-    }
+    assert!(
+        testing::postgres_requested(),
+        "this test needs {} (a PostgreSQL server)",
+        testing::TEST_POSTGRES_ENV
+    );
     let StoreLocation::Postgres(url) = testing::location(Path::new("unused.db")).await.unwrap()
     else {
         unreachable!()

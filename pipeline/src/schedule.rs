@@ -17,7 +17,7 @@ use medrelay_mapping::plan::{Slot, StepKind, StepOutcome, StepSpec, fmt_duration
 
 use crate::clock::Clock;
 use crate::config::Compiled;
-use crate::store::outbox::{NewJob, PlanInput};
+use crate::store::outbox::{JobState, NewJob, PlanInput};
 use crate::store::{Store, StoreResult};
 
 /// What a planning pass did.
@@ -128,7 +128,7 @@ impl Scheduler {
                 Some("pending") => true,
                 // None stored yet, or withdrawn and re-armed by this plan.
                 None | Some("withdrawn") => jobs.iter().any(|j: &NewJob| {
-                    j.kind == StepKind::Confirmation.as_str() && j.state == "pending"
+                    j.kind == StepKind::Confirmation && j.state == JobState::Pending
                 }),
                 Some(_) => false,
             };
@@ -145,15 +145,15 @@ impl Scheduler {
                         Some(n) => format!("{}; {n}", timing(spec, a.time_unknown)),
                         None => timing(spec, a.time_unknown),
                     };
-                    (due, expires, "pending", None, Some(why))
+                    (due, expires, JobState::Pending, None, Some(why))
                 }
-                StepOutcome::Dropped(reason) => (now, now, "dropped", Some(reason), None),
+                StepOutcome::Dropped(reason) => (now, now, JobState::Dropped, Some(reason), None),
             };
             jobs.push(NewJob {
                 appointment_id: a.appointment_id,
                 revision: a.revision,
                 step,
-                kind: spec.kind.as_str(),
+                kind: spec.kind,
                 slot_start: a.start,
                 lane: spec.lane(),
                 template: spec.template.clone(),

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::config::Compiled;
-use crate::store::outbox::{AppointmentRecord, ClaimedJob, JobOutcome};
+use crate::store::outbox::{AppointmentRecord, ClaimedJob, JobOutcome, JobState};
 use crate::store::{Store, StoreResult};
 use crate::whatsapp::pacing::Pacing;
 use crate::whatsapp::{BodyParameter, SendError, TemplateMessage, WhatsAppTransport};
@@ -168,7 +168,7 @@ fn paced_outcome(job: &ClaimedJob, now: Timestamp, wait: Duration) -> JobOutcome
     let at = now + SignedDuration::from_secs(secs.max(1));
     if at >= job.expires {
         JobOutcome::Final {
-            state: "dropped",
+            state: JobState::Dropped,
             reason: "expired while waiting for the recipient's pair limit".into(),
         }
     } else {
@@ -180,7 +180,7 @@ fn paced_outcome(job: &ClaimedJob, now: Timestamp, wait: Duration) -> JobOutcome
 }
 
 fn kind_of(job: &ClaimedJob) -> StepKind {
-    StepKind::from_name(&job.kind).unwrap_or(StepKind::Reminder)
+    job.kind.unwrap_or(StepKind::Reminder)
 }
 
 /// Why a step can no longer be sent, judged at send time (None: still valid).
@@ -188,18 +188,18 @@ fn still_valid(
     job: &ClaimedJob,
     rec: &AppointmentRecord,
     now: Timestamp,
-) -> Option<(&'static str, String)> {
+) -> Option<(JobState, String)> {
     let a = &rec.appointment;
     if now >= job.expires {
         return Some((
-            "dropped",
+            JobState::Dropped,
             "expired before it could be sent (outage or backlog)".into(),
         ));
     }
     if kind_of(job) == StepKind::NoShow {
         if !StepKind::NoShow.wanted_for(a.status) {
             return Some((
-                "withdrawn",
+                JobState::Withdrawn,
                 format!(
                     "appointment is no longer a no-show (now {})",
                     a.status.as_str()
@@ -211,23 +211,26 @@ fn still_valid(
     if kind_of(job) == StepKind::FollowUp {
         if a.status.is_withdrawn() {
             return Some((
-                "withdrawn",
+                JobState::Withdrawn,
                 format!("appointment is now {}", a.status.as_str()),
             ));
         }
         return None;
     }
     if rec.patient_cancelled {
-        return Some(("withdrawn", "the patient cancelled on WhatsApp".into()));
+        return Some((
+            JobState::Withdrawn,
+            "the patient cancelled on WhatsApp".into(),
+        ));
     }
     if a.status != AppointmentStatus::Booked {
         return Some((
-            "withdrawn",
+            JobState::Withdrawn,
             format!("appointment is now {}", a.status.as_str()),
         ));
     }
     if a.start != job.slot_start {
-        return Some(("withdrawn", "appointment was rescheduled".into()));
+        return Some((JobState::Withdrawn, "appointment was rescheduled".into()));
     }
     None
 }
@@ -329,7 +332,7 @@ impl Sender {
                 JobOutcome::Sent { .. } => "sent",
                 JobOutcome::Retry { .. } => "retry",
                 JobOutcome::Deferred { .. } => "deferred",
-                JobOutcome::Final { state, .. } => state,
+                JobOutcome::Final { state, .. } => state.as_str(),
             };
             self.instruments.send_attempt(&job.template, result);
             match &outcome {
@@ -347,7 +350,7 @@ impl Sender {
                 }
                 JobOutcome::Deferred { .. } => report.paced += 1,
                 JobOutcome::Final { state, reason } => {
-                    if *state == "failed" {
+                    if *state == JobState::Failed {
                         report.failed += 1;
                         warn!(job = job.id, step = %job.step, %reason, "send failed");
                     } else {
@@ -440,11 +443,18 @@ impl Sender {
         held: &HashMap<String, String>,
     ) -> StoreResult<Attempt> {
         let now = self.clock.now();
-        let final_ = |state: &'static str, reason: String| {
+        let final_ = |state: JobState, reason: String| {
             Ok(Attempt::Done(JobOutcome::Final { state, reason }))
         };
+        if job.kind.is_none() {
+            // Stored by a newer medrelay: what it is for cannot be checked, so it is not sent.
+            return final_(
+                JobState::Failed,
+                "a step kind this version does not know (stored by a newer medrelay)".into(),
+            );
+        }
         let Some(rec) = self.store.load_appointment(job.appointment_id).await? else {
-            return final_("failed", "appointment no longer exists".into());
+            return final_(JobState::Failed, "appointment no longer exists".into());
         };
         if let Some((state, reason)) = still_valid(job, &rec, now) {
             return final_(state, reason);
@@ -452,7 +462,7 @@ impl Sender {
         // The plan changed since the step was planned (a reload or a restart with a new file).
         if !self.config.has_step(&job.step) {
             return final_(
-                "withdrawn",
+                JobState::Withdrawn,
                 format!(
                     "step `{}` is no longer in [[plan.steps]] (the configuration changed)",
                     job.step
@@ -464,7 +474,7 @@ impl Sender {
             rec.contact_hash.clone(),
         ) else {
             return final_(
-                "skipped",
+                JobState::Skipped,
                 rec.phone_problem
                     .clone()
                     .unwrap_or_else(|| "no usable phone number".into()),
@@ -475,7 +485,10 @@ impl Sender {
             .consent_decision(&rec, kind_of(job).purpose(), self.config.opt_in_required)
             .await?;
         if !decision.permits() {
-            return final_("skipped", format!("no consent: {}", decision.reason()));
+            return final_(
+                JobState::Skipped,
+                format!("no consent: {}", decision.reason()),
+            );
         }
         // Sensitive services: nothing at all, or only the neutral template (which names no
         // department, place or person). Decided at send time, so a changed service type counts.
@@ -484,7 +497,7 @@ impl Sender {
             Sensitivity::Sensitive(field) => match self.config.sensitive.action {
                 SensitiveAction::Suppress => {
                     return final_(
-                        "skipped",
+                        JobState::Skipped,
                         format!(
                             "sensitive service ({field} on the deny-list): no WhatsApp message by site policy"
                         ),
@@ -493,7 +506,7 @@ impl Sender {
                 // The neutral template names no place, so it cannot say where the visit moved.
                 SensitiveAction::Neutral if kind_of(job) == StepKind::LocationChange => {
                     return final_(
-                        "skipped",
+                        JobState::Skipped,
                         format!(
                             "sensitive service ({field} on the deny-list): a move is not announced, the neutral template names no place"
                         ),
@@ -509,7 +522,7 @@ impl Sender {
         };
         let Some(template) = self.config.templates.get(template_key) else {
             return final_(
-                "failed",
+                JobState::Failed,
                 format!("template `{template_key}` is not configured"),
             );
         };
@@ -541,7 +554,7 @@ impl Sender {
             .get(&rec.appointment.site)
             .or_else(|| self.config.sites.values().next())
         else {
-            return final_("failed", "no site configured".into());
+            return final_(JobState::Failed, "no site configured".into());
         };
         // The appointment lacks what its template shows (a location, a given name): no message
         // can be sent for it, so, like a permanent WhatsApp failure, the EHR hears "not notified".
@@ -557,7 +570,7 @@ impl Sender {
             Err(e) => {
                 let reason = format!("cannot render template: {e}");
                 self.store.record_not_notified(job.id, &reason, now).await?;
-                return final_("failed", reason);
+                return final_(JobState::Failed, reason);
             }
         };
         let header = template.header.map(|_| BodyParameter {
@@ -648,7 +661,7 @@ impl Sender {
             let at = now + delay;
             if at >= job.expires {
                 JobOutcome::Final {
-                    state: "dropped",
+                    state: JobState::Dropped,
                     reason: format!("expired while retrying ({reason})"),
                 }
             } else {
@@ -668,7 +681,7 @@ impl Sender {
                     .record_not_notified(job.id, &e.to_string(), now)
                     .await?;
                 JobOutcome::Final {
-                    state: "failed",
+                    state: JobState::Failed,
                     reason: e.to_string(),
                 }
             }

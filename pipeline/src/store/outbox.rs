@@ -5,6 +5,7 @@ use medrelay_mapping::model::{
     Appointment, AppointmentKey, AppointmentStatus, ContactPhone, EhrConsent, Patient, PhoneUse,
 };
 use medrelay_mapping::phi::Phi;
+use medrelay_mapping::plan::StepKind;
 use serde_json::json;
 use sqlx::QueryBuilder;
 
@@ -44,6 +45,61 @@ pub struct PlanInput {
     pub confirmation_state: Option<String>,
 }
 
+/// The states of an outbox job, as stored in `outbox.state` (the store's boundary turns the text
+/// into this and back; SQL literals name the same words).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JobState {
+    /// Due (or waiting for its time).
+    Pending,
+    /// Claimed by a sender; released after `sending_grace` if its outcome never arrives.
+    Sending,
+    /// Accepted by WhatsApp.
+    Sent,
+    /// Failed for good.
+    Failed,
+    /// No longer wanted (rescheduled, cancelled, superseded, removed from the plan).
+    Withdrawn,
+    /// Planned too late to be useful (expired before it could go).
+    Dropped,
+    /// Not sent by rule (consent, no usable phone, sensitive service...).
+    Skipped,
+}
+
+impl JobState {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Sending => "sending",
+            JobState::Sent => "sent",
+            JobState::Failed => "failed",
+            JobState::Withdrawn => "withdrawn",
+            JobState::Dropped => "dropped",
+            JobState::Skipped => "skipped",
+        }
+    }
+
+    /// Back from the stored word; `None` for one this build does not know.
+    pub fn from_name(s: &str) -> Option<JobState> {
+        Some(match s {
+            "pending" => JobState::Pending,
+            "sending" => JobState::Sending,
+            "sent" => JobState::Sent,
+            "failed" => JobState::Failed,
+            "withdrawn" => JobState::Withdrawn,
+            "dropped" => JobState::Dropped,
+            "skipped" => JobState::Skipped,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One planned step to store.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -53,8 +109,8 @@ pub struct NewJob {
     pub revision: i64,
     /// Configured step name; with the appointment and slot, the message's idempotency key.
     pub step: String,
-    /// Stored step kind (`StepKind::as_str`): the sender's send-time re-check depends on it.
-    pub kind: &'static str,
+    /// The step's kind: the sender's send-time re-check depends on it.
+    pub kind: StepKind,
     /// The slot the step is about: a reschedule makes new keys, never re-uses old ones.
     pub slot_start: Timestamp,
     /// Priority under a backlog (lower first).
@@ -65,8 +121,8 @@ pub struct NewJob {
     pub due: Timestamp,
     /// Never send at or after this (a message delayed by an outage must not arrive too late).
     pub expires: Timestamp,
-    /// `pending` or `dropped`.
-    pub state: &'static str,
+    /// `Pending` or `Dropped`.
+    pub state: JobState,
     /// Why it was dropped (shown by `medrelay explain`; never PHI).
     pub state_reason: Option<String>,
     /// Why it is due when it is: its offset, and a quiet-hours move.
@@ -79,7 +135,8 @@ pub struct ClaimedJob {
     pub id: i64,
     pub appointment_id: i64,
     pub step: String,
-    pub kind: String,
+    /// `None`: a kind this build does not know (written by a newer medrelay); never sent.
+    pub kind: Option<StepKind>,
     pub slot_start: Timestamp,
     pub template: String,
     pub expires: Timestamp,
@@ -119,7 +176,7 @@ pub enum JobOutcome {
     /// counting an attempt, so later backoffs are not stretched.
     Deferred { at: Timestamp, reason: String },
     /// Final, with the state (`failed`, `skipped`, `withdrawn`, `dropped`) and the reason.
-    Final { state: &'static str, reason: String },
+    Final { state: JobState, reason: String },
 }
 
 fn status_of(s: &str) -> AppointmentStatus {
@@ -181,7 +238,7 @@ impl Store {
                 q.push_values(chunk, |mut b, j| {
                     b.push_bind(j.appointment_id)
                         .push_bind(j.step.clone())
-                        .push_bind(j.kind)
+                        .push_bind(j.kind.as_str())
                         .push_bind(secs(j.slot_start))
                         .push_bind(j.revision)
                         .push_bind(j.lane)
@@ -189,7 +246,7 @@ impl Store {
                         .push_bind(secs(j.due))
                         .push_bind(secs(j.expires))
                         .push_bind(secs(j.due))
-                        .push_bind(j.state)
+                        .push_bind(j.state.as_str())
                         .push_bind(j.state_reason.clone())
                         .push_bind(j.plan_note.clone())
                         .push_bind(now_s)
@@ -280,7 +337,7 @@ impl Store {
                 id: r.get("id"),
                 appointment_id: r.get("appointment_id"),
                 step: r.get("step"),
-                kind: r.get("kind"),
+                kind: StepKind::from_name(r.get("kind")),
                 slot_start: ts(r.get("slot_start")),
                 template: r.get("template"),
                 expires: ts(r.get("expires_at")),
@@ -456,7 +513,7 @@ impl Store {
                     sqlx::query(
                     "UPDATE outbox SET state = $1, state_reason = $2, updated_at = $3 WHERE id = $4",
                 )
-                .bind(*state)
+                .bind(state.as_str())
                 .bind(reason)
                 .bind(now_s)
                 .bind(job.id)
@@ -467,7 +524,7 @@ impl Store {
                     &self.keys,
                     now,
                     "sender",
-                    state,
+                    state.as_str(),
                     &format!("job:{}", job.id),
                     json!({"reason": reason, "step": job.step}),
                 )
