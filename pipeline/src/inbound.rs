@@ -19,7 +19,9 @@ use crate::config::Compiled;
 use crate::config::RecategorisedPolicy;
 use crate::store::inbound::NewReply;
 use crate::store::{Store, StoreResult};
-use crate::whatsapp::webhook::{AccountEvent, InboundContent, InboundMessage, parse};
+use crate::whatsapp::webhook::{
+    AccountEvent, InboundContent, InboundMessage, StatusUpdate, Webhook, parse,
+};
 use crate::whatsapp::{SendError, WhatsAppTransport, classify, text_message};
 
 /// Alert kind for a configured template that WhatsApp paused, disabled, rejected or flagged.
@@ -44,6 +46,18 @@ const TEMPLATE_STOPPED: &[&str] = &[
 /// Template events after which it can be sent again.
 const TEMPLATE_BACK: &[&str] = &["APPROVED", "REINSTATED", "UNPAUSED"];
 
+/// Status-only webhooks applied per transaction: enough to amortise a commit, small enough that
+/// a transaction stays short next to the other writers.
+const STATUS_RUN: usize = 256;
+
+/// The job a status names in `biz_opaque_callback_data` (`job:<id>`), if any.
+fn callback_job(s: &StatusUpdate) -> Option<i64> {
+    s.callback
+        .as_deref()
+        .and_then(|c| c.strip_prefix("job:"))
+        .and_then(|j| j.parse().ok())
+}
+
 /// What processing did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InboundReport {
@@ -62,6 +76,8 @@ pub struct Inbound {
     config: Arc<Compiled>,
     transport: Arc<dyn WhatsAppTransport>,
     clock: Arc<dyn Clock>,
+    /// Status-only webhooks applied per transaction ([`STATUS_RUN`]; 1 is one at a time).
+    status_run: usize,
 }
 
 impl Inbound {
@@ -72,7 +88,15 @@ impl Inbound {
             config,
             transport: self.transport.clone(),
             clock: self.clock.clone(),
+            status_run: self.status_run,
         }
+    }
+
+    /// The same handler applying at most `n` status-only webhooks per transaction (at least 1):
+    /// `medrelay bench webhooks --status-run 1` measures the one-at-a-time baseline with it.
+    pub fn with_status_run(mut self, n: usize) -> Inbound {
+        self.status_run = n.max(1);
+        self
     }
 
     /// An inbound handler answering patients through `transport`.
@@ -87,6 +111,7 @@ impl Inbound {
             config,
             transport,
             clock,
+            status_run: STATUS_RUN,
         }
     }
 
@@ -95,52 +120,120 @@ impl Inbound {
         self.store.store_webhook(body, self.clock.now()).await
     }
 
-    /// Applies every stored, unprocessed webhook.
+    /// Applies every stored, unprocessed webhook, in order.
+    ///
+    /// A run of webhooks that carry delivery statuses only (WhatsApp's bulk of traffic) is applied
+    /// in one transaction and marked processed in a second, so that applying keeps pace with storing
+    /// under load; any other webhook (a reply, an account event, an unreadable body) is handled on
+    /// its own as before. A crash between the two commits reprocesses the run: merging a status is
+    /// monotonic and the follow-ups of a failed status are idempotent, so nothing is applied twice.
     pub async fn process_pending(&self) -> StoreResult<InboundReport> {
         let mut report = InboundReport::default();
-        for (id, body) in self.store.unprocessed_webhooks().await? {
+        let pending = self.store.unprocessed_webhooks().await?;
+        let mut run: Vec<(i64, Webhook)> = Vec::new();
+        for (id, body) in pending {
             report.webhooks += 1;
             match parse(&body) {
-                Ok(webhook) => {
-                    for s in &webhook.statuses {
-                        let job = s
-                            .callback
-                            .as_deref()
-                            .and_then(|c| c.strip_prefix("job:"))
-                            .and_then(|j| j.parse().ok());
-                        if self.store.apply_status(s, job, self.clock.now()).await? {
-                            report.statuses_applied += 1;
-                            if matches!(s.status.as_str(), "delivered" | "read") {
-                                self.delivered(job, &s.wamid).await?;
-                            }
-                        }
-                        if s.status == "failed" {
-                            self.on_failed_status(s.error_code, job, &s.wamid).await?;
-                        }
+                Ok(webhook) if webhook.account.is_empty() && webhook.messages.is_empty() => {
+                    run.push((id, webhook));
+                    if run.len() >= self.status_run {
+                        self.apply_status_run(std::mem::take(&mut run), &mut report)
+                            .await?;
                     }
-                    for e in &webhook.account {
-                        self.handle_account(e).await?;
-                        report.account_events += 1;
-                    }
-                    for m in &webhook.messages {
-                        if self.handle_message(m).await? {
-                            report.replies += 1;
-                        } else {
-                            report.duplicates += 1;
-                        }
-                    }
-                    self.store.mark_webhook(id, None, self.clock.now()).await?;
                 }
-                Err(e) => {
-                    report.unreadable += 1;
-                    warn!(webhook = id, error = %e, "stored webhook could not be read; kept for review");
-                    self.store
-                        .mark_webhook(id, Some(&e.to_string()), self.clock.now())
-                        .await?;
+                parsed => {
+                    if !run.is_empty() {
+                        self.apply_status_run(std::mem::take(&mut run), &mut report)
+                            .await?;
+                    }
+                    match parsed {
+                        Ok(webhook) => {
+                            self.apply_webhook(&webhook, &mut report).await?;
+                            self.store.mark_webhook(id, None, self.clock.now()).await?;
+                        }
+                        Err(e) => {
+                            report.unreadable += 1;
+                            warn!(webhook = id, error = %e, "stored webhook could not be read; kept for review");
+                            self.store
+                                .mark_webhook(id, Some(&e.to_string()), self.clock.now())
+                                .await?;
+                        }
+                    }
                 }
             }
         }
+        if !run.is_empty() {
+            self.apply_status_run(run, &mut report).await?;
+        }
         Ok(report)
+    }
+
+    /// One webhook of any kind: statuses, account events, then patient messages.
+    async fn apply_webhook(
+        &self,
+        webhook: &Webhook,
+        report: &mut InboundReport,
+    ) -> StoreResult<()> {
+        for s in &webhook.statuses {
+            let job = callback_job(s);
+            let changed = self.store.apply_status(s, job, self.clock.now()).await?;
+            self.after_status(s, job, changed, report).await?;
+        }
+        for e in &webhook.account {
+            self.handle_account(e).await?;
+            report.account_events += 1;
+        }
+        for m in &webhook.messages {
+            if self.handle_message(m).await? {
+                report.replies += 1;
+            } else {
+                report.duplicates += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Webhooks with statuses only: every status in one transaction, the follow-ups, then the
+    /// webhooks marked processed together.
+    async fn apply_status_run(
+        &self,
+        run: Vec<(i64, Webhook)>,
+        report: &mut InboundReport,
+    ) -> StoreResult<()> {
+        let statuses: Vec<(&StatusUpdate, Option<i64>)> = run
+            .iter()
+            .flat_map(|(_, w)| w.statuses.iter().map(|s| (s, callback_job(s))))
+            .collect();
+        let changed = self
+            .store
+            .apply_statuses(&statuses, self.clock.now())
+            .await?;
+        for ((s, job), changed) in statuses.iter().zip(changed) {
+            self.after_status(s, *job, changed, report).await?;
+        }
+        let ids: Vec<i64> = run.iter().map(|(id, _)| *id).collect();
+        self.store.mark_webhooks(&ids, self.clock.now()).await
+    }
+
+    /// What follows a merged status: a delivery resolves its template's delivery alert; a failure
+    /// is acted on (also when it changed nothing: it may be the reprocessing after a crash).
+    async fn after_status(
+        &self,
+        s: &StatusUpdate,
+        job: Option<i64>,
+        changed: bool,
+        report: &mut InboundReport,
+    ) -> StoreResult<()> {
+        if changed {
+            report.statuses_applied += 1;
+            if matches!(s.status.as_str(), "delivered" | "read") {
+                self.delivered(job, &s.wamid).await?;
+            }
+        }
+        if s.status == "failed" {
+            self.on_failed_status(s.error_code, job, &s.wamid).await?;
+        }
+        Ok(())
     }
 
     /// A template or business-number notification: alerts that fire once per incident and

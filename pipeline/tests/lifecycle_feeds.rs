@@ -362,3 +362,48 @@ async fn older_cancellation_is_counted_older_ignored_not_unchanged() {
     assert!(steps.iter().all(|s| s.state != "pending"), "{steps:?}");
     h.store.close().await;
 }
+
+/// Regression for the set-based PostgreSQL import (it runs a batch in rounds, one occurrence of an
+/// appointment per round): one batch holding several versions of one appointment, out of order,
+/// and a repeat of another counts and stores exactly as the same rows one at a time do.
+#[tokio::test]
+async fn one_batch_with_several_versions_of_an_appointment_is_applied_in_row_order() {
+    let h = Harness::new(t0()).await;
+    let start = t0() + SignedDuration::from_hours(72);
+    let later = start + SignedDuration::from_hours(1);
+    let batch = [
+        event("emr", "F1", 1, AppointmentStatus::Booked, start, v(10), 1),
+        event("emr", "F1", 1, AppointmentStatus::Cancelled, start, v(5), 1),
+        event("emr", "F1", 1, AppointmentStatus::Booked, later, v(20), 1),
+        event("emr", "F2", 2, AppointmentStatus::Booked, start, v(10), 1),
+        event("emr", "F2", 2, AppointmentStatus::Booked, start, v(10), 1),
+        event("emr", "F1", 1, AppointmentStatus::Booked, later, v(20), 1),
+    ];
+    let now = h.clock.now();
+    let r = h
+        .service
+        .ingest
+        .accept(None, "hl7", now, &batch, &[], false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.applied, r.unchanged, r.older_ignored, r.unknown_ignored),
+        (3, 2, 1, 0)
+    );
+    let id = h.store.find_appointment("emr/F1").await.unwrap().unwrap();
+    let rec = h.store.load_appointment(id).await.unwrap().unwrap();
+    assert_eq!(rec.appointment.start, later, "the newest version won");
+    assert_eq!(rec.appointment.status, AppointmentStatus::Booked);
+    let status = h.store.status_summary(now).await.unwrap();
+    assert_eq!(status.ignored_events.get("older"), Some(&1));
+    assert_eq!(count_appointments(&h).await, 2);
+    // A later batch with the same rows changes nothing.
+    let r = h
+        .service
+        .ingest
+        .accept(None, "hl7", now, &batch, &[], false)
+        .await
+        .unwrap();
+    assert_eq!((r.applied, r.older_ignored), (0, 2), "{r:?}");
+    h.store.close().await;
+}

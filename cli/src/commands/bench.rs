@@ -1,4 +1,4 @@
-//! `medrelay bench csv`, `medrelay bench plan` (and `bench mllp`, `bench fhir`, in `bench_connectors`): throughput on
+//! `medrelay bench csv`, `medrelay bench plan` (and `bench mllp`, `bench fhir`, in `bench_connectors`; `bench webhooks` in `bench_webhooks`): throughput on
 //! this machine, with peak memory.
 //!
 //! Build with `--release`; numbers are recorded in BENCHMARKS.md. Synthetic rows are generated into a
@@ -26,6 +26,8 @@ pub enum BenchCommand {
     Mllp(super::bench_connectors::MllpBenchArgs),
     /// Map and commit a FHIR Bundle of N Appointments with their Patients and Consents.
     Fhir(super::bench_connectors::FhirBenchArgs),
+    /// POST signed status webhooks over N connections while they are applied: stored/s, applied/s.
+    Webhooks(super::bench_webhooks::WebhookBenchArgs),
 }
 
 /// Arguments of the benchmarks.
@@ -185,6 +187,7 @@ pub async fn run(command: BenchCommand, o: &mut Output<'_>) -> anyhow::Result<u8
         BenchCommand::Plan(a) => (a, true),
         BenchCommand::Mllp(a) => return super::bench_connectors::run(a, o).await,
         BenchCommand::Fhir(a) => return super::bench_connectors::run_fhir(a, o).await,
+        BenchCommand::Webhooks(a) => return super::bench_webhooks::run(a, o).await,
     };
     let (dir, loaded) = bench_setup(&bench_config(super::init::STARTER_CONFIG).await?)?;
     let file = dir.path().join("bench.csv");

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod bench;
 pub mod bench_connectors;
+pub mod bench_webhooks;
 pub mod check;
 pub mod consent;
 pub mod db;

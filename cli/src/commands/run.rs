@@ -290,7 +290,7 @@ pub(crate) async fn shutdown_signal() {
 
 /// The transport of the endpoint's [`Inbound`]: it only stores bodies and never answers patients
 /// (the service's own `Inbound` does, after processing). Refusing to send makes that structural.
-struct ReceiveOnly;
+pub(crate) struct ReceiveOnly;
 
 #[async_trait]
 impl WhatsAppTransport for ReceiveOnly {

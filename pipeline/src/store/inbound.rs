@@ -80,6 +80,22 @@ impl Store {
         tx.commit().await
     }
 
+    /// Marks several stored webhooks processed without error, in one transaction.
+    pub async fn mark_webhooks(&self, ids: &[i64], now: Timestamp) -> StoreResult<()> {
+        let mut tx = self.write_tx().await?;
+        for id in ids {
+            on_tx!(tx, |c| sqlx::query(
+                "UPDATE webhook_inbox SET processed_at = $1, error = NULL WHERE id = $2"
+            )
+            .bind(secs(now))
+            .bind(id)
+            .execute(&mut *c)
+            .await
+            .map(|r| r.rows_affected()))?;
+        }
+        tx.commit().await
+    }
+
     /// Stored webhooks not yet processed (after a crash), oldest first.
     pub async fn unprocessed_webhooks(&self) -> StoreResult<Vec<(i64, Vec<u8>)>> {
         let rows = on_db!(self, |db| sqlx::query(
@@ -106,6 +122,42 @@ impl Store {
         callback_job: Option<i64>,
         now: Timestamp,
     ) -> StoreResult<bool> {
+        let mut tx = self.write_tx().await?;
+        let changed = self
+            .apply_status_in(&mut tx, update, callback_job, now)
+            .await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// [`Store::apply_status`] for a run of statuses in one transaction: one commit for many status
+    /// webhooks, so that applying keeps up with storing when WhatsApp delivers statuses on many
+    /// connections at once (BENCHMARKS.md, "Status webhooks"). Returns, per status, whether it
+    /// changed anything.
+    pub async fn apply_statuses(
+        &self,
+        updates: &[(&StatusUpdate, Option<i64>)],
+        now: Timestamp,
+    ) -> StoreResult<Vec<bool>> {
+        let mut tx = self.write_tx().await?;
+        let mut changed = Vec::with_capacity(updates.len());
+        for (update, callback_job) in updates {
+            changed.push(
+                self.apply_status_in(&mut tx, update, *callback_job, now)
+                    .await?,
+            );
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn apply_status_in(
+        &self,
+        tx: &mut super::Tx,
+        update: &StatusUpdate,
+        callback_job: Option<i64>,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
         let (wamid, status, error_code) = (
             update.wamid.as_str(),
             update.status.as_str(),
@@ -115,7 +167,6 @@ impl Store {
         let Some(rank) = status_rank(status) else {
             return Ok(false);
         };
-        let mut tx = self.write_tx().await?;
         let known: Option<i64> = on_tx!(tx, |c| sqlx::query_scalar(
             "SELECT job_id FROM messages WHERE wamid = $1"
         )
@@ -177,7 +228,7 @@ impl Store {
         }
         if changed {
             audit::append(
-                &mut tx,
+                tx,
                 &self.keys,
                 now,
                 "whatsapp",
@@ -187,7 +238,6 @@ impl Store {
             )
             .await?;
         }
-        tx.commit().await?;
         Ok(changed)
     }
 
