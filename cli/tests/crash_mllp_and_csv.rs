@@ -660,6 +660,25 @@ async fn mllp_stream_survives_kill_9_at_random_moments_and_named_points() {
                     .unwrap_or_else(|_| {
                         panic!("no write-back SRM reached the EHR:\n{}", log_tail(&log))
                     });
+                // Every patient's answer stored before the kill: the simulator is part of the
+                // killed process, and a reply it had not delivered yet would die with it (the
+                // real Cloud API delivers it again; the in-process simulator cannot). Regression:
+                // under load the second reply was often still in the simulator at the kill, and
+                // the final wait for both written back never ended.
+                let db = open_db(&db_path).await;
+                wait_for("the round's replies stored", &log, || {
+                    let db = db.clone();
+                    async move {
+                        count(
+                            &db,
+                            "SELECT COUNT(*) FROM replies WHERE outcome = 'accepted'",
+                        )
+                        .await
+                            >= wb_acked as i64
+                    }
+                })
+                .await;
+                db.close().await;
                 let e = ehr.lock().unwrap();
                 held_controls.extend(e.received.iter().filter(|r| !r.1).map(|r| r.0.clone()));
                 "while a write-back SRM was unanswered"
