@@ -5,9 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use medrelay_connector_csv::{CsvProfile, ReturnFileConfig};
-use medrelay_listener::{ConnectionLimits, RequestLimits};
+use medrelay_listener::tls::{ClientTls, ClientTlsFiles, ServerTlsFiles, TlsError};
+use medrelay_listener::{ConnectionLimits, RequestLimits, ServerTls};
 use medrelay_mapping::plan::parse_duration;
 use medrelay_pipeline::config::{
     Compiled, ConsentConfig, PipelineConfig, PlanConfig, ReplyTexts, SiteConfig, TemplateConfig,
@@ -415,6 +417,9 @@ pub struct WebhookConfig {
     /// After its head, a request must get a slot and deliver its whole body this soon (408 / 503).
     #[serde(default = "default_webhook_body_timeout_secs")]
     pub body_timeout_secs: u64,
+    /// `[whatsapp.webhook.tls]`: serve the endpoint over TLS (Meta calls HTTPS only).
+    #[serde(default)]
+    pub tls: Option<ServerTlsFiles>,
 }
 
 impl Default for WebhookConfig {
@@ -428,6 +433,7 @@ impl Default for WebhookConfig {
             max_requests: default_webhook_max_requests(),
             header_timeout_secs: default_header_timeout_secs(),
             body_timeout_secs: default_webhook_body_timeout_secs(),
+            tls: None,
         }
     }
 }
@@ -890,6 +896,9 @@ pub struct Hl7ConnectorConfig {
     /// Send patient answers back to the EHR's inbound interface as SRM messages.
     #[serde(default)]
     pub write_back: Option<Hl7WriteBackSection>,
+    /// `[connectors.tls]`: MLLP over TLS on `listen` (certificate, key, and a CA for mutual TLS).
+    #[serde(default)]
+    pub tls: Option<ServerTlsFiles>,
 }
 
 /// `[connectors.write_back]` of an HL7v2 connector.
@@ -911,6 +920,10 @@ pub struct Hl7WriteBackSection {
     /// NTE-3 codes per action: `confirm`, `cancel`, `reschedule`, `not_notified`.
     #[serde(default)]
     pub action_codes: BTreeMap<String, String>,
+    /// `[connectors.write_back.tls]`: connect to the EHR over TLS (its CA, optionally our client
+    /// certificate for mutual TLS).
+    #[serde(default)]
+    pub tls: Option<ClientTlsFiles>,
 }
 
 fn default_hl7_version() -> String {
@@ -1069,7 +1082,7 @@ fn default_fhir_window() -> String {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FhirSubscriptionConfig {
-    /// `IP:port` `medrelay run` listens on (put it behind your TLS reverse proxy).
+    /// `IP:port` `medrelay run` listens on (with `tls`, or behind the site's TLS reverse proxy).
     pub listen: String,
     #[serde(default = "default_subscription_path")]
     pub path: String,
@@ -1095,6 +1108,9 @@ pub struct FhirSubscriptionConfig {
     /// notification raise `feed_silent` (unless `[alerts.feeds.<name>]` sets its own rhythm).
     #[serde(default)]
     pub heartbeat_period: Option<String>,
+    /// `[connectors.subscription.tls]`: serve the endpoint over TLS (no reverse proxy needed).
+    #[serde(default)]
+    pub tls: Option<ServerTlsFiles>,
 }
 
 impl FhirSubscriptionConfig {
@@ -1320,6 +1336,9 @@ pub struct Loaded {
     pub status_page_listen: Option<std::net::SocketAddr>,
     /// `[alerts]` thresholds of the after-pass checks, parsed.
     pub thresholds: medrelay_pipeline::watch::Thresholds,
+    /// The TLS configurations listeners were started with ([`Loaded::server_tls`]): what SIGHUP
+    /// reloads. Shared by the reloaded configurations of one process.
+    pub tls_in_use: Arc<Mutex<Vec<ServerTls>>>,
 }
 
 /// A configuration problem: every error found, each on its own line.
@@ -1331,6 +1350,35 @@ pub struct ConfigError {
 }
 
 impl Loaded {
+    /// A listener's TLS from its files (paths relative to the config file), remembered so that
+    /// [`Loaded::reload_tls`] reads the files again on SIGHUP.
+    pub fn server_tls(&self, files: &ServerTlsFiles) -> Result<ServerTls, TlsError> {
+        let tls = ServerTls::load(&resolved_server_tls(&self.base, files))?;
+        self.tls_in_use
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tls.clone());
+        Ok(tls)
+    }
+
+    /// A TLS client configuration from its files (paths relative to the config file).
+    pub fn client_tls(&self, files: &ClientTlsFiles) -> Result<ClientTls, TlsError> {
+        ClientTls::load(&resolved_client_tls(&self.base, files))
+    }
+
+    /// Reads every listener's certificate and key again (a renewal): new connections use them;
+    /// one that fails keeps its configuration. Returns (reloaded, failed with why).
+    pub fn reload_tls(&self) -> (usize, Vec<String>) {
+        let in_use = self.tls_in_use.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failed = Vec::new();
+        for tls in in_use.iter() {
+            if let Err(e) = tls.reload() {
+                failed.push(e.to_string());
+            }
+        }
+        (in_use.len() - failed.len(), failed)
+    }
+
     /// Resolves a configured path relative to the config file.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
@@ -1752,6 +1800,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
     if let Err(e) = config.store.validate() {
         errors.push(e);
     }
+    validate_tls(&config, &base, &mut errors);
     let mut names = std::collections::BTreeSet::new();
     for c in &config.connectors {
         if !names.insert(c.name().to_string()) {
@@ -1924,8 +1973,79 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
             feed_watches,
             status_page_listen,
             thresholds,
+            tls_in_use: Arc::default(),
         }),
         _ => Err(err(errors)),
+    }
+}
+
+/// `path` relative to the configuration's folder `base`.
+fn under(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+fn resolved_server_tls(base: &Path, f: &ServerTlsFiles) -> ServerTlsFiles {
+    ServerTlsFiles {
+        cert: under(base, &f.cert),
+        key: under(base, &f.key),
+        client_ca: f.client_ca.as_deref().map(|p| under(base, p)),
+    }
+}
+
+fn resolved_client_tls(base: &Path, f: &ClientTlsFiles) -> ClientTlsFiles {
+    ClientTlsFiles {
+        ca: under(base, &f.ca),
+        server_name: f.server_name.clone(),
+        client_cert: f.client_cert.as_deref().map(|p| under(base, p)),
+        client_key: f.client_key.as_deref().map(|p| under(base, p)),
+    }
+}
+
+/// Every TLS section is read as the service would read it (certificate, key, CA), so that a
+/// wrong file is found by `config check`, not at the first connection.
+fn validate_tls(config: &Config, base: &Path, errors: &mut Vec<String>) {
+    let mut servers: Vec<(String, &ServerTlsFiles)> = Vec::new();
+    let mut clients: Vec<(String, &ClientTlsFiles)> = Vec::new();
+    if let Some(t) = &config.whatsapp.webhook.tls {
+        servers.push(("whatsapp.webhook.tls".into(), t));
+    }
+    for c in &config.connectors {
+        match c {
+            ConnectorConfig::Hl7v2(h) => {
+                if let Some(t) = &h.tls {
+                    if h.listen.is_none() {
+                        errors.push(format!(
+                            "connector `{}`: tls needs listen (it secures the MLLP listener)",
+                            h.name
+                        ));
+                    }
+                    servers.push((format!("connector `{}`: tls", h.name), t));
+                }
+                if let Some(t) = h.write_back.as_ref().and_then(|w| w.tls.as_ref()) {
+                    clients.push((format!("connector `{}`: write_back.tls", h.name), t));
+                }
+            }
+            ConnectorConfig::Fhir(f) => {
+                if let Some(t) = f.subscription.as_ref().and_then(|s| s.tls.as_ref()) {
+                    servers.push((format!("connector `{}`: subscription.tls", f.name), t));
+                }
+            }
+            ConnectorConfig::Csv(_) => {}
+        }
+    }
+    for (label, files) in servers {
+        if let Err(e) = ServerTls::load(&resolved_server_tls(base, files)) {
+            errors.push(format!("{label}: {e}"));
+        }
+    }
+    for (label, files) in clients {
+        if let Err(e) = ClientTls::load(&resolved_client_tls(base, files)) {
+            errors.push(format!("{label}: {e}"));
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use medrelay_connector_fhir::subscription::{
 use medrelay_connector_fhir::{
     ConsentSelector, FhirOptions, Issue, MappedBundle, id_only_without_server, map_bundle,
 };
-use medrelay_listener::serve_bounded;
+use medrelay_listener::serve_bounded_tls;
 use medrelay_pipeline::clock::Clock;
 use medrelay_pipeline::ingest::{AcceptReceipt, Ingest, Rejected};
 use medrelay_pipeline::service::Service;
@@ -278,9 +278,23 @@ pub async fn start_endpoints(
         // Stopped by aborting the task (see `run`): the sender delivers again what was not
         // answered.
         let limits = sub.connection_limits();
+        let tls = match &sub.tls {
+            Some(files) => Some(
+                loaded
+                    .server_tls(files)
+                    .with_context(|| format!("connector `{}`: subscription.tls", c.name))?,
+            ),
+            None => None,
+        };
         out.push((
             local,
-            tokio::spawn(serve_bounded(listener, app, limits, std::future::pending())),
+            tokio::spawn(serve_bounded_tls(
+                listener,
+                app,
+                limits,
+                tls,
+                std::future::pending(),
+            )),
         ));
     }
     Ok(out)

@@ -61,10 +61,11 @@ pub fn options(loaded: &Loaded, c: &Hl7ConnectorConfig) -> Hl7Options {
 
 /// The write-back target of an HL7v2 connector with `[connectors.write_back]`.
 pub fn write_back_target(
+    loaded: &Loaded,
     c: &Hl7ConnectorConfig,
     w: &crate::config::Hl7WriteBackSection,
     handle: tokio::runtime::Handle,
-) -> medrelay_connector_hl7v2::write_back::Hl7WriteBack {
+) -> anyhow::Result<medrelay_connector_hl7v2::write_back::Hl7WriteBack> {
     use medrelay_connector_hl7v2::write_back::{Hl7WriteBack, Hl7WriteBackConfig};
     let mut cfg = Hl7WriteBackConfig::new(&w.send_to);
     cfg.timeout = std::time::Duration::from_secs(w.timeout_secs);
@@ -83,7 +84,14 @@ pub fn write_back_target(
             cfg.action_codes[i] = code.clone();
         }
     }
-    Hl7WriteBack::new(cfg, handle)
+    if let Some(t) = &w.tls {
+        cfg.tls = Some(
+            loaded
+                .client_tls(t)
+                .with_context(|| format!("connector `{}`: write_back.tls", c.name))?,
+        );
+    }
+    Ok(Hl7WriteBack::new(cfg, handle))
 }
 
 /// A rejected message as the quarantine keeps it: where (file and message, or the MLLP control
@@ -153,7 +161,16 @@ pub async fn start_listeners(
             .await
             .with_context(|| format!("cannot listen on {addr} (connector `{}`)", c.name))?;
         let local = listener.local_addr()?;
-        info!(connector = %c.name, address = %local, "MLLP listener started");
+        let tls = match &c.tls {
+            Some(files) => Some(
+                loaded
+                    .server_tls(files)
+                    .with_context(|| format!("connector `{}`: tls", c.name))?,
+            ),
+            None => None,
+        };
+        info!(connector = %c.name, address = %local, tls = tls.is_some(),
+              mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), "MLLP listener started");
         let sink = Arc::new(IngestSink {
             ingest: service.ingest.clone(),
             feed: c.name.clone(),
@@ -164,6 +181,7 @@ pub async fn start_listeners(
         let mut listener_opts = c.listener_options();
         listener_opts.quarantine_gate = Some(QuotaGate::open(service, c, clock.clone()).await?);
         listener_opts.observer = Some(Arc::new(AckTimings(service.instruments.clone())));
+        listener_opts.tls = tls;
         let handle = tokio::spawn(medrelay_connector_hl7v2::mllp::serve(
             listener,
             Arc::new(options(loaded, c)),

@@ -196,7 +196,7 @@ pub fn build_service(
         {
             targets.push((
                 system.to_string(),
-                Arc::new(crate::hl7::write_back_target(h, w, runtime()?)),
+                Arc::new(crate::hl7::write_back_target(loaded, h, w, runtime()?)?),
             ));
         } else if let crate::config::ConnectorConfig::Fhir(f) = c
             && let Some(server) = crate::fhir::server(f)?

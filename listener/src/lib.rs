@@ -7,14 +7,16 @@
 //!   a connection must deliver a complete request head within `header_timeout`, counted from the
 //!   accept (or, on a kept-alive connection, from the end of the previous response), so a client
 //!   that dribbles its headers, or an idle connection, is closed; a head may take at most
-//!   [`MAX_HEAD_BYTES`]. HTTP/1.1 (and 1.0) only: the endpoints sit behind a TLS reverse proxy,
-//!   which speaks HTTP/1.1 upstream, and without HTTP/2 there are no multiplexed streams to bound.
+//!   [`MAX_HEAD_BYTES`]. HTTP/1.1 (and 1.0) only: what a TLS reverse proxy speaks upstream and what
+//!   Meta and FHIR servers send, and without HTTP/2 there are no multiplexed streams to bound.
 //! - [`read_body`]: called by a handler only after the request's credential header passed, so an
 //!   unauthenticated body is never read; takes one of the listener's request slots
 //!   ([`RequestLimits`]), refuses an announced `Content-Length` over the limit before reading,
 //!   and stops at the limit or at a deadline that covers the whole body (a body dribbled one byte
 //!   at a time is cut at the deadline, not kept alive by each byte).
 //! - [`same`]: the constant-time compare for credentials.
+//! - [`tls`]: rustls for these listeners ([`serve_bounded_tls`]) and for MLLP, with mutual TLS
+//!   and reload; a site needs no TLS-terminating proxy in front of medrelay.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,10 +28,14 @@ use axum::http::{HeaderMap, header};
 use futures_util::StreamExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
+
+pub mod tls;
+pub use tls::ServerTls;
 
 /// Whether two credentials are equal, in time that depends only on their lengths (`subtle`): a
 /// client cannot find a secret byte by byte from response times. Only the length of the expected
@@ -75,6 +81,20 @@ pub async fn serve_bounded(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_bounded_tls(listener, router, limits, None, shutdown).await
+}
+
+/// [`serve_bounded`], over TLS when `tls` is set: each accepted connection first completes the
+/// handshake (within [`tls::HANDSHAKE_TIMEOUT`], holding its connection slot), then is served as
+/// HTTP/1.1. A failed handshake (no or a refused client certificate, plain HTTP on a TLS port) is
+/// logged without anything the client sent and the connection closed.
+pub async fn serve_bounded_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let slots = Arc::new(Semaphore::new(max));
     let (closing_tx, closing_rx) = watch::channel(false);
@@ -112,21 +132,16 @@ pub async fn serve_bounded(
                 .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
         );
         let builder = builder.clone();
-        let mut closing = closing_rx.clone();
+        let closing = closing_rx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = permit;
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = async { drop(closing.wait_for(|c| *c).await) } => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                // Header timeouts, resets, malformed requests: the peer's problem, not ours.
-                debug!(error = %e, "connection ended with an error");
+            match tls {
+                None => serve_connection(&builder, stream, service, closing).await,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => serve_connection(&builder, stream, service, closing).await,
+                    Err(e) => warn!(%peer, error = %e, "TLS connection refused"),
+                },
             }
         });
     }
@@ -135,6 +150,30 @@ pub async fn serve_bounded(
     // Every connection holds a slot until it is done.
     let _all = slots.acquire_many(max as u32).await;
     Ok(())
+}
+
+/// One connection's requests, until it closes or the listener closes (then gracefully).
+async fn serve_connection<S>(
+    builder: &hyper::server::conn::http1::Builder,
+    stream: S,
+    service: TowerToHyperService<Router>,
+    mut closing: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { drop(closing.wait_for(|c| *c).await) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        // Header timeouts, resets, malformed requests: the peer's problem, not ours.
+        debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// What a handler allows per request once its head passed the credential check.

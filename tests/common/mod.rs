@@ -136,6 +136,14 @@ pub async fn start_mllp(
 pub async fn hl7_tap_written_back_to(
     addr: &str,
 ) -> (medrelay_pipeline::store::Store, tempfile::TempDir) {
+    hl7_tap_written_back_with(addr, "").await
+}
+
+/// [`hl7_tap_written_back_to`] with `extra` lines in `[connectors.write_back]` (e.g. `tls = ...`).
+pub async fn hl7_tap_written_back_with(
+    addr: &str,
+    extra: &str,
+) -> (medrelay_pipeline::store::Store, tempfile::TempDir) {
     use medrelay_pipeline::clock::{Clock, ManualClock};
     use medrelay_pipeline::whatsapp::simulator::PatientAction;
     use std::sync::Arc;
@@ -151,7 +159,7 @@ pub async fn hl7_tap_written_back_to(
         )
         .replace(
             "# [connectors.write_back]\n# send_to = \"ehr.example.org:2576\"",
-            &format!("[connectors.write_back]\nsend_to = \"{addr}\""),
+            &format!("[connectors.write_back]\nsend_to = \"{addr}\"\n{extra}"),
         )
         // HL7 carries no opt-in; this site does not require one.
         .replace("opt_in_required = true", "opt_in_required = false");

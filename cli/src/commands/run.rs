@@ -20,7 +20,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use clap::Args;
 use jiff::SignedDuration;
-use medrelay_listener::serve_bounded;
+use medrelay_listener::{serve_bounded, serve_bounded_tls};
 use medrelay_pipeline::clock::Clock;
 use medrelay_pipeline::http::health::{HealthState, WatchedListeners, health_router};
 use medrelay_pipeline::http::status_page::{StatusPageState, status_page_router};
@@ -343,10 +343,15 @@ pub async fn start_webhook_endpoint(
         }
         router = router.merge(health_router(h));
     }
-    let task = tokio::spawn(serve_bounded(
+    let tls = match &wh.tls {
+        Some(files) => Some(loaded.server_tls(files).context("whatsapp.webhook.tls")?),
+        None => None,
+    };
+    let task = tokio::spawn(serve_bounded_tls(
         listener,
         router,
         wh.connection_limits(),
+        tls,
         async move {
             let _ = halt.wait_for(|h| *h).await;
         },
@@ -462,7 +467,9 @@ fn restart_only(c: &crate::config::Config) -> Vec<(&'static str, String)> {
 /// changes only what a reload may change (templates, plans, sites, consent, sensitive services,
 /// reply texts, alert thresholds and feeds, retention, costs, the messaging limit); else why not.
 pub fn reload_config(current: &Loaded) -> Result<Loaded, String> {
-    let new = crate::config::load(&current.path).map_err(|e| e.to_string())?;
+    let mut new = crate::config::load(&current.path).map_err(|e| e.to_string())?;
+    // The listeners keep the TLS configurations they started with (reloaded in place).
+    new.tls_in_use = current.tls_in_use.clone();
     let changed: Vec<&str> = restart_only(&current.config)
         .into_iter()
         .zip(restart_only(&new.config))
@@ -576,9 +583,18 @@ pub async fn run_until_with_reload(
     }
     let reloader = {
         let (requested, woken) = (reload_requested.clone(), woken.clone());
+        // Certificates are read again at once (a renewal), whatever the service loop is doing.
+        let tls = loaded.clone();
         tokio::spawn(async move {
             loop {
                 reload.notified().await;
+                let (reloaded, failed) = tls.reload_tls();
+                if reloaded > 0 {
+                    info!(listeners = reloaded, "TLS certificates reloaded");
+                }
+                for why in failed {
+                    error!(%why, "TLS reload refused; the listener keeps its certificate");
+                }
                 requested.store(true, Ordering::SeqCst);
                 woken.notify_one();
             }

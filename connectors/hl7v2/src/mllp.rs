@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, BytesMut};
 use jiff::Timestamp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -249,6 +249,8 @@ where
     let mut out = BytesMut::new();
     codec.encode(message, &mut out)?;
     stream.write_all(&out).await?;
+    // A TLS stream holds records until flushed (a no-op on plain TCP).
+    stream.flush().await?;
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         match codec.decode(&mut buf)? {
@@ -339,6 +341,9 @@ pub struct ListenerOptions {
     pub quarantine_gate: Option<Arc<dyn QuarantineGate>>,
     /// Told of every ACK written (for the service's latency histograms), if any.
     pub observer: Option<Arc<dyn AckObserver>>,
+    /// TLS: when set, every connection completes a TLS handshake (with a client certificate the
+    /// configured CA signed, under mutual TLS) before its first frame is read.
+    pub tls: Option<medrelay_listener::ServerTls>,
 }
 
 impl std::fmt::Debug for ListenerOptions {
@@ -362,6 +367,7 @@ impl std::fmt::Debug for ListenerOptions {
             .field("parse_workers", &self.parse_workers)
             .field("quarantine_gate", &self.quarantine_gate.is_some())
             .field("observer", &self.observer.is_some())
+            .field("tls", &self.tls.as_ref().map(|t| t.mutual()))
             .finish_non_exhaustive()
     }
 }
@@ -390,6 +396,7 @@ impl ListenerOptions {
             end_grace: Duration::from_secs(1),
             quarantine_gate: None,
             observer: None,
+            tls: None,
         }
     }
 }
@@ -482,6 +489,7 @@ struct Served {
     slots: Arc<Slots>,
     refused: [LogSome; 3],
     over_quota: LogSome,
+    handshakes_failed: LogSome,
 }
 
 /// A rejected message that was not (fully) parsed: its header from the MSH line alone.
@@ -637,15 +645,18 @@ fn prepare_read(buf: &mut BytesMut, frame_len: usize) {
 }
 
 /// Writes one ACK frame in one write, within the write timeout.
-async fn send_ack(
-    stream: &mut TcpStream,
-    ack: &str,
-    l: &ListenerOptions,
-    peer: SocketAddr,
-) -> bool {
+async fn send_ack<S>(stream: &mut S, ack: &str, l: &ListenerOptions, peer: SocketAddr) -> bool
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
     let mut out = BytesMut::with_capacity(ack.len() + 3);
     let _ = MllpCodec::new(0).encode(ack, &mut out);
-    match tokio::time::timeout(l.write_timeout, stream.write_all(&out)).await {
+    let write = async {
+        stream.write_all(&out).await?;
+        // A TLS stream holds records until flushed (a no-op on plain TCP).
+        stream.flush().await
+    };
+    match tokio::time::timeout(l.write_timeout, write).await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
             tracing::warn!(feed = %l.feed, %peer, error = %e, "could not send the ACK");
@@ -658,7 +669,10 @@ async fn send_ack(
     }
 }
 
-async fn connection(mut stream: TcpStream, peer: SocketAddr, served: Arc<Served>) {
+async fn connection<S>(mut stream: S, peer: SocketAddr, served: Arc<Served>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let l = &served.listener;
     let mut codec = MllpCodec::strict(l.max_message_bytes);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -773,6 +787,7 @@ pub async fn serve(
         now,
         refused: Default::default(),
         over_quota: LogSome::default(),
+        handshakes_failed: LogSome::default(),
     });
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -815,7 +830,18 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let served = served.clone();
         tokio::spawn(async move {
-            connection(stream, peer, served).await;
+            match served.listener.tls.clone() {
+                None => connection(stream, peer, served).await,
+                // The handshake holds the connection's slot, and has its own deadline.
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => connection(stream, peer, served).await,
+                    Err(e) => {
+                        if let Some(n) = served.handshakes_failed.tick() {
+                            tracing::warn!(feed = %served.listener.feed, %peer, refused = n, error = %e, "MLLP TLS handshake failed; connection closed");
+                        }
+                    }
+                },
+            }
             drop(slot);
         });
     }
@@ -825,6 +851,7 @@ pub async fn serve(
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     #[test]
     fn the_ack_code_is_msa_1_whatever_the_field_separator() {

@@ -41,6 +41,8 @@ pub struct Hl7WriteBackConfig {
     pub version: String,
     /// Codes in NTE-3 for confirm, cancel, reschedule, not_notified.
     pub action_codes: [String; 4],
+    /// TLS to the EHR's interface (its CA, optionally our client certificate), when set.
+    pub tls: Option<medrelay_listener::tls::ClientTls>,
 }
 
 impl Hl7WriteBackConfig {
@@ -56,6 +58,7 @@ impl Hl7WriteBackConfig {
             version: "2.5.1".into(),
             action_codes: ["CONFIRMED", "CANCELLED", "RESCHEDULE", "NOT_NOTIFIED"]
                 .map(String::from),
+            tls: None,
         }
     }
 
@@ -150,10 +153,40 @@ impl Hl7WriteBack {
 
     async fn write(&self, batch: &WriteBackBatch) -> Result<WriteReceipt, WriteBackError> {
         let t = self.cfg.timeout;
-        let mut stream = tokio::time::timeout(t, TcpStream::connect(&self.cfg.send_to))
+        let stream = tokio::time::timeout(t, TcpStream::connect(&self.cfg.send_to))
             .await
             .map_err(|_| self.unavailable("connect timed out"))?
             .map_err(|e| self.unavailable(e))?;
+        let _ = stream.set_nodelay(true);
+        match &self.cfg.tls {
+            None => self.send_all(stream, batch).await?,
+            Some(tls) => {
+                let host = host_of(&self.cfg.send_to);
+                // A refused handshake (an unknown CA, a wrong name) is a configuration or
+                // certificate problem the EHR side may fix: retried, and alerted as failing.
+                let stream = tls
+                    .connect(host, stream, t)
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+                self.send_all(stream, batch).await?
+            }
+        }
+        Ok(WriteReceipt {
+            location: format!(
+                "mllp://{} ({} SRM messages, batch {})",
+                self.cfg.send_to,
+                batch.items.len(),
+                batch.batch_id
+            ),
+        })
+    }
+
+    /// Each SRM of the batch on `stream`, one at a time, each answered before the next.
+    async fn send_all<S>(&self, mut stream: S, batch: &WriteBackBatch) -> Result<(), WriteBackError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let t = self.cfg.timeout;
         for item in &batch.items {
             let reply =
                 tokio::time::timeout(t, exchange(&mut stream, srm(item, &self.cfg).as_bytes()))
@@ -182,15 +215,14 @@ impl Hl7WriteBack {
                 }
             }
         }
-        Ok(WriteReceipt {
-            location: format!(
-                "mllp://{} ({} SRM messages, batch {})",
-                self.cfg.send_to,
-                batch.items.len(),
-                batch.batch_id
-            ),
-        })
+        Ok(())
     }
+}
+
+/// The host of `host:port` (`[::1]:2576` gives `::1`), the name a certificate is checked against.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 impl WriteBack for Hl7WriteBack {
