@@ -206,3 +206,68 @@ async fn python_hl7_receives_the_write_back_srm_and_acks_it() {
     assert!(fields[1].starts_with("MRWB"), "{received}");
     assert_eq!(fields[2], "AG-30007");
 }
+
+/// python-hl7's client over Python's ssl: one TLS run for each client identity.
+fn send_with_python_over_tls(port: u16, identity: Option<&str>) -> serde_json::Value {
+    let tls = common::root().join("tests/fixtures/tls");
+    let mut cmd = Command::new(python());
+    cmd.arg(common::root().join("tests/peers/hl7_tls.py"))
+        .arg(common::root().join("samples/hl7/clinica_siu.hl7"))
+        .arg(port.to_string())
+        .arg(tls.join("ca.crt"));
+    if let Some(who) = identity {
+        cmd.arg(tls.join(format!("{who}.crt")))
+            .arg(tls.join(format!("{who}.key")));
+    }
+    let out = cmd.output().expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs python-hl7: run .ci/interop"]
+async fn python_hl7_over_mutual_tls_is_answered_and_a_refused_certificate_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    common::demo_config(dir.path(), &[]);
+    let tls = common::root().join("tests/fixtures/tls");
+    let path = dir.path().join("medrelay.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "# listen = \"0.0.0.0:2575\"",
+        &format!(
+            "listen = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
+            tls.join("server.crt").display(),
+            tls.join("server.key").display(),
+            tls.join("ca.crt").display()
+        ),
+    );
+    std::fs::write(&path, text).unwrap();
+    let loaded = load(&path).unwrap();
+    let clock = Arc::new(ManualClock::new("2026-12-06T12:00:00Z".parse().unwrap()));
+    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
+    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
+    let port = listeners[0].0.port();
+    let (trusted, anonymous, rogue) = tokio::task::spawn_blocking(move || {
+        (
+            send_with_python_over_tls(port, Some("client")),
+            send_with_python_over_tls(port, None),
+            send_with_python_over_tls(port, Some("rogue")),
+        )
+    })
+    .await
+    .unwrap();
+    eprintln!("python over TLS: trusted {trusted}, without a certificate {anonymous}, rogue {rogue}");
+    assert_eq!(trusted["msa"], "AA", "{trusted}");
+    assert_eq!(trusted["control"], "CLI-0001", "{trusted}");
+    assert!(anonymous.get("refused").is_some(), "{anonymous}");
+    assert!(rogue.get("refused").is_some(), "{rogue}");
+    for (_, h) in listeners {
+        h.abort();
+    }
+    store.close().await;
+}
