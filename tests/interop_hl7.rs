@@ -261,7 +261,9 @@ async fn python_hl7_over_mutual_tls_is_answered_and_a_refused_certificate_is_not
     })
     .await
     .unwrap();
-    eprintln!("python over TLS: trusted {trusted}, without a certificate {anonymous}, rogue {rogue}");
+    eprintln!(
+        "python over TLS: trusted {trusted}, without a certificate {anonymous}, rogue {rogue}"
+    );
     assert_eq!(trusted["msa"], "AA", "{trusted}");
     assert_eq!(trusted["control"], "CLI-0001", "{trusted}");
     assert!(anonymous.get("refused").is_some(), "{anonymous}");

@@ -1027,3 +1027,100 @@ fn run_reloads_its_configuration_on_sighup_and_refuses_a_restart_only_change() {
     assert_eq!(status.code(), Some(0), "{}", log_tail(&log));
     assert!(!dir.path().join("other.db").exists());
 }
+
+/// The test PKI (tests/fixtures/tls).
+fn pki(name: &str) -> PathBuf {
+    repo().join("tests/fixtures/tls").join(name)
+}
+
+/// MLLP over TLS to `addr`, trusting the test CA: the ACK's MSA-1, or why there was none.
+async fn tls_exchange(
+    stream: &mut medrelay_listener::tls::ClientTlsStream<TcpStream>,
+    i: usize,
+) -> Result<String, String> {
+    exchange(stream, siu(i).as_bytes())
+        .await
+        .map(|ack| ack_code(&ack).0)
+        .map_err(|e| e.to_string())
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+) -> Result<medrelay_listener::tls::ClientTlsStream<TcpStream>, String> {
+    let client = medrelay_listener::tls::ClientTls::load(&medrelay_listener::tls::ClientTlsFiles {
+        ca: pki("ca.crt"),
+        server_name: Some("localhost".into()),
+        client_cert: None,
+        client_key: None,
+    })
+    .unwrap();
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    client
+        .connect("localhost", tcp, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn run_reloads_renewed_tls_certificates_on_sighup_and_keeps_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (cert, key) = (dir.path().join("mllp.crt"), dir.path().join("mllp.key"));
+    std::fs::copy(pki("server.crt"), &cert).unwrap();
+    std::fs::copy(pki("server.key"), &key).unwrap();
+    let config = write_site(dir.path(), |t| {
+        edit(
+            t,
+            "# listen = \"0.0.0.0:2575\"",
+            &format!("listen = \"{addr}\"\ntls = {{ cert = \"mllp.crt\", key = \"mllp.key\" }}"),
+        )
+    });
+    let log = dir.path().join("run.log");
+    let now: jiff::Timestamp = "2026-12-06T15:00:00Z".parse().unwrap();
+    let mut child = medrelay(&config, now, &log, &["run"]).spawn().unwrap();
+    wait_for_log(&log, "medrelay service started");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // A connection under the first certificate.
+        let mut open = tls_connect(addr).await.expect("the CA's certificate");
+        assert_eq!(tls_exchange(&mut open, 1).await.unwrap(), "AA");
+        // The certificate is replaced by one nobody trusts, and the service told.
+        std::fs::copy(pki("rogue.crt"), &cert).unwrap();
+        std::fs::copy(pki("rogue.key"), &key).unwrap();
+        signal(&child, "HUP");
+        wait_for_log(&log, "TLS certificates reloaded");
+        let refused = tls_connect(addr).await;
+        assert!(refused.is_err(), "a new connection got the old certificate");
+        // The open connection keeps its session.
+        assert_eq!(tls_exchange(&mut open, 2).await.unwrap(), "AA");
+        // A half-written renewal: refused, the listener keeps what it has.
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\ntruncated").unwrap();
+        signal(&child, "HUP");
+        wait_for_log(&log, "TLS reload refused");
+        // The renewal done right: new connections get it.
+        std::fs::copy(pki("server.crt"), &cert).unwrap();
+        std::fs::copy(pki("server.key"), &key).unwrap();
+        let reloads = std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("TLS certificates reloaded")
+            .count();
+        signal(&child, "HUP");
+        let deadline = Instant::now() + PATIENCE;
+        while std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("TLS certificates reloaded")
+            .count()
+            == reloads
+        {
+            assert!(Instant::now() < deadline, "{}", log_tail(&log));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut renewed = tls_connect(addr).await.expect("the renewed certificate");
+        assert_eq!(tls_exchange(&mut renewed, 3).await.unwrap(), "AA");
+    });
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    signal(&child, "TERM");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", log_tail(&log));
+}
