@@ -1153,6 +1153,102 @@ pub struct FhirServerConfig {
     /// How often `run` searches when `poll` is on.
     #[serde(default = "default_fhir_poll_every")]
     pub poll_every: String,
+    /// `[connectors.server.smart]`: SMART Backend Services tokens instead of a static header.
+    #[serde(default)]
+    pub smart: Option<FhirSmartConfig>,
+}
+
+/// `[connectors.server.smart]`: how medrelay gets access tokens from an EHR that uses SMART
+/// Backend Services (a signed JWT assertion, client-credentials grant). The public key to register
+/// with the EHR: `medrelay fhir jwks --connector NAME`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirSmartConfig {
+    /// The token endpoint (`token_endpoint` of the server's `.well-known/smart-configuration`).
+    pub token_url: String,
+    /// The client id the EHR registered for medrelay.
+    pub client_id: String,
+    /// Scopes, space-separated (`system/Appointment.rs system/Patient.rs system/Appointment.u`).
+    pub scope: String,
+    /// The private key file (PEM), relative to this file; readable by the service account only.
+    pub private_key: PathBuf,
+    /// `ES384` or `RS384` (what the key is).
+    pub algorithm: medrelay_connector_fhir::smart::SmartAlgorithm,
+    /// Key id in the assertions and the JWKS (default: the key's RFC 7638 thumbprint).
+    #[serde(default)]
+    pub kid: Option<String>,
+}
+
+impl Loaded {
+    /// The SMART client of connector `connector`'s `[connectors.server.smart]`: one per connector
+    /// and process (the key read once), so that polling, id-only reads and write-back share its
+    /// cached token.
+    pub fn smart_auth(
+        &self,
+        connector: &str,
+        s: &FhirSmartConfig,
+        timeout: std::time::Duration,
+    ) -> Result<Arc<medrelay_connector_fhir::smart::SmartAuth>, String> {
+        let mut clients = self.smart_clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(connector) {
+            return Ok(c.clone());
+        }
+        let c = smart_auth(&self.base, s, timeout)?;
+        clients.insert(connector.to_owned(), c.clone());
+        Ok(c)
+    }
+}
+
+fn smart_auth(
+    base: &Path,
+    s: &FhirSmartConfig,
+    timeout: std::time::Duration,
+) -> Result<Arc<medrelay_connector_fhir::smart::SmartAuth>, String> {
+    use medrelay_connector_fhir::smart::{SmartAuth, SmartSettings};
+    let path = under(base, &s.private_key);
+    let pem = std::fs::read(&path).map_err(|e| {
+        format!(
+            "server.smart.private_key {}: cannot read: {e}",
+            path.display()
+        )
+    })?;
+    SmartAuth::new(SmartSettings {
+        token_url: s.token_url.clone(),
+        client_id: s.client_id.clone(),
+        scope: s.scope.clone(),
+        algorithm: s.algorithm,
+        private_key_pem: pem,
+        kid: s.kid.clone(),
+        timeout,
+    })
+    .map_err(|e| format!("server.smart.private_key {}: {e}", path.display()))
+}
+
+/// A SMART section's problems: a key that does not read, a token endpoint that is not HTTPS
+/// (loopback aside), a static header configured next to it.
+fn validate_smart(base: &Path, name: &str, s: &FhirServerConfig, errors: &mut Vec<String>) {
+    let Some(smart) = &s.smart else { return };
+    if s.authorization_env.is_some() {
+        errors.push(format!(
+            "connector `{name}`: server.authorization_env and server.smart exclude each other"
+        ));
+    }
+    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|p| smart.token_url.starts_with(p));
+    if !smart.token_url.starts_with("https://") && !loopback {
+        errors.push(format!(
+            "connector `{name}`: server.smart.token_url must be https:// (the assertion and the token cross it)"
+        ));
+    }
+    if smart.client_id.trim().is_empty() || smart.scope.trim().is_empty() {
+        errors.push(format!(
+            "connector `{name}`: server.smart needs client_id and scope"
+        ));
+    }
+    if let Err(e) = smart_auth(base, smart, std::time::Duration::from_secs(s.timeout_secs)) {
+        errors.push(format!("connector `{name}`: {e}"));
+    }
 }
 
 fn default_fhir_poll_every() -> String {
@@ -1339,7 +1435,13 @@ pub struct Loaded {
     /// The TLS configurations listeners were started with ([`Loaded::server_tls`]): what SIGHUP
     /// reloads. Shared by the reloaded configurations of one process.
     pub tls_in_use: Arc<Mutex<Vec<ServerTls>>>,
+    /// SMART clients by connector ([`Loaded::smart_auth`]), shared like `tls_in_use`.
+    pub smart_clients: SmartClients,
 }
+
+/// SMART Backend Services clients by connector name.
+pub type SmartClients =
+    Arc<Mutex<BTreeMap<String, Arc<medrelay_connector_fhir::smart::SmartAuth>>>>;
 
 /// A configuration problem: every error found, each on its own line.
 #[derive(Debug, thiserror::Error)]
@@ -1974,6 +2076,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
             status_page_listen,
             thresholds,
             tls_in_use: Arc::default(),
+            smart_clients: Arc::default(),
         }),
         _ => Err(err(errors)),
     }
@@ -2032,6 +2135,9 @@ fn validate_tls(config: &Config, base: &Path, errors: &mut Vec<String>) {
             ConnectorConfig::Fhir(f) => {
                 if let Some(t) = f.subscription.as_ref().and_then(|s| s.tls.as_ref()) {
                     servers.push((format!("connector `{}`: subscription.tls", f.name), t));
+                }
+                if let Some(s) = &f.server {
+                    validate_smart(base, &f.name, s, errors);
                 }
             }
             ConnectorConfig::Csv(_) => {}

@@ -221,16 +221,20 @@ pub fn require_secrets(loaded: &Loaded, serving: bool) -> anyhow::Result<()> {
 }
 
 /// The connector's FHIR server client, when `[connectors.server]` is set.
-pub fn server(c: &FhirConnectorConfig) -> anyhow::Result<Option<FhirServer>> {
+pub fn server(loaded: &Loaded, c: &FhirConnectorConfig) -> anyhow::Result<Option<FhirServer>> {
     let Some(s) = &c.server else { return Ok(None) };
     let auth = server_authorization(c)?;
-    FhirServer::new(
-        &s.base_url,
-        auth.as_deref(),
-        Duration::from_secs(s.timeout_secs),
-    )
-    .map(Some)
-    .map_err(|e| anyhow!("connector `{}`: {e}", c.name))
+    let timeout = Duration::from_secs(s.timeout_secs);
+    let server = FhirServer::new(&s.base_url, auth.as_deref(), timeout)
+        .map_err(|e| anyhow!("connector `{}`: {e}", c.name))?;
+    Ok(Some(match &s.smart {
+        Some(smart) => server.with_smart(
+            loaded
+                .smart_auth(&c.name, smart, timeout)
+                .map_err(|e| anyhow!("connector `{}`: {e}", c.name))?,
+        ),
+        None => server,
+    }))
 }
 
 /// Binds every FHIR connector's Subscription endpoint and serves it.
@@ -248,7 +252,7 @@ pub async fn start_endpoints(
         let Some(sub) = &c.subscription else { continue };
         let authorization = subscription_authorization(c, sub)?;
         let addr: SocketAddr = sub.listen.parse().context("subscription.listen")?;
-        let fetcher = server(c)?.map(|s| Arc::new(s) as Arc<dyn ResourceFetcher>);
+        let fetcher = server(loaded, c)?.map(|s| Arc::new(s) as Arc<dyn ResourceFetcher>);
         let now_clock = clock.clone();
         let state = SubscriptionState {
             feed: c.name.clone(),
@@ -328,7 +332,7 @@ async fn import_bytes(
     // file is quarantined, never reported as "0 imported".
     let references = mapped.id_only_references();
     if !references.is_empty() {
-        match server(c)? {
+        match server(loaded, c)? {
             Some(server) => {
                 let fetched = ResourceFetcher::fetch(&server, &references)
                     .await
@@ -389,7 +393,8 @@ pub async fn poll(
     c: &FhirConnectorConfig,
     now: Timestamp,
 ) -> anyhow::Result<FhirImportResult> {
-    let server = server(c)?.ok_or_else(|| anyhow!("connector `{}` has no [server]", c.name))?;
+    let server =
+        server(loaded, c)?.ok_or_else(|| anyhow!("connector `{}` has no [server]", c.name))?;
     let window = c
         .server
         .as_ref()

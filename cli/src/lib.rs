@@ -124,6 +124,9 @@ pub enum Command {
     /// Check the configured templates against the WhatsApp Business Account.
     #[command(subcommand)]
     Templates(commands::templates::TemplatesCommand),
+    /// FHIR connector tools: the JWK Set of a SMART Backend Services key.
+    #[command(subcommand)]
+    Fhir(commands::fhir::FhirCommand),
     /// Run the bundled samples end to end on a temporary database with the WhatsApp simulator.
     Demo(commands::demo::DemoArgs),
     /// Measure throughput (build with --release for meaningful numbers).
@@ -193,6 +196,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Db(c) => commands::db::run(&cli.config, c, &mut o).await,
         Command::Simulate(a) => commands::simulate::run(&cli.config, a, &mut o).await,
         Command::Templates(c) => commands::templates::run(&cli.config, c, &mut o).await,
+        Command::Fhir(c) => commands::fhir::run(&cli.config, c, &mut o).await,
         Command::Demo(a) => commands::demo::run(a, &mut o).await,
         Command::Bench(c) => commands::bench::run(c, &mut o).await,
     }

@@ -199,7 +199,7 @@ pub fn build_service(
                 Arc::new(crate::hl7::write_back_target(loaded, h, w, runtime()?)?),
             ));
         } else if let crate::config::ConnectorConfig::Fhir(f) = c
-            && let Some(server) = crate::fhir::server(f)?
+            && let Some(server) = crate::fhir::server(loaded, f)?
         {
             let handle = runtime()?;
             let target = medrelay_connector_fhir::write_back::FhirWriteBack::new(

@@ -9,6 +9,7 @@ pub mod consent;
 pub mod db;
 pub mod demo;
 pub mod explain;
+pub mod fhir;
 pub mod ingest;
 pub mod init;
 pub mod prune;

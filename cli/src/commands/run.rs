@@ -470,6 +470,7 @@ pub fn reload_config(current: &Loaded) -> Result<Loaded, String> {
     let mut new = crate::config::load(&current.path).map_err(|e| e.to_string())?;
     // The listeners keep the TLS configurations they started with (reloaded in place).
     new.tls_in_use = current.tls_in_use.clone();
+    new.smart_clients = current.smart_clients.clone();
     let changed: Vec<&str> = restart_only(&current.config)
         .into_iter()
         .zip(restart_only(&new.config))

@@ -10,6 +10,7 @@
 //! patient references) never reach a log or an error string.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -17,12 +18,30 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::map::normalize_reference;
+use crate::smart::{SmartAuth, SmartError};
 
 /// A FHIR server connection (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct FhirServer {
     client: reqwest::Client,
     base: String,
+    /// SMART Backend Services, when the server hands out tokens instead of a static header.
+    smart: Option<Arc<SmartAuth>>,
+}
+
+/// Why a request got no response (the connection, a timeout, no token).
+enum SendError {
+    Transport(String),
+    Token(SmartError),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Transport(e) => f.write_str(e),
+            SendError::Token(e) => write!(f, "{e}"),
+        }
+    }
 }
 
 /// Why a request failed, for logs and write-back errors: the HTTP client's message with every URL
@@ -108,7 +127,48 @@ impl FhirServer {
             .user_agent(concat!("medrelay/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| failure("cannot build the FHIR client", e.without_url()))?;
-        Ok(FhirServer { client, base })
+        Ok(FhirServer {
+            client,
+            base,
+            smart: None,
+        })
+    }
+
+    /// The same server, authorised by SMART Backend Services tokens (instead of a static header).
+    pub fn with_smart(mut self, smart: Arc<SmartAuth>) -> Self {
+        self.smart = Some(smart);
+        self
+    }
+
+    /// Sends the request `make` builds, with a SMART token when configured; a 401 drops the token
+    /// and the request is sent once more with a new one (a token revoked or expired early).
+    async fn send(
+        &self,
+        make: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SendError> {
+        let Some(smart) = &self.smart else {
+            return make(&self.client).send().await.map_err(|e| {
+                SendError::Transport(failure("FHIR request failed", e.without_url()))
+            });
+        };
+        let mut refreshed = false;
+        loop {
+            let token = smart.authorization().await.map_err(SendError::Token)?;
+            let response = make(&self.client)
+                .header(header::AUTHORIZATION, token.clone())
+                .send()
+                .await
+                .map_err(|e| {
+                    SendError::Transport(failure("FHIR request failed", e.without_url()))
+                })?;
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED && !refreshed {
+                tracing::info!("FHIR server answered 401: fetching a new SMART token once");
+                smart.rejected(&token).await;
+                refreshed = true;
+                continue;
+            }
+            return Ok(response);
+        }
     }
 
     fn absolute(&self, reference: &str) -> String {
@@ -123,12 +183,9 @@ impl FhirServer {
     pub async fn get_json(&self, reference: &str) -> Result<Value, String> {
         let url = self.absolute(reference);
         let response = self
-            .client
-            .get(&url)
-            .header(header::ACCEPT, "application/fhir+json")
-            .send()
+            .send(|c| c.get(&url).header(header::ACCEPT, "application/fhir+json"))
             .await
-            .map_err(|e| failure("FHIR request failed", e.without_url()))?;
+            .map_err(|e| e.to_string())?;
         let status = response.status();
         if !status.is_success() {
             return Err(format!("FHIR server answered {status}"));
@@ -245,21 +302,27 @@ impl FhirServer {
     ) -> Result<Option<String>, PatchError> {
         let url = self.absolute(reference);
         let body = ops.to_string();
-        let mut request = self
-            .client
-            .patch(&url)
-            .header(header::CONTENT_TYPE, "application/json-patch+json")
-            .header(header::ACCEPT, "application/fhir+json")
-            .body(body);
-        if let Some(v) = version {
-            request = request.header(header::IF_MATCH, format!("W/\"{v}\""));
-        }
-        let response = request
-            .send()
+        let response = self
+            .send(|c| {
+                let request = c
+                    .patch(&url)
+                    .header(header::CONTENT_TYPE, "application/json-patch+json")
+                    .header(header::ACCEPT, "application/fhir+json")
+                    .body(body.clone());
+                match version {
+                    Some(v) => request.header(header::IF_MATCH, format!("W/\"{v}\"")),
+                    None => request,
+                }
+            })
             .await
-            .map_err(|e| PatchError::Retryable(failure("FHIR request failed", e.without_url())))?;
+            .map_err(|e| PatchError::Retryable(e.to_string()))?;
         let status = response.status();
         match status.as_u16() {
+            // With SMART, a 401 that a new token did not cure is the authorisation server's or
+            // the registration's problem, which someone fixes: retried, never a refused reply.
+            401 if self.smart.is_some() => Err(PatchError::Retryable(format!(
+                "FHIR server answered {status} with a fresh SMART token"
+            ))),
             200..=299 => {
                 let v: Value = response.json().await.unwrap_or(Value::Null);
                 Ok(v["meta"]["versionId"].as_str().map(str::to_owned))
