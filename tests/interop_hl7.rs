@@ -273,3 +273,105 @@ async fn python_hl7_over_mutual_tls_is_answered_and_a_refused_certificate_is_not
     }
     store.close().await;
 }
+
+/// Starts the sample site's MLLP listener (with `tls`, an inline TLS table, when given).
+async fn mllp_site(
+    dir: &std::path::Path,
+    tls: Option<String>,
+) -> (
+    medrelay_pipeline::store::Store,
+    Vec<(
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
+) {
+    common::demo_config(dir, &[]);
+    let path = dir.join("medrelay.toml");
+    let listen = match tls {
+        Some(t) => format!("listen = \"127.0.0.1:0\"\ntls = {t}"),
+        None => "listen = \"127.0.0.1:0\"".to_owned(),
+    };
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("# listen = \"0.0.0.0:2575\"", &listen);
+    std::fs::write(&path, text).unwrap();
+    let loaded = load(&path).unwrap();
+    let clock = Arc::new(ManualClock::new("2026-12-06T12:00:00Z".parse().unwrap()));
+    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
+    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let listeners = common::start_mllp(&service, &loaded, clock).await;
+    (store, listeners)
+}
+
+/// node-hl7-client sends the sample feed to `port` (over TLS with the engine's certificate when
+/// `tls`); the ACKs it read, as (MSA-2, MSA-1).
+fn send_with_node_hl7_client(port: u16, tls: bool) -> Vec<(String, String)> {
+    let node_path = std::env::var("MEDRELAY_MEDPLUM_NODE_PATH")
+        .expect("MEDRELAY_MEDPLUM_NODE_PATH must point at node_modules with node-hl7-client (run .ci/interop)");
+    let pki = common::root().join("tests/fixtures/tls");
+    let mut cmd = Command::new("node");
+    cmd.env("NODE_PATH", node_path)
+        .arg(common::root().join("tests/peers/node_hl7_send.js"))
+        .arg(common::root().join("samples/hl7/clinica_siu.hl7"))
+        .arg(port.to_string());
+    if tls {
+        cmd.arg(pki.join("ca.crt"))
+            .arg(pki.join("client.crt"))
+            .arg(pki.join("client.key"));
+    }
+    let out = cmd.output().expect("node runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    answers
+        .iter()
+        .map(|a| {
+            (
+                a["control"].as_str().unwrap().to_owned(),
+                a["msa"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs node-hl7-client: run .ci/interop"]
+async fn node_hl7_client_sends_the_sample_feed_over_plain_mllp_and_over_mutual_tls() {
+    let expected: Vec<(String, String)> = [
+        ("CLI-0001", "AA"),
+        ("CLI-0002", "AA"),
+        ("CLI-0003", "AA"),
+        ("CLI-0004", "AA"),
+        ("CLI-0005", "AE"),
+        ("CLI-0006", "AA"),
+    ]
+    .iter()
+    .map(|(c, m)| (c.to_string(), m.to_string()))
+    .collect();
+    let pki = common::root().join("tests/fixtures/tls");
+    for tls in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let table = tls.then(|| {
+            format!(
+                "{{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
+                pki.join("server.crt").display(),
+                pki.join("server.key").display(),
+                pki.join("ca.crt").display()
+            )
+        });
+        let (store, listeners) = mllp_site(dir.path(), table).await;
+        let port = listeners[0].0.port();
+        let answers = tokio::task::spawn_blocking(move || send_with_node_hl7_client(port, tls))
+            .await
+            .unwrap();
+        assert_eq!(answers, expected, "node-hl7-client, tls {tls}");
+        for (_, h) in listeners {
+            h.abort();
+        }
+        store.close().await;
+    }
+}
