@@ -34,6 +34,20 @@ pub fn build(
     opts: &Hl7Options,
     now: Timestamp,
 ) -> String {
+    build_code(header, code.as_str(), error, opts, now, false)
+}
+
+/// [`build`] with any MSA-1 code: the enhanced mode's accept acknowledgments (CA, CE, CR) too.
+/// `final_answer`: the ACK is itself a message in enhanced mode (the application acknowledgment)
+/// and asks for no acknowledgment of its own (MSH-15 and MSH-16 = NE).
+pub fn build_code(
+    header: Option<&Header>,
+    code: &str,
+    error: Option<&Hl7Error>,
+    opts: &Hl7Options,
+    now: Timestamp,
+    final_answer: bool,
+) -> String {
     let sep = Separators::default();
     let empty = Header::default();
     let h = header.unwrap_or(&empty);
@@ -65,8 +79,11 @@ pub fn build(
         escape(processing, &sep),
         escape(version, &sep),
     );
+    if final_answer {
+        out.insert_str(out.len() - 1, "|||NE|NE");
+    }
     out.push_str("MSA|");
-    out.push_str(code.as_str());
+    out.push_str(code);
     out.push('|');
     out.push_str(&h.control_id);
     if let Some(e) = error {
@@ -131,6 +148,7 @@ mod tests {
             trigger: "S14".into(),
             processing_id: "P".into(),
             version: version.into(),
+            ..Header::default()
         }
     }
 

@@ -64,6 +64,71 @@ impl Processed {
             Outcome::Rejected(e) => ack::build(self.header.as_ref(), e.ack, Some(e), opts, now),
         }
     }
+
+    /// Every frame to answer with once the outcome is durable (`stored`), in order. Original mode
+    /// (MSH-15 and MSH-16 empty): the one [`Processed::ack`]. Enhanced mode: the accept
+    /// acknowledgment (CA stored, CE not stored: send again, CR refused: a type, event or version
+    /// we do not take) when MSH-15 asks for it, then, for a stored message, the application
+    /// acknowledgment (AA, or AE with ERR for content medrelay could not use) when MSH-16 asks for
+    /// it, as its own message on the same connection. Each of AL (or empty), NE, ER and SU is
+    /// honoured, so the answer may be no frame at all.
+    pub fn answers(&self, stored: bool, opts: &Hl7Options, now: Timestamp) -> Vec<String> {
+        let Some(h) = self.header.as_ref().filter(|h| h.enhanced()) else {
+            return vec![self.ack(stored, opts, now)];
+        };
+        let not_stored = Hl7Error::reject(
+            ErrorCode::ApplicationInternal,
+            None,
+            "the message could not be stored; send it again later",
+        );
+        let (commit, commit_error, application) = if !stored {
+            ("CE", Some(&not_stored), None)
+        } else {
+            match &self.outcome {
+                Outcome::Event(_) | Outcome::Ignored(_) => {
+                    ("CA", None, Some((AckCode::Accept, None)))
+                }
+                Outcome::Rejected(e) if e.ack == AckCode::Reject => ("CR", Some(e), None),
+                Outcome::Rejected(e) => ("CA", None, Some((e.ack, Some(e)))),
+            }
+        };
+        let mut out = Vec::with_capacity(2);
+        if wanted(&h.accept_ack, commit == "CA") {
+            out.push(ack::build_code(
+                Some(h),
+                commit,
+                commit_error,
+                opts,
+                now,
+                false,
+            ));
+        }
+        if let Some((code, error)) = application
+            && wanted(&h.application_ack, code == AckCode::Accept)
+        {
+            out.push(ack::build_code(
+                Some(h),
+                code.as_str(),
+                error,
+                opts,
+                now,
+                true,
+            ));
+        }
+        out
+    }
+}
+
+/// Whether an acknowledgment type (HL7 table 0155) asks for an answer that is a success or not:
+/// AL always (also when empty or unknown: answering is the safe side), NE never, ER on errors
+/// only, SU on success only.
+fn wanted(kind: &str, success: bool) -> bool {
+    match kind.trim().to_ascii_uppercase().as_str() {
+        "NE" => false,
+        "ER" => !success,
+        "SU" => success,
+        _ => true,
+    }
 }
 
 /// Decodes, parses and maps one message. `arrival` is when and in which order it arrived (the

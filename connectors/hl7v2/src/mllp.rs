@@ -559,8 +559,9 @@ async fn parse(served: &Served, raw: &Arc<Vec<u8>>, arrival: crate::Arrival) -> 
 }
 
 /// The answer to one frame, after the sink has stored what needs storing (and the quarantine
-/// quota allowed it).
-async fn respond(served: &Served, frame: Frame, peer: IpAddr) -> String {
+/// quota allowed it): one ACK, or in the enhanced acknowledgment mode the frames the sender's
+/// MSH-15 / MSH-16 ask for (possibly none; see [`Processed::answers`]).
+async fn respond(served: &Served, frame: Frame, peer: IpAddr) -> Vec<String> {
     let now = (served.now)();
     let feed = served.listener.feed.as_str();
     let (mut processed, raw) = match frame {
@@ -575,7 +576,7 @@ async fn respond(served: &Served, frame: Frame, peer: IpAddr) -> String {
                 None,
                 "the message is larger than this interface accepts (max_message_bytes)",
             );
-            return crate::ack::build(None, e.ack, Some(&e), &served.opts, now);
+            return vec![crate::ack::build(None, e.ack, Some(&e), &served.opts, now)];
         }
         Frame::Unterminated(raw) => {
             let e = Hl7Error::reject(
@@ -626,7 +627,31 @@ async fn respond(served: &Served, frame: Frame, peer: IpAddr) -> String {
     } else {
         tracing::debug!(feed, control_id, "HL7 message accepted");
     }
-    processed.ack(stored, &served.opts, now)
+    processed.answers(stored, &served.opts, now)
+}
+
+/// Writes every answer frame of one message, each in one write; false when the connection failed.
+async fn send_answers<S>(
+    stream: &mut S,
+    answers: &[String],
+    served: &Served,
+    peer: SocketAddr,
+    complete: Instant,
+) -> bool
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    let l = &served.listener;
+    for ack in answers {
+        if !send_ack(stream, ack, l, peer).await {
+            return false;
+        }
+    }
+    if let Some(o) = &l.observer {
+        let code = answers.first().map_or("none", |a| ack_code(a));
+        o.acked(&l.feed, code, complete.elapsed());
+    }
+    true
 }
 
 /// Read buffers start (and are given back to) this size.
@@ -698,12 +723,9 @@ where
                 Frame::TooLong(n) => *n,
             };
             let complete = Instant::now();
-            let ack = respond(&served, frame, peer.ip().to_canonical()).await;
-            if !send_ack(&mut stream, &ack, l, peer).await {
+            let answers = respond(&served, frame, peer.ip().to_canonical()).await;
+            if !send_answers(&mut stream, &answers, &served, peer, complete).await {
                 return;
-            }
-            if let Some(o) = &l.observer {
-                o.acked(&l.feed, ack_code(&ack), complete.elapsed());
             }
             prepare_read(&mut buf, frame_len);
             frame_started = None;
@@ -741,12 +763,9 @@ where
                 };
                 tracing::warn!(feed = %l.feed, %peer, "MLLP frame ended with FS but no CR; answered AR");
                 let complete = Instant::now();
-                let ack = respond(&served, frame, peer.ip().to_canonical()).await;
-                if !send_ack(&mut stream, &ack, l, peer).await {
+                let answers = respond(&served, frame, peer.ip().to_canonical()).await;
+                if !send_answers(&mut stream, &answers, &served, peer, complete).await {
                     return;
-                }
-                if let Some(o) = &l.observer {
-                    o.acked(&l.feed, ack_code(&ack), complete.elapsed());
                 }
                 prepare_read(&mut buf, usize::MAX);
                 frame_started = None;

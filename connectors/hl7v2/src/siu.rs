@@ -215,6 +215,17 @@ pub struct Header {
     pub trigger: String,
     pub processing_id: String,
     pub version: String,
+    /// MSH-15 (accept acknowledgment type: AL, NE, ER, SU) and MSH-16 (application
+    /// acknowledgment type): either set means the sender uses the enhanced acknowledgment mode.
+    pub accept_ack: String,
+    pub application_ack: String,
+}
+
+impl Header {
+    /// Whether the sender asked for the enhanced acknowledgment mode (MSH-15 or MSH-16 valued).
+    pub fn enhanced(&self) -> bool {
+        !self.accept_ack.trim().is_empty() || !self.application_ack.trim().is_empty()
+    }
 }
 
 /// Versions whose SIU layout this mapping knows.
@@ -233,6 +244,8 @@ pub fn read_header(p: &Parsed<'_>) -> Header {
         trigger: p.value(msh, 9, 1, 2).unwrap_or_default(),
         processing_id: p.value(msh, 11, 1, 1).unwrap_or_default(),
         version: p.value(msh, 12, 1, 1).unwrap_or_default(),
+        accept_ack: p.value(msh, 15, 1, 1).unwrap_or_default(),
+        application_ack: p.value(msh, 16, 1, 1).unwrap_or_default(),
     }
 }
 
