@@ -120,6 +120,9 @@ const FEED_SQL: &str = "INSERT INTO appointment_feeds (feed, appointment_id, see
 pub(crate) const FEED_ACTIVITY_SQL: &str = "INSERT INTO feed_activity (feed, last_input_at) VALUES (?1, ?2) \
      ON CONFLICT (feed) DO UPDATE SET last_input_at = MAX(feed_activity.last_input_at, excluded.last_input_at)";
 
+/// Batches larger than this get a write transaction of their own on SQLite.
+const ALONE_FROM_ROWS: usize = 64;
+
 /// What a batch's rows did (see [`AcceptReceipt`]).
 #[derive(Default)]
 pub(crate) struct RowCounts {
@@ -437,7 +440,13 @@ impl Store {
     ) -> StoreResult<AcceptReceipt> {
         let now_s = secs(now);
         let as_of_us = as_of.as_microsecond();
-        let mut tx = self.write_tx().await?;
+        // A message or two (MLLP, a notification) shares its commit with whoever else is
+        // writing; an import batch gets a transaction of its own (see `Writer::begin_alone`).
+        let mut tx = if rows.len() + rejected.len() > ALONE_FROM_ROWS {
+            self.write_tx_alone().await?
+        } else {
+            self.write_tx().await?
+        };
         let resolved = resolve_placer_aliases(&mut tx, rows).await?;
         let rows = resolved.as_deref().unwrap_or(rows);
         let token: i64 = on_tx!(tx, |c| sqlx::query_scalar(

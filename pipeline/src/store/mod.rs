@@ -347,6 +347,16 @@ impl Store {
         }
     }
 
+    /// A write transaction for a large batch: on SQLite a transaction of its own, outside the
+    /// writer's group commit and its savepoints ([`writer::Writer::begin_alone`]); on PostgreSQL
+    /// the same as [`Store::write_tx`].
+    pub(crate) async fn write_tx_alone(&self) -> StoreResult<Tx> {
+        match &self.db {
+            Db::Sqlite { writer, .. } => Ok(Tx::Sqlite(writer.begin_alone().await?)),
+            Db::Postgres { pool, .. } => Ok(Tx::Postgres(pool.begin().await?)),
+        }
+    }
+
     /// A read-only transaction: several queries see one snapshot (SQLite: a deferred
     /// transaction on a reader; PostgreSQL: REPEATABLE READ, READ ONLY).
     pub(crate) async fn read_tx(&self) -> StoreResult<Tx> {
