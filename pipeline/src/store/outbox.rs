@@ -227,7 +227,13 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<u64> {
         let now_s = secs(now);
-        let mut tx = self.write_tx().await?;
+        // A plan of many appointments is a bulk write: a transaction of its own on SQLite (see
+        // `Writer::begin_alone`); a few share the group commit.
+        let mut tx = if jobs.len() + planned.len() > 64 {
+            self.write_tx_alone().await?
+        } else {
+            self.write_tx().await?
+        };
         let mut created = 0;
         for chunk in jobs.chunks(500) {
             created += on_tx!(tx, |c| {

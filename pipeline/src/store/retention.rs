@@ -29,7 +29,7 @@ impl Store {
     ) -> StoreResult<PruneReport> {
         let raw_cutoff = secs(now - raw_after);
         let phi_cutoff = secs(now - phi_after);
-        let mut tx = self.write_tx().await?;
+        let mut tx = self.write_tx_alone().await?;
         let quarantine_raw = on_tx!(tx, |c| sqlx::query(
             "UPDATE quarantine SET raw = NULL WHERE raw IS NOT NULL AND received_at < $1",
         )
