@@ -46,9 +46,10 @@ const TEMPLATE_STOPPED: &[&str] = &[
 /// Template events after which it can be sent again.
 const TEMPLATE_BACK: &[&str] = &["APPROVED", "REINSTATED", "UNPAUSED"];
 
-/// Status-only webhooks applied per transaction: enough to amortise a commit, small enough that
-/// a transaction stays short next to the other writers.
-const STATUS_RUN: usize = 256;
+/// Status-only webhooks applied per transaction: enough to amortise a commit (measured: 32 to 256
+/// apply alike, BENCHMARKS.md "Status webhooks"), small enough that a transaction stays short next
+/// to the other writers (on SQLite they wait for it).
+const STATUS_RUN: usize = 64;
 
 /// The job a status names in `biz_opaque_callback_data` (`job:<id>`), if any.
 fn callback_job(s: &StatusUpdate) -> Option<i64> {

@@ -30,7 +30,7 @@ pub struct WebhookBenchArgs {
     #[arg(long, default_value_t = 16)]
     pub connections: usize,
     /// Status-only webhooks applied per transaction (the service's default; 1 = one at a time).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 64)]
     pub status_run: usize,
 }
 
