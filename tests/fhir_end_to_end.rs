@@ -751,15 +751,19 @@ async fn a_heartbeat_counting_events_that_never_arrived_raises_one_gap_alert_res
         inputs.get("clinica-fhir").copied(),
         Some("2026-12-01T13:01:00Z".parse().unwrap())
     );
-    // A full search of the server: the missed events are in it; resolved.
-    let c = loaded.fhir_connector(Some("clinica-fhir")).unwrap().clone();
-    let now = medrelay_pipeline::clock::Clock::now(clock.as_ref());
-    medrelay::fhir::poll(&service, &loaded, &c, now)
-        .await
-        .unwrap();
+    // The service's next pass searches the server at once (this connector does not poll on a
+    // schedule): the missed events are in it; resolved.
+    let mut last = std::collections::HashMap::new();
+    medrelay::commands::run::poll_fhir_servers(&service, &loaded, clock.as_ref(), &mut last).await;
+    assert!(last.contains_key("clinica-fhir"), "the server was searched");
     let found = gaps().await;
     assert_eq!(found.len(), 1);
     assert!(found[0].1.is_some(), "resolved: {found:?}");
+    // Nothing missing any more: the next pass leaves the server alone.
+    let searched = last.clone();
+    clock.set("2026-12-01T13:05:00Z".parse().unwrap());
+    medrelay::commands::run::poll_fhir_servers(&service, &loaded, clock.as_ref(), &mut last).await;
+    assert_eq!(last, searched, "no search without a gap or a schedule");
     for (_, h) in endpoints {
         h.abort();
     }

@@ -8,10 +8,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use medrelay::config::load;
-use medrelay_pipeline::clock::ManualClock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -95,18 +91,8 @@ fn summary(ack: &str) -> (String, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enhanced_mode_answers_exactly_the_acknowledgments_msh_15_and_16_ask_for() {
     let dir = tempfile::tempdir().unwrap();
-    common::demo_config(dir.path(), &[]);
-    let path = dir.path().join("medrelay.toml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("# listen = \"0.0.0.0:2575\"", "listen = \"127.0.0.1:0\"");
-    std::fs::write(&path, text).unwrap();
-    let loaded = load(&path).unwrap();
-    let clock = Arc::new(ManualClock::new("2026-12-06T12:00:00Z".parse().unwrap()));
-    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
-    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
-    let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
-    let mut s = TcpStream::connect(listeners[0].0).await.unwrap();
+    let site = common::MllpSite::start(dir.path(), "").await;
+    let mut s = TcpStream::connect(site.addr()).await.unwrap();
     let mut buf = Vec::new();
     let mut send = async |message: String| {
         s.write_all(format!("\x0b{message}\x1c\r").as_bytes())
@@ -164,14 +150,12 @@ async fn enhanced_mode_answers_exactly_the_acknowledgments_msh_15_and_16_ask_for
         );
     }
     // Stored as in the original mode: the CA was given after the commit.
-    let id = store
+    let id = site
+        .store
         .find_appointment("clinica/AG-30007")
         .await
         .unwrap()
         .expect("CLI-0001 is stored");
-    assert!(store.load_appointment(id).await.unwrap().is_some());
-    for (_, h) in listeners {
-        h.abort();
-    }
-    store.close().await;
+    assert!(site.store.load_appointment(id).await.unwrap().is_some());
+    site.stop().await;
 }

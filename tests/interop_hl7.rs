@@ -9,10 +9,6 @@
 mod common;
 
 use std::process::Command;
-use std::sync::Arc;
-
-use medrelay::config::load;
-use medrelay_pipeline::clock::ManualClock;
 
 /// One message's expected answer: MSH-10, MSA-1, ERR-3.1.
 type Expected = (&'static str, &'static str, &'static str);
@@ -46,18 +42,9 @@ fn send_with_python_hl7(file: &std::path::Path, port: u16) -> Vec<serde_json::Va
 #[ignore = "needs python-hl7 and hl7apy: run .ci/interop"]
 async fn python_hl7_sends_and_hl7apy_validates_every_ack() {
     let dir = tempfile::tempdir().unwrap();
-    common::demo_config(dir.path(), &[]);
-    let path = dir.path().join("medrelay.toml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("# listen = \"0.0.0.0:2575\"", "listen = \"127.0.0.1:0\"");
-    std::fs::write(&path, text).unwrap();
-    let loaded = load(&path).unwrap();
-    let clock = Arc::new(ManualClock::new("2026-12-06T12:00:00Z".parse().unwrap()));
-    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
-    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
-    let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
-    let port = listeners[0].0.port();
+    let site = common::MllpSite::start(dir.path(), "").await;
+    let port = site.addr().port();
+    let store = &site.store;
 
     let fixtures = common::root().join("connectors/hl7v2/tests/fixtures");
     let real = common::root().join("tests/fixtures/hl7");
@@ -164,10 +151,7 @@ async fn python_hl7_sends_and_hl7apy_validates_every_ack() {
     }
     let q = store.quarantine_lines(10).await.unwrap();
     assert_eq!(q.len(), 6, "every rejected message is in quarantine: {q:?}");
-    for (_, h) in &listeners {
-        h.abort();
-    }
-    store.close().await;
+    site.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,25 +217,8 @@ fn send_with_python_over_tls(port: u16, identity: Option<&str>) -> serde_json::V
 #[ignore = "needs python-hl7: run .ci/interop"]
 async fn python_hl7_over_mutual_tls_is_answered_and_a_refused_certificate_is_not() {
     let dir = tempfile::tempdir().unwrap();
-    common::demo_config(dir.path(), &[]);
-    let tls = common::root().join("tests/fixtures/tls");
-    let path = dir.path().join("medrelay.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "# listen = \"0.0.0.0:2575\"",
-        &format!(
-            "listen = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
-            tls.join("server.crt").display(),
-            tls.join("server.key").display(),
-            tls.join("ca.crt").display()
-        ),
-    );
-    std::fs::write(&path, text).unwrap();
-    let loaded = load(&path).unwrap();
-    let clock = Arc::new(ManualClock::new("2026-12-06T12:00:00Z".parse().unwrap()));
-    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
-    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
-    let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
-    let port = listeners[0].0.port();
+    let site = common::MllpSite::start(dir.path(), &format!("tls = {}", mutual_tls_table())).await;
+    let port = site.addr().port();
     let (trusted, anonymous, rogue) = tokio::task::spawn_blocking(move || {
         (
             send_with_python_over_tls(port, Some("client")),
@@ -268,39 +235,18 @@ async fn python_hl7_over_mutual_tls_is_answered_and_a_refused_certificate_is_not
     assert_eq!(trusted["control"], "CLI-0001", "{trusted}");
     assert!(anonymous.get("refused").is_some(), "{anonymous}");
     assert!(rogue.get("refused").is_some(), "{rogue}");
-    for (_, h) in listeners {
-        h.abort();
-    }
-    store.close().await;
+    site.stop().await;
 }
 
-/// Starts the sample site's MLLP listener (with `tls`, an inline TLS table, when given).
-async fn mllp_site(
-    dir: &std::path::Path,
-    tls: Option<String>,
-) -> (
-    medrelay_pipeline::store::Store,
-    Vec<(
-        std::net::SocketAddr,
-        tokio::task::JoinHandle<std::io::Result<()>>,
-    )>,
-) {
-    common::demo_config(dir, &[]);
-    let path = dir.join("medrelay.toml");
-    let listen = match tls {
-        Some(t) => format!("listen = \"127.0.0.1:0\"\ntls = {t}"),
-        None => "listen = \"127.0.0.1:0\"".to_owned(),
-    };
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("# listen = \"0.0.0.0:2575\"", &listen);
-    std::fs::write(&path, text).unwrap();
-    let loaded = load(&path).unwrap();
-    let clock = Arc::new(ManualClock::new("2026-12-06T12:00:00Z".parse().unwrap()));
-    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
-    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
-    let listeners = common::start_mllp(&service, &loaded, clock).await;
-    (store, listeners)
+/// The test PKI's server certificate and key, requiring client certificates the test CA signed.
+fn mutual_tls_table() -> String {
+    let pki = common::root().join("tests/fixtures/tls");
+    format!(
+        "{{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
+        pki.join("server.crt").display(),
+        pki.join("server.key").display(),
+        pki.join("ca.crt").display()
+    )
 }
 
 /// node-hl7-client sends the sample feed to `port` (over TLS with the engine's certificate when
@@ -352,26 +298,19 @@ async fn node_hl7_client_sends_the_sample_feed_over_plain_mllp_and_over_mutual_t
     .iter()
     .map(|(c, m)| (c.to_string(), m.to_string()))
     .collect();
-    let pki = common::root().join("tests/fixtures/tls");
     for tls in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let table = tls.then(|| {
-            format!(
-                "{{ cert = \"{}\", key = \"{}\", client_ca = \"{}\" }}",
-                pki.join("server.crt").display(),
-                pki.join("server.key").display(),
-                pki.join("ca.crt").display()
-            )
-        });
-        let (store, listeners) = mllp_site(dir.path(), table).await;
-        let port = listeners[0].0.port();
+        let extra = if tls {
+            format!("tls = {}", mutual_tls_table())
+        } else {
+            String::new()
+        };
+        let site = common::MllpSite::start(dir.path(), &extra).await;
+        let port = site.addr().port();
         let answers = tokio::task::spawn_blocking(move || send_with_node_hl7_client(port, tls))
             .await
             .unwrap();
         assert_eq!(answers, expected, "node-hl7-client, tls {tls}");
-        for (_, h) in listeners {
-            h.abort();
-        }
-        store.close().await;
+        site.stop().await;
     }
 }

@@ -88,20 +88,13 @@ fn sample_messages() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mllp_under_mutual_tls_takes_a_trusted_engine_and_refuses_the_others_before_reading_hl7() {
     let dir = tempfile::tempdir().unwrap();
-    common::demo_config(dir.path(), &[]);
     install_pki(dir.path());
-    let path = dir.path().join("medrelay.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "# listen = \"0.0.0.0:2575\"",
-        "listen = \"127.0.0.1:0\"\ntls = { cert = \"tls/server.crt\", key = \"tls/server.key\", client_ca = \"tls/ca.crt\" }",
-    );
-    std::fs::write(&path, text).unwrap();
-    let loaded = load(&path).unwrap();
-    let clock = Arc::new(ManualClock::new("2026-12-06T12:00:00Z".parse().unwrap()));
-    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
-    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
-    let listeners = common::start_mllp(&service, &loaded, clock.clone()).await;
-    let addr = listeners[0].0;
+    let site = common::MllpSite::start(
+        dir.path(),
+        "tls = { cert = \"tls/server.crt\", key = \"tls/server.key\", client_ca = \"tls/ca.crt\" }",
+    )
+    .await;
+    let (store, clock, addr) = (&site.store, &site.clock, site.addr());
     let messages = sample_messages();
 
     // The engine with its certificate: every message answered, as over plain MLLP.
@@ -146,10 +139,7 @@ async fn mllp_under_mutual_tls_takes_a_trusted_engine_and_refuses_the_others_bef
     // The engine again, on a new connection: still served.
     let ack = send_over_tls(addr, &engine, &messages[1]).await.unwrap();
     assert!(ack.contains("\rMSA|AA|CLI-0002"), "{ack}");
-    for (_, h) in listeners {
-        h.abort();
-    }
-    store.close().await;
+    site.stop().await;
 }
 
 /// Extension trait: the manual clock's time without importing the `Clock` trait in every test.

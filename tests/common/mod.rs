@@ -186,3 +186,55 @@ pub async fn hl7_tap_written_back_with(
     }
     (store, dir)
 }
+
+/// The sample site with its HL7 feed's MLLP listener on loopback: what the MLLP tests talk to.
+pub struct MllpSite {
+    pub store: medrelay_pipeline::store::Store,
+    pub service: medrelay_pipeline::service::Service,
+    pub clock: std::sync::Arc<medrelay_pipeline::clock::ManualClock>,
+    pub listeners: Vec<(
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
+}
+
+impl MllpSite {
+    /// The sample configuration in `dir` with `listen = "127.0.0.1:0"` and `extra` lines after
+    /// it (e.g. a `tls = { ... }` table), at 2026-12-06 12:00 UTC, listening.
+    pub async fn start(dir: &Path, extra: &str) -> MllpSite {
+        demo_config(dir, &[]);
+        let path = dir.join("medrelay.toml");
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "# listen = \"0.0.0.0:2575\"",
+            &format!("listen = \"127.0.0.1:0\"\n{extra}"),
+        );
+        std::fs::write(&path, text).unwrap();
+        let loaded = load(&path).unwrap();
+        let clock = std::sync::Arc::new(medrelay_pipeline::clock::ManualClock::new(
+            "2026-12-06T12:00:00Z".parse().unwrap(),
+        ));
+        let store = medrelay::wiring::open_store(&loaded).await.unwrap();
+        let service =
+            medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
+        let listeners = start_mllp(&service, &loaded, clock.clone()).await;
+        MllpSite {
+            store,
+            service,
+            clock,
+            listeners,
+        }
+    }
+
+    /// The listener's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.listeners[0].0
+    }
+
+    /// Stops the listeners and closes the store.
+    pub async fn stop(self) {
+        for (_, h) in self.listeners {
+            h.abort();
+        }
+        self.store.close().await;
+    }
+}

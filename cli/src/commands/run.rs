@@ -193,28 +193,43 @@ pub async fn import_inboxes(
 }
 
 /// Searches each FHIR connector's server that has `poll = true`, at most every `poll_every`
-/// (`last` remembers when). A server that is down is logged and tried again next time; it never
-/// stops the service.
-async fn poll_fhir_servers(
+/// (`last` remembers when), and any server whose Subscription reported events that never arrived
+/// (an open `fhir_subscription_gap`) at once, `poll` or not: the search reads them and resolves
+/// the alert. A server that is down is logged and tried again later; it never stops the service.
+pub async fn poll_fhir_servers(
     service: &Service,
     loaded: &Loaded,
     clock: &dyn Clock,
     last: &mut std::collections::HashMap<String, jiff::Timestamp>,
 ) {
+    use medrelay_pipeline::store::subscriptions::FHIR_GAP_ALERT;
+    // Subscriptions whose event counter showed notifications that never arrived.
+    let gaps = service
+        .store
+        .open_alert_details(FHIR_GAP_ALERT)
+        .await
+        .unwrap_or_default();
     for c in &loaded.config.connectors {
         let ConnectorConfig::Fhir(f) = c else {
             continue;
         };
-        let Some(server) = f.server.as_ref().filter(|s| s.poll) else {
+        let Some(server) = f.server.as_ref() else {
             continue;
         };
+        let since = last.get(&f.name).map(|t| clock.now().duration_since(*t));
         let every = medrelay_mapping::plan::parse_duration(&server.poll_every)
             .unwrap_or(SignedDuration::from_mins(15));
-        if last
-            .get(&f.name)
-            .is_some_and(|t| clock.now().duration_since(*t) < every)
-        {
+        let scheduled = server.poll && since.is_none_or(|d| d >= every);
+        // A gap is recovered by a search of the server at once (at most once a minute while the
+        // search fails), with `poll` or without it: the missed events are in the server.
+        let prefix = format!("feed {} subscription", f.name);
+        let recovering = gaps.iter().any(|d| d.starts_with(&prefix))
+            && since.is_none_or(|d| d >= SignedDuration::from_mins(1));
+        if !scheduled && !recovering {
             continue;
+        }
+        if recovering && !scheduled {
+            info!(connector = %f.name, "FHIR subscription events missing: searching the server now");
         }
         last.insert(f.name.clone(), clock.now());
         match crate::fhir::poll(service, loaded, f, clock.now()).await {
