@@ -769,3 +769,113 @@ async fn a_heartbeat_counting_events_that_never_arrived_raises_one_gap_alert_res
     }
     store.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_subscribe_prints_the_subscription_without_its_secret_and_creates_it_on_the_server() {
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+    use axum::routing::post;
+    set_auth();
+    // The EHR's server: takes a Subscription (it requires its own credential) and keeps it.
+    /// What the server was sent: the Authorization header and the resource.
+    type Kept = Arc<std::sync::Mutex<Vec<(Option<String>, serde_json::Value)>>>;
+    let kept: Kept = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/fhir/Subscription",
+            post(
+                |State(kept): State<Kept>, headers: HeaderMap, body: String| async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    kept.lock()
+                        .unwrap()
+                        .push((auth, serde_json::from_str(&body).unwrap()));
+                    (
+                        axum::http::StatusCode::CREATED,
+                        axum::Json(
+                            serde_json::json!({"resourceType": "Subscription", "id": "sub-7"}),
+                        ),
+                    )
+                },
+            ),
+        )
+        .with_state(kept.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/fhir", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = setup(dir.path());
+    let path = dir.path().join("medrelay.toml");
+    // The Subscription's heartbeat first (its authorization_env is the only one yet), then the
+    // server, which takes the same credential here.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replacen(
+            &format!("authorization_env = \"{AUTH_ENV}\""),
+            &format!("authorization_env = \"{AUTH_ENV}\"\nheartbeat_period = \"60s\"\n#"),
+            1,
+        )
+        .replace(
+            "# [connectors.server]\n# base_url = \"https://ehr.clinica.example/fhir/R4\"",
+            &format!(
+                "[connectors.server]\nbase_url = \"{base}\"\nauthorization_env = \"{AUTH_ENV}\""
+            ),
+        );
+    std::fs::write(&path, text).unwrap();
+    let topic = "http://ehr.clinica.example/SubscriptionTopic/appointment";
+    let args = [
+        "fhir",
+        "subscribe",
+        "--endpoint",
+        "https://medrelay.clinica.example/fhir/subscription",
+        "--topic",
+        topic,
+        "--criteria",
+        "Appointment?actor=Location/pau1",
+    ];
+    let (code, out) = cli(&config, &args).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains(AUTH),
+        "the printed Subscription holds the secret: {out}"
+    );
+    let printed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(printed["criteria"], topic);
+    assert_eq!(
+        printed["channel"]["header"][0],
+        format!("Authorization: <the value of ${AUTH_ENV}>")
+    );
+    assert_eq!(printed["channel"]["extension"][0]["valueUnsignedInt"], 60);
+    assert_eq!(
+        printed["_criteria"]["extension"][0]["valueString"],
+        "Appointment?actor=Location/pau1"
+    );
+
+    let mut create = args.to_vec();
+    create.push("--create");
+    let (code, out) = cli(&config, &create).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Subscription/sub-7 created"), "{out}");
+    assert!(!out.contains(AUTH), "{out}");
+    let kept = kept.lock().unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        kept[0].0.as_deref(),
+        Some(AUTH),
+        "the server's own credential"
+    );
+    let created = &kept[0].1;
+    assert_eq!(created["status"], "requested");
+    assert_eq!(created["channel"]["type"], "rest-hook");
+    assert_eq!(
+        created["channel"]["header"][0],
+        format!("Authorization: {AUTH}"),
+        "the server gets the header it must send"
+    );
+    assert_eq!(
+        created["channel"]["endpoint"],
+        "https://medrelay.clinica.example/fhir/subscription"
+    );
+}

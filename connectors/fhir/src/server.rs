@@ -292,6 +292,34 @@ impl FhirServer {
         Ok(())
     }
 
+    /// Creates `resource` (POST to `[base]/<resourceType>`); returns the id the server gave it.
+    pub async fn create(&self, resource: &Value) -> Result<String, String> {
+        let kind = resource["resourceType"]
+            .as_str()
+            .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphabetic()))
+            .ok_or("the resource has no resourceType")?;
+        let url = format!("{}/{kind}", self.base);
+        let body = resource.to_string();
+        let response = self
+            .send(|c| {
+                c.post(&url)
+                    .header(header::CONTENT_TYPE, "application/fhir+json")
+                    .header(header::ACCEPT, "application/fhir+json")
+                    .body(body.clone())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("FHIR server answered {status}"));
+        }
+        let created: Value = response.json().await.unwrap_or(Value::Null);
+        created["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| "the server's answer names no id".to_owned())
+    }
+
     /// Writes a JSON Patch to `Type/id`, conditional on `version` (If-Match) when given.
     /// Returns the new version id when the server reports one.
     pub async fn patch(
