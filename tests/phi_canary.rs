@@ -8,8 +8,7 @@
 mod common;
 use common::cli;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use medrelay::wiring::{build_service, open_store};
 use medrelay_pipeline::clock::{Clock, ManualClock};
@@ -83,41 +82,7 @@ const ALLOWED_IN_BODY: &[&str] = &[
     "Yvonneqx",
 ];
 
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Captures every log line of this test binary at trace level, through the same filter as the
-/// binary's subscriber (`medrelay::logging::filter`: `MEDRELAY_LOG=trace` for medrelay, third-party
-/// crates capped), with the `log` crate's records (rlibphonenumber's) routed through it too.
-fn logs() -> &'static Buffer {
-    static LOGS: OnceLock<Buffer> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        use tracing_subscriber::Layer;
-        use tracing_subscriber::layer::SubscriberExt;
-        use tracing_subscriber::util::SubscriberInitExt;
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(move || writer.clone())
-                    .with_filter(medrelay::logging::filter("trace")),
-            )
-            .init();
-        buffer
-    })
-}
+use common::{Buffer, captured_logs as logs};
 
 fn assert_clean(what: &str, text: &str) {
     let lower = text.to_lowercase();

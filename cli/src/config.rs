@@ -167,6 +167,41 @@ fn default_status_days() -> i64 {
     30
 }
 
+/// `[console]`: the staff web console (`medrelay run` serves it on its own listener). Accounts
+/// are made with `medrelay users add`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// `IP:port` to serve on: loopback behind the site's TLS proxy, or with `tls`.
+    pub listen: String,
+    /// `[console.tls]`: serve the console over TLS itself.
+    #[serde(default)]
+    pub tls: Option<ServerTlsFiles>,
+    /// How long a sign-in lasts, in hours (default 8: a shift).
+    #[serde(default = "default_session_hours")]
+    pub session_hours: i64,
+    /// The approved template (no parameters) staff may send outside the 24 h customer service
+    /// window, asking the patient to write back. Unset: staff cannot answer after 24 h.
+    #[serde(default)]
+    pub reengage_template: Option<String>,
+    /// Its language (default `en_US`).
+    #[serde(default = "default_reengage_language")]
+    pub reengage_language: String,
+    /// Cookies carry `Secure` (default true; browsers accept them on https and on localhost).
+    #[serde(default = "default_true")]
+    pub secure_cookies: bool,
+}
+
+fn default_session_hours() -> i64 {
+    8
+}
+fn default_reengage_language() -> String {
+    "en_US".into()
+}
+fn default_true() -> bool {
+    true
+}
+
 /// `[retention]`: how long raw inputs and patient data are kept.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1408,6 +1443,8 @@ pub struct Config {
     pub costs: Option<medrelay_pipeline::costs::RateTable>,
     #[serde(default)]
     pub status_page: Option<StatusPageConfig>,
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
 }
 
 /// A loaded and validated configuration, paths resolved against the config file's folder.
@@ -1430,6 +1467,8 @@ pub struct Loaded {
     pub feed_watches: Vec<medrelay_pipeline::silence::FeedWatch>,
     /// `[status_page] listen`, parsed.
     pub status_page_listen: Option<std::net::SocketAddr>,
+    /// `[console] listen`, parsed.
+    pub console_listen: Option<std::net::SocketAddr>,
     /// `[alerts]` thresholds of the after-pass checks, parsed.
     pub thresholds: medrelay_pipeline::watch::Thresholds,
     /// The TLS configurations listeners were started with ([`Loaded::server_tls`]): what SIGHUP
@@ -2038,6 +2077,28 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
                 jiff::SignedDuration::from_mins(15)
             }),
     };
+    let console_listen = config.console.as_ref().and_then(|c| {
+        if !(1..=24 * 7).contains(&c.session_hours) {
+            errors.push("console.session_hours must be between 1 and 168".into());
+        }
+        if let Some(t) = &c.reengage_template
+            && !config.templates.values().any(|x| &x.name == t)
+        {
+            errors.push(format!(
+                "console.reengage_template `{t}` is not one of the configured [templates] (its name must be the WhatsApp template's)"
+            ));
+        }
+        match c.listen.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(format!(
+                    "console.listen `{}` must be IP:port, like 127.0.0.1:8092",
+                    c.listen
+                ));
+                None
+            }
+        }
+    });
     let status_page_listen = config.status_page.as_ref().and_then(|p| {
         if !is_env_name(&p.password_env) {
             errors.push(format!(
@@ -2074,6 +2135,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
             webhook_listen,
             feed_watches,
             status_page_listen,
+            console_listen,
             thresholds,
             tls_in_use: Arc::default(),
             smart_clients: Arc::default(),

@@ -114,6 +114,12 @@ pub enum Command {
     /// The write-back dead letter: list open batches, show one, retry or skip a refused one.
     #[command(subcommand)]
     Writeback(commands::writeback::WritebackCommand),
+    /// The staff inbox: conversations patients opened, answers, take and close.
+    #[command(subcommand)]
+    Inbox(commands::inbox::InboxCommand),
+    /// Console accounts: add, change a password, disable, list.
+    #[command(subcommand)]
+    Users(commands::inbox::UsersCommand),
     /// Apply the retention policy now: prune raw inputs and old patient data (the audit chain stays).
     Prune,
     /// The database: schema version and pending migrations, or apply them now.
@@ -191,6 +197,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Report(a) => commands::report::run(&cli.config, a, &mut o).await,
         Command::Writeback(c) => {
             commands::writeback::run(&cli.config, clock.clone(), c, &mut o).await
+        }
+        Command::Inbox(c) => {
+            commands::inbox::run_inbox(&cli.config, clock.clone(), c, &mut o).await
+        }
+        Command::Users(c) => {
+            commands::inbox::run_users(&cli.config, clock.clone(), c, &mut o).await
         }
         Command::Prune => commands::prune::run(&cli.config, clock.clone(), &mut o).await,
         Command::Db(c) => commands::db::run(&cli.config, c, &mut o).await,

@@ -43,6 +43,17 @@ pub struct SiteConfig {
     /// WhatsApp template languages to try when the patient's language has no template (in order).
     #[serde(default = "default_languages")]
     pub fallback_languages: Vec<String>,
+    /// When staff answer the inbox, local time, e.g. `Mon-Fri 08:00-18:00; Sat 09:00-12:00`:
+    /// the reply SLA runs only then. Unset: every hour counts.
+    #[serde(default)]
+    pub opening_hours: Option<String>,
+    /// How soon staff answer a patient's message in the inbox (opening time), default `60m`.
+    #[serde(default = "default_reply_sla")]
+    pub reply_sla: String,
+}
+
+fn default_reply_sla() -> String {
+    "60m".into()
 }
 
 fn default_date_format() -> String {
@@ -206,6 +217,10 @@ pub struct CompiledSite {
     pub phi_level: PhiLevel,
     pub plan_policy: PlanPolicy,
     pub fallback_languages: Vec<String>,
+    /// `opening_hours`, parsed.
+    pub opening_hours: Option<crate::inbox::OpeningHours>,
+    /// `reply_sla`, parsed.
+    pub reply_sla: SignedDuration,
 }
 
 /// A template, validated against the allow-list.
@@ -373,6 +388,24 @@ impl PipelineConfig {
                 ));
                 SignedDuration::from_mins(30)
             });
+            let opening_hours = s.opening_hours.as_deref().and_then(|h| {
+                let parsed = crate::inbox::OpeningHours::parse(h);
+                if parsed.is_none() {
+                    errors.push(format!(
+                        "sites.{name}.opening_hours: expected days and times like `Mon-Fri 08:00-18:00; Sat 09:00-12:00`, got `{h}`"
+                    ));
+                }
+                parsed
+            });
+            let reply_sla = parse_duration(&s.reply_sla)
+                .filter(|d| d.is_positive())
+                .unwrap_or_else(|| {
+                    errors.push(format!(
+                        "sites.{name}.reply_sla: expected a duration like `60m`, got `{}`",
+                        s.reply_sla
+                    ));
+                    SignedDuration::from_mins(60)
+                });
             levels.push(s.phi_level);
             sites.insert(
                 name.clone(),
@@ -393,6 +426,8 @@ impl PipelineConfig {
                         ..PlanPolicy::default()
                     },
                     fallback_languages: s.fallback_languages.clone(),
+                    opening_hours,
+                    reply_sla,
                 },
             );
         }

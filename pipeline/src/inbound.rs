@@ -18,6 +18,7 @@ use crate::clock::Clock;
 use crate::config::Compiled;
 use crate::config::RecategorisedPolicy;
 use crate::store::inbound::NewReply;
+use crate::store::inbox::{ConversationReason, PatientMessage};
 use crate::store::{Store, StoreResult};
 use crate::whatsapp::webhook::{
     AccountEvent, InboundContent, InboundMessage, StatusUpdate, Webhook, parse,
@@ -225,6 +226,16 @@ impl Inbound {
         changed: bool,
         report: &mut InboundReport,
     ) -> StoreResult<()> {
+        // A staff reply from the inbox (`reply:<id>`): its conversation message records it.
+        if let Some(reply) = crate::inbox::callback_reply(s.callback.as_deref()) {
+            if changed {
+                report.statuses_applied += 1;
+            }
+            return self
+                .store
+                .apply_staff_reply_status(reply, &s.wamid, &s.status, s.error_code)
+                .await;
+        }
         if changed {
             report.statuses_applied += 1;
             if matches!(s.status.as_str(), "delivered" | "read") {
@@ -602,18 +613,34 @@ impl Inbound {
                     }
                 }
             }
-            InboundContent::Other { .. } => {}
+            InboundContent::Media { .. } | InboundContent::Other { .. } => {
+                reply.kind = "media";
+                reply.outcome = "staff_queue";
+            }
+        }
+        // A reaction (an emoji on one of our messages) needs no one.
+        if matches!(&m.content, InboundContent::Other { kind } if kind == "reaction") {
+            reply.kind = "other";
+            reply.outcome = "ignored";
         }
         let new = self.store.insert_reply(&reply, now).await?;
         if !new {
             return Ok(false);
         }
         info!(contact = %contact_hash, kind = reply.kind, action = ?reply.action, outcome = reply.outcome, "patient reply");
+        let conversation = self
+            .file_in_inbox(m, &reply, &contact_hash, received_at, now)
+            .await?;
         if reply.outcome == "safety_reply" {
+            let link = conversation
+                .map(|c| format!(" (inbox conversation {c})"))
+                .unwrap_or_default();
             self.store
                 .raise_alert(
                     "emergency_phrase",
-                    &format!("emergency phrase from contact {contact_hash}: call the patient"),
+                    &format!(
+                        "emergency phrase from contact {contact_hash}: call the patient{link}"
+                    ),
                     now,
                 )
                 .await?;
@@ -622,6 +649,80 @@ impl Inbound {
             self.answer(&m.from, text, &m.id).await;
         }
         Ok(true)
+    }
+
+    /// Files a message that needs a person (free text, an emergency phrase, media) in the staff
+    /// inbox, with the reply SLA of the site it most likely concerns. Returns its conversation.
+    async fn file_in_inbox(
+        &self,
+        m: &InboundMessage,
+        reply: &NewReply,
+        contact_hash: &str,
+        received_at: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<Option<i64>> {
+        let (reason, kind, body, media_id) = match (&m.content, reply.outcome) {
+            (InboundContent::Text { body }, "safety_reply") => (
+                ConversationReason::Emergency,
+                "text",
+                Some(body.as_str()),
+                None,
+            ),
+            (InboundContent::Text { body }, "staff_queue") => (
+                ConversationReason::FreeText,
+                "text",
+                Some(body.as_str()),
+                None,
+            ),
+            (
+                InboundContent::Media {
+                    kind,
+                    media_id,
+                    caption,
+                },
+                "staff_queue",
+            ) => (
+                ConversationReason::Media,
+                kind.as_str(),
+                caption.as_deref(),
+                media_id.as_deref(),
+            ),
+            (InboundContent::Other { kind }, "staff_queue") => {
+                (ConversationReason::Media, kind.as_str(), None, None)
+            }
+            _ => return Ok(None),
+        };
+        let site = self.store.inbox_site_for(contact_hash).await?;
+        let due = match site.as_deref().and_then(|s| self.config.sites.get(s)) {
+            Some(s) => {
+                crate::inbox::reply_due(received_at, s.reply_sla, s.opening_hours.as_ref(), &s.zone)
+            }
+            None => received_at + jiff::SignedDuration::from_mins(60),
+        };
+        let (id, new) = self
+            .store
+            .file_patient_message(
+                &PatientMessage {
+                    wa_message_id: &m.id,
+                    contact_hash,
+                    phone_e164: &m.from,
+                    reason,
+                    kind,
+                    body,
+                    media_id,
+                    received_at,
+                },
+                Some(due),
+                now,
+            )
+            .await?;
+        info!(
+            conversation = id,
+            new,
+            reason = reason.as_str(),
+            "filed in the staff inbox"
+        );
+        Ok(Some(id))
     }
 
     /// Decides whether a verified tap still refers to the appointment as it is now.

@@ -11,6 +11,7 @@
 //! - [`service`]: one object wiring them, with a `tick` the CLI's loops call.
 //! - [`http`]: the webhook endpoint and the HTTP face of the simulator (`medrelay simulate`).
 
+pub mod accounts;
 pub mod alerts;
 pub mod checkpoint;
 pub mod clock;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod costs;
 pub mod http;
 pub mod inbound;
+pub mod inbox;
 pub mod ingest;
 pub mod instruments;
 pub mod keys;

@@ -108,6 +108,12 @@ pub fn render(
             value: m.commit_groups,
         }],
     );
+    gauges(
+        &mut r,
+        "inbox_conversations",
+        "Staff inbox conversations not closed, by state; overdue: past the reply SLA",
+        &m.inbox_conversations,
+    );
     gauge(
         &mut r,
         "writeback_backlog",

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::clock::Clock;
 use crate::config::Compiled;
 use crate::inbound::{Inbound, InboundReport};
+use crate::inbox::{InboxReport, StaffInbox};
 use crate::ingest::Ingest;
 use crate::schedule::{PlanReport, Scheduler};
 use crate::send::{SendReport, Sender};
@@ -22,6 +23,8 @@ pub struct TickReport {
     pub send: SendReport,
     pub inbound: InboundReport,
     pub writeback: WriteBackReport,
+    /// Staff replies from the inbox and reply-SLA alerts.
+    pub inbox: InboxReport,
     /// Another instance holds the outbound lease: this one only planned.
     pub standby: bool,
 }
@@ -36,6 +39,8 @@ impl TickReport {
             && self.send.claimed == 0
             && self.inbound.webhooks == 0
             && self.writeback.batches == 0
+            && self.inbox.sent == 0
+            && self.inbox.failed == 0
     }
 }
 
@@ -47,6 +52,8 @@ pub struct Service {
     pub sender: Sender,
     pub inbound: Inbound,
     pub writeback: WriteBackWorker,
+    /// Sends staff replies queued from the console or `medrelay inbox`.
+    pub inbox: StaffInbox,
     /// Present when WhatsApp is the built-in simulator: its webhooks are delivered in-process.
     pub simulator: Option<Arc<Simulator>>,
     /// Where alerts are pushed, when configured (`medrelay run` delivers after each pass).
@@ -79,6 +86,7 @@ impl Service {
             scheduler: Scheduler::new(store.clone(), config.clone(), clock.clone()),
             instruments: sender.instruments.clone(),
             sender,
+            inbox: StaffInbox::new(store.clone(), transport.clone(), clock.clone()),
             inbound: Inbound::new(store.clone(), config, transport, clock.clone()),
             writeback: WriteBackWorker::new(store.clone(), write_back, clock.clone()),
             clock,
@@ -113,6 +121,7 @@ impl Service {
             scheduler: Scheduler::new(store.clone(), config.clone(), clock.clone()),
             instruments: sender.instruments.clone(),
             sender,
+            inbox: StaffInbox::new(store.clone(), paced.clone(), clock.clone()),
             inbound: Inbound::new(store.clone(), config, paced, clock.clone()),
             writeback: WriteBackWorker::new(store.clone(), write_back, clock.clone()),
             clock,
@@ -155,11 +164,13 @@ impl Service {
         let send = self.sender.send_due(send_batch).await?;
         let inbound = self.inbound.process_pending().await?;
         let writeback = self.writeback.run_once().await?;
+        let inbox = self.inbox.run_once().await?;
         Ok(TickReport {
             plan,
             send,
             inbound,
             writeback,
+            inbox,
             standby: false,
         })
     }

@@ -238,3 +238,47 @@ impl MllpSite {
         self.store.close().await;
     }
 }
+
+/// A log capture (every line of this test binary).
+#[derive(Clone, Default)]
+pub struct Buffer(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures every log line of this test binary at trace level, through the same filter as the
+/// binary's subscriber (`medrelay::logging::filter`: `MEDRELAY_LOG=trace` for medrelay, third-party
+/// crates capped), with the `log` crate's records (rlibphonenumber's) routed through it too.
+pub fn captured_logs() -> &'static Buffer {
+    static LOGS: std::sync::OnceLock<Buffer> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone())
+                    .with_filter(medrelay::logging::filter("trace")),
+            )
+            .init();
+        buffer
+    })
+}
+
+impl Buffer {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}

@@ -10,6 +10,7 @@ pub mod db;
 pub mod demo;
 pub mod explain;
 pub mod fhir;
+pub mod inbox;
 pub mod ingest;
 pub mod init;
 pub mod prune;

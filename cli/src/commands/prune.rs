@@ -41,11 +41,12 @@ pub async fn run(
         o.json(&serde_json::to_value(report)?);
     } else {
         o.line(format!(
-            "pruned: {} quarantined raw rows, {} webhook bodies, {} message bodies, {} free-text replies, patient data of {} appointments",
+            "pruned: {} quarantined raw rows, {} webhook bodies, {} message bodies, {} free-text replies, {} inbox messages, patient data of {} appointments",
             report.quarantine_raw,
             report.webhook_bodies,
             report.message_bodies,
             report.reply_texts,
+            report.conversation_texts,
             report.appointments_scrubbed
         ));
     }

@@ -22,10 +22,12 @@ use clap::Args;
 use jiff::SignedDuration;
 use medrelay_listener::{serve_bounded, serve_bounded_tls};
 use medrelay_pipeline::clock::Clock;
+use medrelay_pipeline::http::console::{ConsoleState, console_router};
 use medrelay_pipeline::http::health::{HealthState, WatchedListeners, health_router};
 use medrelay_pipeline::http::status_page::{StatusPageState, status_page_router};
 use medrelay_pipeline::http::webhook::{WebhookState, webhook_router};
 use medrelay_pipeline::inbound::Inbound;
+use medrelay_pipeline::inbox::ReengageTemplate;
 use medrelay_pipeline::service::Service;
 use medrelay_pipeline::store::Store;
 use medrelay_pipeline::whatsapp::{Accepted, SendError, WhatsAppTransport};
@@ -415,6 +417,53 @@ pub async fn start_status_page(
     Ok(Some((local, task)))
 }
 
+/// Binds `[console] listen` and serves the staff console until `halt` turns true.
+pub async fn start_console(
+    loaded: &Loaded,
+    store: &Store,
+    clock: Arc<dyn Clock>,
+    mut halt: watch::Receiver<bool>,
+) -> anyhow::Result<Option<Endpoint>> {
+    let (Some(addr), Some(c)) = (loaded.console_listen, &loaded.config.console) else {
+        return Ok(None);
+    };
+    let mut state = ConsoleState::new(
+        store.clone(),
+        clock,
+        jiff::SignedDuration::from_hours(c.session_hours),
+    );
+    state.reengage = c.reengage_template.as_ref().map(|name| ReengageTemplate {
+        name: name.clone(),
+        language: c.reengage_language.clone(),
+    });
+    state.zones = loaded
+        .compiled
+        .sites
+        .iter()
+        .map(|(name, s)| (name.clone(), s.zone.clone()))
+        .collect();
+    state.secure_cookies = c.secure_cookies;
+    let tls = match &c.tls {
+        Some(files) => Some(loaded.server_tls(files).context("console.tls")?),
+        None => None,
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (console.listen)"))?;
+    let local = listener.local_addr()?;
+    info!(address = %local, tls = tls.is_some(), "staff console listening on /");
+    let task = tokio::spawn(serve_bounded_tls(
+        listener,
+        console_router(state),
+        medrelay_listener::ConnectionLimits::default(),
+        tls,
+        async move {
+            let _ = halt.wait_for(|h| *h).await;
+        },
+    ));
+    Ok(Some((local, task)))
+}
+
 /// Runs the service until SIGINT/SIGTERM (or one pass with `--once`).
 pub async fn run(
     config: &Path,
@@ -473,6 +522,7 @@ fn restart_only(c: &crate::config::Config) -> Vec<(&'static str, String)> {
         ("[[connectors]]", format!("{:?}", c.connectors)),
         ("[csv]", format!("{:?}", c.csv)),
         ("[status_page]", format!("{:?}", c.status_page)),
+        ("[console]", format!("{:?}", c.console)),
         ("[audit]", format!("{:?}", c.audit)),
         ("[alerts] webhook", format!("{sink:?}")),
     ]
@@ -533,11 +583,11 @@ pub async fn run_until_with_reload(
     let (halt_tx, halt_rx) = watch::channel(false);
     // The listener tasks `/readyz` watches (filled below, once they are started).
     let watched: WatchedListeners = Arc::default();
-    let (endpoint, status_page) = if args.once {
+    let (endpoint, status_page, console) = if args.once {
         if loaded.webhook_listen.is_some() {
             info!("--once: the webhook endpoint is not served");
         }
-        (None, None)
+        (None, None, None)
     } else {
         let metrics_token = match &loaded.config.service.metrics_token_env {
             Some(var) => Some(Arc::from(
@@ -555,6 +605,7 @@ pub async fn run_until_with_reload(
             instruments: Some(service.instruments.clone()),
         };
         let status_page = start_status_page(&loaded, health.clone(), halt_rx.clone()).await?;
+        let console = start_console(&loaded, &store, clock.clone(), halt_rx.clone()).await?;
         let endpoint = start_webhook_endpoint(
             &loaded,
             &store,
@@ -564,7 +615,7 @@ pub async fn run_until_with_reload(
             Some(health),
         )
         .await?;
-        (endpoint, status_page)
+        (endpoint, status_page, console)
     };
     // MLLP listeners: each message is committed before its ACK; the loop is woken to plan it.
     let listeners = if args.once {
@@ -636,6 +687,9 @@ pub async fn run_until_with_reload(
     halt_tx.send_replace(true);
     let mut endpoint_failed = None;
     if let Some((_, handle)) = status_page {
+        let _ = handle.await;
+    }
+    if let Some((_, handle)) = console {
         let _ = handle.await;
     }
     if let Some((_, handle)) = endpoint {

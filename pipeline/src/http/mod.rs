@@ -2,6 +2,7 @@
 //! health endpoints, the status page, and the simulator server `medrelay simulate` runs in place
 //! of graph.facebook.com.
 
+pub mod console;
 pub mod health;
 pub mod simulator;
 pub mod status_page;

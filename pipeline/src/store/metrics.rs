@@ -56,6 +56,9 @@ pub struct StoreMetrics {
     /// Write groups this process committed (one fsync each); against the writes counted above it
     /// shows how much the group commit folds.
     pub commit_groups: f64,
+    /// Inbox conversations not closed, by `state` (open, assigned, waiting, overdue: past the
+    /// reply SLA).
+    pub inbox_conversations: Vec<Sample>,
 }
 
 impl Store {
@@ -219,6 +222,16 @@ impl Store {
             .and_then(|r| r.limit)
             .map(f64::from);
         m.commit_groups = self.commit_groups() as f64;
+        let inbox = self.inbox_counts(now).await?;
+        for (state, n) in [
+            ("open", inbox.open),
+            ("assigned", inbox.assigned),
+            ("waiting", inbox.waiting),
+            ("overdue", inbox.overdue),
+        ] {
+            m.inbox_conversations
+                .push(sample(vec![("state", state.to_owned())], n));
+        }
         Ok(m)
     }
 }

@@ -16,6 +16,8 @@ pub struct PruneReport {
     pub message_bodies: u64,
     pub reply_texts: u64,
     pub appointments_scrubbed: u64,
+    /// Inbox message texts and captions (and the number of a conversation closed that long ago).
+    pub conversation_texts: u64,
 }
 
 impl Store {
@@ -73,7 +75,27 @@ impl Store {
         .bind(phi_cutoff)
         .execute(&mut *c).await.map(|r| r.rows_affected())
         })?;
+        // The inbox: what was said goes with the other raw texts; a conversation closed before
+        // the cutoff keeps its ids, times and states, not the patient's number.
+        let conversation_texts = on_tx!(tx, |c| sqlx::query(
+            "UPDATE conversation_messages SET body = NULL, media_id = NULL \
+             WHERE (body IS NOT NULL OR media_id IS NOT NULL) AND at < $1",
+        )
+        .bind(raw_cutoff)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        on_tx!(tx, |c| {
+            sqlx::query(
+            "UPDATE conversations SET phone_e164 = '' WHERE state = 'closed' AND closed_at < $1 AND phone_e164 <> ''",
+        )
+        .bind(raw_cutoff)
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected())
+        })?;
         let report = PruneReport {
+            conversation_texts,
             quarantine_raw,
             webhook_bodies,
             message_bodies,

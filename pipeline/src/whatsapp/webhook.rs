@@ -70,7 +70,14 @@ pub enum InboundContent {
     Interactive { id: String },
     /// Free text (PHI).
     Text { body: String },
-    /// Anything else (image, location, reaction, a type added later).
+    /// An image, document, audio, video or sticker: its Cloud API media id (fetched only when
+    /// staff open it) and caption (PHI).
+    Media {
+        kind: String,
+        media_id: Option<String>,
+        caption: Option<String>,
+    },
+    /// Anything else (location, contacts, reaction, a type added later).
     Other { kind: String },
 }
 
@@ -233,6 +240,13 @@ pub fn parse(body: &[u8]) -> Result<Webhook, WebhookError> {
                             .map(|id| InboundContent::Interactive { id })
                     }
                     "text" => string(&m["text"]["body"]).map(|body| InboundContent::Text { body }),
+                    "image" | "document" | "audio" | "video" | "sticker" => {
+                        Some(InboundContent::Media {
+                            kind: kind.into(),
+                            media_id: string(&m[kind]["id"]),
+                            caption: string(&m[kind]["caption"]),
+                        })
+                    }
                     _ => None,
                 }
                 .unwrap_or_else(|| InboundContent::Other {
@@ -349,6 +363,17 @@ pub fn message_webhook(business: &BusinessNumber, message: &InboundMessage) -> V
         InboundContent::Text { body } => {
             m["type"] = json!("text");
             m["text"] = json!({"body": body});
+        }
+        InboundContent::Media {
+            kind,
+            media_id,
+            caption,
+        } => {
+            m["type"] = json!(kind);
+            m[kind.as_str()] = json!({"id": media_id, "mime_type": "image/jpeg"});
+            if let Some(c) = caption {
+                m[kind.as_str()]["caption"] = json!(c);
+            }
         }
         InboundContent::Other { kind } => {
             m["type"] = json!(kind);

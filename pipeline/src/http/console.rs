@@ -1,0 +1,865 @@
+//! The staff web console (`[console]`): sign-in, the inbox of patient conversations, replies and
+//! the actions staff take on a conversation. Server-rendered HTML (maud), no JavaScript.
+//!
+//! Security: local accounts with argon2id hashes (`medrelay users`); a session is a random token
+//! in an HttpOnly, Secure, SameSite=Strict cookie, stored hashed, with an expiry and server-side
+//! revocation (sign-out, password change, disable); every form carries the session's CSRF token
+//! (sign-in: a double-submit cookie) and a request without it is refused 403; wrong passwords
+//! lock the account for a while and a source address is rate limited. A `viewer` sees counts
+//! only; opening a conversation (PHI) needs `staff` or `admin`, for the user's sites, and is
+//! written into the audit chain with who opened it.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::accounts::{burn_password_check, new_token, token_hash, verify_password};
+use crate::clock::Clock;
+use crate::inbox::{ReengageTemplate, ReplyPlan, reply_plan};
+use crate::store::Store;
+use crate::store::inbox::{ConversationDetail, ConversationState, InboxFilter};
+use crate::store::users::{ConsoleUser, Role};
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "medrelay_session";
+/// The sign-in form's double-submit cookie.
+pub const LOGIN_COOKIE: &str = "medrelay_login";
+/// Wrong passwords in a row after which an account is locked for [`LOCK_FOR`].
+pub const LOCK_AFTER: i64 = 5;
+/// How long a locked account stays locked.
+pub const LOCK_FOR: SignedDuration = SignedDuration::from_mins(15);
+/// The longest staff reply accepted (WhatsApp's text body limit is 4096 characters).
+const MAX_REPLY_CHARS: usize = 4096;
+
+/// What the console needs.
+#[derive(Clone)]
+pub struct ConsoleState {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    /// How long a session lasts.
+    pub session_ttl: SignedDuration,
+    /// The template staff may send outside the customer service window.
+    pub reengage: Option<ReengageTemplate>,
+    /// Site zones, to show times as the site reads them.
+    pub zones: BTreeMap<String, TimeZone>,
+    /// Whether cookies carry `Secure` (off only for a plain-HTTP test on a non-loopback name).
+    pub secure_cookies: bool,
+    /// Sign-in attempts per source address.
+    limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl ConsoleState {
+    /// The console over `store`; sessions last `session_ttl`.
+    pub fn new(store: Store, clock: Arc<dyn Clock>, session_ttl: SignedDuration) -> Self {
+        ConsoleState {
+            store,
+            clock,
+            session_ttl,
+            reengage: None,
+            zones: BTreeMap::new(),
+            secure_cookies: true,
+            // 10 sign-in attempts a minute per address, bursts of 10.
+            limiter: Arc::new(RateLimiter::keyed(Quota::per_minute(
+                NonZeroU32::new(10).expect("non-zero"),
+            ))),
+        }
+    }
+
+    fn zone(&self, site: Option<&str>) -> TimeZone {
+        site.and_then(|s| self.zones.get(s))
+            .cloned()
+            .unwrap_or(TimeZone::UTC)
+    }
+}
+
+/// The console's routes.
+pub fn console_router(state: ConsoleState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/inbox") }))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/inbox", get(inbox_page))
+        .route("/inbox/{id}", get(conversation_page))
+        .route("/inbox/{id}/reply", post(reply))
+        .route("/inbox/{id}/take", post(take))
+        .route("/inbox/{id}/close", post(close))
+        .with_state(state)
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn set_cookie(state: &ConsoleState, name: &str, value: &str, max_age: i64) -> HeaderValue {
+    let secure = if state.secure_cookies { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    ))
+    .expect("cookie of hex characters")
+}
+
+fn secure_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        ),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    r
+}
+
+fn page(title: &str, user: Option<&ConsoleUser>, csrf: Option<&str>, body: Markup) -> Response {
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · medrelay" }
+                style { (STYLE) }
+            }
+            body {
+                header {
+                    strong { "medrelay console" }
+                    @if let (Some(u), Some(csrf)) = (user, csrf) {
+                        nav {
+                            a href="/inbox" { "Inbox" }
+                            span.who data-user=(u.name) { (u.name) " (" (u.role.as_str()) ")" }
+                            form method="post" action="/logout" {
+                                input type="hidden" name="csrf" value=(csrf);
+                                button type="submit" id="logout" { "Sign out" }
+                            }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    };
+    secure_headers(Html(markup.into_string()).into_response())
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#222}\
+header{background:#0b5;color:#fff;padding:.6em 1em;display:flex;gap:1em;align-items:center;justify-content:space-between;flex-wrap:wrap}\
+header a{color:#fff}nav{display:flex;gap:1em;align-items:center}nav form{margin:0}\
+main{padding:1em;max-width:60em}table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.4em;text-align:left}\
+.emergency{color:#b00;font-weight:bold}.overdue{color:#b00}.msg{padding:.5em;margin:.4em 0;border-radius:.4em;max-width:40em}\
+.in{background:#eef}.out{background:#efe;margin-left:auto}.meta{font-size:.8em;color:#666}\
+textarea{width:100%;min-height:6em}.notice{background:#ffd;padding:.6em;border:1px solid #dd8}.error{background:#fdd;padding:.6em}";
+
+fn forbidden(why: &str) -> Response {
+    secure_headers((StatusCode::FORBIDDEN, format!("{why}\n")).into_response())
+}
+
+fn to_login() -> Response {
+    secure_headers(Redirect::to("/login").into_response())
+}
+
+/// The signed-in user and the session's CSRF token, or the sign-in redirect.
+async fn session(
+    state: &ConsoleState,
+    headers: &HeaderMap,
+) -> Result<(ConsoleUser, String, String), Response> {
+    let Some(token) = cookie(headers, SESSION_COOKIE) else {
+        return Err(to_login());
+    };
+    let hash = token_hash(&token);
+    match state.store.console_session(&hash, state.clock.now()).await {
+        Ok(Some((user, csrf))) => Ok((user, csrf, hash)),
+        Ok(None) => Err(to_login()),
+        Err(e) => {
+            warn!(error = %e, "console session could not be read");
+            Err(secure_headers(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is not available\n",
+                )
+                    .into_response(),
+            ))
+        }
+    }
+}
+
+fn csrf_ok(given: &str, expected: &str) -> bool {
+    !expected.is_empty() && medrelay_listener::same(given.as_bytes(), expected.as_bytes())
+}
+
+fn fmt_time(t: Timestamp, zone: &TimeZone) -> String {
+    t.to_zoned(zone.clone())
+        .strftime("%Y-%m-%d %H:%M %Z")
+        .to_string()
+}
+
+async fn login_page(State(state): State<ConsoleState>) -> Response {
+    login_form(&state, None)
+}
+
+fn login_form(state: &ConsoleState, error: Option<&str>) -> Response {
+    let token = new_token();
+    let mut r = page(
+        "Sign in",
+        None,
+        None,
+        html! {
+            h1 { "Sign in" }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            form method="post" action="/login" {
+                input type="hidden" name="csrf" value=(token);
+                p { label { "User " input type="text" name="user" id="user" autocomplete="username" required; } }
+                p { label { "Password " input type="password" name="password" id="password" autocomplete="current-password" required; } }
+                p { button type="submit" id="sign-in" { "Sign in" } }
+            }
+        },
+    );
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(state, LOGIN_COOKIE, &token, 600),
+    );
+    if error.is_some() {
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+    }
+    r
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    user: String,
+    password: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn login(
+    State(state): State<ConsoleState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if state.limiter.check_key(&peer.ip()).is_err() {
+        return secure_headers(
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "60")],
+                "too many sign-in attempts; try again in a minute\n",
+            )
+                .into_response(),
+        );
+    }
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if !csrf_ok(&form.csrf, &expected) {
+        return forbidden("missing or wrong CSRF token: reload the sign-in page");
+    }
+    let now = state.clock.now();
+    let record = match state.store.login_record(&form.user).await {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "console sign-in could not read the account");
+            return secure_headers(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is not available\n",
+                )
+                    .into_response(),
+            );
+        }
+    };
+    let Some(record) = record else {
+        burn_password_check(&form.password);
+        return login_form(&state, Some("Wrong user name or password."));
+    };
+    if record.user.disabled {
+        burn_password_check(&form.password);
+        return login_form(&state, Some("Wrong user name or password."));
+    }
+    if record.user.locked_until.is_some_and(|t| t > now) {
+        burn_password_check(&form.password);
+        return login_form(
+            &state,
+            Some(
+                "This account is locked after repeated wrong passwords; try again later or ask an admin.",
+            ),
+        );
+    }
+    if !verify_password(&form.password, &record.password_hash) {
+        match state
+            .store
+            .record_failed_login(&record.user.name, LOCK_AFTER, LOCK_FOR, now)
+            .await
+        {
+            Ok(true) => {
+                warn!(user = %record.user.name, "console account locked after repeated wrong passwords");
+                return login_form(
+                    &state,
+                    Some(
+                        "This account is locked after repeated wrong passwords; try again later or ask an admin.",
+                    ),
+                );
+            }
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "a failed sign-in could not be counted"),
+        }
+        return login_form(&state, Some("Wrong user name or password."));
+    }
+    let token = new_token();
+    let csrf = new_token();
+    let expires = now + state.session_ttl;
+    if let Err(e) = state
+        .store
+        .start_console_session(&record.user.name, &token_hash(&token), &csrf, expires, now)
+        .await
+    {
+        warn!(error = %e, "console session could not be stored");
+        return secure_headers(
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is not available\n",
+            )
+                .into_response(),
+        );
+    }
+    info!(user = %record.user.name, "console sign-in");
+    let mut r = secure_headers(Redirect::to("/inbox").into_response());
+    // 303 See Other after a POST.
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&state, SESSION_COOKIE, &token, state.session_ttl.as_secs()),
+    );
+    r.headers_mut()
+        .append(header::SET_COOKIE, set_cookie(&state, LOGIN_COOKIE, "", 0));
+    r
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let (_, csrf, hash) = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&form.csrf, &csrf) {
+        return forbidden("missing or wrong CSRF token");
+    }
+    if let Err(e) = state
+        .store
+        .revoke_console_session(&hash, state.clock.now())
+        .await
+    {
+        warn!(error = %e, "console session could not be revoked");
+    }
+    let mut r = see_other("/login");
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(&state, SESSION_COOKIE, "", 0),
+    );
+    r
+}
+
+fn see_other(to: &str) -> Response {
+    let mut r = secure_headers(Redirect::to(to).into_response());
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    r
+}
+
+async fn inbox_page(State(state): State<ConsoleState>, headers: HeaderMap) -> Response {
+    let (user, csrf, _) = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let now = state.clock.now();
+    let counts = match state.store.inbox_counts(now).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "inbox counts could not be read");
+            return secure_headers(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is not available\n",
+                )
+                    .into_response(),
+            );
+        }
+    };
+    let summary = html! {
+        p.counts {
+            "Open " strong data-count="open" { (counts.open) } " · "
+            "assigned " strong data-count="assigned" { (counts.assigned) } " · "
+            "waiting for the patient " strong data-count="waiting" { (counts.waiting) } " · "
+            "past the reply SLA " strong.overdue data-count="overdue" { (counts.overdue) }
+        }
+    };
+    if !user.role.sees_phi() {
+        return page(
+            "Inbox",
+            Some(&user),
+            Some(&csrf),
+            html! {
+                h1 { "Inbox" }
+                (summary)
+                p.notice { "Your role (viewer) shows the queue's size only. Conversations need the staff role." }
+            },
+        );
+    }
+    let filter = InboxFilter {
+        sites: if user.role == Role::Admin {
+            None
+        } else {
+            user.sites.clone()
+        },
+        include_closed: false,
+    };
+    let lines = match state.store.conversations(&filter).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "conversations could not be read");
+            return secure_headers(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is not available\n",
+                )
+                    .into_response(),
+            );
+        }
+    };
+    page(
+        "Inbox",
+        Some(&user),
+        Some(&csrf),
+        html! {
+            h1 { "Inbox" }
+            (summary)
+            @if lines.is_empty() { p { "Nothing waits for an answer." } }
+            @else {
+                table {
+                    thead { tr { th { "#" } th { "Why" } th { "Site" } th { "State" } th { "Answer due" } th { "Last message" } th { "Messages" } } }
+                    tbody {
+                        @for l in &lines {
+                            @let zone = state.zone(l.site.as_deref());
+                            tr data-conversation=(l.id) {
+                                td { a href={ "/inbox/" (l.id) } { (l.id) } }
+                                td class=(if l.priority == 0 { "emergency" } else { "" }) { (reason_label(l.reason.as_str())) }
+                                td { (l.site.as_deref().unwrap_or("-")) }
+                                td { (l.state.as_str()) @if let Some(a) = &l.assigned_to { " (" (a) ")" } }
+                                td class=(if l.reply_due_at.is_some_and(|d| d <= now) { "overdue" } else { "" }) {
+                                    @match l.reply_due_at { Some(d) => (fmt_time(d, &zone)), None => "-" }
+                                }
+                                td { (fmt_time(l.last_patient_at, &zone)) }
+                                td { (l.messages) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn reason_label(reason: &str) -> &'static str {
+    match reason {
+        "emergency" => "EMERGENCY phrase",
+        "media" => "media message",
+        _ => "message",
+    }
+}
+
+/// The conversation for a staff user allowed to open it (audited), or the refusal.
+async fn open_for(
+    state: &ConsoleState,
+    user: &ConsoleUser,
+    id: i64,
+) -> Result<ConversationDetail, Response> {
+    if !user.role.sees_phi() {
+        return Err(forbidden(
+            "your role (viewer) does not show patient conversations",
+        ));
+    }
+    let line = match state.store.conversation_line(id).await {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            return Err(secure_headers(
+                (StatusCode::NOT_FOUND, "no such conversation\n").into_response(),
+            ));
+        }
+        Err(e) => {
+            warn!(error = %e, "conversation could not be read");
+            return Err(secure_headers(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is not available\n",
+                )
+                    .into_response(),
+            ));
+        }
+    };
+    if !user.works_site(line.site.as_deref()) {
+        return Err(forbidden(
+            "this conversation belongs to a site you do not work",
+        ));
+    }
+    match state
+        .store
+        .open_conversation(id, &user.name, "console", state.clock.now())
+        .await
+    {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => Err(secure_headers(
+            (StatusCode::NOT_FOUND, "no such conversation\n").into_response(),
+        )),
+        Err(e) => {
+            warn!(error = %e, "conversation could not be opened");
+            Err(secure_headers(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is not available\n",
+                )
+                    .into_response(),
+            ))
+        }
+    }
+}
+
+async fn conversation_page(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Response {
+    let (user, csrf, _) = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let d = match open_for(&state, &user, id).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let now = state.clock.now();
+    let zone = state.zone(d.line.site.as_deref());
+    let plan = reply_plan(d.last_inbound_at, now, state.reengage.as_ref());
+    let closed = d.line.state == ConversationState::Closed;
+    page(
+        &format!("Conversation {id}"),
+        Some(&user),
+        Some(&csrf),
+        html! {
+            h1 { "Conversation " (id) }
+            p data-state=(d.line.state.as_str()) {
+                span class=(if d.line.priority == 0 { "emergency" } else { "" }) { (reason_label(d.line.reason.as_str())) }
+                " · " (d.line.state.as_str())
+                @if let Some(a) = &d.line.assigned_to { " · taken by " (a) }
+                @if let Some(due) = d.line.reply_due_at { " · answer due " (fmt_time(due, &zone)) }
+            }
+            dl {
+                dt { "WhatsApp number" } dd data-phi="phone" { "+" (d.phone_e164.trim_start_matches('+')) }
+                @if let Some(a) = &d.appointment {
+                    dt { "Patient" } dd data-phi="name" { (a.given_name.as_deref().unwrap_or("")) " " (a.family_name.as_deref().unwrap_or("")) }
+                    dt { "Appointment" } dd {
+                        (fmt_time(a.start, &TimeZone::get(&a.time_zone).unwrap_or(TimeZone::UTC)))
+                        " · " (a.status)
+                        @if let Some(p) = &a.practitioner { " · " (p) }
+                        @if let Some(s) = &a.service_type { " · " (s) }
+                        " · " (a.source) " " (a.filler_id)
+                    }
+                }
+            }
+            section.messages {
+                @for m in &d.messages {
+                    div class={ "msg " (m.direction) } data-message=(m.id) data-direction=(m.direction) {
+                        div.meta {
+                            (fmt_time(m.at, &zone))
+                            @if let Some(u) = &m.staff_user { " · " (u) }
+                            @if m.kind != "text" { " · " (m.kind) }
+                            @if m.direction == "out" {
+                                " · " span data-send-state=(m.state) { (m.state) }
+                                @if let Some(s) = &m.status { " (" span data-status=(s) { (s) } ")" }
+                                @if let Some(s) = &m.state_detail { " — " (s) }
+                            }
+                        }
+                        @if let Some(b) = &m.body { div.body { (b) } }
+                        @if m.media_id.is_some() { div.meta { "media: opened from the Cloud API on request (not fetched here)" } }
+                    }
+                }
+            }
+            @if !closed {
+                section.reply {
+                    @match &plan {
+                        ReplyPlan::Text => {
+                            p.meta { "The customer service window is open until "
+                                (fmt_time(d.last_inbound_at.map(|t| t + crate::inbox::SERVICE_WINDOW).unwrap_or(now), &zone))
+                                ": your answer goes as a WhatsApp text message." }
+                            form method="post" action={ "/inbox/" (id) "/reply" } {
+                                input type="hidden" name="csrf" value=(csrf);
+                                textarea name="text" id="reply-text" maxlength="4096" required {}
+                                button type="submit" id="send-reply" { "Send reply" }
+                            }
+                        }
+                        ReplyPlan::TemplateOnly(t) => {
+                            p.notice { "The patient last wrote more than 24 h ago: WhatsApp allows no free text now, only an approved template. Send "
+                                code { (t.name) } " to ask the patient to write back; answer them then." }
+                            form method="post" action={ "/inbox/" (id) "/reply" } {
+                                input type="hidden" name="csrf" value=(csrf);
+                                input type="hidden" name="template" value="1";
+                                button type="submit" id="send-template" { "Send " (t.name) }
+                            }
+                        }
+                        ReplyPlan::Refused => {
+                            p.notice { "The patient last wrote more than 24 h ago: WhatsApp allows no free text now, and no re-engagement template is configured ([console] reengage_template). Call the patient." }
+                        }
+                    }
+                }
+                form method="post" action={ "/inbox/" (id) "/take" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button type="submit" id="take" { "Take it" }
+                }
+                form method="post" action={ "/inbox/" (id) "/close" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button type="submit" id="close" { "Close conversation" }
+                }
+            }
+            @if closed { p.meta { "Closed." } }
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct ReplyForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    template: Option<String>,
+}
+
+/// Answers a patient as the signed-in user. Errors name the reason, never the text.
+pub enum ReplyRefusal {
+    /// Outside the customer service window with no template (or a text where only the
+    /// template may go).
+    WindowClosed,
+    Empty,
+    TooLong,
+    Closed,
+}
+
+/// Queues a staff answer after the window check; the service sends it once.
+pub async fn answer(
+    store: &Store,
+    reengage: Option<&ReengageTemplate>,
+    conversation: &ConversationDetail,
+    actor: &str,
+    text: Option<&str>,
+    now: Timestamp,
+) -> Result<Result<i64, ReplyRefusal>, crate::store::StoreError> {
+    if conversation.line.state == ConversationState::Closed {
+        return Ok(Err(ReplyRefusal::Closed));
+    }
+    match (
+        reply_plan(conversation.last_inbound_at, now, reengage),
+        text,
+    ) {
+        (ReplyPlan::Text, Some(t)) => {
+            let t = t.trim();
+            if t.is_empty() {
+                return Ok(Err(ReplyRefusal::Empty));
+            }
+            if t.chars().count() > MAX_REPLY_CHARS {
+                return Ok(Err(ReplyRefusal::TooLong));
+            }
+            store
+                .queue_staff_reply(conversation.line.id, actor, "text", t, now)
+                .await
+                .map(Ok)
+        }
+        (ReplyPlan::Text, None) => Ok(Err(ReplyRefusal::Empty)),
+        (ReplyPlan::TemplateOnly(t), None) => store
+            .queue_staff_reply(
+                conversation.line.id,
+                actor,
+                "template",
+                &format!("{}@{}", t.name, t.language),
+                now,
+            )
+            .await
+            .map(Ok),
+        (ReplyPlan::TemplateOnly(_) | ReplyPlan::Refused, _) => Ok(Err(ReplyRefusal::WindowClosed)),
+    }
+}
+
+impl ReplyRefusal {
+    /// What staff are told.
+    pub fn message(&self) -> &'static str {
+        match self {
+            ReplyRefusal::WindowClosed => {
+                "the patient last wrote more than 24 h ago: WhatsApp allows no free text now (only the re-engagement template, if configured)"
+            }
+            ReplyRefusal::Empty => "the reply is empty",
+            ReplyRefusal::TooLong => "the reply is longer than WhatsApp's 4096 characters",
+            ReplyRefusal::Closed => "the conversation is closed",
+        }
+    }
+}
+
+async fn reply(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<ReplyForm>,
+) -> Response {
+    let (user, csrf, _) = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&form.csrf, &csrf) {
+        return forbidden("missing or wrong CSRF token");
+    }
+    let d = match open_for(&state, &user, id).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let text = form.template.is_none().then_some(form.text.as_str());
+    match answer(
+        &state.store,
+        state.reengage.as_ref(),
+        &d,
+        &user.name,
+        text,
+        state.clock.now(),
+    )
+    .await
+    {
+        Ok(Ok(message)) => {
+            info!(conversation = id, message, user = %user.name, "staff reply queued");
+            see_other(&format!("/inbox/{id}"))
+        }
+        Ok(Err(refusal)) => secure_headers(
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{}\n", refusal.message()),
+            )
+                .into_response(),
+        ),
+        Err(e) => {
+            warn!(error = %e, "staff reply could not be queued");
+            secure_headers(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is not available\n",
+                )
+                    .into_response(),
+            )
+        }
+    }
+}
+
+async fn take(
+    state: State<ConsoleState>,
+    headers: HeaderMap,
+    id: Path<i64>,
+    form: Form<CsrfForm>,
+) -> Response {
+    change_state(state, headers, id, form, ConversationState::Assigned).await
+}
+
+async fn close(
+    state: State<ConsoleState>,
+    headers: HeaderMap,
+    id: Path<i64>,
+    form: Form<CsrfForm>,
+) -> Response {
+    change_state(state, headers, id, form, ConversationState::Closed).await
+}
+
+async fn change_state(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<CsrfForm>,
+    to: ConversationState,
+) -> Response {
+    let (user, csrf, _) = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&form.csrf, &csrf) {
+        return forbidden("missing or wrong CSRF token");
+    }
+    if !user.role.sees_phi() {
+        return forbidden("your role (viewer) does not work the inbox");
+    }
+    match state.store.conversation_line(id).await {
+        Ok(Some(l)) if user.works_site(l.site.as_deref()) => {}
+        Ok(Some(_)) => return forbidden("this conversation belongs to a site you do not work"),
+        Ok(None) => {
+            return secure_headers(
+                (StatusCode::NOT_FOUND, "no such conversation\n").into_response(),
+            );
+        }
+        Err(e) => {
+            warn!(error = %e, "conversation could not be read");
+            return secure_headers(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is not available\n",
+                )
+                    .into_response(),
+            );
+        }
+    }
+    match state
+        .store
+        .set_conversation_state(id, &user.name, to, state.clock.now())
+        .await
+    {
+        Ok(_) => {
+            let back = if to == ConversationState::Closed {
+                "/inbox".to_owned()
+            } else {
+                format!("/inbox/{id}")
+            };
+            see_other(&back)
+        }
+        Err(e) => {
+            warn!(error = %e, "conversation state could not be changed");
+            secure_headers(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is not available\n",
+                )
+                    .into_response(),
+            )
+        }
+    }
+}

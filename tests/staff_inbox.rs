@@ -1,0 +1,462 @@
+//! The staff inbox and its console (issue 15), over real HTTP with the simulator: patients' free
+//! text and an emergency phrase open conversations (the emergency first); the console needs a
+//! sign-in (CSRF on every form, lock-out after wrong passwords); a viewer sees counts and no
+//! patient data; staff open a conversation (audited), answer inside WhatsApp's 24 h window with
+//! a text the service sends once and reconciles with the status webhooks, and outside it only
+//! with the re-engagement template (a text there is refused; the simulator answers 131047 for one
+//! that slips through, as the Cloud API does). The reply SLA, counted in opening hours, raises
+//! its alert once and an answer resolves it. No canary reaches the logs or the alerts.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use medrelay_pipeline::clock::{Clock, ManualClock};
+use medrelay_pipeline::store::inbox::{ConversationReason, InboxFilter};
+
+const STAFF_PASSWORD_ENV: &str = "MEDRELAY_TEST_STAFF_PASSWORD";
+const STAFF_PASSWORD: &str = "front-desk-pw-2026";
+const FREE_TEXT: &str = "Can I come 30 minutes later? INBOXCANARY-7781";
+const EMERGENCY: &str = "my father has chest pain INBOXCANARY-9932";
+/// Patient data that must stay out of logs, alerts and the viewer's pages.
+const CANARIES: &[&str] = &["INBOXCANARY", "Alice", "Bob", "2127365001", "2127365002"];
+
+/// A cookie-keeping HTTP client that does not follow redirects.
+struct Session {
+    http: reqwest::Client,
+    base: String,
+    cookies: BTreeMap<String, String>,
+}
+
+impl Session {
+    fn new(addr: std::net::SocketAddr) -> Session {
+        Session {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: format!("http://{addr}"),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    fn keep(&mut self, r: &reqwest::Response) {
+        for v in r.headers().get_all("set-cookie") {
+            let v = v.to_str().unwrap();
+            assert!(
+                v.contains("HttpOnly") && v.contains("SameSite=Strict") && v.contains("Secure"),
+                "{v}"
+            );
+            let (name, rest) = v.split_once('=').unwrap();
+            let value = rest.split(';').next().unwrap();
+            if value.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.into(), value.into());
+            }
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn get(&mut self, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.keep(&r);
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(urlencoded(form))
+            .send()
+            .await
+            .unwrap();
+        self.keep(&r);
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    }
+
+    /// Signs in through the form (its CSRF token and cookie first).
+    async fn sign_in(&mut self, user: &str, password: &str) -> (u16, String) {
+        let (_, page) = self.get("/login").await;
+        let csrf = csrf_of(&page);
+        self.post(
+            "/login",
+            &[("user", user), ("password", password), ("csrf", &csrf)],
+        )
+        .await
+    }
+}
+
+/// `application/x-www-form-urlencoded`, as a browser encodes a form.
+fn urlencoded(form: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                    (b as char).to_string()
+                }
+                b' ' => "+".into(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    form.iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The CSRF token of the first form in `page`.
+fn csrf_of(page: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let at = page.find(marker).expect("a form with a CSRF token") + marker.len();
+    page[at..].split('"').next().unwrap().to_owned()
+}
+
+fn assert_clean(what: &str, text: &str) {
+    for c in CANARIES {
+        assert!(!text.contains(c), "`{c}` leaked into {what}:\n{text}");
+    }
+}
+
+/// The demo configuration with the console, opening hours and a re-engagement template.
+pub fn inbox_config(dir: &std::path::Path) -> medrelay::config::Loaded {
+    common::demo_config(dir, &[]);
+    let path = dir.join("medrelay.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen(
+        "fallback_languages = [\"en_US\"]\n",
+        "fallback_languages = [\"en_US\"]\nopening_hours = \"Mon-Fri 08:00-18:00\"\nreply_sla = \"30m\"\n",
+        1,
+    );
+    let text = format!(
+        "{text}\n[templates.reply_waiting]\nname = \"reply_waiting\"\nlanguages = [\"en_US\"]\nbody = []\n\n\
+         [console]\nlisten = \"127.0.0.1:0\"\nsession_hours = 48\nreengage_template = \"reply_waiting\"\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    medrelay::config::load(&path).unwrap()
+}
+
+/// Adds a console user through the command line.
+pub async fn add_user(config: &str, name: &str, role: &str) {
+    let (code, out) = common::cli_with_config(
+        config,
+        &[
+            "users",
+            "add",
+            name,
+            "--role",
+            role,
+            "--sites",
+            "newyork",
+            "--password-env",
+            STAFF_PASSWORD_ENV,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_answer_patients_in_the_console_inside_the_window_and_only_by_template_outside_it() {
+    static ENV: std::sync::Once = std::sync::Once::new();
+    // SAFETY: set once, before anything reads it; only this binary reads this name.
+    ENV.call_once(|| unsafe { std::env::set_var(STAFF_PASSWORD_ENV, STAFF_PASSWORD) });
+    let logs = common::captured_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = inbox_config(dir.path());
+    let config = dir.path().join("medrelay.toml");
+    let config = config.to_str().unwrap();
+    let file = common::copy_sample(dir.path(), "samples/csv/openemr_future_appointments.csv");
+    // Monday 30 November, 10:00 in New York: the clinic is open.
+    let clock = Arc::new(ManualClock::new("2026-11-30T15:00:00Z".parse().unwrap()));
+    let (store, service, _) =
+        common::service_with_import(&loaded, clock.clone(), "openemr", &file).await;
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let sim = service.simulator.clone().unwrap();
+
+    // Two patients write: free text, and an emergency phrase.
+    sim.patient_texts("+12127365001", FREE_TEXT);
+    sim.patient_texts("+12127365002", EMERGENCY);
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let lines = store.conversations(&InboxFilter::default()).await.unwrap();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        lines[0].reason,
+        ConversationReason::Emergency,
+        "emergency first"
+    );
+    assert_eq!(lines[1].reason, ConversationReason::FreeText);
+    assert!(lines.iter().all(|l| l.site.as_deref() == Some("newyork")));
+    let (emergency, free_text) = (lines[0].id, lines[1].id);
+    // The SLA clock: 30 minutes of opening time.
+    assert_eq!(
+        lines[1].reply_due_at,
+        Some("2026-11-30T15:30:00Z".parse().unwrap())
+    );
+    let alerts = store.recent_alerts(20).await.unwrap();
+    let alert = alerts
+        .iter()
+        .find(|a| a.kind == "emergency_phrase")
+        .expect("the emergency alert");
+    assert!(
+        alert
+            .detail
+            .contains(&format!("inbox conversation {emergency}")),
+        "{alert:?}"
+    );
+
+    add_user(config, "frontdesk", "staff").await;
+    add_user(config, "manager", "viewer").await;
+    add_user(config, "temp", "staff").await;
+    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
+    let (addr, task) =
+        medrelay::commands::run::start_console(&loaded, &store, clock.clone(), halt_rx)
+            .await
+            .unwrap()
+            .expect("the console is configured");
+
+    // Nothing without a session; the sign-in form refuses a post without its CSRF token.
+    let mut anon = Session::new(addr);
+    let (status, _) = anon.get("/inbox").await;
+    assert_eq!(status, 303);
+    let (status, _) = anon
+        .post(
+            "/login",
+            &[("user", "frontdesk"), ("password", STAFF_PASSWORD)],
+        )
+        .await;
+    assert_eq!(status, 403, "a sign-in without the CSRF token is refused");
+
+    // Five wrong passwords lock the account: then even the right one is refused.
+    let mut guesser = Session::new(addr);
+    for _ in 0..5 {
+        let (status, page) = guesser.sign_in("temp", "wrong-password-123").await;
+        assert_eq!(status, 401, "{page}");
+    }
+    let (status, page) = guesser.sign_in("temp", STAFF_PASSWORD).await;
+    assert_eq!(status, 401);
+    assert!(page.contains("locked"), "{page}");
+    let locked = store.login_record("temp").await.unwrap().unwrap();
+    assert!(locked.user.locked_until.is_some_and(|t| t > clock.now()));
+
+    // A viewer: the queue's size, no patient data, no conversation.
+    let mut viewer = Session::new(addr);
+    let (status, _) = viewer.sign_in("manager", STAFF_PASSWORD).await;
+    assert_eq!(status, 303);
+    let (status, page) = viewer.get("/inbox").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("data-count=\"open\">2<"), "{page}");
+    assert_clean("the viewer's inbox", &page);
+    let (status, page) = viewer.get(&format!("/inbox/{emergency}")).await;
+    assert_eq!(status, 403);
+    assert_clean("the viewer's refusal", &page);
+
+    // Staff: the list (no content in it), then a conversation, whose opening is audited.
+    let mut staff = Session::new(addr);
+    let (status, _) = staff.sign_in("frontdesk", STAFF_PASSWORD).await;
+    assert_eq!(status, 303);
+    let (status, page) = staff.get("/inbox").await;
+    assert_eq!(status, 200);
+    let first = page
+        .find(&format!("data-conversation=\"{emergency}\""))
+        .unwrap();
+    let second = page
+        .find(&format!("data-conversation=\"{free_text}\""))
+        .unwrap();
+    assert!(first < second, "the emergency is listed first");
+    assert!(
+        !page.contains("INBOXCANARY"),
+        "the list shows no message text"
+    );
+    let since = clock.now();
+    let (status, page) = staff.get(&format!("/inbox/{free_text}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(FREE_TEXT) && page.contains("+12127365001"),
+        "{page}"
+    );
+    assert!(
+        page.contains("id=\"send-reply\""),
+        "inside the window: a text reply"
+    );
+    let viewed = store.audit_since(since).await.unwrap();
+    assert!(
+        viewed.iter().any(|r| r.action == "phi_view"
+            && r.actor == "frontdesk"
+            && r.subject == format!("conversation:{free_text}")),
+        "{viewed:?}"
+    );
+
+    // A reply without the CSRF token is refused; with it, queued and sent once.
+    let (status, _) = staff
+        .post(
+            &format!("/inbox/{free_text}/reply"),
+            &[("text", "Yes, 10:30 is fine.")],
+        )
+        .await;
+    assert_eq!(status, 403);
+    clock.set("2026-11-30T15:10:00Z".parse().unwrap());
+    let csrf = csrf_of(&page);
+    let (status, _) = staff
+        .post(
+            &format!("/inbox/{free_text}/reply"),
+            &[("csrf", &csrf), ("text", "Yes, 10:30 is fine.")],
+        )
+        .await;
+    assert_eq!(status, 303);
+    while !service.tick(50).await.unwrap().is_idle() {}
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let texts: Vec<_> = sim
+        .sent()
+        .into_iter()
+        .filter(|b| b["type"] == "text" && b["text"]["body"] == "Yes, 10:30 is fine.")
+        .collect();
+    assert_eq!(texts.len(), 1, "sent exactly once");
+    assert_eq!(texts[0]["to"], "12127365001");
+    let (_, page) = staff.get(&format!("/inbox/{free_text}")).await;
+    assert!(page.contains("data-send-state=\"sent\""), "{page}");
+    assert!(
+        page.contains("data-status=\"read\""),
+        "statuses reconciled: {page}"
+    );
+
+    // 15:31: the emergency has waited past its SLA: one alert, once; the answer resolves it.
+    clock.set("2026-11-30T15:31:00Z".parse().unwrap());
+    service.tick(50).await.unwrap();
+    service.tick(50).await.unwrap();
+    let sla: Vec<_> = store
+        .recent_alerts(50)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == "inbox_sla")
+        .collect();
+    assert_eq!(sla.len(), 1, "{sla:?}");
+    assert!(
+        sla[0]
+            .detail
+            .starts_with(&format!("conversation {emergency}:"))
+    );
+    assert!(sla[0].resolved_at.is_none());
+    let (_, page) = staff.get(&format!("/inbox/{emergency}")).await;
+    let (status, _) = staff
+        .post(
+            &format!("/inbox/{emergency}/reply"),
+            &[
+                ("csrf", &csrf_of(&page)),
+                ("text", "We are calling you now."),
+            ],
+        )
+        .await;
+    assert_eq!(status, 303);
+    let sla = store.recent_alerts(50).await.unwrap();
+    assert!(
+        sla.iter()
+            .filter(|a| a.kind == "inbox_sla")
+            .all(|a| a.resolved_at.is_some())
+    );
+
+    // 25 hours after the patient wrote: no free text, only the template.
+    clock.set("2026-12-01T16:10:00Z".parse().unwrap());
+    let (_, page) = staff.get(&format!("/inbox/{free_text}")).await;
+    assert!(page.contains("id=\"send-template\""), "{page}");
+    assert!(!page.contains("id=\"send-reply\""));
+    let csrf = csrf_of(&page);
+    let (status, body) = staff
+        .post(
+            &format!("/inbox/{free_text}/reply"),
+            &[("csrf", &csrf), ("text", "Are you still coming?")],
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("24 h"), "{body}");
+    let (status, _) = staff
+        .post(
+            &format!("/inbox/{free_text}/reply"),
+            &[("csrf", &csrf), ("template", "1")],
+        )
+        .await;
+    assert_eq!(status, 303);
+    while !service.tick(50).await.unwrap().is_idle() {}
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let templates: Vec<_> = sim
+        .sent()
+        .into_iter()
+        .filter(|b| b["type"] == "template" && b["template"]["name"] == "reply_waiting")
+        .collect();
+    assert_eq!(templates.len(), 1);
+    assert_eq!(templates[0]["to"], "12127365001");
+
+    // A text that slips through outside the window: WhatsApp (the simulator) fails it with 131047,
+    // and the conversation shows it failed.
+    let late = store
+        .queue_staff_reply(free_text, "frontdesk", "text", "late text", clock.now())
+        .await
+        .unwrap();
+    while !service.tick(50).await.unwrap().is_idle() {}
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let d = store
+        .open_conversation(free_text, "test", "test", clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    let m = d.messages.iter().find(|m| m.id == late).unwrap();
+    assert_eq!(m.state, "failed", "{m:?}");
+    assert!(
+        m.state_detail.as_deref().unwrap().contains("131047"),
+        "{m:?}"
+    );
+
+    // Close it; the trail verifies; no canary in the logs or the alerts.
+    let (_, page) = staff.get(&format!("/inbox/{free_text}")).await;
+    let (status, _) = staff
+        .post(
+            &format!("/inbox/{free_text}/close"),
+            &[("csrf", &csrf_of(&page))],
+        )
+        .await;
+    assert_eq!(status, 303);
+    let open = store.conversations(&InboxFilter::default()).await.unwrap();
+    assert_eq!(
+        open.iter().map(|l| l.id).collect::<Vec<_>>(),
+        vec![emergency]
+    );
+    assert_eq!(store.audit_verify().await.unwrap().broken, None);
+    for a in store.recent_alerts(50).await.unwrap() {
+        assert_clean("an alert", &a.detail);
+    }
+    assert_clean("the logs", &logs.text());
+
+    // Signing out ends the session on the server.
+    let (_, page) = staff.get("/inbox").await;
+    let signed_in = staff.cookies.clone();
+    let (status, _) = staff.post("/logout", &[("csrf", &csrf_of(&page))]).await;
+    assert_eq!(status, 303);
+    staff.cookies = signed_in;
+    let (status, _) = staff.get("/inbox").await;
+    assert_eq!(status, 303, "the old cookie no longer signs in");
+
+    halt_tx.send_replace(true);
+    task.await.unwrap().unwrap();
+    store.close().await;
+}
