@@ -460,3 +460,300 @@ async fn staff_answer_patients_in_the_console_inside_the_window_and_only_by_temp
     task.await.unwrap().unwrap();
     store.close().await;
 }
+
+/// A WebDriver client (the W3C protocol chromedriver speaks) over reqwest.
+struct WebDriver {
+    http: reqwest::Client,
+    base: String,
+    _driver: tokio::process::Child,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl WebDriver {
+    /// Starts chromedriver on a free port and a headless Debian chromium session.
+    async fn start(driver: &std::path::Path, profile: &std::path::Path) -> (WebDriver, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new(driver)
+            .arg(format!("--port={port}"))
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver started");
+        let wd = WebDriver {
+            http: reqwest::Client::new(),
+            base: format!("http://127.0.0.1:{port}"),
+            _driver: child,
+        };
+        for _ in 0..100 {
+            if let Ok(r) = wd.http.get(format!("{}/status", wd.base)).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium_binary(),
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--disable-quic", "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync", "--window-size=1280,1400",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let v = wd.call("POST", "/session", caps).await;
+        let session = v["sessionId"].as_str().expect("a session").to_owned();
+        (wd, session)
+    }
+
+    async fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let url = format!("{}{path}", self.base);
+        let r = match method {
+            "GET" => self.http.get(url),
+            "DELETE" => self.http.delete(url),
+            _ => self.http.post(url).json(&body),
+        }
+        .send()
+        .await
+        .expect("chromedriver answered");
+        let status = r.status();
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(status.is_success(), "{method} {path}: {v}");
+        v["value"].clone()
+    }
+}
+
+fn chromium_binary() -> String {
+    std::env::var("MEDRELAY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+/// One browser session's steps.
+struct Browser<'a> {
+    wd: &'a WebDriver,
+    session: String,
+}
+
+impl Browser<'_> {
+    async fn go(&self, url: &str) {
+        self.wd
+            .call(
+                "POST",
+                &format!("/session/{}/url", self.session),
+                serde_json::json!({ "url": url }),
+            )
+            .await;
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let v = self
+            .wd
+            .call(
+                "POST",
+                &format!("/session/{}/element", self.session),
+                serde_json::json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        v[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_owned()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.element(css).await;
+        self.wd
+            .call(
+                "POST",
+                &format!("/session/{}/element/{e}/value", self.session),
+                serde_json::json!({ "text": text }),
+            )
+            .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.element(css).await;
+        self.wd
+            .call(
+                "POST",
+                &format!("/session/{}/element/{e}/click", self.session),
+                serde_json::json!({}),
+            )
+            .await;
+    }
+
+    async fn source(&self) -> String {
+        self.wd
+            .call(
+                "GET",
+                &format!("/session/{}/source", self.session),
+                serde_json::Value::Null,
+            )
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The page once it contains `needle` (a form post's answer may still be loading when the
+    /// click returns); panics with the page after 10 s.
+    async fn page_with(&self, needle: &str) -> String {
+        let mut page = String::new();
+        for _ in 0..100 {
+            page = self.source().await;
+            if page.contains(needle) {
+                return page;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no `{needle}` in the page:\n{page}");
+    }
+
+    async fn current_url(&self) -> String {
+        self.wd
+            .call(
+                "GET",
+                &format!("/session/{}/url", self.session),
+                serde_json::Value::Null,
+            )
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// A PNG of the window, kept as a CI artefact.
+    async fn screenshot(&self, name: &str) {
+        use base64::Engine;
+        let v = self
+            .wd
+            .call(
+                "GET",
+                &format!("/session/{}/screenshot", self.session),
+                serde_json::Value::Null,
+            )
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
+        let artifacts = std::env::var_os("MEDRELAY_ARTIFACTS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| common::root().join("ci-artifacts"));
+        std::fs::create_dir_all(&artifacts).unwrap();
+        let path = artifacts.join(name);
+        std::fs::write(&path, png).unwrap();
+        eprintln!("console screenshot: {}", path.display());
+    }
+
+    async fn sign_in(&self, base: &str, user: &str) {
+        self.go(&format!("{base}/login")).await;
+        self.type_into("#user", user).await;
+        self.type_into("#password", STAFF_PASSWORD).await;
+        self.click("#sign-in").await;
+    }
+}
+
+/// In Debian's chromium through chromedriver: staff sign in, open the emergency conversation of
+/// a seeded run, answer it, see the simulator deliver the answer, close it; a viewer signed in
+/// after them sees no patient data. Screenshots go to `ci-artifacts/console-*.png`. Without
+/// chromedriver the test says SKIPPED; with `MEDRELAY_REQUIRE_BROWSER` set it fails instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_in_a_browser_answers_and_closes_an_emergency_conversation() {
+    let driver = std::env::var_os("MEDRELAY_CHROMEDRIVER")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromedriver".into());
+    if !driver.exists() || !std::path::Path::new(&chromium_binary()).exists() {
+        assert!(
+            std::env::var_os("MEDRELAY_REQUIRE_BROWSER").is_none(),
+            "MEDRELAY_REQUIRE_BROWSER is set but chromium or chromedriver is missing"
+        );
+        eprintln!("SKIPPED: the console in a browser (apt-get install chromium chromium-driver)");
+        return;
+    }
+    static ENV: std::sync::Once = std::sync::Once::new();
+    // SAFETY: set once, before anything reads it; only this binary reads this name.
+    ENV.call_once(|| unsafe { std::env::set_var(STAFF_PASSWORD_ENV, STAFF_PASSWORD) });
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = inbox_config(dir.path());
+    let config = dir.path().join("medrelay.toml");
+    let config = config.to_str().unwrap();
+    let file = common::copy_sample(dir.path(), "samples/csv/openemr_future_appointments.csv");
+    let clock = Arc::new(ManualClock::new("2026-11-30T15:00:00Z".parse().unwrap()));
+    let (store, service, _) =
+        common::service_with_import(&loaded, clock.clone(), "openemr", &file).await;
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let sim = service.simulator.clone().unwrap();
+    sim.patient_texts("+12127365002", EMERGENCY);
+    sim.patient_texts("+12127365001", FREE_TEXT);
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let emergency = store.conversations(&InboxFilter::default()).await.unwrap()[0].id;
+    add_user(config, "frontdesk", "staff").await;
+    add_user(config, "manager", "viewer").await;
+    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
+    let (addr, task) =
+        medrelay::commands::run::start_console(&loaded, &store, clock.clone(), halt_rx)
+            .await
+            .unwrap()
+            .expect("the console is configured");
+    // `localhost`: browsers keep Secure cookies for it over plain HTTP (a secure context).
+    let base = format!("http://localhost:{}", addr.port());
+
+    let profile = tempfile::tempdir().unwrap();
+    let (wd, session) = WebDriver::start(&driver, profile.path()).await;
+    let b = Browser {
+        wd: &wd,
+        session: session.clone(),
+    };
+    b.sign_in(&base, "frontdesk").await;
+    b.page_with("EMERGENCY phrase").await;
+    assert!(b.current_url().await.ends_with("/inbox"));
+    b.screenshot("console-inbox.png").await;
+
+    b.click(&format!("a[href=\"/inbox/{emergency}\"]")).await;
+    b.page_with(EMERGENCY).await;
+    b.type_into("#reply-text", "We are calling you right now.")
+        .await;
+    b.click("#send-reply").await;
+    b.page_with("data-send-state=\"pending\"").await;
+    // The service sends it; the simulator's statuses come back.
+    while !service.tick(50).await.unwrap().is_idle() {}
+    while !service.tick(50).await.unwrap().is_idle() {}
+    b.go(&format!("{base}/inbox/{emergency}")).await;
+    b.page_with("data-status=\"read\"").await;
+    assert_eq!(
+        sim.sent()
+            .iter()
+            .filter(|m| m["text"]["body"] == "We are calling you right now.")
+            .count(),
+        1
+    );
+    b.screenshot("console-conversation.png").await;
+    b.click("#close").await;
+    let page = b.page_with("<h1>Inbox</h1>").await;
+    assert!(!page.contains(&format!("data-conversation=\"{emergency}\"")));
+    b.click("#logout").await;
+    b.page_with("<h1>Sign in</h1>").await;
+
+    // A viewer: counts, and no patient data anywhere on the page.
+    b.sign_in(&base, "manager").await;
+    let page = b.page_with("data-count=\"open\">1<").await;
+    assert_clean("the viewer's page in the browser", &page);
+    b.screenshot("console-viewer.png").await;
+
+    wd.call(
+        "DELETE",
+        &format!("/session/{session}"),
+        serde_json::Value::Null,
+    )
+    .await;
+    halt_tx.send_replace(true);
+    task.await.unwrap().unwrap();
+    store.close().await;
+}
