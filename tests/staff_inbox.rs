@@ -340,6 +340,22 @@ async fn staff_answer_patients_in_the_console_inside_the_window_and_only_by_temp
         "statuses reconciled: {page}"
     );
 
+    // On the phone Alice confirms: recorded from the conversation, written back like a tap.
+    let (_, page) = staff.get(&format!("/inbox/{free_text}")).await;
+    let (status, _) = staff
+        .post(
+            &format!("/inbox/{free_text}/act"),
+            &[("csrf", &csrf_of(&page)), ("action", "confirm")],
+        )
+        .await;
+    assert_eq!(status, 303);
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let rows = common::return_rows(dir.path(), "openemr");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].starts_with("50001,1001,confirm,C,"), "{}", rows[0]);
+    let (_, page) = staff.get(&format!("/inbox/{free_text}")).await;
+    assert!(page.contains("recorded: the patient confirms"), "{page}");
+
     // 15:31: the emergency has waited past its SLA: one alert, once; the answer resolves it.
     clock.set("2026-11-30T15:31:00Z".parse().unwrap());
     service.tick(50).await.unwrap();
@@ -406,6 +422,17 @@ async fn staff_answer_patients_in_the_console_inside_the_window_and_only_by_temp
         .collect();
     assert_eq!(templates.len(), 1);
     assert_eq!(templates[0]["to"], "12127365001");
+
+    // The appointment has started: nothing more is recorded on it.
+    let (_, page) = staff.get(&format!("/inbox/{free_text}")).await;
+    let (status, body) = staff
+        .post(
+            &format!("/inbox/{free_text}/act"),
+            &[("csrf", &csrf_of(&page)), ("action", "cancel")],
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(common::return_rows(dir.path(), "openemr").len(), 1);
 
     // A text that slips through outside the window: WhatsApp (the simulator) fails it with 131047,
     // and the conversation shows it failed.

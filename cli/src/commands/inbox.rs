@@ -14,7 +14,7 @@ use medrelay_pipeline::accounts::hash_password;
 use medrelay_pipeline::clock::Clock;
 use medrelay_pipeline::http::console::answer;
 use medrelay_pipeline::inbox::{ReengageTemplate, SERVICE_WINDOW, window_open};
-use medrelay_pipeline::store::inbox::{ConversationState, InboxFilter};
+use medrelay_pipeline::store::inbox::{ConversationState, InboxFilter, StaffAction};
 use medrelay_pipeline::store::users::Role;
 
 use super::load_config;
@@ -32,6 +32,9 @@ pub enum InboxCommand {
     Reply(InboxReplyArgs),
     /// Take a conversation (assign it to yourself).
     Take(InboxActArgs),
+    /// Record what you learnt from the patient: confirm, cancel or reschedule (written back to
+    /// the EHR like a tap), or called (a note).
+    Act(InboxRecordArgs),
     /// Close a conversation.
     Close(InboxActArgs),
 }
@@ -51,6 +54,17 @@ pub struct InboxActArgs {
     /// Who acts (recorded in the audit trail; defaults to $USER).
     #[arg(long = "as")]
     pub actor: Option<String>,
+}
+
+/// Arguments of `inbox act`.
+#[derive(Debug, Args)]
+pub struct InboxRecordArgs {
+    pub id: i64,
+    #[arg(long = "as")]
+    pub actor: Option<String>,
+    /// confirm, cancel, reschedule or called.
+    #[arg(long)]
+    pub action: String,
 }
 
 /// Arguments of `inbox reply`.
@@ -270,6 +284,25 @@ pub async fn run_inbox(
                 Err(refusal) => {
                     store.close().await;
                     return Err(Failure::usage(refusal.message()));
+                }
+            }
+        }
+        InboxCommand::Act(a) => {
+            let who = actor(a.actor);
+            let Some(action) = StaffAction::parse(&a.action) else {
+                store.close().await;
+                return Err(Failure::usage(
+                    "--action is confirm, cancel, reschedule or called",
+                ));
+            };
+            match store.record_staff_action(a.id, &who, action, now).await? {
+                Ok(()) => {
+                    o.line(format!("recorded on conversation {}: {}", a.id, a.action));
+                    exit::OK
+                }
+                Err(why) => {
+                    store.close().await;
+                    return Err(Failure::usage(why));
                 }
             }
         }

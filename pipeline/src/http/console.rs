@@ -30,7 +30,7 @@ use crate::accounts::{burn_password_check, new_token, token_hash, verify_passwor
 use crate::clock::Clock;
 use crate::inbox::{ReengageTemplate, ReplyPlan, reply_plan};
 use crate::store::Store;
-use crate::store::inbox::{ConversationDetail, ConversationState, InboxFilter};
+use crate::store::inbox::{ConversationDetail, ConversationState, InboxFilter, StaffAction};
 use crate::store::users::{ConsoleUser, Role};
 
 /// The session cookie's name.
@@ -95,6 +95,7 @@ pub fn console_router(state: ConsoleState) -> Router {
         .route("/inbox/{id}", get(conversation_page))
         .route("/inbox/{id}/reply", post(reply))
         .route("/inbox/{id}/take", post(take))
+        .route("/inbox/{id}/act", post(act))
         .route("/inbox/{id}/close", post(close))
         .with_state(state)
 }
@@ -171,7 +172,7 @@ header{background:#0b5;color:#fff;padding:.6em 1em;display:flex;gap:1em;align-it
 header a{color:#fff}nav{display:flex;gap:1em;align-items:center}nav form{margin:0}\
 main{padding:1em;max-width:60em}table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #ddd;padding:.4em;text-align:left}\
 .emergency{color:#b00;font-weight:bold}.overdue{color:#b00}.msg{padding:.5em;margin:.4em 0;border-radius:.4em;max-width:40em}\
-.in{background:#eef}.out{background:#efe;margin-left:auto}.meta{font-size:.8em;color:#666}\
+.in{background:#eef}.note{background:#f4f4f4;font-style:italic}.out{background:#efe;margin-left:auto}.meta{font-size:.8em;color:#666}\
 textarea{width:100%;min-height:6em}.notice{background:#ffd;padding:.6em;border:1px solid #dd8}.error{background:#fdd;padding:.6em}";
 
 fn forbidden(why: &str) -> Response {
@@ -640,6 +641,18 @@ async fn conversation_page(
                         }
                     }
                 }
+                section.actions {
+                    p.meta { "Record what you learnt from the patient (written back to the EHR like a tap):" }
+                    @for (value, label) in [("confirm", "Patient confirms"), ("cancel", "Patient cancels"), ("reschedule", "Patient wants another time"), ("called", "I called the patient")] {
+                        @if d.appointment.is_some() || value == "called" {
+                            form method="post" action={ "/inbox/" (id) "/act" } style="display:inline" {
+                                input type="hidden" name="csrf" value=(csrf);
+                                input type="hidden" name="action" value=(value);
+                                button type="submit" id={ "act-" (value) } { (label) }
+                            }
+                        }
+                    }
+                }
                 form method="post" action={ "/inbox/" (id) "/take" } {
                     input type="hidden" name="csrf" value=(csrf);
                     button type="submit" id="take" { "Take it" }
@@ -652,6 +665,57 @@ async fn conversation_page(
             @if closed { p.meta { "Closed." } }
         },
     )
+}
+
+#[derive(Deserialize)]
+struct ActForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    action: String,
+}
+
+async fn act(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Form(form): Form<ActForm>,
+) -> Response {
+    let (user, csrf, _) = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !csrf_ok(&form.csrf, &csrf) {
+        return forbidden("missing or wrong CSRF token");
+    }
+    let Some(action) = StaffAction::parse(&form.action) else {
+        return secure_headers(
+            (StatusCode::UNPROCESSABLE_ENTITY, "unknown action\n").into_response(),
+        );
+    };
+    if let Err(r) = open_for(&state, &user, id).await {
+        return r;
+    }
+    match state
+        .store
+        .record_staff_action(id, &user.name, action, state.clock.now())
+        .await
+    {
+        Ok(Ok(())) => see_other(&format!("/inbox/{id}")),
+        Ok(Err(why)) => {
+            secure_headers((StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n")).into_response())
+        }
+        Err(e) => {
+            warn!(error = %e, "staff action could not be recorded");
+            secure_headers(
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is not available\n",
+                )
+                    .into_response(),
+            )
+        }
+    }
 }
 
 #[derive(Deserialize)]

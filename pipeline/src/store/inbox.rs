@@ -807,6 +807,142 @@ impl Store {
     }
 }
 
+/// What staff record from a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StaffAction {
+    /// As if the patient had tapped it: written back to the EHR the same way.
+    Reply(medrelay_mapping::reply::ReplyAction),
+    /// Staff phoned the patient (a note in the conversation and the audit trail only).
+    Called,
+}
+
+impl StaffAction {
+    /// `confirm`, `cancel`, `reschedule` or `called`.
+    pub fn parse(s: &str) -> Option<StaffAction> {
+        use medrelay_mapping::reply::ReplyAction;
+        match s {
+            "called" => Some(StaffAction::Called),
+            other => match ReplyAction::parse(other)? {
+                ReplyAction::NotNotified => None,
+                a => Some(StaffAction::Reply(a)),
+            },
+        }
+    }
+
+    fn note(self) -> &'static str {
+        use medrelay_mapping::reply::ReplyAction;
+        match self {
+            StaffAction::Called => "called the patient",
+            StaffAction::Reply(ReplyAction::Confirm) => "recorded: the patient confirms",
+            StaffAction::Reply(ReplyAction::Cancel) => "recorded: the patient cancels",
+            StaffAction::Reply(_) => "recorded: the patient asks for another time",
+        }
+    }
+}
+
+impl Store {
+    /// Records what staff learnt from the patient (on the phone, in the chat): a confirmation,
+    /// cancellation or reschedule request of the conversation's appointment becomes a reply like
+    /// a tap (written back to the EHR the same way; a cancellation withdraws its reminders), with
+    /// a note in the conversation and an audit record naming who. `Ok(Err(why))` when the
+    /// appointment cannot take it (none, not booked, already started).
+    pub async fn record_staff_action(
+        &self,
+        conversation: i64,
+        actor: &str,
+        action: StaffAction,
+        now: Timestamp,
+    ) -> StoreResult<Result<(), &'static str>> {
+        let mut tx = self.write_tx().await?;
+        let row: Option<(String, Option<i64>)> = on_tx!(tx, |c| sqlx::query_as(
+            "SELECT contact_hash, appointment_id FROM conversations WHERE id = $1"
+        )
+        .bind(conversation)
+        .fetch_optional(&mut *c)
+        .await)?;
+        let Some((contact, appointment)) = row else {
+            return Ok(Err("no such conversation"));
+        };
+        if let StaffAction::Reply(reply) = action {
+            let Some(appointment) = appointment else {
+                return Ok(Err("the conversation concerns no appointment"));
+            };
+            let state: Option<(String, i64)> = on_tx!(tx, |c| sqlx::query_as(
+                "SELECT status, start_at FROM appointments WHERE id = $1"
+            )
+            .bind(appointment)
+            .fetch_optional(&mut *c)
+            .await)?;
+            match state {
+                Some((status, start)) if status == "booked" && start > secs(now) => {}
+                Some(_) => return Ok(Err("the appointment is no longer booked or has started")),
+                None => return Ok(Err("the appointment is gone")),
+            }
+            let job: Option<i64> = on_tx!(tx, |c| {
+                sqlx::query_scalar(
+                "SELECT id FROM outbox WHERE appointment_id = $1 AND wamid IS NOT NULL ORDER BY id DESC LIMIT 1"
+            )
+            .bind(appointment)
+            .fetch_optional(&mut *c)
+            .await
+            })?;
+            let id = format!("staff:{conversation}:{}", uuid::Uuid::new_v4());
+            on_tx!(tx, |c| {
+                sqlx::query(
+                "INSERT INTO replies (wa_message_id, contact_hash, job_id, appointment_id, kind, action, outcome, received_at) \
+                 VALUES ($1, $2, $3, $4, 'staff', $5, 'accepted', $6)",
+            )
+            .bind(&id)
+            .bind(&contact)
+            .bind(job)
+            .bind(appointment)
+            .bind(reply.as_str())
+            .bind(secs(now))
+            .execute(&mut *c)
+            .await
+            .map(|r| r.rows_affected())
+            })?;
+            if reply == medrelay_mapping::reply::ReplyAction::Cancel {
+                on_tx!(tx, |c| {
+                    sqlx::query(
+                    "UPDATE appointments SET patient_cancelled_at = $1, updated_at = $1 WHERE id = $2 AND patient_cancelled_at IS NULL",
+                )
+                .bind(secs(now))
+                .bind(appointment)
+                .execute(&mut *c)
+                .await
+                .map(|r| r.rows_affected())
+                })?;
+            }
+        }
+        on_tx!(tx, |c| {
+            sqlx::query(
+            "INSERT INTO conversation_messages (conversation_id, direction, kind, body, staff_user, state, at) \
+             VALUES ($1, 'note', 'action', $2, $3, 'noted', $4)",
+        )
+        .bind(conversation)
+        .bind(action.note())
+        .bind(actor)
+        .bind(secs(now))
+        .execute(&mut *c)
+        .await
+        .map(|r| r.rows_affected())
+        })?;
+        audit::append(
+            &mut tx,
+            &self.keys,
+            now,
+            actor,
+            "staff_action",
+            &format!("conversation:{conversation}"),
+            json!({"action": action.note(), "appointment": appointment}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+}
+
 /// The SLA alert's incident key for a conversation (alert details start with it).
 pub fn sla_key(conversation: i64) -> String {
     format!("conversation {conversation}:")
