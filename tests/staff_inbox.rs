@@ -150,7 +150,8 @@ pub fn inbox_config(dir: &std::path::Path) -> medrelay::config::Loaded {
     );
     let text = format!(
         "{text}\n[templates.reply_waiting]\nname = \"reply_waiting\"\nlanguages = [\"en_US\"]\nbody = []\n\n\
-         [console]\nlisten = \"127.0.0.1:0\"\nsession_hours = 48\nreengage_template = \"reply_waiting\"\n"
+         [console]\nlisten = \"127.0.0.1:0\"\nsession_hours = 48\nreengage_template = \"reply_waiting\"\n\n\
+         [[console.canned]]\nname = \"Calling you\"\ntext = \"We are calling you now.\"\nlanguage = \"en\"\n"
     );
     std::fs::write(&path, text).unwrap();
     medrelay::config::load(&path).unwrap()
@@ -208,6 +209,24 @@ async fn staff_answer_patients_in_the_console_inside_the_window_and_only_by_temp
     assert_eq!(lines[1].reason, ConversationReason::FreeText);
     assert!(lines.iter().all(|l| l.site.as_deref() == Some("newyork")));
     let (emergency, free_text) = (lines[0].id, lines[1].id);
+    // Alice hears that a person will answer, and when; the emergency had its safety reply.
+    let answers: Vec<String> = sim
+        .sent()
+        .iter()
+        .filter(|b| b["type"] == "text")
+        .map(|b| format!("{} {}", b["to"], b["text"]["body"]))
+        .collect();
+    assert!(
+        answers.contains(&"\"12127365001\" \"Thank you for your message. A person from the clinic will answer here within 30 minutes.\"".to_owned()),
+        "{answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.starts_with("\"12127365002\" \"If this is an emergency")),
+        "{answers:?}"
+    );
+    assert_eq!(answers.len(), 2, "{answers:?}");
     // The SLA clock: 30 minutes of opening time.
     assert_eq!(
         lines[1].reply_due_at,
@@ -378,13 +397,18 @@ async fn staff_answer_patients_in_the_console_inside_the_window_and_only_by_temp
     let (status, _) = staff
         .post(
             &format!("/inbox/{emergency}/reply"),
-            &[
-                ("csrf", &csrf_of(&page)),
-                ("text", "We are calling you now."),
-            ],
+            &[("csrf", &csrf_of(&page)), ("text", ""), ("canned", "0")],
         )
         .await;
-    assert_eq!(status, 303);
+    assert_eq!(status, 303, "a prepared answer");
+    while !service.tick(50).await.unwrap().is_idle() {}
+    assert_eq!(
+        sim.sent()
+            .iter()
+            .filter(|b| b["to"] == "12127365002" && b["text"]["body"] == "We are calling you now.")
+            .count(),
+        1
+    );
     let sla = store.recent_alerts(50).await.unwrap();
     assert!(
         sla.iter()
@@ -453,6 +477,21 @@ async fn staff_answer_patients_in_the_console_inside_the_window_and_only_by_temp
         m.state_detail.as_deref().unwrap().contains("131047"),
         "{m:?}"
     );
+
+    // The KPI report: two conversations, answered after 10 and 31 minutes.
+    let kpi = store
+        .kpi_report(
+            "2026-11-30T00:00:00Z".parse().unwrap(),
+            "2026-12-10T00:00:00Z".parse().unwrap(),
+            medrelay_pipeline::store::report::ReportGroup::Site,
+            None,
+        )
+        .await
+        .unwrap();
+    let ny = kpi.iter().find(|r| r.group == "newyork").unwrap();
+    assert_eq!(ny.inbox_conversations, 2);
+    assert_eq!(ny.staff_reply_seconds_median, Some(600.0));
+    assert_eq!(ny.staff_reply_seconds_p90, Some(1860.0));
 
     // Close it; the trail verifies; no canary in the logs or the alerts.
     let (_, page) = staff.get(&format!("/inbox/{free_text}")).await;

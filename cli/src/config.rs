@@ -190,6 +190,9 @@ pub struct ConsoleConfig {
     /// Cookies carry `Secure` (default true; browsers accept them on https and on localhost).
     #[serde(default = "default_true")]
     pub secure_cookies: bool,
+    /// `[[console.canned]]`: prepared answers (`name`, `text`, optional `language`).
+    #[serde(default)]
+    pub canned: Vec<medrelay_pipeline::http::console::CannedAnswer>,
 }
 
 fn default_session_hours() -> i64 {

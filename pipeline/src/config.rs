@@ -152,7 +152,9 @@ pub struct TemplateConfig {
     pub ttl: Option<String>,
 }
 
-/// Texts medrelay itself sends inside the 24 h service window (never template-only content).
+/// Texts medrelay itself sends inside the 24 h service window (never template-only content):
+/// the defaults, and the same texts per WhatsApp language (`[reply_texts.languages.pt_BR]`, every
+/// text required), chosen from the patient's language with the site's fallbacks.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplyTexts {
@@ -164,6 +166,101 @@ pub struct ReplyTexts {
     pub stopped: String,
     #[serde(default = "default_started")]
     pub started: String,
+    /// When a patient's message opens an inbox conversation in opening hours; `{within}` is
+    /// the site's reply SLA ("60 minutes"). Empty: no acknowledgement.
+    #[serde(default = "default_acknowledgement")]
+    pub acknowledgement: String,
+    /// The same outside the site's opening hours. Empty: no acknowledgement.
+    #[serde(default = "default_out_of_hours")]
+    pub out_of_hours: String,
+    /// The language of the texts above (default `en`).
+    #[serde(default = "default_texts_language")]
+    pub language: String,
+    /// The texts in other languages, by WhatsApp language code (`pt_BR`) or language (`pt`).
+    #[serde(default)]
+    pub languages: BTreeMap<String, LanguageTexts>,
+}
+
+fn default_texts_language() -> String {
+    "en".into()
+}
+
+/// Every reply text in one language (all required: a language with a missing text is refused
+/// when the configuration is read).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanguageTexts {
+    pub stale: String,
+    pub emergency: String,
+    pub stopped: String,
+    pub started: String,
+    pub acknowledgement: String,
+    pub out_of_hours: String,
+}
+
+/// The texts chosen for one patient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Texts<'a> {
+    pub stale: &'a str,
+    pub emergency: &'a str,
+    pub stopped: &'a str,
+    pub started: &'a str,
+    pub acknowledgement: &'a str,
+    pub out_of_hours: &'a str,
+}
+
+impl ReplyTexts {
+    /// The texts for a patient whose language is `language` (a WhatsApp code such as `pt_BR`,
+    /// or a bare `pt`), then the site's `fallbacks` in order, then the defaults. A code matches
+    /// exactly, else by its language part.
+    pub fn for_language(&self, language: Option<&str>, fallbacks: &[String]) -> Texts<'_> {
+        let find = |code: &str| {
+            let code = code.replace('-', "_");
+            self.languages.get(&code).or_else(|| {
+                let lang = code.split('_').next().unwrap_or(&code).to_ascii_lowercase();
+                self.languages
+                    .iter()
+                    .find(|(k, _)| k.split('_').next().unwrap_or(k).eq_ignore_ascii_case(&lang))
+                    .map(|(_, v)| v)
+            })
+        };
+        let lang_of = |code: &str| {
+            code.replace('-', "_")
+                .split('_')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+        };
+        let chosen = language
+            .into_iter()
+            .chain(fallbacks.iter().map(String::as_str))
+            .find_map(|code| {
+                if lang_of(code) == lang_of(&self.language) {
+                    Some(None)
+                } else {
+                    find(code).map(Some)
+                }
+            })
+            .flatten();
+        match chosen {
+            Some(t) => Texts {
+                stale: &t.stale,
+                emergency: &t.emergency,
+                stopped: &t.stopped,
+                started: &t.started,
+                acknowledgement: &t.acknowledgement,
+                out_of_hours: &t.out_of_hours,
+            },
+            None => Texts {
+                stale: &self.stale,
+                emergency: &self.emergency,
+                stopped: &self.stopped,
+                started: &self.started,
+                acknowledgement: &self.acknowledgement,
+                out_of_hours: &self.out_of_hours,
+            },
+        }
+    }
 }
 
 fn default_stale() -> String {
@@ -178,6 +275,13 @@ fn default_stopped() -> String {
 fn default_started() -> String {
     "You will receive appointment messages on WhatsApp again. Reply STOP to stop.".into()
 }
+fn default_acknowledgement() -> String {
+    "Thank you for your message. A person from the clinic will answer here within {within}.".into()
+}
+fn default_out_of_hours() -> String {
+    "Thank you for your message. The clinic is closed now; a person will answer here when it opens."
+        .into()
+}
 
 impl Default for ReplyTexts {
     fn default() -> Self {
@@ -186,6 +290,10 @@ impl Default for ReplyTexts {
             emergency: default_emergency(),
             stopped: default_stopped(),
             started: default_started(),
+            acknowledgement: default_acknowledgement(),
+            out_of_hours: default_out_of_hours(),
+            language: default_texts_language(),
+            languages: BTreeMap::new(),
         }
     }
 }
@@ -679,6 +787,42 @@ mod tests {
             "#
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn reply_texts_follow_the_patients_language_then_the_sites_fallbacks() {
+        let pt = |text: &str| {
+            format!(
+                "[languages.pt_BR]\nstale = \"{text} stale\"\nemergency = \"e\"\nstopped = \"s\"\nstarted = \"t\"\nacknowledgement = \"a {{within}}\"\nout_of_hours = \"o\"\n"
+            )
+        };
+        let texts: ReplyTexts = toml::from_str(&pt("pt")).unwrap();
+        let pt_br = vec!["pt_BR".to_owned(), "en_US".to_owned()];
+        let en = vec!["en_US".to_owned()];
+        assert_eq!(texts.for_language(Some("pt_BR"), &en).stale, "pt stale");
+        assert_eq!(
+            texts.for_language(Some("pt-PT"), &en).stale,
+            "pt stale",
+            "by language"
+        );
+        assert_eq!(
+            texts.for_language(Some("en_GB"), &pt_br).stale,
+            texts.stale,
+            "the defaults are English"
+        );
+        assert_eq!(
+            texts.for_language(None, &pt_br).stale,
+            "pt stale",
+            "the site's first fallback"
+        );
+        assert_eq!(texts.for_language(Some("de"), &en).stale, texts.stale);
+        assert_eq!(texts.for_language(None, &[]).stale, texts.stale);
+        // A language without all its texts is refused, naming the missing one.
+        let short = pt("pt").replace("out_of_hours = \"o\"\n", "");
+        let err = toml::from_str::<ReplyTexts>(&short)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("out_of_hours"), "{err}");
     }
 
     #[test]

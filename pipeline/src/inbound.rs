@@ -543,6 +543,14 @@ impl Inbound {
             text: None,
             received_at,
         };
+        let context = self.store.contact_context(&contact_hash).await?;
+        let site = context
+            .as_ref()
+            .and_then(|(site, _)| self.config.sites.get(site));
+        let texts = self.config.reply_texts.for_language(
+            context.as_ref().and_then(|(_, l)| l.as_deref()),
+            site.map(|s| s.fallback_languages.as_slice()).unwrap_or(&[]),
+        );
         let mut answer: Option<&str> = None;
         match &m.content {
             InboundContent::Button { payload } | InboundContent::Interactive { id: payload } => {
@@ -555,12 +563,12 @@ impl Inbound {
                         reply.outcome = outcome;
                         reply.appointment_id = appointment;
                         if outcome == "stale" {
-                            answer = Some(&self.config.reply_texts.stale);
+                            answer = Some(texts.stale);
                         }
                     }
                     Err(PayloadError::Expired) => {
                         reply.outcome = "stale";
-                        answer = Some(&self.config.reply_texts.stale);
+                        answer = Some(texts.stale);
                     }
                     Err(_) => reply.outcome = "invalid",
                 }
@@ -582,7 +590,7 @@ impl Inbound {
                                 now,
                             )
                             .await?;
-                        answer = Some(&self.config.reply_texts.stopped);
+                        answer = Some(texts.stopped);
                     }
                     TextIntent::Start => {
                         reply.action = Some("start".into());
@@ -598,13 +606,13 @@ impl Inbound {
                                 now,
                             )
                             .await?;
-                        answer = Some(&self.config.reply_texts.started);
+                        answer = Some(texts.started);
                     }
                     TextIntent::Emergency => {
                         reply.action = Some("emergency".into());
                         reply.outcome = "safety_reply";
                         reply.text = Some(body.clone());
-                        answer = Some(&self.config.reply_texts.emergency);
+                        answer = Some(texts.emergency);
                     }
                     TextIntent::Other => {
                         reply.action = Some("free_text".into());
@@ -629,7 +637,7 @@ impl Inbound {
         }
         info!(contact = %contact_hash, kind = reply.kind, action = ?reply.action, outcome = reply.outcome, "patient reply");
         let conversation = self
-            .file_in_inbox(m, &reply, &contact_hash, received_at, now)
+            .file_in_inbox(m, &reply, &contact_hash, site, &texts, received_at, now)
             .await?;
         if reply.outcome == "safety_reply" {
             let link = conversation
@@ -653,11 +661,14 @@ impl Inbound {
 
     /// Files a message that needs a person (free text, an emergency phrase, media) in the staff
     /// inbox, with the reply SLA of the site it most likely concerns. Returns its conversation.
+    #[allow(clippy::too_many_arguments)]
     async fn file_in_inbox(
         &self,
         m: &InboundMessage,
         reply: &NewReply,
         contact_hash: &str,
+        site: Option<&crate::config::CompiledSite>,
+        texts: &crate::config::Texts<'_>,
         received_at: Timestamp,
         now: Timestamp,
     ) -> StoreResult<Option<i64>> {
@@ -692,12 +703,10 @@ impl Inbound {
             }
             _ => return Ok(None),
         };
-        let site = self.store.inbox_site_for(contact_hash).await?;
-        let due = match site.as_deref().and_then(|s| self.config.sites.get(s)) {
-            Some(s) => {
-                crate::inbox::reply_due(received_at, s.reply_sla, s.opening_hours.as_ref(), &s.zone)
-            }
-            None => received_at + jiff::SignedDuration::from_mins(60),
+        let sla = site.map_or(jiff::SignedDuration::from_mins(60), |s| s.reply_sla);
+        let due = match site {
+            Some(s) => crate::inbox::reply_due(received_at, sla, s.opening_hours.as_ref(), &s.zone),
+            None => received_at + sla,
         };
         let (id, new) = self
             .store
@@ -722,6 +731,25 @@ impl Inbound {
             reason = reason.as_str(),
             "filed in the staff inbox"
         );
+        // A new conversation is acknowledged, so that the patient knows a person will answer
+        // and when (an emergency has had its safety reply instead).
+        if new && reason != ConversationReason::Emergency {
+            let open = site.is_none_or(|s| {
+                s.opening_hours
+                    .as_ref()
+                    .is_none_or(|h| h.is_open(received_at, &s.zone))
+            });
+            let text = if open {
+                texts
+                    .acknowledgement
+                    .replace("{within}", &crate::inbox::spoken_duration(sla))
+            } else {
+                texts.out_of_hours.to_owned()
+            };
+            if !text.trim().is_empty() {
+                self.answer(&m.from, &text, &m.id).await;
+            }
+        }
         Ok(Some(id))
     }
 

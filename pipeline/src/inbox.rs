@@ -83,6 +83,15 @@ impl OpeningHours {
             .then_some(OpeningHours { days })
     }
 
+    /// Whether the site is open at `at`.
+    pub fn is_open(&self, at: Timestamp, zone: &TimeZone) -> bool {
+        let local = at.to_zoned(zone.clone());
+        let minute = local.hour() as u16 * 60 + local.minute() as u16;
+        self.of(local.weekday())
+            .iter()
+            .any(|&(a, b)| a <= minute && minute < b)
+    }
+
     fn of(&self, day: Weekday) -> &[(u16, u16)] {
         &self.days[usize::from(day.to_monday_zero_offset() as u8)]
     }
@@ -138,6 +147,22 @@ pub fn reply_due(
         }
     }
     received + sla
+}
+
+/// A duration as a patient reads it: `60 minutes`, `2 hours`, `1 hour 30 minutes`, `1 day`.
+pub fn spoken_duration(d: SignedDuration) -> String {
+    let mins = d.as_mins().max(1);
+    let plural = |n: i64, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
+    if mins <= 90 {
+        return plural(mins, "minute");
+    }
+    if mins % (24 * 60) == 0 {
+        return plural(mins / (24 * 60), "day");
+    }
+    match (mins / 60, mins % 60) {
+        (h, 0) => plural(h, "hour"),
+        (h, m) => format!("{} {}", plural(h, "hour"), plural(m, "minute")),
+    }
 }
 
 /// Whether a patient who last wrote at `last_inbound` may get a free-form message at `now`.
@@ -350,6 +375,20 @@ mod tests {
             reply_due(at("2026-12-04T22:00[Europe/Berlin]"), sla, None, &zone()),
             at("2026-12-04T23:00[Europe/Berlin]")
         );
+    }
+
+    #[test]
+    fn durations_read_as_a_patient_says_them() {
+        let m = SignedDuration::from_mins;
+        assert_eq!(spoken_duration(m(60)), "60 minutes");
+        assert_eq!(spoken_duration(m(1)), "1 minute");
+        assert_eq!(spoken_duration(m(120)), "2 hours");
+        assert_eq!(spoken_duration(m(150)), "2 hours 30 minutes");
+        assert_eq!(spoken_duration(m(24 * 60)), "1 day");
+        let h = OpeningHours::parse("Mon-Fri 08:00-18:00").unwrap();
+        assert!(h.is_open(at("2026-12-02T08:00[Europe/Berlin]"), &zone()));
+        assert!(!h.is_open(at("2026-12-02T18:00[Europe/Berlin]"), &zone()));
+        assert!(!h.is_open(at("2026-12-05T10:00[Europe/Berlin]"), &zone()));
     }
 
     #[test]

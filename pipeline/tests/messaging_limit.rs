@@ -12,11 +12,13 @@ use medrelay_mapping::model::AppointmentStatus;
 use medrelay_pipeline::clock::Clock;
 use std::collections::BTreeSet;
 
-/// `(step template, recipient)` of every message the simulator accepted so far.
+/// `(step template, recipient)` of every template message the simulator accepted so far (a
+/// patient who writes also gets the inbox's acknowledgement, a free service message).
 fn sent(h: &Harness) -> Vec<(String, String)> {
     h.sim
         .sent()
         .iter()
+        .filter(|b| b["type"] == "template")
         .map(|b| {
             (
                 b["template"]["name"].as_str().unwrap().to_owned(),

@@ -79,6 +79,9 @@ pub struct InboxReplyArgs {
     /// Send the configured re-engagement template instead (outside the window).
     #[arg(long)]
     pub template: bool,
+    /// Send the prepared answer of this name (`[[console.canned]]`).
+    #[arg(long, conflicts_with_all = ["text", "template"])]
+    pub canned: Option<String>,
 }
 
 /// `medrelay users ...`
@@ -268,11 +271,33 @@ pub async fn run_inbox(
                 store.close().await;
                 return Err(Failure::usage(format!("there is no conversation {}", a.id)));
             };
-            if !a.template && a.text.is_none() {
+            let canned = match &a.canned {
+                Some(name) => {
+                    let found = loaded
+                        .config
+                        .console
+                        .as_ref()
+                        .and_then(|c| c.canned.iter().find(|x| &x.name == name));
+                    match found {
+                        Some(c) => Some(c.text.clone()),
+                        None => {
+                            store.close().await;
+                            return Err(Failure::usage(format!(
+                                "no prepared answer named `{name}` in [[console.canned]]"
+                            )));
+                        }
+                    }
+                }
+                None => None,
+            };
+            if !a.template && a.text.is_none() && canned.is_none() {
                 store.close().await;
-                return Err(Failure::usage("say --text \"...\" or --template"));
+                return Err(Failure::usage(
+                    "say --text \"...\", --canned NAME or --template",
+                ));
             }
-            let text = (!a.template).then(|| a.text.as_deref().unwrap_or_default());
+            let text =
+                (!a.template).then(|| canned.as_deref().or(a.text.as_deref()).unwrap_or_default());
             match answer(&store, reengage.as_ref(), &d, &who, text, now).await? {
                 Ok(message) => {
                     o.line(format!(

@@ -54,7 +54,7 @@ fn secs(s: Option<f64>) -> String {
     s.map_or("-".into(), |s| format!("{s:.0} s"))
 }
 
-const CSV_HEADER: [&str; 30] = [
+const CSV_HEADER: [&str; 33] = [
     "group",
     "appointments",
     "messaged",
@@ -85,6 +85,9 @@ const CSV_HEADER: [&str; 30] = [
     "cost_service",
     "unpriced_billable",
     "cost_per_confirmed",
+    "inbox_conversations",
+    "staff_reply_seconds_median",
+    "staff_reply_seconds_p90",
 ];
 
 fn csv_line(r: &KpiRow, currency: &str) -> Vec<String> {
@@ -124,6 +127,9 @@ fn csv_line(r: &KpiRow, currency: &str) -> Vec<String> {
         by("service"),
         r.unpriced_billable.to_string(),
         f(r.cost_per_confirmed),
+        r.inbox_conversations.to_string(),
+        f(r.staff_reply_seconds_median),
+        f(r.staff_reply_seconds_p90),
     ]
 }
 
@@ -204,6 +210,12 @@ pub async fn run(config: &Path, args: ReportArgs, o: &mut Output<'_>) -> anyhow:
                     "  reply time to a tap: median {}, p90 {}",
                     secs(r.reply_seconds_median),
                     secs(r.reply_seconds_p90)
+                ));
+                o.line(format!(
+                    "  staff inbox: {} conversation(s), first answer median {}, p90 {}",
+                    r.inbox_conversations,
+                    secs(r.staff_reply_seconds_median),
+                    secs(r.staff_reply_seconds_p90)
                 ));
                 let categories: Vec<String> = r
                     .messages_by_category

@@ -443,6 +443,7 @@ pub async fn start_console(
         .map(|(name, s)| (name.clone(), s.zone.clone()))
         .collect();
     state.secure_cookies = c.secure_cookies;
+    state.canned = c.canned.clone();
     let tls = match &c.tls {
         Some(files) => Some(loaded.server_tls(files).context("console.tls")?),
         None => None,

@@ -24,6 +24,9 @@ CREATE TABLE conversations (
 CREATE UNIQUE INDEX conversations_one_open ON conversations (contact_hash) WHERE state <> 'closed';
 CREATE INDEX conversations_queue ON conversations (state, priority, reply_due_at);
 
+-- A patient's message is filed with the latest appointment messaged to the contact.
+CREATE INDEX messages_contact_time ON messages (contact_hash, sent_at);
+
 -- What was said in a conversation, both ways. A staff reply is queued here ('pending') and sent
 -- once by the service ('sending' -> 'sent'); one whose send may or may not have reached WhatsApp
 -- (the process died mid-send) becomes 'unknown' and is never sent again by itself.

@@ -44,6 +44,19 @@ pub const LOCK_FOR: SignedDuration = SignedDuration::from_mins(15);
 /// The longest staff reply accepted (WhatsApp's text body limit is 4096 characters).
 const MAX_REPLY_CHARS: usize = 4096;
 
+/// A prepared answer staff pick instead of typing (`[[console.canned]]`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CannedAnswer {
+    /// What staff see in the list.
+    pub name: String,
+    /// What the patient gets (no patient data: it is the same for everyone).
+    pub text: String,
+    /// The language it is written in (shown next to its name).
+    #[serde(default)]
+    pub language: Option<String>,
+}
+
 /// What the console needs.
 #[derive(Clone)]
 pub struct ConsoleState {
@@ -55,6 +68,8 @@ pub struct ConsoleState {
     pub reengage: Option<ReengageTemplate>,
     /// Site zones, to show times as the site reads them.
     pub zones: BTreeMap<String, TimeZone>,
+    /// Prepared answers, in the order configured.
+    pub canned: Vec<CannedAnswer>,
     /// Whether cookies carry `Secure` (off only for a plain-HTTP test on a non-loopback name).
     pub secure_cookies: bool,
     /// Sign-in attempts per source address.
@@ -70,6 +85,7 @@ impl ConsoleState {
             session_ttl,
             reengage: None,
             zones: BTreeMap::new(),
+            canned: Vec::new(),
             secure_cookies: true,
             // 10 sign-in attempts a minute per address, bursts of 10.
             limiter: Arc::new(RateLimiter::keyed(Quota::per_minute(
@@ -623,7 +639,17 @@ async fn conversation_page(
                                 ": your answer goes as a WhatsApp text message." }
                             form method="post" action={ "/inbox/" (id) "/reply" } {
                                 input type="hidden" name="csrf" value=(csrf);
-                                textarea name="text" id="reply-text" maxlength="4096" required {}
+                                textarea name="text" id="reply-text" maxlength="4096" {}
+                                @if !state.canned.is_empty() {
+                                    p { label { "or a prepared answer: "
+                                        select name="canned" id="canned" {
+                                            option value="" { "(none: send what I typed)" }
+                                            @for (i, c) in state.canned.iter().enumerate() {
+                                                option value=(i) { (c.name) @if let Some(l) = &c.language { " (" (l) ")" } }
+                                            }
+                                        }
+                                    } }
+                                }
                                 button type="submit" id="send-reply" { "Send reply" }
                             }
                         }
@@ -726,6 +752,9 @@ struct ReplyForm {
     text: String,
     #[serde(default)]
     template: Option<String>,
+    /// The index of a prepared answer, used when no text was typed.
+    #[serde(default)]
+    canned: String,
 }
 
 /// Answers a patient as the signed-in user. Errors name the reason, never the text.
@@ -813,7 +842,17 @@ async fn reply(
         Ok(d) => d,
         Err(r) => return r,
     };
-    let text = form.template.is_none().then_some(form.text.as_str());
+    let canned = form
+        .canned
+        .parse::<usize>()
+        .ok()
+        .and_then(|i| state.canned.get(i));
+    let typed = form.text.trim();
+    let text = match (typed.is_empty(), canned) {
+        (true, Some(c)) => c.text.as_str(),
+        _ => typed,
+    };
+    let text = form.template.is_none().then_some(text);
     match answer(
         &state.store,
         state.reengage.as_ref(),

@@ -321,20 +321,14 @@ impl Store {
         Ok((id, new))
     }
 
-    /// The site a new message from `contact_hash` most likely concerns: its open conversation's,
-    /// else that of the latest appointment messaged to it.
-    pub async fn inbox_site_for(&self, contact_hash: &str) -> StoreResult<Option<String>> {
-        let site: Option<Option<String>> = on_db!(self, |db| sqlx::query_scalar(
-            "SELECT site FROM conversations WHERE contact_hash = $1 AND state <> 'closed'"
-        )
-        .bind(contact_hash)
-        .fetch_optional(db)
-        .await)?;
-        if let Some(site) = site {
-            return Ok(site);
-        }
-        Ok(on_db!(self, |db| sqlx::query_scalar(
-            "SELECT a.site FROM messages m JOIN outbox o ON o.id = m.job_id \
+    /// The site and language of the latest appointment messaged to `contact_hash`: where a
+    /// message from it most likely belongs, and the language to answer in.
+    pub async fn contact_context(
+        &self,
+        contact_hash: &str,
+    ) -> StoreResult<Option<(String, Option<String>)>> {
+        Ok(on_db!(self, |db| sqlx::query_as(
+            "SELECT a.site, a.language FROM messages m JOIN outbox o ON o.id = m.job_id \
              JOIN appointments a ON a.id = o.appointment_id \
              WHERE m.contact_hash = $1 ORDER BY m.sent_at DESC, m.id DESC LIMIT 1",
         )

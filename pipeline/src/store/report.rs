@@ -85,6 +85,12 @@ pub struct KpiRow {
     pub cost_by_category: BTreeMap<String, f64>,
     pub unpriced_billable: i64,
     pub cost_per_confirmed: Option<f64>,
+    /// Staff inbox conversations about these appointments, and seconds from the patient's first
+    /// message in one to the first staff answer (median and 90th percentile; unanswered ones are
+    /// not counted).
+    pub inbox_conversations: i64,
+    pub staff_reply_seconds_median: Option<f64>,
+    pub staff_reply_seconds_p90: Option<f64>,
 }
 
 fn rate(part: i64, whole: i64) -> Option<f64> {
@@ -239,8 +245,28 @@ impl Store {
                 }
             }
         }
+        // The staff inbox: conversations about these appointments and the first answer's wait.
+        let sql = format!(
+            "SELECT {g} AS grp, \
+             (SELECT MIN(o.at) FROM conversation_messages o WHERE o.conversation_id = c.id AND o.direction = 'out') \
+             - (SELECT MIN(i.at) FROM conversation_messages i WHERE i.conversation_id = c.id AND i.direction = 'in') AS secs \
+             FROM conversations c JOIN appointments a ON a.id = c.appointment_id WHERE {period}"
+        );
+        let mut staff_waits: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for r in self.period_rows(sql, from_s, until_s).await? {
+            let grp: String = r.get("grp");
+            rows.entry(grp.clone()).or_default().inbox_conversations += 1;
+            if let Some(secs) = r.get::<Option<i64>, _>("secs") {
+                staff_waits.entry(grp).or_default().push(secs.max(0));
+            }
+        }
         for (grp, row) in rows.iter_mut() {
             row.group = grp.clone();
+            if let Some(w) = staff_waits.get_mut(grp) {
+                w.sort_unstable();
+                row.staff_reply_seconds_median = quantile(w, 0.5);
+                row.staff_reply_seconds_p90 = quantile(w, 0.9);
+            }
             if rates.is_some() {
                 let cost = *row.cost.get_or_insert(0.0);
                 row.cost_per_confirmed = (row.confirmed > 0).then(|| cost / row.confirmed as f64);
