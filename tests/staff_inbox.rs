@@ -177,28 +177,64 @@ pub async fn add_user(config: &str, name: &str, role: &str) {
     assert_eq!(code, 0, "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn staff_answer_patients_in_the_console_inside_the_window_and_only_by_template_outside_it() {
+/// A seeded run: the sample export imported on Monday 30 November, 10:00 in New York (the clinic
+/// open), its messages sent, and two patients writing: free text, and an emergency phrase.
+struct Seeded {
+    dir: tempfile::TempDir,
+    loaded: medrelay::config::Loaded,
+    config: String,
+    clock: Arc<ManualClock>,
+    store: medrelay_pipeline::store::Store,
+    service: medrelay_pipeline::service::Service,
+    sim: Arc<medrelay_pipeline::whatsapp::simulator::Simulator>,
+}
+
+async fn seeded() -> Seeded {
     static ENV: std::sync::Once = std::sync::Once::new();
     // SAFETY: set once, before anything reads it; only this binary reads this name.
     ENV.call_once(|| unsafe { std::env::set_var(STAFF_PASSWORD_ENV, STAFF_PASSWORD) });
-    let logs = common::captured_logs();
     let dir = tempfile::tempdir().unwrap();
     let loaded = inbox_config(dir.path());
-    let config = dir.path().join("medrelay.toml");
-    let config = config.to_str().unwrap();
+    let config = dir
+        .path()
+        .join("medrelay.toml")
+        .to_str()
+        .unwrap()
+        .to_owned();
     let file = common::copy_sample(dir.path(), "samples/csv/openemr_future_appointments.csv");
-    // Monday 30 November, 10:00 in New York: the clinic is open.
     let clock = Arc::new(ManualClock::new("2026-11-30T15:00:00Z".parse().unwrap()));
     let (store, service, _) =
         common::service_with_import(&loaded, clock.clone(), "openemr", &file).await;
     while !service.tick(50).await.unwrap().is_idle() {}
     let sim = service.simulator.clone().unwrap();
-
-    // Two patients write: free text, and an emergency phrase.
     sim.patient_texts("+12127365001", FREE_TEXT);
     sim.patient_texts("+12127365002", EMERGENCY);
     while !service.tick(50).await.unwrap().is_idle() {}
+    Seeded {
+        dir,
+        loaded,
+        config,
+        clock,
+        store,
+        service,
+        sim,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_answer_patients_in_the_console_inside_the_window_and_only_by_template_outside_it() {
+    let logs = common::captured_logs();
+    // Two patients wrote: free text, and an emergency phrase.
+    let Seeded {
+        dir,
+        loaded,
+        config,
+        clock,
+        store,
+        service,
+        sim,
+    } = seeded().await;
+    let config = config.as_str();
     let lines = store.conversations(&InboxFilter::default()).await.unwrap();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(
@@ -743,22 +779,16 @@ async fn the_console_in_a_browser_answers_and_closes_an_emergency_conversation()
         eprintln!("SKIPPED: the console in a browser (apt-get install chromium chromium-driver)");
         return;
     }
-    static ENV: std::sync::Once = std::sync::Once::new();
-    // SAFETY: set once, before anything reads it; only this binary reads this name.
-    ENV.call_once(|| unsafe { std::env::set_var(STAFF_PASSWORD_ENV, STAFF_PASSWORD) });
-    let dir = tempfile::tempdir().unwrap();
-    let loaded = inbox_config(dir.path());
-    let config = dir.path().join("medrelay.toml");
-    let config = config.to_str().unwrap();
-    let file = common::copy_sample(dir.path(), "samples/csv/openemr_future_appointments.csv");
-    let clock = Arc::new(ManualClock::new("2026-11-30T15:00:00Z".parse().unwrap()));
-    let (store, service, _) =
-        common::service_with_import(&loaded, clock.clone(), "openemr", &file).await;
-    while !service.tick(50).await.unwrap().is_idle() {}
-    let sim = service.simulator.clone().unwrap();
-    sim.patient_texts("+12127365002", EMERGENCY);
-    sim.patient_texts("+12127365001", FREE_TEXT);
-    while !service.tick(50).await.unwrap().is_idle() {}
+    let Seeded {
+        dir: _dir,
+        loaded,
+        config,
+        clock,
+        store,
+        service,
+        sim,
+    } = seeded().await;
+    let config = config.as_str();
     let emergency = store.conversations(&InboxFilter::default()).await.unwrap()[0].id;
     add_user(config, "frontdesk", "staff").await;
     add_user(config, "manager", "viewer").await;

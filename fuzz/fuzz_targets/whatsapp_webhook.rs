@@ -59,6 +59,13 @@ fuzz_target!(|data: &[u8]| {
                 InboundContent::Text { body } => {
                     let _ = classify_text(body);
                 }
+                InboundContent::Media { kind, .. } => assert!(
+                    matches!(
+                        kind.as_str(),
+                        "image" | "document" | "audio" | "video" | "sticker"
+                    ),
+                    "{kind}"
+                ),
                 InboundContent::Other { .. } => {}
             }
         }

@@ -191,6 +191,19 @@ main{padding:1em;max-width:60em}table{border-collapse:collapse;width:100%}td,th{
 .in{background:#eef}.note{background:#f4f4f4;font-style:italic}.out{background:#efe;margin-left:auto}.meta{font-size:.8em;color:#666}\
 textarea{width:100%;min-height:6em}.notice{background:#ffd;padding:.6em;border:1px solid #dd8}.error{background:#fdd;padding:.6em}";
 
+/// 503 for a store failure: logged with `what` (the error names no patient data), and the
+/// browser told only that the database is not available.
+fn unavailable(e: &crate::store::StoreError, what: &str) -> Response {
+    warn!(error = %e, "{what}");
+    secure_headers(
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is not available\n",
+        )
+            .into_response(),
+    )
+}
+
 fn forbidden(why: &str) -> Response {
     secure_headers((StatusCode::FORBIDDEN, format!("{why}\n")).into_response())
 }
@@ -211,16 +224,7 @@ async fn session(
     match state.store.console_session(&hash, state.clock.now()).await {
         Ok(Some((user, csrf))) => Ok((user, csrf, hash)),
         Ok(None) => Err(to_login()),
-        Err(e) => {
-            warn!(error = %e, "console session could not be read");
-            Err(secure_headers(
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database is not available\n",
-                )
-                    .into_response(),
-            ))
-        }
+        Err(e) => Err(unavailable(&e, "console session could not be read")),
     }
 }
 
@@ -297,14 +301,7 @@ async fn login(
     let record = match state.store.login_record(&form.user).await {
         Ok(r) => r,
         Err(e) => {
-            warn!(error = %e, "console sign-in could not read the account");
-            return secure_headers(
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database is not available\n",
-                )
-                    .into_response(),
-            );
+            return unavailable(&e, "console sign-in could not read the account");
         }
     };
     let Some(record) = record else {
@@ -352,14 +349,7 @@ async fn login(
         .start_console_session(&record.user.name, &token_hash(&token), &csrf, expires, now)
         .await
     {
-        warn!(error = %e, "console session could not be stored");
-        return secure_headers(
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the database is not available\n",
-            )
-                .into_response(),
-        );
+        return unavailable(&e, "console session could not be stored");
     }
     info!(user = %record.user.name, "console sign-in");
     let mut r = secure_headers(Redirect::to("/inbox").into_response());
@@ -422,14 +412,7 @@ async fn inbox_page(State(state): State<ConsoleState>, headers: HeaderMap) -> Re
     let counts = match state.store.inbox_counts(now).await {
         Ok(c) => c,
         Err(e) => {
-            warn!(error = %e, "inbox counts could not be read");
-            return secure_headers(
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database is not available\n",
-                )
-                    .into_response(),
-            );
+            return unavailable(&e, "inbox counts could not be read");
         }
     };
     let summary = html! {
@@ -463,14 +446,7 @@ async fn inbox_page(State(state): State<ConsoleState>, headers: HeaderMap) -> Re
     let lines = match state.store.conversations(&filter).await {
         Ok(l) => l,
         Err(e) => {
-            warn!(error = %e, "conversations could not be read");
-            return secure_headers(
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database is not available\n",
-                )
-                    .into_response(),
-            );
+            return unavailable(&e, "conversations could not be read");
         }
     };
     page(
@@ -533,14 +509,7 @@ async fn open_for(
             ));
         }
         Err(e) => {
-            warn!(error = %e, "conversation could not be read");
-            return Err(secure_headers(
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database is not available\n",
-                )
-                    .into_response(),
-            ));
+            return Err(unavailable(&e, "conversation could not be read"));
         }
     };
     if !user.works_site(line.site.as_deref()) {
@@ -557,16 +526,7 @@ async fn open_for(
         Ok(None) => Err(secure_headers(
             (StatusCode::NOT_FOUND, "no such conversation\n").into_response(),
         )),
-        Err(e) => {
-            warn!(error = %e, "conversation could not be opened");
-            Err(secure_headers(
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database is not available\n",
-                )
-                    .into_response(),
-            ))
-        }
+        Err(e) => Err(unavailable(&e, "conversation could not be opened")),
     }
 }
 
@@ -731,16 +691,7 @@ async fn act(
         Ok(Err(why)) => {
             secure_headers((StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n")).into_response())
         }
-        Err(e) => {
-            warn!(error = %e, "staff action could not be recorded");
-            secure_headers(
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database is not available\n",
-                )
-                    .into_response(),
-            )
-        }
+        Err(e) => unavailable(&e, "staff action could not be recorded"),
     }
 }
 
@@ -874,16 +825,7 @@ async fn reply(
             )
                 .into_response(),
         ),
-        Err(e) => {
-            warn!(error = %e, "staff reply could not be queued");
-            secure_headers(
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database is not available\n",
-                )
-                    .into_response(),
-            )
-        }
+        Err(e) => unavailable(&e, "staff reply could not be queued"),
     }
 }
 
@@ -931,14 +873,7 @@ async fn change_state(
             );
         }
         Err(e) => {
-            warn!(error = %e, "conversation could not be read");
-            return secure_headers(
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database is not available\n",
-                )
-                    .into_response(),
-            );
+            return unavailable(&e, "conversation could not be read");
         }
     }
     match state
@@ -954,15 +889,6 @@ async fn change_state(
             };
             see_other(&back)
         }
-        Err(e) => {
-            warn!(error = %e, "conversation state could not be changed");
-            secure_headers(
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the database is not available\n",
-                )
-                    .into_response(),
-            )
-        }
+        Err(e) => unavailable(&e, "conversation state could not be changed"),
     }
 }
