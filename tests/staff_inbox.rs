@@ -362,6 +362,13 @@ async fn staff_answer_patients_in_the_console_inside_the_window_and_only_by_temp
         "{viewed:?}"
     );
 
+    // A body past the console's form limit is refused before it is read whole.
+    let huge = "x".repeat(100 * 1024);
+    let (status, _) = staff
+        .post(&format!("/inbox/{free_text}/reply"), &[("text", &huge)])
+        .await;
+    assert_eq!(status, 413);
+
     // A reply without the CSRF token is refused; with it, queued and sent once.
     let (status, _) = staff
         .post(

@@ -15,7 +15,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Form, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Form, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -114,6 +114,25 @@ pub fn console_router(state: ConsoleState) -> Router {
         .route("/inbox/{id}/act", post(act))
         .route("/inbox/{id}/close", post(close))
         .with_state(state)
+        // Forms are small: a reply is at most 4096 characters.
+        .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
+        // A request (its body included) that takes longer is answered 408 and its connection
+        // slot freed: a slow client cannot hold the console from staff who are working.
+        .layer(axum::middleware::from_fn(request_deadline))
+}
+
+/// The largest form body accepted.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+/// How long one request, body included, may take.
+const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn request_deadline(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_DEADLINE, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => secure_headers(
+            (StatusCode::REQUEST_TIMEOUT, "the request took too long\n").into_response(),
+        ),
+    }
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
