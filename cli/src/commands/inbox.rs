@@ -17,7 +17,7 @@ use medrelay_pipeline::inbox::{ReengageTemplate, SERVICE_WINDOW, window_open};
 use medrelay_pipeline::store::inbox::{ConversationState, InboxFilter, StaffAction};
 use medrelay_pipeline::store::users::Role;
 
-use super::load_config;
+use super::{actor, load_config};
 use crate::wiring::open_store;
 use crate::{Failure, Output, exit};
 
@@ -124,16 +124,6 @@ pub struct UserPasswordArgs {
 #[derive(Debug, Args)]
 pub struct UserNameArgs {
     pub name: String,
-}
-
-fn actor(given: Option<String>) -> String {
-    format!(
-        "staff:{}",
-        given
-            .filter(|a| !a.trim().is_empty())
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "unknown".into())
-    )
 }
 
 fn read_password(env: Option<&str>) -> anyhow::Result<String> {

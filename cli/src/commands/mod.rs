@@ -25,6 +25,18 @@ use std::path::Path;
 
 use crate::config::{Loaded, load};
 
+/// The audit actor of a staff command, as `consent` records it: `staff:<name>`, the name given
+/// or else `$USER`.
+pub(crate) fn actor(given: Option<String>) -> String {
+    format!(
+        "staff:{}",
+        given
+            .filter(|a| !a.trim().is_empty())
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "unknown".into())
+    )
+}
+
 /// Loads the configuration, turning a missing file into a usage error with a hint.
 pub(crate) fn load_config(path: &Path) -> anyhow::Result<Loaded> {
     if !path.exists() {

@@ -8,7 +8,7 @@ use std::path::Path;
 use clap::{Args, Subcommand};
 use medrelay_pipeline::store::writeback::{BatchLine, BatchState};
 
-use super::load_config;
+use super::{actor, load_config};
 use crate::wiring::open_store;
 use crate::{Failure, Output, exit};
 
@@ -62,17 +62,6 @@ pub struct SkipArgs {
     /// Why (recorded on the batch and in the audit trail; no clinical details).
     #[arg(long)]
     pub reason: String,
-}
-
-/// The audit actor, as `consent` records it: `staff:<name>`.
-fn actor(given: Option<String>) -> String {
-    format!(
-        "staff:{}",
-        given
-            .filter(|a| !a.trim().is_empty())
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "unknown".into())
-    )
 }
 
 fn line(b: &BatchLine) -> String {

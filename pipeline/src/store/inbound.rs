@@ -45,6 +45,26 @@ pub fn status_rank(status: &str) -> Option<i64> {
     }
 }
 
+/// The patient cancelled `appointment` (a tap, or staff recording it): its pending steps are
+/// withdrawn by the trigger on `patient_cancelled_at`. Runs in the caller's transaction.
+pub(crate) async fn mark_patient_cancelled(
+    tx: &mut super::Tx,
+    appointment: i64,
+    now: Timestamp,
+) -> StoreResult<()> {
+    on_tx!(tx, |c| {
+        sqlx::query(
+        "UPDATE appointments SET patient_cancelled_at = $1, updated_at = $1 WHERE id = $2 AND patient_cancelled_at IS NULL",
+    )
+    .bind(secs(now))
+    .bind(appointment)
+    .execute(&mut *c)
+    .await
+    .map(|r| r.rows_affected())
+    })?;
+    Ok(())
+}
+
 impl Store {
     /// Stores a raw webhook body; returns its id once committed (the moment a 200 may be given).
     pub async fn store_webhook(&self, body: &[u8], now: Timestamp) -> StoreResult<i64> {
@@ -393,14 +413,7 @@ impl Store {
                 && reply.action.as_deref() == Some("cancel")
                 && let Some(a) = reply.appointment_id
             {
-                on_tx!(tx, |c| {
-                    sqlx::query(
-                    "UPDATE appointments SET patient_cancelled_at = $1, updated_at = $1 WHERE id = $2 AND patient_cancelled_at IS NULL",
-                )
-                .bind(secs(now))
-                .bind(a)
-                .execute(&mut *c).await.map(|r| r.rows_affected())
-                })?;
+                mark_patient_cancelled(&mut tx, a, now).await?;
             }
             audit::append(
                 &mut tx,

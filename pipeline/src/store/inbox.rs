@@ -897,16 +897,7 @@ impl Store {
             .map(|r| r.rows_affected())
             })?;
             if reply == medrelay_mapping::reply::ReplyAction::Cancel {
-                on_tx!(tx, |c| {
-                    sqlx::query(
-                    "UPDATE appointments SET patient_cancelled_at = $1, updated_at = $1 WHERE id = $2 AND patient_cancelled_at IS NULL",
-                )
-                .bind(secs(now))
-                .bind(appointment)
-                .execute(&mut *c)
-                .await
-                .map(|r| r.rows_affected())
-                })?;
+                super::inbound::mark_patient_cancelled(&mut tx, appointment, now).await?;
             }
         }
         on_tx!(tx, |c| {
