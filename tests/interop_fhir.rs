@@ -186,14 +186,14 @@ async fn medplum_serves_what_medrelay_searches_and_validates_its_outcomes() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Node with Medplum's FHIR router: run .ci/interop"]
-async fn a_patient_tap_is_patched_into_the_medplum_appointment() {
+/// Medplum holds the clinic's appointment ag-30011 (not yet answered); medrelay polls it, the
+/// simulated patient taps `tap`, and the write-back goes to Medplum.
+async fn tap_on_medplum(tap: &str) -> (Server, String, reqwest::Client) {
     use medrelay_pipeline::clock::{Clock, ManualClock};
     use medrelay_pipeline::whatsapp::simulator::PatientAction;
     use std::sync::Arc;
 
-    let (_server, base) = start_medplum();
+    let (server, base) = start_medplum();
     let client = reqwest::Client::new();
     let notification: serde_json::Value = serde_json::from_slice(
         &std::fs::read(common::root().join("samples/fhir/clinica_notification.json")).unwrap(),
@@ -242,12 +242,20 @@ async fn a_patient_tap_is_patched_into_the_medplum_appointment() {
         .unwrap();
     assert_eq!(r.appointments, 1);
     let sim = service.simulator.clone().unwrap();
-    sim.script("+5511911112222", [PatientAction::Tap("confirm".into())]);
+    sim.script("+5511911112222", [PatientAction::Tap(tap.into())]);
     for _ in 0..20 {
         if service.tick(50).await.unwrap().is_idle() {
             break;
         }
     }
+    store.close().await;
+    (server, base, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node with Medplum's FHIR router: run .ci/interop"]
+async fn a_patient_tap_is_patched_into_the_medplum_appointment() {
+    let (_server, base, client) = tap_on_medplum("confirm").await;
     let appointment: serde_json::Value = client
         .get(format!("{base}/Appointment/ag-30011"))
         .send()
@@ -268,5 +276,37 @@ async fn a_patient_tap_is_patched_into_the_medplum_appointment() {
         appointment["status"], "booked",
         "medrelay never cancels or books on its own"
     );
-    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node with Medplum's FHIR router: run .ci/interop"]
+async fn a_reschedule_request_is_an_appointment_response_medplum_validates_not_tentative() {
+    let (_server, base, client) = tap_on_medplum("reschedule").await;
+    let found: serde_json::Value = client
+        .get(format!(
+            "{base}/AppointmentResponse?appointment=Appointment/ag-30011"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = found["entry"].as_array().cloned().unwrap_or_default();
+    assert_eq!(entries.len(), 1, "one AppointmentResponse: {found}");
+    let r = &entries[0]["resource"];
+    assert_eq!(r["participantStatus"], "declined");
+    assert_eq!(r["identifier"][0]["system"], "urn:medrelay:reply");
+    let appointment: serde_json::Value = client
+        .get(format!("{base}/Appointment/ag-30011"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        appointment["participant"][0]["status"], "needs-action",
+        "the Appointment is not touched (never tentative): {appointment}"
+    );
 }

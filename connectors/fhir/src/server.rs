@@ -320,6 +320,53 @@ impl FhirServer {
             .ok_or_else(|| "the server's answer names no id".to_owned())
     }
 
+    /// Creates `resource` unless one matching the search `if_none_exist` (e.g.
+    /// `identifier=urn:medrelay:reply|42`) exists already: FHIR's conditional create, so that
+    /// writing the same answer twice makes one resource. Returns the id the server gave (or the
+    /// existing one's, when the server names it).
+    pub async fn create_once(
+        &self,
+        resource: &Value,
+        if_none_exist: &str,
+    ) -> Result<String, PatchError> {
+        let kind = resource["resourceType"]
+            .as_str()
+            .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphabetic()))
+            .ok_or_else(|| PatchError::Permanent("the resource has no resourceType".into()))?;
+        let url = format!("{}/{kind}", self.base);
+        let body = resource.to_string();
+        let condition = HeaderValue::from_str(if_none_exist).map_err(|_| {
+            PatchError::Permanent("the If-None-Exist search is not a valid header".into())
+        })?;
+        let response = self
+            .send(|c| {
+                c.post(&url)
+                    .header(header::CONTENT_TYPE, "application/fhir+json")
+                    .header(header::ACCEPT, "application/fhir+json")
+                    .header("If-None-Exist", condition.clone())
+                    .body(body.clone())
+            })
+            .await
+            .map_err(|e| PatchError::Retryable(e.to_string()))?;
+        let status = response.status();
+        match status.as_u16() {
+            // 201 Created, or 200 OK: one already matched (the body may be empty then).
+            200..=299 => {
+                let created: Value = response.json().await.unwrap_or(Value::Null);
+                Ok(created["id"].as_str().unwrap_or_default().to_owned())
+            }
+            401 if self.smart.is_some() => Err(PatchError::Retryable(format!(
+                "FHIR server answered {status} with a fresh SMART token"
+            ))),
+            408 | 429 | 500..=599 => Err(PatchError::Retryable(format!(
+                "FHIR server answered {status}"
+            ))),
+            _ => Err(PatchError::Permanent(format!(
+                "FHIR server answered {status}"
+            ))),
+        }
+    }
+
     /// Writes a JSON Patch to `Type/id`, conditional on `version` (If-Match) when given.
     /// Returns the new version id when the server reports one.
     pub async fn patch(
