@@ -284,11 +284,16 @@ async fn staff_answer_patients_in_the_console_inside_the_window_and_only_by_temp
     add_user(config, "manager", "viewer").await;
     add_user(config, "temp", "staff").await;
     let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
-    let (addr, task) =
-        medrelay::commands::run::start_console(&loaded, &store, clock.clone(), halt_rx)
-            .await
-            .unwrap()
-            .expect("the console is configured");
+    let (addr, task) = medrelay::commands::run::start_console(
+        &loaded,
+        &store,
+        clock.clone(),
+        service.media_source.clone(),
+        halt_rx,
+    )
+    .await
+    .unwrap()
+    .expect("the console is configured");
 
     // Nothing without a session; the sign-in form refuses a post without its CSRF token.
     let mut anon = Session::new(addr);
@@ -639,6 +644,95 @@ impl WebDriver {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patients_image_is_fetched_from_whatsapp_only_when_staff_open_it_and_is_audited() {
+    let logs = common::captured_logs();
+    let Seeded {
+        dir: _dir,
+        loaded,
+        config,
+        clock,
+        store,
+        service,
+        sim,
+    } = seeded().await;
+    let config = config.as_str();
+    let file = medrelay_pipeline::whatsapp::MediaFile {
+        mime_type: "image/jpeg".into(),
+        bytes: b"\xff\xd8\xff\xe0 MEDIACANARY-bytes-of-a-photo".to_vec(),
+    };
+    sim.patient_sends_media(
+        "+12127365003",
+        "image",
+        file.clone(),
+        Some("MEDIACANARY caption: my rash"),
+    );
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let lines = store.conversations(&InboxFilter::default()).await.unwrap();
+    let media = lines
+        .iter()
+        .find(|l| l.reason == ConversationReason::Media)
+        .expect("the image opened a conversation");
+    add_user(config, "frontdesk", "staff").await;
+    add_user(config, "manager", "viewer").await;
+    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
+    let (addr, task) = medrelay::commands::run::start_console(
+        &loaded,
+        &store,
+        clock.clone(),
+        service.media_source.clone(),
+        halt_rx,
+    )
+    .await
+    .unwrap()
+    .expect("the console is configured");
+    let mut staff = Session::new(addr);
+    staff.sign_in("frontdesk", STAFF_PASSWORD).await;
+    let (status, page) = staff.get(&format!("/inbox/{}", media.id)).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("MEDIACANARY caption"), "the caption is shown");
+    assert!(
+        !page.contains("bytes-of-a-photo"),
+        "the file is not fetched for the page"
+    );
+    let marker = "data-media=\"";
+    let at = page.find(marker).expect("a link to open the image") + marker.len();
+    let message: i64 = page[at..].split('"').next().unwrap().parse().unwrap();
+    let path = format!("/inbox/{}/media/{message}", media.id);
+    // A viewer may not open it; a message of another conversation is not found.
+    let mut viewer = Session::new(addr);
+    viewer.sign_in("manager", STAFF_PASSWORD).await;
+    assert_eq!(viewer.get(&path).await.0, 403);
+    let other = lines.iter().find(|l| l.id != media.id).unwrap();
+    assert_eq!(
+        staff
+            .get(&format!("/inbox/{}/media/{message}", other.id))
+            .await
+            .0,
+        404
+    );
+    let since = clock.now();
+    let (status, body) = staff.get(&path).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("MEDIACANARY-bytes-of-a-photo"),
+        "the file itself"
+    );
+    let audit = store.audit_since(since).await.unwrap();
+    assert!(
+        audit.iter().any(|r| r.action == "phi_view"
+            && r.actor == "frontdesk"
+            && r.subject == format!("conversation:{}", media.id)
+            && r.detail.to_string().contains("media_of_message")),
+        "{audit:?}"
+    );
+    // Neither the file nor its caption reached a log line.
+    let logged = logs.text();
+    assert!(!logged.contains("MEDIACANARY"), "{logged}");
+    halt_tx.send(true).unwrap();
+    let _ = task.await;
+}
+
 fn chromium_binary() -> String {
     std::env::var("MEDRELAY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
 }
@@ -800,11 +894,16 @@ async fn the_console_in_a_browser_answers_and_closes_an_emergency_conversation()
     add_user(config, "frontdesk", "staff").await;
     add_user(config, "manager", "viewer").await;
     let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
-    let (addr, task) =
-        medrelay::commands::run::start_console(&loaded, &store, clock.clone(), halt_rx)
-            .await
-            .unwrap()
-            .expect("the console is configured");
+    let (addr, task) = medrelay::commands::run::start_console(
+        &loaded,
+        &store,
+        clock.clone(),
+        service.media_source.clone(),
+        halt_rx,
+    )
+    .await
+    .unwrap()
+    .expect("the console is configured");
     // `localhost`: browsers keep Secure cookies for it over plain HTTP (a secure context).
     let base = format!("http://localhost:{}", addr.port());
 

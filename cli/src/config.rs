@@ -1321,6 +1321,10 @@ pub struct FhirConnectorConfig {
     /// Write patient answers back to `[server]` (JSON Patch of the patient participant's status).
     #[serde(default)]
     pub write_back: bool,
+    /// How a reschedule request is written back: `appointment_response` (declined, comment
+    /// `reschedule-requested`) or `task` (for staff); never `tentative`.
+    #[serde(default)]
+    pub reschedule_as: medrelay_connector_fhir::write_back::RescheduleAs,
 }
 
 impl FhirConnectorConfig {
@@ -1437,6 +1441,9 @@ pub struct Config {
     pub reply_texts: ReplyTexts,
     #[serde(default)]
     pub sensitive: medrelay_mapping::policy::SensitivePolicy,
+    /// `[survey]`: what follows a post-visit survey's rating.
+    #[serde(default)]
+    pub survey: medrelay_pipeline::config::SurveyConfig,
     #[serde(default)]
     pub csv: CsvSection,
     #[serde(default)]
@@ -1903,6 +1910,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
         templates: config.templates.clone(),
         reply_texts: config.reply_texts.clone(),
         sensitive: config.sensitive.clone(),
+        survey: config.survey.clone(),
     };
     let compiled = pipeline
         .compile()

@@ -89,7 +89,7 @@ pub fn simulator_registry(loaded: &Loaded) -> BTreeMap<String, SimTemplate> {
                     languages: t.languages.clone(),
                     body_parameters: t.body.len(),
                     header_parameters: usize::from(t.header.is_some()),
-                    buttons: t.buttons.iter().map(|b| b.as_str().to_string()).collect(),
+                    buttons: t.buttons.iter().map(|b| b.name()).collect(),
                     ttl_seconds: t.ttl.map(|d| d.as_secs()),
                     parameter_names: t.parameter_names.clone(),
                     header_parameter_name: t.header_parameter_name.clone(),
@@ -206,7 +206,8 @@ pub fn build_service(
                 server,
                 f.identifier_system.clone(),
                 handle,
-            );
+            )
+            .with_reschedule_as(f.reschedule_as);
             targets.push((system.to_string(), Arc::new(target)));
         }
     }

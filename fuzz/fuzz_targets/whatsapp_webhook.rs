@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
         for m in &webhook.messages {
             match &m.content {
                 InboundContent::Button { payload }
-                | InboundContent::Interactive { id: payload } => {
+                | InboundContent::Interactive { id: payload, .. } => {
                     // The fuzzer does not know the key: a payload it made up never verifies.
                     assert!(ButtonPayload::verify(payload, BUTTON_KEY, now).is_err());
                 }

@@ -22,6 +22,9 @@ pub enum StepKind {
     Reminder,
     /// Sent `offset` after the end.
     FollowUp,
+    /// A post-visit survey, sent `offset` after the end: a template with rating buttons (Good /
+    /// OK / Poor), then, inside the window the answer opens, a 0-10 list and a comment.
+    Survey,
     /// Sent `offset` after the end of a missed appointment, once the EHR marks it a no-show (to offer
     /// a new slot); withdrawn if the status changes again.
     NoShow,
@@ -40,7 +43,7 @@ impl StepKind {
             Self::Confirmation | Self::Reminder | Self::NoShow | Self::LocationChange => {
                 Purpose::Logistics
             }
-            Self::FollowUp => Purpose::FollowUp,
+            Self::FollowUp | Self::Survey => Purpose::FollowUp,
         }
     }
 
@@ -50,6 +53,7 @@ impl StepKind {
             Self::Confirmation => "confirmation",
             Self::Reminder => "reminder",
             Self::FollowUp => "follow_up",
+            Self::Survey => "survey",
             Self::NoShow => "no_show",
             Self::LocationChange => "location_change",
         }
@@ -61,6 +65,7 @@ impl StepKind {
             "confirmation" => Self::Confirmation,
             "reminder" => Self::Reminder,
             "follow_up" => Self::FollowUp,
+            "survey" => Self::Survey,
             "no_show" => Self::NoShow,
             "location_change" => Self::LocationChange,
             _ => return None,
@@ -73,7 +78,7 @@ impl StepKind {
         use AppointmentStatus as S;
         match self {
             Self::Confirmation | Self::Reminder | Self::LocationChange => status == S::Booked,
-            Self::FollowUp => {
+            Self::FollowUp | Self::Survey => {
                 matches!(status, S::Booked | S::Arrived | S::CheckedIn | S::Fulfilled)
             }
             Self::NoShow => status == S::Noshow,
@@ -83,7 +88,7 @@ impl StepKind {
     /// Whether the step is timed from the end of the visit (it is about a visit that happened or
     /// was missed, so "the appointment has already started" is no reason to drop it).
     pub fn after_the_visit(self) -> bool {
-        matches!(self, Self::FollowUp | Self::NoShow)
+        matches!(self, Self::FollowUp | Self::Survey | Self::NoShow)
     }
 }
 
@@ -127,6 +132,7 @@ impl StepSpec {
             StepKind::Confirmation => 1_000_001,
             StepKind::NoShow => 1_000_002,
             StepKind::FollowUp => 1_000_003,
+            StepKind::Survey => 1_000_004,
         }
     }
 
@@ -275,7 +281,7 @@ pub fn plan_slot(
         StepKind::Confirmation => (now, start - policy.min_lead),
         StepKind::LocationChange => (now, start),
         StepKind::Reminder => (start - spec.offset, start - policy.min_lead),
-        StepKind::FollowUp => {
+        StepKind::FollowUp | StepKind::Survey => {
             let due = end + spec.offset;
             (due, due + SignedDuration::from_hours(24))
         }
@@ -332,7 +338,7 @@ fn plan_day(
                 }
             }
         }
-        StepKind::FollowUp => {
+        StepKind::FollowUp | StepKind::Survey => {
             let due = day_end + spec.offset;
             (due, due + SignedDuration::from_hours(24))
         }
@@ -745,6 +751,7 @@ mod tests {
             StepKind::Confirmation,
             StepKind::Reminder,
             StepKind::FollowUp,
+            StepKind::Survey,
             StepKind::NoShow,
         ] {
             assert_eq!(StepKind::from_name(k.as_str()), Some(k));

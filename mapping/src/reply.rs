@@ -56,11 +56,91 @@ impl ReplyAction {
     }
 }
 
-/// A verified quick-reply payload.
+/// A post-visit survey rating: the quick-reply buttons of a survey template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rating {
+    Poor,
+    Ok,
+    Good,
+}
+
+impl Rating {
+    /// Best first, the order a survey template's buttons usually have.
+    pub const ALL: [Rating; 3] = [Rating::Good, Rating::Ok, Rating::Poor];
+
+    /// Stored, configured and payload name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rating::Good => "good",
+            Rating::Ok => "ok",
+            Rating::Poor => "poor",
+        }
+    }
+
+    /// Parses a stored or configured name.
+    pub fn parse(s: &str) -> Option<Rating> {
+        Rating::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// What a signed payload says the patient chose: an answer about the appointment, a survey
+/// rating (a template button) or a 0-10 score (a row of the follow-up list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Choice {
+    Reply(ReplyAction),
+    Rating(Rating),
+    /// Net Promoter Score, 0 to 10.
+    Score(u8),
+}
+
+impl Choice {
+    /// The payload (and configured button) name: `confirm`, `good`, `nps7`.
+    pub fn name(self) -> String {
+        match self {
+            Choice::Reply(a) => a.as_str().to_string(),
+            Choice::Rating(r) => r.as_str().to_string(),
+            Choice::Score(n) => format!("nps{n}"),
+        }
+    }
+
+    /// Back from [`Choice::name`]; `None` for anything else (a score above 10 included).
+    pub fn parse(s: &str) -> Option<Choice> {
+        if let Some(a) = ReplyAction::parse(s) {
+            return Some(Choice::Reply(a));
+        }
+        if let Some(r) = Rating::parse(s) {
+            return Some(Choice::Rating(r));
+        }
+        let n: u8 = s.strip_prefix("nps")?.parse().ok()?;
+        (n <= 10 && s.len() == 3 + n.to_string().len()).then_some(Choice::Score(n))
+    }
+
+    /// The appointment answer, if that is what was chosen.
+    pub fn reply(self) -> Option<ReplyAction> {
+        match self {
+            Choice::Reply(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Choice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Choice::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown button `{s}` (expected confirm, cancel, reschedule, or for a survey good, ok, poor)"
+            ))
+        })
+    }
+}
+
+/// A verified quick-reply (or list row) payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ButtonPayload {
     pub job_id: i64,
-    pub action: ReplyAction,
+    pub choice: Choice,
     pub expires: Timestamp,
 }
 
@@ -87,7 +167,7 @@ impl ButtonPayload {
         let body = format!(
             "v1.{}.{}.{}",
             self.job_id,
-            self.action.as_str(),
+            self.choice.name(),
             self.expires.as_second()
         );
         let sig = mac(key, &body);
@@ -120,7 +200,7 @@ impl ButtonPayload {
         }
         let payload = ButtonPayload {
             job_id: job.parse().map_err(|_| PayloadError::Malformed)?,
-            action: ReplyAction::parse(action).ok_or(PayloadError::Malformed)?,
+            choice: Choice::parse(action).ok_or(PayloadError::Malformed)?,
             expires: exp
                 .parse::<i64>()
                 .ok()
@@ -255,7 +335,7 @@ mod tests {
     fn payload_round_trips_and_carries_no_phi() {
         let p = ButtonPayload {
             job_id: 42,
-            action: ReplyAction::Confirm,
+            choice: Choice::Reply(ReplyAction::Confirm),
             expires: "2026-06-10T12:00:00Z".parse().unwrap(),
         };
         let raw = p.sign(KEY);
@@ -269,7 +349,7 @@ mod tests {
     fn tampered_forged_and_expired_payloads_are_rejected() {
         let p = ButtonPayload {
             job_id: 42,
-            action: ReplyAction::Confirm,
+            choice: Choice::Reply(ReplyAction::Confirm),
             expires: "2026-06-10T12:00:00Z".parse().unwrap(),
         };
         let now = "2026-06-01T00:00:00Z".parse().unwrap();
@@ -292,6 +372,28 @@ mod tests {
             ButtonPayload::verify(&raw, KEY, later),
             Err(PayloadError::Expired)
         );
+    }
+
+    #[test]
+    fn survey_ratings_and_scores_round_trip_and_nothing_else_parses() {
+        let now = "2026-06-01T00:00:00Z".parse().unwrap();
+        for choice in [
+            Choice::Rating(Rating::Poor),
+            Choice::Rating(Rating::Good),
+            Choice::Score(0),
+            Choice::Score(10),
+        ] {
+            let p = ButtonPayload {
+                job_id: 7,
+                choice,
+                expires: "2026-06-10T12:00:00Z".parse().unwrap(),
+            };
+            assert_eq!(ButtonPayload::verify(&p.sign(KEY), KEY, now), Ok(p));
+        }
+        for bad in ["nps11", "nps", "nps07", "nps-1", "great", "NPS5"] {
+            assert_eq!(Choice::parse(bad), None, "{bad}");
+        }
+        assert!(Rating::Poor < Rating::Ok && Rating::Ok < Rating::Good);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use jiff::civil::Time;
 use jiff::tz::TimeZone;
 use medrelay_mapping::plan::{PlanPolicy, QuietHours, StepKind, StepSpec, parse_duration};
 use medrelay_mapping::policy::{NEUTRAL_FIELDS, SensitiveAction, SensitivePolicy};
-use medrelay_mapping::reply::ReplyAction;
+use medrelay_mapping::reply::{Choice, Rating, ReplyAction};
 use medrelay_mapping::template::{PhiLevel, SiteFacts, TemplateField};
 use serde::Deserialize;
 
@@ -141,9 +141,10 @@ pub struct TemplateConfig {
     /// The header parameter's name when the template uses `parameter_format: NAMED`.
     #[serde(default)]
     pub header_parameter_name: Option<String>,
-    /// Quick-reply buttons, in order.
+    /// Quick-reply buttons, in order: `confirm`, `reschedule`, `cancel`; for a survey template
+    /// the ratings `good`, `ok`, `poor`.
     #[serde(default)]
-    pub buttons: Vec<ReplyAction>,
+    pub buttons: Vec<Choice>,
     /// The template's `message_send_ttl_seconds` in WhatsApp Manager (`1h`; utility templates allow
     /// 30 s to 12 h). WhatsApp drops a message it could not deliver within it, so a reminder held up
     /// by an outage on Meta's side cannot arrive after the appointment. `medrelay templates check`
@@ -173,6 +174,18 @@ pub struct ReplyTexts {
     /// The same outside the site's opening hours. Empty: no acknowledgement.
     #[serde(default = "default_out_of_hours")]
     pub out_of_hours: String,
+    /// After a survey rating: the 0-10 question, the body of a list message.
+    #[serde(default = "default_survey_score")]
+    pub survey_score: String,
+    /// The list's button (at most 20 characters).
+    #[serde(default = "default_survey_score_button")]
+    pub survey_score_button: String,
+    /// After the score: asking for a comment.
+    #[serde(default = "default_survey_comment")]
+    pub survey_comment: String,
+    /// When the survey is over.
+    #[serde(default = "default_survey_thanks")]
+    pub survey_thanks: String,
     /// The language of the texts above (default `en`).
     #[serde(default = "default_texts_language")]
     pub language: String,
@@ -196,6 +209,10 @@ pub struct LanguageTexts {
     pub started: String,
     pub acknowledgement: String,
     pub out_of_hours: String,
+    pub survey_score: String,
+    pub survey_score_button: String,
+    pub survey_comment: String,
+    pub survey_thanks: String,
 }
 
 /// The texts chosen for one patient.
@@ -207,6 +224,10 @@ pub struct Texts<'a> {
     pub started: &'a str,
     pub acknowledgement: &'a str,
     pub out_of_hours: &'a str,
+    pub survey_score: &'a str,
+    pub survey_score_button: &'a str,
+    pub survey_comment: &'a str,
+    pub survey_thanks: &'a str,
 }
 
 impl ReplyTexts {
@@ -250,6 +271,10 @@ impl ReplyTexts {
                 started: &t.started,
                 acknowledgement: &t.acknowledgement,
                 out_of_hours: &t.out_of_hours,
+                survey_score: &t.survey_score,
+                survey_score_button: &t.survey_score_button,
+                survey_comment: &t.survey_comment,
+                survey_thanks: &t.survey_thanks,
             },
             None => Texts {
                 stale: &self.stale,
@@ -258,6 +283,10 @@ impl ReplyTexts {
                 started: &self.started,
                 acknowledgement: &self.acknowledgement,
                 out_of_hours: &self.out_of_hours,
+                survey_score: &self.survey_score,
+                survey_score_button: &self.survey_score_button,
+                survey_comment: &self.survey_comment,
+                survey_thanks: &self.survey_thanks,
             },
         }
     }
@@ -283,6 +312,20 @@ fn default_out_of_hours() -> String {
         .into()
 }
 
+fn default_survey_score() -> String {
+    "Thank you! How likely are you to recommend us to a friend or family member? Choose from 0 (not at all likely) to 10 (extremely likely), or type the number.".into()
+}
+fn default_survey_score_button() -> String {
+    "Choose a score".into()
+}
+fn default_survey_comment() -> String {
+    "Thank you. Is there anything you would like to tell us about your visit? Just write it here."
+        .into()
+}
+fn default_survey_thanks() -> String {
+    "Thank you for your feedback.".into()
+}
+
 impl Default for ReplyTexts {
     fn default() -> Self {
         ReplyTexts {
@@ -292,6 +335,10 @@ impl Default for ReplyTexts {
             started: default_started(),
             acknowledgement: default_acknowledgement(),
             out_of_hours: default_out_of_hours(),
+            survey_score: default_survey_score(),
+            survey_score_button: default_survey_score_button(),
+            survey_comment: default_survey_comment(),
+            survey_thanks: default_survey_thanks(),
             language: default_texts_language(),
             languages: BTreeMap::new(),
         }
@@ -312,6 +359,64 @@ pub struct PipelineConfig {
     /// Sensitive services: no message, or only a neutral template.
     #[serde(default)]
     pub sensitive: SensitivePolicy,
+    /// Post-visit surveys: what is asked after the rating, and what counts as a low score.
+    #[serde(default)]
+    pub survey: SurveyConfig,
+}
+
+/// `[survey]`: what follows a patient's rating of a visit (the survey step's template buttons).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SurveyConfig {
+    /// After the rating, ask "how likely are you to recommend us" with a 0-10 list (NPS).
+    #[serde(default = "yes")]
+    pub score: bool,
+    /// Then ask for a comment in the patient's own words.
+    #[serde(default = "yes")]
+    pub comment: bool,
+    /// A rating at or below this one is low (default `poor`).
+    #[serde(default = "default_low_rating")]
+    pub low_rating: Rating,
+    /// A score at or below this one is low (default 6: the NPS detractors).
+    #[serde(default = "default_low_score")]
+    pub low_score: u8,
+    /// How long the patient has to answer the score or comment question (default `24h`, the
+    /// customer service window the rating opened).
+    #[serde(default = "default_answer_within")]
+    pub answer_within: String,
+}
+
+fn default_low_rating() -> Rating {
+    Rating::Poor
+}
+fn default_low_score() -> u8 {
+    6
+}
+fn default_answer_within() -> String {
+    "24h".into()
+}
+
+impl Default for SurveyConfig {
+    fn default() -> Self {
+        SurveyConfig {
+            score: true,
+            comment: true,
+            low_rating: default_low_rating(),
+            low_score: default_low_score(),
+            answer_within: default_answer_within(),
+        }
+    }
+}
+
+impl SurveyConfig {
+    /// How long a score or comment question stays open (`answer_within`, at most 24 h: after
+    /// that WhatsApp would not deliver the thank-you).
+    pub fn answer_window(&self) -> SignedDuration {
+        parse_duration(&self.answer_within)
+            .filter(|d| d.is_positive())
+            .unwrap_or(SignedDuration::from_hours(24))
+            .min(SignedDuration::from_hours(24))
+    }
 }
 
 /// A site, validated.
@@ -343,7 +448,7 @@ pub struct CompiledTemplate {
     pub header: Option<TemplateField>,
     /// Its name, for NAMED templates.
     pub header_parameter_name: Option<String>,
-    pub buttons: Vec<ReplyAction>,
+    pub buttons: Vec<Choice>,
     /// `message_send_ttl_seconds` expected in the registry.
     pub ttl: Option<SignedDuration>,
 }
@@ -388,6 +493,8 @@ pub struct Compiled {
     pub templates: BTreeMap<String, CompiledTemplate>,
     pub reply_texts: ReplyTexts,
     pub sensitive: SensitivePolicy,
+    /// What follows a survey rating.
+    pub survey: SurveyConfig,
     /// Things that work but deserve a look (shown by `medrelay check`).
     pub warnings: Vec<String>,
     /// WhatsApp's messaging limit of the business portfolio: unique recipients of
@@ -578,9 +685,20 @@ impl PipelineConfig {
                     "templates.{key}: a NAMED template names every parameter (`parameter_names` and `header_parameter_name`), a positional one none"
                 ));
             }
-            if t.buttons.contains(&ReplyAction::NotNotified) {
+            if t.buttons.contains(&Choice::Reply(ReplyAction::NotNotified)) {
                 errors.push(format!(
                     "templates.{key}.buttons: `not_notified` is not something a patient can tap"
+                ));
+            }
+            if t.buttons.iter().any(|b| matches!(b, Choice::Score(_))) {
+                errors.push(format!(
+                    "templates.{key}.buttons: a 0-10 score is asked in a list after the rating, not as a template button"
+                ));
+            }
+            if t.buttons.len() > 3 {
+                errors.push(format!(
+                    "templates.{key}.buttons: WhatsApp templates have at most 3 quick-reply buttons here ({} configured)",
+                    t.buttons.len()
                 ));
             }
             if let Some(names) = &t.parameter_names
@@ -684,6 +802,63 @@ impl PipelineConfig {
                 ));
             }
         }
+        // A survey's buttons are ratings and only a survey's are: a rating tap is not an answer
+        // about the appointment, and a Confirm tap after the visit would mean nothing.
+        for step in &steps {
+            let Some(t) = templates.get(&step.template) else {
+                continue;
+            };
+            let ratings = t
+                .buttons
+                .iter()
+                .filter(|b| matches!(b, Choice::Rating(_)))
+                .count();
+            if step.kind == StepKind::Survey && (t.buttons.is_empty() || ratings != t.buttons.len())
+            {
+                errors.push(format!(
+                    "plan.steps.{}: a survey step's template needs rating buttons only (good, ok, poor); templates.{} has {:?}",
+                    step.name,
+                    step.template,
+                    t.buttons.iter().map(|b| b.name()).collect::<Vec<_>>()
+                ));
+            } else if step.kind != StepKind::Survey && ratings > 0 {
+                errors.push(format!(
+                    "plan.steps.{}: rating buttons (good, ok, poor) belong to a survey step's template, not to a {} step (templates.{})",
+                    step.name,
+                    step.kind.as_str(),
+                    step.template
+                ));
+            }
+        }
+        for (code, texts) in
+            std::iter::once(("default", self.reply_texts.survey_score_button.as_str())).chain(
+                self.reply_texts
+                    .languages
+                    .iter()
+                    .map(|(k, t)| (k.as_str(), t.survey_score_button.as_str())),
+            )
+        {
+            let n = texts.chars().count();
+            if n == 0 || n > 20 {
+                errors.push(format!(
+                    "reply_texts ({code}): survey_score_button must be 1 to 20 characters (WhatsApp's limit for a list button), it has {n}"
+                ));
+            }
+        }
+        if parse_duration(&self.survey.answer_within)
+            .is_none_or(|d| !d.is_positive() || d > SignedDuration::from_hours(24))
+        {
+            errors.push(format!(
+                "survey.answer_within: expected a duration up to 24h (the customer service window), got `{}`",
+                self.survey.answer_within
+            ));
+        }
+        if self.survey.low_score > 10 {
+            errors.push(format!(
+                "survey.low_score: {} is not a score from 0 to 10",
+                self.survey.low_score
+            ));
+        }
         if self.sensitive.action == SensitiveAction::Neutral {
             match self
                 .sensitive
@@ -751,6 +926,7 @@ impl PipelineConfig {
                 templates,
                 reply_texts: self.reply_texts.clone(),
                 sensitive: self.sensitive.clone(),
+                survey: self.survey.clone(),
                 warnings,
                 messaging_limit: None,
                 on_recategorised: RecategorisedPolicy::default(),
@@ -793,7 +969,7 @@ mod tests {
     fn reply_texts_follow_the_patients_language_then_the_sites_fallbacks() {
         let pt = |text: &str| {
             format!(
-                "[languages.pt_BR]\nstale = \"{text} stale\"\nemergency = \"e\"\nstopped = \"s\"\nstarted = \"t\"\nacknowledgement = \"a {{within}}\"\nout_of_hours = \"o\"\n"
+                "[languages.pt_BR]\nstale = \"{text} stale\"\nemergency = \"e\"\nstopped = \"s\"\nstarted = \"t\"\nacknowledgement = \"a {{within}}\"\nout_of_hours = \"o\"\nsurvey_score = \"n\"\nsurvey_score_button = \"Nota\"\nsurvey_comment = \"c\"\nsurvey_thanks = \"obrigado\"\n"
             )
         };
         let texts: ReplyTexts = toml::from_str(&pt("pt")).unwrap();
@@ -823,6 +999,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("out_of_hours"), "{err}");
+    }
+
+    #[test]
+    fn a_survey_step_needs_rating_buttons_and_only_a_survey_has_them() {
+        let mut c = config("");
+        c.templates.insert(
+            "survey".into(),
+            toml::from_str(
+                "name = \"visit_survey\"\nlanguages = [\"en_US\"]\nbuttons = [\"good\", \"ok\", \"poor\"]",
+            )
+            .unwrap(),
+        );
+        c.plan.steps.push(
+            toml::from_str(
+                "name = \"survey_2h\"\nkind = \"survey\"\noffset = \"2h\"\ntemplate = \"survey\"",
+            )
+            .unwrap(),
+        );
+        let compiled = c.compile().unwrap();
+        assert_eq!(compiled.steps[1].kind, StepKind::Survey);
+        assert_eq!(compiled.survey, SurveyConfig::default());
+        // The reminder's Confirm/Cancel template cannot be a survey's, nor the survey's a reminder's.
+        c.plan.steps[1].template = "reminder".into();
+        c.plan.steps[0].template = "survey".into();
+        let errors = c.compile().unwrap_err();
+        assert!(
+            errors.iter().any(|e| e
+                .contains("plan.steps.survey_2h: a survey step's template needs rating buttons")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("plan.steps.reminder_48h: rating buttons")),
+            "{errors:?}"
+        );
+        // Scores are not buttons; an unknown button is a load error naming it.
+        let err = toml::from_str::<TemplateConfig>(
+            "name = \"x\"\nlanguages = [\"en\"]\nbuttons = [\"great\"]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown button `great`"), "{err}");
+        let mut c = config("");
+        c.templates.get_mut("reminder").unwrap().buttons = vec![Choice::Score(3)];
+        c.survey.low_score = 11;
+        c.survey.answer_within = "3d".into();
+        c.reply_texts.survey_score_button = "A button label far too long".into();
+        let errors = c.compile().unwrap_err();
+        for want in [
+            "templates.reminder.buttons: a 0-10 score",
+            "survey.low_score",
+            "survey.answer_within",
+            "survey_score_button must be 1 to 20 characters",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(want)),
+                "{want}: {errors:?}"
+            );
+        }
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use medrelay_mapping::AppointmentStatus;
 use medrelay_mapping::consent::{ConsentSource, Purpose};
+use medrelay_mapping::plan::StepKind;
 use medrelay_mapping::reply::{
-    ButtonPayload, PayloadError, ReplyAction, TextIntent, classify_text,
+    ButtonPayload, Choice, PayloadError, Rating, ReplyAction, TextIntent, classify_text,
 };
 use tracing::{info, warn};
 
@@ -19,11 +20,26 @@ use crate::config::Compiled;
 use crate::config::RecategorisedPolicy;
 use crate::store::inbound::NewReply;
 use crate::store::inbox::{ConversationReason, PatientMessage};
+use crate::store::survey::{NewRating, SurveyQuestion, SurveyRecord};
 use crate::store::{Store, StoreResult};
 use crate::whatsapp::webhook::{
     AccountEvent, InboundContent, InboundMessage, StatusUpdate, Webhook, parse,
 };
-use crate::whatsapp::{SendError, WhatsAppTransport, classify, text_message};
+use crate::whatsapp::{
+    ListRow, SendError, WhatsAppTransport, classify, list_message, text_message,
+};
+
+/// What a survey answer leads to once its reply is stored (sent and filed only for a new reply,
+/// so that a re-delivered webhook asks nothing twice).
+#[derive(Debug, Default)]
+struct SurveyNext {
+    /// The survey answered.
+    survey: Option<SurveyRecord>,
+    /// The question to ask next, or the thank-you (`None` in it).
+    ask: Option<Option<SurveyQuestion>>,
+    /// A note for the inbox: the answer is low (or extends a survey conversation already open).
+    file: Option<String>,
+}
 
 /// Alert kind for a configured template that WhatsApp paused, disabled, rejected or flagged.
 pub const TEMPLATE_STATUS_ALERT: &str = "template_status";
@@ -552,14 +568,30 @@ impl Inbound {
             site.map(|s| s.fallback_languages.as_slice()).unwrap_or(&[]),
         );
         let mut answer: Option<&str> = None;
+        let mut survey = SurveyNext::default();
         match &m.content {
-            InboundContent::Button { payload } | InboundContent::Interactive { id: payload } => {
+            InboundContent::Button { payload }
+            | InboundContent::Interactive { id: payload, .. } => {
                 reply.kind = "button";
                 match ButtonPayload::verify(payload, self.store.keys().button_key(), now) {
                     Ok(p) => {
                         reply.job_id = Some(p.job_id);
-                        reply.action = Some(p.action.as_str().into());
-                        let (outcome, appointment) = self.judge_tap(&p, &contact_hash, now).await?;
+                        reply.action = Some(p.choice.name());
+                        let (outcome, appointment) = match p.choice {
+                            Choice::Reply(action) => {
+                                self.judge_tap(p.job_id, action, &contact_hash, now).await?
+                            }
+                            Choice::Rating(_) | Choice::Score(_) => {
+                                self.survey_answer(
+                                    p.job_id,
+                                    p.choice,
+                                    &contact_hash,
+                                    now,
+                                    &mut survey,
+                                )
+                                .await?
+                            }
+                        };
                         reply.outcome = outcome;
                         reply.appointment_id = appointment;
                         if outcome == "stale" {
@@ -618,6 +650,16 @@ impl Inbound {
                         reply.action = Some("free_text".into());
                         reply.outcome = "staff_queue";
                         reply.text = Some(body.clone());
+                        // The answer to a survey question just asked (a typed score, a comment).
+                        if let Some(outcome) = self
+                            .survey_text(body, &contact_hash, now, &mut survey)
+                            .await?
+                        {
+                            reply.action = Some("survey_text".into());
+                            reply.outcome = outcome;
+                            reply.appointment_id = survey.survey.as_ref().map(|s| s.appointment_id);
+                            reply.job_id = survey.survey.as_ref().map(|s| s.job_id);
+                        }
                     }
                 }
             }
@@ -656,7 +698,221 @@ impl Inbound {
         if let Some(text) = answer {
             self.answer(&m.from, text, &m.id).await;
         }
+        self.after_survey_answer(m, survey, &texts, received_at, now)
+            .await?;
         Ok(true)
+    }
+
+    /// A survey rating or score tap on job `job_id`: recorded (the first answer counts), with
+    /// what to ask next in `next`. Returns the reply's outcome and appointment.
+    async fn survey_answer(
+        &self,
+        job_id: i64,
+        choice: Choice,
+        contact_hash: &str,
+        now: Timestamp,
+        next: &mut SurveyNext,
+    ) -> StoreResult<(&'static str, Option<i64>)> {
+        let Some(job) = self.store.job_ref(job_id).await? else {
+            return Ok(("invalid", None));
+        };
+        if job.kind != Some(StepKind::Survey) {
+            return Ok(("invalid", Some(job.appointment_id)));
+        }
+        let Some(rec) = self.store.load_appointment(job.appointment_id).await? else {
+            return Ok(("invalid", None));
+        };
+        if rec.contact_hash.as_deref() != Some(contact_hash) {
+            return Ok(("invalid", Some(rec.id)));
+        }
+        let cfg = &self.config.survey;
+        match choice {
+            Choice::Rating(rating) => {
+                let low = rating <= cfg.low_rating;
+                let ask = if cfg.score {
+                    Some(SurveyQuestion::Score)
+                } else if cfg.comment {
+                    Some(SurveyQuestion::Comment)
+                } else {
+                    None
+                };
+                let (record, new) = self
+                    .store
+                    .record_survey_rating(
+                        &NewRating {
+                            job_id,
+                            appointment_id: rec.id,
+                            contact_hash,
+                            rating,
+                            low,
+                            awaiting: ask,
+                        },
+                        now,
+                    )
+                    .await?;
+                if !new {
+                    return Ok(("repeat", Some(rec.id)));
+                }
+                next.ask = Some(ask);
+                if low {
+                    next.file = Some(format!("Survey: rated the visit {}", rating_word(rating)));
+                }
+                next.survey = Some(record);
+                Ok(("survey", Some(rec.id)))
+            }
+            Choice::Score(score) => {
+                let Some(record) = self.store.survey_by_job(job_id).await? else {
+                    // A score row is only ever sent after a rating.
+                    return Ok(("invalid", Some(rec.id)));
+                };
+                self.survey_score(record, score, now, next)
+                    .await
+                    .map(|o| (o, Some(rec.id)))
+            }
+            Choice::Reply(_) => Ok(("invalid", Some(rec.id))),
+        }
+    }
+
+    /// Records a 0-10 score for `record` (once) and decides what follows.
+    async fn survey_score(
+        &self,
+        record: SurveyRecord,
+        score: u8,
+        now: Timestamp,
+        next: &mut SurveyNext,
+    ) -> StoreResult<&'static str> {
+        let cfg = &self.config.survey;
+        let low = score <= cfg.low_score;
+        let ask = cfg.comment.then_some(SurveyQuestion::Comment);
+        if !self
+            .store
+            .record_survey_score(record.id, score, low, ask, now)
+            .await?
+        {
+            return Ok("repeat");
+        }
+        next.ask = Some(ask);
+        if low || record.conversation_id.is_some() {
+            next.file = Some(format!("Survey: {score} of 10 for recommending the clinic"));
+        }
+        next.survey = Some(record);
+        Ok("survey")
+    }
+
+    /// Free text that answers the survey question the contact was just asked: a typed score
+    /// (while the 0-10 list is open) or the comment. `None`: the text is not about a survey.
+    async fn survey_text(
+        &self,
+        body: &str,
+        contact_hash: &str,
+        now: Timestamp,
+        next: &mut SurveyNext,
+    ) -> StoreResult<Option<&'static str>> {
+        let since = now - self.config.survey.answer_window();
+        let Some(record) = self.store.survey_awaiting(contact_hash, since).await? else {
+            return Ok(None);
+        };
+        if record.awaiting == Some(SurveyQuestion::Score)
+            && let Ok(score) = body.trim().parse::<u8>()
+            && score <= 10
+        {
+            return self.survey_score(record, score, now, next).await.map(Some);
+        }
+        // Words instead of a score are the comment (asked or not, they are what the patient
+        // wants to tell the clinic).
+        if !self
+            .store
+            .record_survey_comment(record.id, body, now)
+            .await?
+        {
+            return Ok(None);
+        }
+        next.ask = Some(None);
+        if record.low || record.conversation_id.is_some() {
+            next.file = Some(body.to_owned());
+        }
+        next.survey = Some(record);
+        Ok(Some("survey"))
+    }
+
+    /// What follows a new survey answer: a low one (and anything said after it) in the inbox,
+    /// flagged for follow-up with the site's reply SLA; then the next question or the thanks,
+    /// inside the window the answer opened.
+    async fn after_survey_answer(
+        &self,
+        m: &InboundMessage,
+        next: SurveyNext,
+        texts: &crate::config::Texts<'_>,
+        received_at: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let Some(record) = next.survey else {
+            return Ok(());
+        };
+        if let Some(note) = &next.file {
+            let site = match self.store.load_appointment(record.appointment_id).await? {
+                Some(a) => self.config.sites.get(&a.appointment.site),
+                None => None,
+            };
+            let sla = site.map_or(jiff::SignedDuration::from_mins(60), |s| s.reply_sla);
+            let due = match site {
+                Some(s) => {
+                    crate::inbox::reply_due(received_at, sla, s.opening_hours.as_ref(), &s.zone)
+                }
+                None => received_at + sla,
+            };
+            let (conversation, _) = self
+                .store
+                .file_patient_message(
+                    &PatientMessage {
+                        wa_message_id: &m.id,
+                        contact_hash: &record.contact_hash,
+                        phone_e164: &m.from,
+                        reason: ConversationReason::Survey,
+                        kind: "survey",
+                        body: Some(note),
+                        media_id: None,
+                        received_at,
+                        appointment_id: Some(record.appointment_id),
+                    },
+                    Some(due),
+                    now,
+                )
+                .await?;
+            if record.conversation_id != Some(conversation) {
+                self.store
+                    .set_survey_conversation(record.id, conversation, now)
+                    .await?;
+            }
+            info!(
+                conversation,
+                survey = record.id,
+                "low survey answer filed for follow-up"
+            );
+        }
+        match next.ask {
+            Some(Some(SurveyQuestion::Score)) => {
+                let key = self.store.keys().button_key();
+                let expires = now + self.config.survey.answer_window();
+                let rows = score_rows(record.job_id, key, expires);
+                let body = list_message(
+                    &m.from,
+                    texts.survey_score,
+                    texts.survey_score_button,
+                    &rows,
+                    Some(&m.id),
+                );
+                if let Err(e) = self.transport.send(&body).await {
+                    warn!(error = %e, "survey score list could not be sent");
+                }
+            }
+            Some(Some(SurveyQuestion::Comment)) => {
+                self.answer(&m.from, texts.survey_comment, &m.id).await;
+            }
+            Some(None) => self.answer(&m.from, texts.survey_thanks, &m.id).await,
+            None => {}
+        }
+        Ok(())
     }
 
     /// Files a message that needs a person (free text, an emergency phrase, media) in the staff
@@ -720,6 +976,7 @@ impl Inbound {
                     body,
                     media_id,
                     received_at,
+                    appointment_id: None,
                 },
                 Some(due),
                 now,
@@ -756,11 +1013,12 @@ impl Inbound {
     /// Decides whether a verified tap still refers to the appointment as it is now.
     async fn judge_tap(
         &self,
-        p: &ButtonPayload,
+        job_id: i64,
+        action: ReplyAction,
         contact_hash: &str,
         now: Timestamp,
     ) -> StoreResult<(&'static str, Option<i64>)> {
-        let Some(job) = self.store.job_ref(p.job_id).await? else {
+        let Some(job) = self.store.job_ref(job_id).await? else {
             return Ok(("invalid", None));
         };
         let Some(rec) = self.store.load_appointment(job.appointment_id).await? else {
@@ -773,7 +1031,7 @@ impl Inbound {
         let stale = a.start != job.slot_start
             || a.status != AppointmentStatus::Booked
             || now >= a.start
-            || (rec.patient_cancelled && p.action != ReplyAction::Cancel);
+            || (rec.patient_cancelled && action != ReplyAction::Cancel);
         if stale {
             return Ok(("stale", Some(rec.id)));
         }
@@ -783,9 +1041,60 @@ impl Inbound {
             .store
             .latest_accepted_action(rec.id, job.slot_start)
             .await?;
-        if previous.as_deref() == Some(p.action.as_str()) {
+        if previous.as_deref() == Some(action.as_str()) {
             return Ok(("repeat", Some(rec.id)));
         }
         Ok(("accepted", Some(rec.id)))
+    }
+}
+
+/// A rating as the inbox note says it.
+fn rating_word(r: Rating) -> &'static str {
+    match r {
+        Rating::Good => "Good",
+        Rating::Ok => "OK",
+        Rating::Poor => "Poor",
+    }
+}
+
+/// The 0-10 list's rows, each a signed score for survey message `job_id`. A list holds at most
+/// ten rows (the Cloud API's limit), so 0 and 1 share the first: both are NPS detractors, so the
+/// NPS is exact; the row records 0.
+fn score_rows(job_id: i64, key: &[u8], expires: Timestamp) -> Vec<ListRow> {
+    let row = |score: u8, title: String| ListRow {
+        id: ButtonPayload {
+            job_id,
+            choice: Choice::Score(score),
+            expires,
+        }
+        .sign(key),
+        title,
+        description: None,
+    };
+    std::iter::once(row(0, "0-1".into()))
+        .chain((2..=10).map(|n| row(n, n.to_string())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_score_list_fits_the_cloud_api_limit_and_covers_0_to_10() {
+        let expires = "2026-06-02T00:00:00Z".parse().unwrap();
+        let rows = super::score_rows(42, b"key", expires);
+        assert_eq!(rows.len(), crate::whatsapp::interactive_limits::LIST_ROWS);
+        let titles: Vec<&str> = rows.iter().map(|r| r.title.as_str()).collect();
+        assert_eq!(
+            titles,
+            ["0-1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]
+        );
+        let now = "2026-06-01T00:00:00Z".parse().unwrap();
+        let first =
+            medrelay_mapping::reply::ButtonPayload::verify(&rows[0].id, b"key", now).unwrap();
+        assert_eq!(first.choice, medrelay_mapping::reply::Choice::Score(0));
+        assert!(
+            rows.iter()
+                .all(|r| r.id.len() <= crate::whatsapp::interactive_limits::ROW_ID_CHARS)
+        );
     }
 }

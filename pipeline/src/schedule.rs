@@ -56,6 +56,7 @@ fn timing(spec: &StepSpec, time_unknown: bool) -> String {
         }
         StepKind::Reminder => format!("{d} before the start"),
         StepKind::FollowUp => format!("{d} after the end"),
+        StepKind::Survey => format!("{d} after the end (post-visit survey)"),
         StepKind::NoShow => format!("{d} after the end of the missed visit"),
         StepKind::LocationChange => "when the location changed".into(),
     }

@@ -179,6 +179,9 @@ fn paced_outcome(job: &ClaimedJob, now: Timestamp, wait: Duration) -> JobOutcome
     }
 }
 
+/// How long a survey's rating buttons are accepted after it was sent.
+const SURVEY_ANSWER_DAYS: i64 = 7;
+
 fn kind_of(job: &ClaimedJob) -> StepKind {
     job.kind.unwrap_or(StepKind::Reminder)
 }
@@ -208,7 +211,7 @@ fn still_valid(
         }
         return None;
     }
-    if kind_of(job) == StepKind::FollowUp {
+    if matches!(kind_of(job), StepKind::FollowUp | StepKind::Survey) {
         if a.status.is_withdrawn() {
             return Some((
                 JobState::Withdrawn,
@@ -503,6 +506,15 @@ impl Sender {
                         ),
                     );
                 }
+                // A survey says that a visit took place; the neutral template cannot ask it.
+                SensitiveAction::Neutral if kind_of(job) == StepKind::Survey => {
+                    return final_(
+                        JobState::Skipped,
+                        format!(
+                            "sensitive service ({field} on the deny-list): no post-visit survey (it would say that the visit took place)"
+                        ),
+                    );
+                }
                 // The neutral template names no place, so it cannot say where the visit moved.
                 SensitiveAction::Neutral if kind_of(job) == StepKind::LocationChange => {
                     return final_(
@@ -582,14 +594,21 @@ impl Sender {
             &site.fallback_languages,
         );
         let key = self.store.keys().button_key();
+        // A tap about the appointment means something until it starts; a survey rating, for a
+        // week after the survey was sent.
+        let expires = if kind_of(job) == StepKind::Survey {
+            now + SignedDuration::from_hours(SURVEY_ANSWER_DAYS * 24)
+        } else {
+            rec.appointment.start
+        };
         let quick_replies = template
             .buttons
             .iter()
-            .map(|action| {
+            .map(|choice| {
                 ButtonPayload {
                     job_id: job.id,
-                    action: *action,
-                    expires: rec.appointment.start,
+                    choice: *choice,
+                    expires,
                 }
                 .sign(key)
             })

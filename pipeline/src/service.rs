@@ -56,6 +56,8 @@ pub struct Service {
     pub inbox: StaffInbox,
     /// Present when WhatsApp is the built-in simulator: its webhooks are delivered in-process.
     pub simulator: Option<Arc<Simulator>>,
+    /// The WhatsApp transport itself (unpaced): where the console fetches a patient's media.
+    pub media_source: Arc<dyn WhatsAppTransport>,
     /// Where alerts are pushed, when configured (`medrelay run` delivers after each pass).
     pub alert_sink: Option<crate::alerts::AlertSink>,
     /// This process's timings and counters for `/metrics` (the sender's, shared with the
@@ -87,7 +89,8 @@ impl Service {
             instruments: sender.instruments.clone(),
             sender,
             inbox: StaffInbox::new(store.clone(), transport.clone(), clock.clone()),
-            inbound: Inbound::new(store.clone(), config, transport, clock.clone()),
+            inbound: Inbound::new(store.clone(), config, transport.clone(), clock.clone()),
+            media_source: transport,
             writeback: WriteBackWorker::new(store.clone(), write_back, clock.clone()),
             clock,
             store,
@@ -112,7 +115,7 @@ impl Service {
         let sender = Sender::with_pacer(
             store.clone(),
             config.clone(),
-            transport,
+            transport.clone(),
             clock.clone(),
             pacer,
         );
@@ -123,6 +126,7 @@ impl Service {
             sender,
             inbox: StaffInbox::new(store.clone(), paced.clone(), clock.clone()),
             inbound: Inbound::new(store.clone(), config, paced, clock.clone()),
+            media_source: transport,
             writeback: WriteBackWorker::new(store.clone(), write_back, clock.clone()),
             clock,
             store,

@@ -35,7 +35,7 @@ use medrelay_pipeline::whatsapp::webhook::{
     BusinessNumber, InboundContent, InboundMessage, StatusUpdate, message_webhook, parse, sign,
     status_webhook,
 };
-use medrelay_pipeline::whatsapp::{BodyParameter, SendError, TemplateMessage};
+use medrelay_pipeline::whatsapp::{BodyParameter, MediaFile, SendError, TemplateMessage};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -372,6 +372,61 @@ async fn the_client_reads_the_messaging_limit_from_the_phone_number_object() {
     assert!(e.to_string().contains("190"), "{e}");
 }
 
+#[tokio::test]
+async fn a_patients_media_is_fetched_over_http_with_the_token_and_checked_against_its_sha256() {
+    let (server, url) = sim_server(SimServerConfig {
+        token: Some(ApiToken::new(TOKEN)),
+        ..SimServerConfig::default()
+    })
+    .await;
+    let file = MediaFile {
+        mime_type: "image/jpeg".into(),
+        bytes: b"\xff\xd8\xff\xe0 CANARY-MEDIA-BYTES".to_vec(),
+    };
+    let id = server.simulator().patient_sends_media(
+        "+5511987650000",
+        "image",
+        file.clone(),
+        Some("my rash"),
+    );
+    // The webhook names the media by id only.
+    let hooks = server.simulator().take_webhooks();
+    let parsed = parse(&hooks[0].body).unwrap();
+    assert!(matches!(
+        &parsed.messages[0].content,
+        InboundContent::Media { kind, media_id: Some(m), caption: Some(c) }
+            if kind == "image" && *m == id && c == "my rash"
+    ));
+    let fetched = client(&url, TOKEN).fetch_media(&id).await.unwrap();
+    assert_eq!(fetched, file);
+    // The media object is the Cloud API's: url, mime_type, sha256, file_size.
+    let meta: Value = reqwest::Client::new()
+        .get(format!("{url}/v23.0/{id}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["mime_type"], "image/jpeg");
+    assert_eq!(meta["file_size"], file.bytes.len());
+    assert_eq!(meta["sha256"].as_str().unwrap().len(), 64);
+    // The file URL wants the token too.
+    let bare = reqwest::get(meta["url"].as_str().unwrap()).await.unwrap();
+    assert_eq!(bare.status(), 401);
+    // A wrong token is 190; an unknown media id is an error, not a file; a media id that is
+    // not a plain id never reaches a URL.
+    let e = client(&url, "wrong").fetch_media(&id).await.unwrap_err();
+    assert!(e.to_string().contains("190"), "{e}");
+    assert!(client(&url, TOKEN).fetch_media("123").await.is_err());
+    let e = client(&url, TOKEN)
+        .fetch_media("../v23.0/123/messages")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not a media id"), "{e}");
+}
+
 #[test]
 fn messaging_limit_tiers_parse() {
     use medrelay_pipeline::whatsapp::cloud::parse_messaging_limit as p;
@@ -598,6 +653,19 @@ fn every_pywa_fixture_parses() {
         serde_json::from_slice(&std::fs::read(fixture("callback_button.json")).unwrap()).unwrap();
     let tap = parse(buttons["quick_reply"].to_string().as_bytes()).unwrap();
     assert!(tap.messages[0].context_id.is_some());
+    // An interactive list row (the survey's 0-10 list): its id, as a list reply, with its title.
+    let selection: Value =
+        serde_json::from_slice(&std::fs::read(fixture("callback_selection.json")).unwrap())
+            .unwrap();
+    let pick = parse(selection["callback"].to_string().as_bytes()).unwrap();
+    assert_eq!(
+        pick.messages[0].content,
+        InboundContent::Interactive {
+            id: "callback_data".into(),
+            list: true,
+            title: Some("title".into()),
+        }
+    );
 }
 
 /// Everything wired over HTTP: Service -> CloudApiClient -> simulator server -> signed webhooks ->

@@ -54,7 +54,7 @@ fn secs(s: Option<f64>) -> String {
     s.map_or("-".into(), |s| format!("{s:.0} s"))
 }
 
-const CSV_HEADER: [&str; 33] = [
+const CSV_HEADER: [&str; 43] = [
     "group",
     "appointments",
     "messaged",
@@ -88,6 +88,16 @@ const CSV_HEADER: [&str; 33] = [
     "inbox_conversations",
     "staff_reply_seconds_median",
     "staff_reply_seconds_p90",
+    "surveys_sent",
+    "surveys_answered",
+    "survey_good",
+    "survey_ok",
+    "survey_poor",
+    "survey_response_rate",
+    "nps_responses",
+    "nps",
+    "survey_low",
+    "survey_low_rate",
 ];
 
 fn csv_line(r: &KpiRow, currency: &str) -> Vec<String> {
@@ -130,6 +140,16 @@ fn csv_line(r: &KpiRow, currency: &str) -> Vec<String> {
         r.inbox_conversations.to_string(),
         f(r.staff_reply_seconds_median),
         f(r.staff_reply_seconds_p90),
+        r.surveys_sent.to_string(),
+        r.surveys_answered.to_string(),
+        r.survey_good.to_string(),
+        r.survey_ok.to_string(),
+        r.survey_poor.to_string(),
+        f(r.survey_response_rate),
+        r.nps_responses.to_string(),
+        f(r.nps),
+        r.survey_low.to_string(),
+        f((r.surveys_answered > 0).then(|| r.survey_low as f64 / r.surveys_answered as f64)),
     ]
 }
 
@@ -217,6 +237,20 @@ pub async fn run(config: &Path, args: ReportArgs, o: &mut Output<'_>) -> anyhow:
                     secs(r.staff_reply_seconds_median),
                     secs(r.staff_reply_seconds_p90)
                 ));
+                if r.surveys_sent > 0 || r.surveys_answered > 0 {
+                    o.line(format!(
+                        "  surveys: sent {}, answered {} ({}): good {}, ok {}, poor {}; NPS {} over {} score(s); {} low, followed up in the inbox",
+                        r.surveys_sent,
+                        r.surveys_answered,
+                        pct(r.survey_response_rate),
+                        r.survey_good,
+                        r.survey_ok,
+                        r.survey_poor,
+                        r.nps.map_or("-".into(), |n| format!("{n:+.0}")),
+                        r.nps_responses,
+                        r.survey_low
+                    ));
+                }
                 let categories: Vec<String> = r
                     .messages_by_category
                     .iter()

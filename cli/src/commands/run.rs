@@ -422,6 +422,7 @@ pub async fn start_console(
     loaded: &Loaded,
     store: &Store,
     clock: Arc<dyn Clock>,
+    media: Arc<dyn WhatsAppTransport>,
     mut halt: watch::Receiver<bool>,
 ) -> anyhow::Result<Option<Endpoint>> {
     let (Some(addr), Some(c)) = (loaded.console_listen, &loaded.config.console) else {
@@ -444,6 +445,7 @@ pub async fn start_console(
         .collect();
     state.secure_cookies = c.secure_cookies;
     state.canned = c.canned.clone();
+    state.media = Some(media);
     let tls = match &c.tls {
         Some(files) => Some(loaded.server_tls(files).context("console.tls")?),
         None => None,
@@ -606,7 +608,14 @@ pub async fn run_until_with_reload(
             instruments: Some(service.instruments.clone()),
         };
         let status_page = start_status_page(&loaded, health.clone(), halt_rx.clone()).await?;
-        let console = start_console(&loaded, &store, clock.clone(), halt_rx.clone()).await?;
+        let console = start_console(
+            &loaded,
+            &store,
+            clock.clone(),
+            service.media_source.clone(),
+            halt_rx.clone(),
+        )
+        .await?;
         let endpoint = start_webhook_endpoint(
             &loaded,
             &store,

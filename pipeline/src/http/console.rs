@@ -72,6 +72,9 @@ pub struct ConsoleState {
     pub canned: Vec<CannedAnswer>,
     /// Whether cookies carry `Secure` (off only for a plain-HTTP test on a non-loopback name).
     pub secure_cookies: bool,
+    /// Where a patient's media is fetched from when staff open it (the WhatsApp transport);
+    /// `None`: media is listed but cannot be opened here.
+    pub media: Option<Arc<dyn crate::whatsapp::WhatsAppTransport>>,
     /// Sign-in attempts per source address.
     limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
 }
@@ -84,6 +87,7 @@ impl ConsoleState {
             clock,
             session_ttl,
             reengage: None,
+            media: None,
             zones: BTreeMap::new(),
             canned: Vec::new(),
             secure_cookies: true,
@@ -109,6 +113,7 @@ pub fn console_router(state: ConsoleState) -> Router {
         .route("/logout", post(logout))
         .route("/inbox", get(inbox_page))
         .route("/inbox/{id}", get(conversation_page))
+        .route("/inbox/{id}/media/{message}", get(media))
         .route("/inbox/{id}/reply", post(reply))
         .route("/inbox/{id}/take", post(take))
         .route("/inbox/{id}/act", post(act))
@@ -505,6 +510,7 @@ fn reason_label(reason: &str) -> &'static str {
     match reason {
         "emergency" => "EMERGENCY phrase",
         "media" => "media message",
+        "survey" => "low survey score: follow up",
         _ => "message",
     }
 }
@@ -546,6 +552,116 @@ async fn open_for(
             (StatusCode::NOT_FOUND, "no such conversation\n").into_response(),
         )),
         Err(e) => Err(unavailable(&e, "conversation could not be opened")),
+    }
+}
+
+/// Types a browser may show inline; anything else is downloaded, never rendered.
+const INLINE_MEDIA: &[&str] = &[
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "audio/ogg",
+    "audio/mpeg",
+    "audio/mp4",
+    "audio/aac",
+    "video/mp4",
+    "application/pdf",
+];
+
+/// `GET /inbox/{id}/media/{message}`: a patient's image, document or recording, fetched from the
+/// Cloud API now (never stored or logged here), for a staff user allowed to open the
+/// conversation; the access is audited before anything is fetched.
+async fn media(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path((id, message)): Path<(i64, i64)>,
+) -> Response {
+    let (user, _, _) = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !user.role.sees_phi() {
+        return forbidden("your role (viewer) does not show patient conversations");
+    }
+    let line = match state.store.conversation_line(id).await {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            return secure_headers(
+                (StatusCode::NOT_FOUND, "no such conversation\n").into_response(),
+            );
+        }
+        Err(e) => return unavailable(&e, "conversation could not be read"),
+    };
+    if !user.works_site(line.site.as_deref()) {
+        return forbidden("this conversation belongs to a site you do not work");
+    }
+    let Some(source) = &state.media else {
+        return secure_headers(
+            (
+                StatusCode::NOT_IMPLEMENTED,
+                "this console cannot fetch media from WhatsApp\n",
+            )
+                .into_response(),
+        );
+    };
+    let (media_id, kind) = match state
+        .store
+        .open_media(id, message, &user.name, "console", state.clock.now())
+        .await
+    {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return secure_headers(
+                (
+                    StatusCode::NOT_FOUND,
+                    "no media in this message (or it was pruned by retention)\n",
+                )
+                    .into_response(),
+            );
+        }
+        Err(e) => return unavailable(&e, "media could not be opened"),
+    };
+    match source.fetch_media(&media_id).await {
+        Ok(file) => {
+            info!(conversation = id, message, user = %user.name, kind = %kind, "media opened");
+            let mime = file.mime_type.to_ascii_lowercase();
+            let inline = INLINE_MEDIA.contains(&mime.as_str());
+            let content_type = if inline {
+                mime.as_str()
+            } else {
+                "application/octet-stream"
+            };
+            let mut r = secure_headers((StatusCode::OK, file.bytes).into_response());
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(content_type)
+                    .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+            );
+            let disposition = format!(
+                "{}; filename=\"{kind}-{message}\"",
+                if inline { "inline" } else { "attachment" }
+            );
+            if let Ok(v) = HeaderValue::from_str(&disposition) {
+                h.insert(header::CONTENT_DISPOSITION, v);
+            }
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; sandbox"),
+            );
+            r
+        }
+        Err(e) => {
+            // The error names a code, never the file or the patient.
+            warn!(conversation = id, message, error = %e, "media could not be fetched from WhatsApp");
+            secure_headers(
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("WhatsApp did not give the file: {e}\n"),
+                )
+                    .into_response(),
+            )
+        }
     }
 }
 
@@ -605,7 +721,13 @@ async fn conversation_page(
                             }
                         }
                         @if let Some(b) = &m.body { div.body { (b) } }
-                        @if m.media_id.is_some() { div.meta { "media: opened from the Cloud API on request (not fetched here)" } }
+                        @if m.media_id.is_some() {
+                            @if state.media.is_some() {
+                                div.meta { a href={ "/inbox/" (id) "/media/" (m.id) } data-media=(m.id) { "Open the " (m.kind) } " (fetched from WhatsApp when you open it; audited)" }
+                            } @else {
+                                div.meta { "media: this console cannot fetch it from WhatsApp" }
+                            }
+                        }
                     }
                 }
             }

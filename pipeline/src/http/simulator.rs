@@ -9,6 +9,9 @@
 //!   (`data`, `paging.cursors`, `paging.next`), paged by `limit` and `after`.
 //! - `GET /{version}/{phone_number_id}?fields=...`: the phone number object, including its
 //!   messaging limit (`whatsapp_business_manager_messaging_limit`, `messaging_limit_tier`).
+//! - `GET /{version}/{media_id}`: a media object a simulated patient sent (`url`, `mime_type`,
+//!   `sha256`, `file_size`), whose `url` (`GET /sim-media/{media_id}`, bearer token required)
+//!   serves the file, as Meta's media endpoints do.
 //! - a background task ([`SimServer::spawn_webhook_pusher`]) that POSTs the simulator's signed webhooks
 //!   to a callback URL, retrying failures with backoff as Meta does.
 //!
@@ -441,6 +444,27 @@ async fn phone_number(
     if !server.authorized(&headers) {
         return error(190, "Error validating access token");
     }
+    // A media id: the media object, with a short-lived URL on this server (Meta's is on
+    // lookaside.fbsbx.com, valid 5 minutes, and wants the same bearer token).
+    if let Some(file) = server.inner.sim.media(&id) {
+        use sha2::{Digest, Sha256};
+        let host = headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        return (
+            StatusCode::OK,
+            axum::Json(json!({
+                "messaging_product": "whatsapp",
+                "url": format!("http://{host}/sim-media/{id}"),
+                "mime_type": file.mime_type,
+                "sha256": hex::encode(Sha256::digest(&file.bytes)),
+                "file_size": file.bytes.len(),
+                "id": id,
+            })),
+        )
+            .into_response();
+    }
     let business = server.inner.sim.business();
     if id != business.phone_number_id {
         return error(
@@ -476,9 +500,30 @@ async fn phone_number(
     (StatusCode::OK, axum::Json(out)).into_response()
 }
 
+/// `GET /sim-media/{media_id}`: the file behind a media URL (bearer token required, as Meta's).
+async fn media_file(
+    State(server): State<SimServer>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !server.authorized(&headers) {
+        return error(190, "Error validating access token");
+    }
+    match server.inner.sim.media(&id) {
+        Some(file) => (
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, file.mime_type)],
+            file.bytes,
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
 /// The simulator's Cloud API router (see the module docs).
 pub fn simulator_router(server: SimServer) -> Router {
     Router::new()
+        .route("/sim-media/{id}", get(media_file))
         .route("/{version}/{id}", get(phone_number))
         .route("/{version}/{id}/messages", post(messages))
         .route("/{version}/{id}/message_templates", get(templates))

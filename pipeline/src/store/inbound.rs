@@ -31,6 +31,8 @@ pub struct JobRef {
     pub slot_start: Timestamp,
     pub state: String,
     pub wamid: Option<String>,
+    /// The step kind (`None`: a kind this build does not know).
+    pub kind: Option<medrelay_mapping::plan::StepKind>,
 }
 
 /// The rank of a delivery status: statuses only move forward.
@@ -263,19 +265,22 @@ impl Store {
 
     /// The job a message or payload refers to.
     pub async fn job_ref(&self, job_id: i64) -> StoreResult<Option<JobRef>> {
-        let row = on_db!(self, |db| sqlx::query(
-            "SELECT id, appointment_id, slot_start, state, wamid FROM outbox WHERE id = $1",
+        let row = on_db!(self, |db| {
+            sqlx::query(
+            "SELECT id, appointment_id, slot_start, state, wamid, kind FROM outbox WHERE id = $1",
         )
         .bind(job_id)
         .fetch_optional(db)
         .await
-        .map(|v| v.map(super::StoredRow::from)))?;
+        .map(|v| v.map(super::StoredRow::from))
+        })?;
         Ok(row.map(|r| JobRef {
             id: r.get("id"),
             appointment_id: r.get("appointment_id"),
             slot_start: ts(r.get("slot_start")),
             state: r.get("state"),
             wamid: r.get("wamid"),
+            kind: medrelay_mapping::plan::StepKind::from_name(&r.get::<String, _>("kind")),
         }))
     }
 

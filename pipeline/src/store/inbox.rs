@@ -59,6 +59,8 @@ pub enum ConversationReason {
     FreeText,
     /// An image, document, audio, location or another message type.
     Media,
+    /// A low post-visit survey answer: flagged for a follow-up call.
+    Survey,
 }
 
 impl ConversationReason {
@@ -68,6 +70,7 @@ impl ConversationReason {
             ConversationReason::Emergency => "emergency",
             ConversationReason::FreeText => "free_text",
             ConversationReason::Media => "media",
+            ConversationReason::Survey => "survey",
         }
     }
 
@@ -83,6 +86,7 @@ impl ConversationReason {
         match s {
             "emergency" => ConversationReason::Emergency,
             "media" => ConversationReason::Media,
+            "survey" => ConversationReason::Survey,
             _ => ConversationReason::FreeText,
         }
     }
@@ -103,6 +107,9 @@ pub struct PatientMessage<'a> {
     pub body: Option<&'a str>,
     pub media_id: Option<&'a str>,
     pub received_at: Timestamp,
+    /// The appointment it is about when that is known (a survey answer); `None`: the latest
+    /// appointment messaged to the contact.
+    pub appointment_id: Option<i64>,
 }
 
 /// A conversation in a list: no patient data (the contact is its keyed hash).
@@ -254,14 +261,22 @@ impl Store {
                 (id, false)
             }
             None => {
-                let about: Option<(i64, String)> = on_tx!(tx, |c| sqlx::query_as(
-                    "SELECT a.id, a.site FROM messages m JOIN outbox o ON o.id = m.job_id \
-                     JOIN appointments a ON a.id = o.appointment_id \
-                     WHERE m.contact_hash = $1 ORDER BY m.sent_at DESC, m.id DESC LIMIT 1",
-                )
-                .bind(m.contact_hash)
-                .fetch_optional(&mut *c)
-                .await)?;
+                let about: Option<(i64, String)> = match m.appointment_id {
+                    Some(a) => on_tx!(tx, |c| sqlx::query_as(
+                        "SELECT id, site FROM appointments WHERE id = $1"
+                    )
+                    .bind(a)
+                    .fetch_optional(&mut *c)
+                    .await)?,
+                    None => on_tx!(tx, |c| sqlx::query_as(
+                        "SELECT a.id, a.site FROM messages m JOIN outbox o ON o.id = m.job_id \
+                         JOIN appointments a ON a.id = o.appointment_id \
+                         WHERE m.contact_hash = $1 ORDER BY m.sent_at DESC, m.id DESC LIMIT 1",
+                    )
+                    .bind(m.contact_hash)
+                    .fetch_optional(&mut *c)
+                    .await)?,
+                };
                 let id: i64 = on_tx!(tx, |c| {
                     sqlx::query_scalar(
                     "INSERT INTO conversations (contact_hash, phone_e164, site, appointment_id, state, priority, reason, \
@@ -319,6 +334,42 @@ impl Store {
         }
         tx.commit().await?;
         Ok((id, new))
+    }
+
+    /// The media of message `message_id` of conversation `conversation_id`, for `actor` to see:
+    /// its Cloud API media id and type, with the access written into the audit chain in the same
+    /// transaction (`phi_view` of the message). `None`: no such message, no media, or pruned.
+    pub async fn open_media(
+        &self,
+        conversation_id: i64,
+        message_id: i64,
+        actor: &str,
+        via: &str,
+        now: Timestamp,
+    ) -> StoreResult<Option<(String, String)>> {
+        let mut tx = self.write_tx().await?;
+        let media: Option<(String, String)> = on_tx!(tx, |c| sqlx::query_as(
+            "SELECT media_id, kind FROM conversation_messages \
+             WHERE id = $1 AND conversation_id = $2 AND media_id IS NOT NULL"
+        )
+        .bind(message_id)
+        .bind(conversation_id)
+        .fetch_optional(&mut *c)
+        .await)?;
+        if let Some((_, kind)) = &media {
+            audit::append(
+                &mut tx,
+                &self.keys,
+                now,
+                actor,
+                "phi_view",
+                &format!("conversation:{conversation_id}"),
+                json!({"via": via, "media_of_message": message_id, "kind": kind}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(media)
     }
 
     /// The site and language of the latest appointment messaged to `contact_hash`: where a
@@ -962,6 +1013,7 @@ mod tests {
             body: Some(body),
             media_id: None,
             received_at: at(0),
+            appointment_id: None,
         }
     }
 

@@ -39,6 +39,7 @@ pub mod retention;
 pub mod schema;
 pub mod status;
 pub mod subscriptions;
+pub mod survey;
 pub mod testing;
 pub mod users;
 pub mod watch;

@@ -91,6 +91,19 @@ pub struct KpiRow {
     pub inbox_conversations: i64,
     pub staff_reply_seconds_median: Option<f64>,
     pub staff_reply_seconds_p90: Option<f64>,
+    /// Post-visit surveys accepted by WhatsApp, how many were rated, by rating, and the rate.
+    pub surveys_sent: i64,
+    pub surveys_answered: i64,
+    pub survey_good: i64,
+    pub survey_ok: i64,
+    pub survey_poor: i64,
+    pub survey_response_rate: Option<f64>,
+    /// Surveys with a 0-10 score, and the Net Promoter Score over them: the percentage of 9-10
+    /// minus the percentage of 0-6 (-100 to 100).
+    pub nps_responses: i64,
+    pub nps: Option<f64>,
+    /// Surveys with a low rating or score, which opened an inbox conversation for follow-up.
+    pub survey_low: i64,
 }
 
 fn rate(part: i64, whole: i64) -> Option<f64> {
@@ -260,8 +273,47 @@ impl Store {
                 staff_waits.entry(grp).or_default().push(secs.max(0));
             }
         }
+        // Post-visit surveys: sent, and their answers.
+        let sql = format!(
+            "SELECT {g} AS grp, COUNT(*) AS n FROM messages m JOIN outbox o ON o.id = m.job_id \
+             JOIN appointments a ON a.id = o.appointment_id WHERE {period} AND o.kind = 'survey' GROUP BY grp"
+        );
+        for r in self.period_rows(sql, from_s, until_s).await? {
+            rows.entry(r.get("grp")).or_default().surveys_sent = r.get("n");
+        }
+        let sql = format!(
+            "SELECT {g} AS grp, s.rating AS rating, s.score AS score, s.low AS low \
+             FROM survey_responses s JOIN appointments a ON a.id = s.appointment_id WHERE {period}"
+        );
+        let mut promoters: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for r in self.period_rows(sql, from_s, until_s).await? {
+            let grp: String = r.get("grp");
+            let row = rows.entry(grp.clone()).or_default();
+            row.surveys_answered += 1;
+            match r.get::<&str, _>("rating") {
+                "good" => row.survey_good += 1,
+                "poor" => row.survey_poor += 1,
+                _ => row.survey_ok += 1,
+            }
+            row.survey_low += r.get::<i64, _>("low");
+            if let Some(score) = r.get::<Option<i64>, _>("score") {
+                row.nps_responses += 1;
+                let p = promoters.entry(grp).or_default();
+                if score >= 9 {
+                    p.0 += 1;
+                } else if score <= 6 {
+                    p.1 += 1;
+                }
+            }
+        }
         for (grp, row) in rows.iter_mut() {
             row.group = grp.clone();
+            row.survey_response_rate = rate(row.surveys_answered, row.surveys_sent);
+            if let Some((pro, det)) = promoters.get(grp)
+                && row.nps_responses > 0
+            {
+                row.nps = Some(100.0 * (pro - det) as f64 / row.nps_responses as f64);
+            }
             if let Some(w) = staff_waits.get_mut(grp) {
                 w.sort_unstable();
                 row.staff_reply_seconds_median = quantile(w, 0.5);

@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Accepted, SendError, WhatsAppTransport, classify_response};
+use super::{
+    Accepted, MEDIA_MAX_BYTES, MediaFile, SendError, WhatsAppTransport, classify_response,
+};
 use crate::config::CompiledTemplate;
 
 fn default_base_url() -> String {
@@ -499,6 +501,96 @@ impl WhatsAppTransport for CloudApiClient {
         }
         Err(classify_response(status, json.as_ref()))
     }
+
+    async fn fetch_media(&self, media_id: &str) -> Result<MediaFile, SendError> {
+        let permanent = |detail: &str| SendError::Permanent {
+            code: 0,
+            detail: detail.into(),
+        };
+        let retry = |e: &reqwest::Error| SendError::Retry {
+            code: None,
+            detail: describe(e),
+        };
+        // The id comes from a webhook: it goes into a URL path only if it is a plain id.
+        if media_id.is_empty()
+            || media_id.len() > 128
+            || !media_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(permanent("not a media id"));
+        }
+        let base = self.config.base_url.trim_end_matches('/');
+        let url = format!("{base}/{}/{media_id}", self.config.graph_version);
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|e| retry(&e))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| retry(&e))?;
+        let meta: Option<Value> = serde_json::from_slice(&bytes).ok();
+        if !(200..300).contains(&status) {
+            return Err(classify_response(status, meta.as_ref()));
+        }
+        let meta = meta.ok_or_else(|| permanent("the media lookup answer is not JSON"))?;
+        let (Some(file_url), Some(mime)) = (meta["url"].as_str(), meta["mime_type"].as_str())
+        else {
+            return Err(permanent("the media lookup answer has no url or mime_type"));
+        };
+        if meta["file_size"]
+            .as_u64()
+            .is_some_and(|n| n > MEDIA_MAX_BYTES as u64)
+        {
+            return Err(permanent("the media file is larger than 100 MiB"));
+        }
+        // The access token goes only to Meta's media host or to the configured API host (the
+        // simulator), never to wherever a lookup answer points.
+        let file_url = reqwest::Url::parse(file_url).map_err(|_| permanent("bad media url"))?;
+        let api_host = reqwest::Url::parse(base)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned));
+        let trusted = file_url.host_str().is_some_and(|h| {
+            h == "lookaside.fbsbx.com"
+                || h.ends_with(".fbsbx.com")
+                || h.ends_with(".whatsapp.net")
+                || Some(h) == api_host.as_deref()
+        }) && (file_url.scheme() == "https"
+            || api_host.as_deref() == file_url.host_str());
+        if !trusted {
+            return Err(permanent("the media url is not on a WhatsApp media host"));
+        }
+        let mut resp = self
+            .http
+            .get(file_url)
+            .bearer_auth(self.token.expose())
+            .send()
+            .await
+            .map_err(|e| retry(&e))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(classify_response(status, None));
+        }
+        let mut file = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| retry(&e))? {
+            if file.len() + chunk.len() > MEDIA_MAX_BYTES {
+                return Err(permanent("the media file is larger than 100 MiB"));
+            }
+            file.extend_from_slice(&chunk);
+        }
+        if let Some(want) = meta["sha256"].as_str() {
+            use sha2::{Digest, Sha256};
+            if !hex::encode(Sha256::digest(&file)).eq_ignore_ascii_case(want) {
+                return Err(permanent("the media file does not match its sha256"));
+            }
+        }
+        Ok(MediaFile {
+            mime_type: mime.to_string(),
+            bytes: file,
+        })
+    }
 }
 
 /// What is wrong between a configured template and the registry.
@@ -728,7 +820,7 @@ pub fn check_templates(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use medrelay_mapping::reply::ReplyAction;
+    use medrelay_mapping::reply::{Choice, ReplyAction};
     use medrelay_mapping::template::{PhiLevel, TemplateField};
 
     fn configured(names: Option<Vec<String>>) -> BTreeMap<String, CompiledTemplate> {
@@ -746,7 +838,10 @@ mod tests {
                 parameter_names: names,
                 header: None,
                 header_parameter_name: None,
-                buttons: vec![ReplyAction::Confirm, ReplyAction::Cancel],
+                buttons: vec![
+                    Choice::Reply(ReplyAction::Confirm),
+                    Choice::Reply(ReplyAction::Cancel),
+                ],
                 ttl: None,
             },
         )])

@@ -90,6 +90,78 @@ pub fn text_message(to: &str, body: &str, context_wamid: Option<&str>) -> Value 
     v
 }
 
+/// The Cloud API's limits on interactive messages (Meta's "Interactive list messages" and "reply
+/// buttons" reference): the simulator refuses what breaks them as the Cloud API does, and the
+/// builders below never produce it.
+pub mod interactive_limits {
+    /// Rows in a list message, over all its sections.
+    pub const LIST_ROWS: usize = 10;
+    /// Sections in a list message.
+    pub const LIST_SECTIONS: usize = 10;
+    /// A row's title, and a section's.
+    pub const ROW_TITLE_CHARS: usize = 24;
+    /// A row's description.
+    pub const ROW_DESCRIPTION_CHARS: usize = 72;
+    /// A row's id (our signed payload).
+    pub const ROW_ID_CHARS: usize = 200;
+    /// The button that opens the list.
+    pub const LIST_BUTTON_CHARS: usize = 20;
+    /// The body text.
+    pub const BODY_CHARS: usize = 4096;
+    /// Reply buttons in a reply-button message.
+    pub const REPLY_BUTTONS: usize = 3;
+    /// A reply button's title.
+    pub const REPLY_BUTTON_TITLE_CHARS: usize = 20;
+    /// A reply button's id.
+    pub const REPLY_BUTTON_ID_CHARS: usize = 256;
+}
+
+/// One row of a list message: our signed id, and what the patient sees (no PHI beyond the
+/// allow-list).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListRow {
+    pub id: String,
+    pub title: String,
+    pub description: Option<String>,
+}
+
+/// An interactive list message (a service message: only inside the 24 h customer service window),
+/// answering the message `context_wamid`. One section; at most [`interactive_limits::LIST_ROWS`]
+/// rows, which the caller keeps to.
+pub fn list_message(
+    to: &str,
+    body: &str,
+    button: &str,
+    rows: &[ListRow],
+    context_wamid: Option<&str>,
+) -> Value {
+    let rows: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut v = json!({"id": r.id, "title": r.title});
+            if let Some(d) = &r.description {
+                v["description"] = json!(d);
+            }
+            v
+        })
+        .collect();
+    let mut v = json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": "interactive",
+        "interactive": {
+            "type": "list",
+            "body": {"text": body},
+            "action": {"button": button, "sections": [{"rows": rows}]}
+        }
+    });
+    if let Some(id) = context_wamid {
+        v["context"] = json!({"message_id": id});
+    }
+    v
+}
+
 /// What WhatsApp said when it accepted a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Accepted {
@@ -192,11 +264,41 @@ pub fn classify_response(http_status: u16, body: Option<&Value>) -> SendError {
     classify(http_status, code)
 }
 
+/// A patient's media file, fetched for a person to see. PHI: never logged, never stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MediaFile {
+    /// As WhatsApp reports it (`image/jpeg`, `application/pdf`...).
+    pub mime_type: String,
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for MediaFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaFile")
+            .field("mime_type", &self.mime_type)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// The largest media file fetched (WhatsApp's own limit is 100 MB, for documents).
+pub const MEDIA_MAX_BYTES: usize = 100 * 1024 * 1024;
+
 /// Moves a Cloud API request body to WhatsApp (or to the simulator).
 #[async_trait]
 pub trait WhatsAppTransport: Send + Sync {
     /// Sends one message body; returns the WhatsApp message id once accepted.
     async fn send(&self, body: &Value) -> Result<Accepted, SendError>;
+
+    /// Fetches the media a patient sent, by its Cloud API media id (`GET /{version}/{media-id}`
+    /// for its short-lived URL, then the file). Only when a person opens it; the caller audits.
+    async fn fetch_media(&self, media_id: &str) -> Result<MediaFile, SendError> {
+        let _ = media_id;
+        Err(SendError::Permanent {
+            code: 0,
+            detail: "this transport cannot fetch media".into(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +326,23 @@ mod tests {
         assert_eq!(v["template"]["components"][1]["index"], "0");
         assert_eq!(v["template"]["components"][1]["sub_type"], "quick_reply");
         assert_eq!(v["biz_opaque_callback_data"], "job:1");
+    }
+
+    #[test]
+    fn a_list_message_has_the_cloud_api_shape() {
+        let rows = [ListRow {
+            id: "v1.1.nps9.0.ab".into(),
+            title: "9".into(),
+            description: Some("Extremely likely".into()),
+        }];
+        let v = list_message("5511", "How likely...", "Choose", &rows, Some("wamid.X"));
+        assert_eq!(v["type"], "interactive");
+        assert_eq!(v["interactive"]["type"], "list");
+        assert_eq!(v["interactive"]["action"]["button"], "Choose");
+        let row = &v["interactive"]["action"]["sections"][0]["rows"][0];
+        assert_eq!(row["id"], "v1.1.nps9.0.ab");
+        assert_eq!(row["description"], "Extremely likely");
+        assert_eq!(v["context"]["message_id"], "wamid.X");
     }
 
     #[test]

@@ -198,6 +198,11 @@ impl WhatsAppTransport for PacedTransport {
         self.pacer.until_ready().await;
         self.inner.send(body).await
     }
+
+    /// Media downloads are not messages: not paced.
+    async fn fetch_media(&self, media_id: &str) -> Result<super::MediaFile, SendError> {
+        self.inner.fetch_media(media_id).await
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use super::webhook::{
     BusinessNumber, InboundContent, InboundMessage, Pricing, StatusUpdate, message_webhook, sign,
     status_webhook,
 };
-use super::{Accepted, SendError, WhatsAppTransport, classify_response};
+use super::{Accepted, MediaFile, SendError, WhatsAppTransport, classify_response};
 use crate::clock::Clock;
 
 /// How simulated patients answer, in percent (the rest do not answer).
@@ -30,6 +30,13 @@ pub struct ReplyMix {
     pub cancel: u32,
     #[serde(default)]
     pub reschedule: u32,
+    /// A survey template (rating buttons): how patients rate the visit.
+    #[serde(default = "sixty")]
+    pub good: u32,
+    #[serde(default = "twenty")]
+    pub ok: u32,
+    #[serde(default = "ten")]
+    pub poor: u32,
 }
 
 fn sixty() -> u32 {
@@ -38,6 +45,12 @@ fn sixty() -> u32 {
 fn fifteen() -> u32 {
     15
 }
+fn twenty() -> u32 {
+    20
+}
+fn ten() -> u32 {
+    10
+}
 
 impl Default for ReplyMix {
     fn default() -> Self {
@@ -45,6 +58,9 @@ impl Default for ReplyMix {
             confirm: 60,
             cancel: 15,
             reschedule: 0,
+            good: 60,
+            ok: 20,
+            poor: 10,
         }
     }
 }
@@ -126,6 +142,8 @@ struct State {
     /// When each patient last wrote (a tap or a text): their customer service window is open
     /// for 24 h from then.
     last_inbound: HashMap<String, i64>,
+    /// Media the simulated patients sent, by media id (the Cloud API keeps them 30 days).
+    media: HashMap<String, MediaFile>,
 }
 
 /// A customer service window's length (Meta: 24 h from the user's last message).
@@ -219,6 +237,121 @@ fn stable_bucket(s: &str) -> u32 {
     (h % 100) as u32
 }
 
+/// Checks an `interactive` object as the Cloud API does (type, body, the list's button, sections
+/// and rows, or the reply buttons, with their lengths) and returns what the patient can choose:
+/// (title, id) pairs. The error is the `error_data.details` text of a 131009.
+fn check_interactive(i: &Value) -> Result<(bool, Vec<(String, String)>), String> {
+    use super::interactive_limits as lim;
+    let chars = |v: &Value| v.as_str().map(|s| s.chars().count());
+    let within = |v: &Value, max: usize, what: &str| match chars(v) {
+        Some(n) if n > 0 && n <= max => Ok(()),
+        Some(n) if n > max => Err(format!("{what} is {n} characters; the limit is {max}")),
+        _ => Err(format!("{what} is required")),
+    };
+    within(&i["body"]["text"], lim::BODY_CHARS, "body.text")?;
+    let mut choices = Vec::new();
+    match i["type"].as_str() {
+        Some("list") => {
+            within(
+                &i["action"]["button"],
+                lim::LIST_BUTTON_CHARS,
+                "action.button",
+            )?;
+            let sections = i["action"]["sections"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if sections.is_empty() || sections.len() > lim::LIST_SECTIONS {
+                return Err(format!(
+                    "action.sections: {} sections; 1 to {} are allowed",
+                    sections.len(),
+                    lim::LIST_SECTIONS
+                ));
+            }
+            for (n, section) in sections.iter().enumerate() {
+                if sections.len() > 1 {
+                    within(
+                        &section["title"],
+                        lim::ROW_TITLE_CHARS,
+                        &format!("sections[{n}].title"),
+                    )?;
+                }
+                let rows = section["rows"].as_array().cloned().unwrap_or_default();
+                if rows.is_empty() {
+                    return Err(format!("sections[{n}].rows: at least one row is required"));
+                }
+                for (r, row) in rows.iter().enumerate() {
+                    let at = format!("sections[{n}].rows[{r}]");
+                    within(&row["id"], lim::ROW_ID_CHARS, &format!("{at}.id"))?;
+                    within(&row["title"], lim::ROW_TITLE_CHARS, &format!("{at}.title"))?;
+                    if !row["description"].is_null() {
+                        within(
+                            &row["description"],
+                            lim::ROW_DESCRIPTION_CHARS,
+                            &format!("{at}.description"),
+                        )?;
+                    }
+                    choices.push((
+                        row["title"].as_str().unwrap_or_default().to_string(),
+                        row["id"].as_str().unwrap_or_default().to_string(),
+                    ));
+                }
+            }
+            if choices.len() > lim::LIST_ROWS {
+                return Err(format!(
+                    "Total row count exceed max allowed count: {} ({} given)",
+                    lim::LIST_ROWS,
+                    choices.len()
+                ));
+            }
+            let mut ids: Vec<&String> = choices.iter().map(|(_, id)| id).collect();
+            ids.sort();
+            ids.dedup();
+            if ids.len() != choices.len() {
+                return Err("row ids must be unique".into());
+            }
+            Ok((true, choices))
+        }
+        Some("button") => {
+            let buttons = i["action"]["buttons"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if buttons.is_empty() || buttons.len() > lim::REPLY_BUTTONS {
+                return Err(format!(
+                    "action.buttons: {} buttons; 1 to {} are allowed",
+                    buttons.len(),
+                    lim::REPLY_BUTTONS
+                ));
+            }
+            for (n, b) in buttons.iter().enumerate() {
+                if b["type"] != "reply" {
+                    return Err(format!("buttons[{n}].type must be reply"));
+                }
+                within(
+                    &b["reply"]["id"],
+                    lim::REPLY_BUTTON_ID_CHARS,
+                    &format!("buttons[{n}].reply.id"),
+                )?;
+                within(
+                    &b["reply"]["title"],
+                    lim::REPLY_BUTTON_TITLE_CHARS,
+                    &format!("buttons[{n}].reply.title"),
+                )?;
+                choices.push((
+                    b["reply"]["title"].as_str().unwrap_or_default().to_string(),
+                    b["reply"]["id"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+            Ok((false, choices))
+        }
+        other => Err(format!(
+            "interactive.type {} is not supported (list, button)",
+            other.unwrap_or("(missing)")
+        )),
+    }
+}
+
 impl Simulator {
     /// A simulator with a template registry, signing its webhooks with `app_secret`.
     pub fn new(
@@ -289,6 +422,47 @@ impl Simulator {
         st.webhooks.push_back(wh);
     }
 
+    /// Queues a media message from a patient (an image, a document...): the webhook carries its
+    /// media id, and the file can be fetched like from the Cloud API. Returns the media id.
+    pub fn patient_sends_media(
+        &self,
+        from: &str,
+        kind: &str,
+        file: MediaFile,
+        caption: Option<&str>,
+    ) -> String {
+        let mut st = self.state.lock().expect("simulator lock");
+        st.seq += 1;
+        // Meta's media ids are numeric strings.
+        let media_id = format!("{}", 900_000_000_000u64 + st.seq);
+        st.media.insert(media_id.clone(), file);
+        let msg = InboundMessage {
+            id: format!("wamid.SIMIN{:012}", st.seq),
+            from: digits(from),
+            timestamp: self.clock.now().as_second(),
+            context_id: None,
+            content: InboundContent::Media {
+                kind: kind.into(),
+                media_id: Some(media_id.clone()),
+                caption: caption.map(str::to_owned),
+            },
+        };
+        st.patient_wrote(&msg.from, msg.timestamp);
+        let wh = message_webhook(&self.business, &msg);
+        st.webhooks.push_back(wh);
+        media_id
+    }
+
+    /// A media file a simulated patient sent (what `GET /{media-id}` and its URL serve).
+    pub fn media(&self, media_id: &str) -> Option<MediaFile> {
+        self.state
+            .lock()
+            .expect("simulator lock")
+            .media
+            .get(media_id)
+            .cloned()
+    }
+
     /// Takes the webhooks produced so far, signed, in the order Meta would send them.
     pub fn take_webhooks(&self) -> Vec<SignedWebhook> {
         let mut st = self.state.lock().expect("simulator lock");
@@ -330,6 +504,7 @@ impl Simulator {
             return Err((http_status_for(code), error_json(code, "simulated failure")));
         }
         let mut tap_labels = Vec::new();
+        let mut list = false;
         match body["type"].as_str() {
             Some("template") => {
                 let name = body["template"]["name"].as_str().unwrap_or_default();
@@ -431,6 +606,18 @@ impl Simulator {
                     }
                 }
             }
+            Some("interactive") => match check_interactive(&body["interactive"]) {
+                Ok((is_list, choices)) => {
+                    list = is_list;
+                    tap_labels = choices;
+                }
+                Err(details) => {
+                    return Err((
+                        400,
+                        error_body(131009, "Parameter value is not valid", &details),
+                    ));
+                }
+            },
             Some("text") => {
                 if body["text"]["body"].as_str().is_none_or(str::is_empty) {
                     return Err((
@@ -514,13 +701,32 @@ impl Simulator {
                 let wh = status_webhook(&self.business, &status(s, now + dt, None));
                 st.webhooks.push_back(wh);
             }
-            if body["type"] == "template" && !tap_labels.is_empty() {
+            if !tap_labels.is_empty() {
+                let interactive = body["type"] == "interactive";
+                let rating = tap_labels
+                    .iter()
+                    .any(|(l, _)| matches!(l.as_str(), "good" | "ok" | "poor"));
                 let action = match st.scripted.get_mut(&to).and_then(VecDeque::pop_front) {
                     Some(a) => a,
                     None => {
                         let mix = &self.config.reply_mix;
                         let bucket = stable_bucket(callback.as_deref().unwrap_or(&wamid));
-                        if bucket < mix.confirm {
+                        if interactive {
+                            // A patient shown a list or buttons picks one of them.
+                            PatientAction::Tap(
+                                tap_labels[bucket as usize % tap_labels.len()].0.clone(),
+                            )
+                        } else if rating {
+                            if bucket < mix.good {
+                                PatientAction::Tap("good".into())
+                            } else if bucket < mix.good + mix.ok {
+                                PatientAction::Tap("ok".into())
+                            } else if bucket < mix.good + mix.ok + mix.poor {
+                                PatientAction::Tap("poor".into())
+                            } else {
+                                PatientAction::Ignore
+                            }
+                        } else if bucket < mix.confirm {
                             PatientAction::Tap("confirm".into())
                         } else if bucket < mix.confirm + mix.cancel {
                             PatientAction::Tap("cancel".into())
@@ -531,14 +737,25 @@ impl Simulator {
                         }
                     }
                 };
-                let content = match action {
-                    PatientAction::Tap(label) => tap_labels
-                        .iter()
-                        .find(|(l, _)| *l == label)
-                        .map(|(_, p)| InboundContent::Button { payload: p.clone() }),
-                    PatientAction::Text(body) => Some(InboundContent::Text { body }),
-                    PatientAction::Ignore => None,
-                };
+                let content =
+                    match action {
+                        PatientAction::Tap(label) => tap_labels
+                            .iter()
+                            .find(|(l, _)| *l == label)
+                            .map(|(title, p)| {
+                                if interactive {
+                                    InboundContent::Interactive {
+                                        id: p.clone(),
+                                        list,
+                                        title: Some(title.clone()),
+                                    }
+                                } else {
+                                    InboundContent::Button { payload: p.clone() }
+                                }
+                            }),
+                        PatientAction::Text(body) => Some(InboundContent::Text { body }),
+                        PatientAction::Ignore => None,
+                    };
                 if let Some(content) = content {
                     st.seq += 1;
                     let msg = InboundMessage {
@@ -574,5 +791,150 @@ impl WhatsAppTransport for Simulator {
             }),
             Err((status, err)) => Err(classify_response(status, Some(&err))),
         }
+    }
+
+    async fn fetch_media(&self, media_id: &str) -> Result<MediaFile, SendError> {
+        self.media(media_id).ok_or_else(|| SendError::Permanent {
+            code: 100,
+            detail: "media not found".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::whatsapp::webhook::parse;
+    use crate::whatsapp::{ListRow, list_message};
+
+    const PATIENT: &str = "5511987654321";
+
+    fn simulator() -> (Simulator, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new("2026-06-01T12:00:00Z".parse().unwrap()));
+        let business = BusinessNumber {
+            waba_id: "1".into(),
+            phone_number_id: "2".into(),
+            display_phone_number: "15550001".into(),
+        };
+        let sim = Simulator::new(
+            SimulatorConfig::default(),
+            BTreeMap::new(),
+            business,
+            b"secret",
+            clock.clone(),
+        );
+        (sim, clock)
+    }
+
+    fn rows(n: usize) -> Vec<ListRow> {
+        (0..n)
+            .map(|i| ListRow {
+                id: format!("row{i}"),
+                title: i.to_string(),
+                description: None,
+            })
+            .collect()
+    }
+
+    /// What the simulator told the webhook endpoint: statuses and messages, parsed.
+    fn webhooks(sim: &Simulator) -> Vec<crate::whatsapp::webhook::Webhook> {
+        sim.take_webhooks()
+            .iter()
+            .map(|w| parse(&w.body).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_list_outside_the_customer_service_window_fails_with_131047() {
+        let (sim, _clock) = simulator();
+        let accepted = sim
+            .handle_send(&list_message(PATIENT, "Pick", "Choose", &rows(3), None))
+            .unwrap();
+        assert_eq!(accepted["messages"][0]["message_status"], "accepted");
+        let statuses: Vec<_> = webhooks(&sim)
+            .into_iter()
+            .flat_map(|w| w.statuses)
+            .collect();
+        assert_eq!(statuses.len(), 1);
+        assert_eq!(
+            (statuses[0].status.as_str(), statuses[0].error_code),
+            ("failed", Some(131047))
+        );
+    }
+
+    #[test]
+    fn inside_the_window_a_list_is_delivered_and_the_patient_picks_a_row() {
+        let (sim, clock) = simulator();
+        sim.patient_texts(PATIENT, "hello");
+        sim.take_webhooks();
+        clock.advance(jiff::SignedDuration::from_hours(23));
+        sim.script(PATIENT, [PatientAction::Tap("2".into())]);
+        sim.handle_send(&list_message(PATIENT, "Pick", "Choose", &rows(10), None))
+            .unwrap();
+        let hooks = webhooks(&sim);
+        let statuses: Vec<String> = hooks
+            .iter()
+            .flat_map(|w| w.statuses.iter().map(|s| s.status.clone()))
+            .collect();
+        assert_eq!(statuses, ["sent", "delivered", "read"]);
+        let picked: Vec<_> = hooks.iter().flat_map(|w| w.messages.clone()).collect();
+        assert_eq!(
+            picked[0].content,
+            InboundContent::Interactive {
+                id: "row2".into(),
+                list: true,
+                title: Some("2".into())
+            }
+        );
+        assert!(picked[0].context_id.is_some());
+        // 24 h after the patient's last message the window is closed again.
+        clock.advance(jiff::SignedDuration::from_hours(25));
+        sim.handle_send(&list_message(PATIENT, "Pick", "Choose", &rows(2), None))
+            .unwrap();
+        let failed: Vec<_> = webhooks(&sim)
+            .into_iter()
+            .flat_map(|w| w.statuses)
+            .collect();
+        assert_eq!(failed[0].error_code, Some(131047));
+    }
+
+    #[test]
+    fn lists_and_buttons_beyond_the_cloud_api_limits_are_refused_with_131009() {
+        let (sim, _clock) = simulator();
+        let refused = |body: Value| {
+            let (status, err) = sim.handle_send(&body).unwrap_err();
+            assert_eq!(status, 400);
+            assert_eq!(err["error"]["code"], 131009, "{err}");
+            err["error"]["error_data"]["details"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let eleven = refused(list_message(PATIENT, "Pick", "Choose", &rows(11), None));
+        assert!(eleven.contains("max allowed count: 10"), "{eleven}");
+        let mut long = rows(1);
+        long[0].title = "A title of more than twenty-four".into();
+        let title = refused(list_message(PATIENT, "Pick", "Choose", &long, None));
+        assert!(title.contains("title is 32 characters"), "{title}");
+        let button = refused(list_message(
+            PATIENT,
+            "Pick",
+            "A button label that is too long",
+            &rows(1),
+            None,
+        ));
+        assert!(button.contains("action.button"), "{button}");
+        let four = json!({
+            "messaging_product": "whatsapp", "to": PATIENT, "type": "interactive",
+            "interactive": {"type": "button", "body": {"text": "Take it?"}, "action": {"buttons":
+                (0..4).map(|i| json!({"type": "reply", "reply": {"id": format!("b{i}"), "title": "Yes"}})).collect::<Vec<_>>()}}
+        });
+        assert!(refused(four).contains("1 to 3"));
+        let mut duplicate = rows(2);
+        duplicate[1].id = "row0".into();
+        assert!(
+            refused(list_message(PATIENT, "Pick", "Choose", &duplicate, None)).contains("unique")
+        );
     }
 }

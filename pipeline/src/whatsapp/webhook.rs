@@ -66,8 +66,13 @@ impl Pricing {
 pub enum InboundContent {
     /// A template quick-reply tap: our payload comes back.
     Button { payload: String },
-    /// An interactive button or list reply: our id comes back.
-    Interactive { id: String },
+    /// An interactive reply button or list row: our id comes back, with the title the patient
+    /// saw (`list` tells a list row from a reply button).
+    Interactive {
+        id: String,
+        list: bool,
+        title: Option<String>,
+    },
     /// Free text (PHI).
     Text { body: String },
     /// An image, document, audio, video or sticker: its Cloud API media id (fetched only when
@@ -235,9 +240,16 @@ pub fn parse(body: &[u8]) -> Result<Webhook, WebhookError> {
                         .map(|payload| InboundContent::Button { payload }),
                     "interactive" => {
                         let i = &m["interactive"];
-                        string(&i["button_reply"]["id"])
-                            .or_else(|| string(&i["list_reply"]["id"]))
-                            .map(|id| InboundContent::Interactive { id })
+                        let (reply, list) = if i["list_reply"].is_object() {
+                            (&i["list_reply"], true)
+                        } else {
+                            (&i["button_reply"], false)
+                        };
+                        string(&reply["id"]).map(|id| InboundContent::Interactive {
+                            id,
+                            list,
+                            title: string(&reply["title"]),
+                        })
                     }
                     "text" => string(&m["text"]["body"]).map(|body| InboundContent::Text { body }),
                     "image" | "document" | "audio" | "video" | "sticker" => {
@@ -355,10 +367,14 @@ pub fn message_webhook(business: &BusinessNumber, message: &InboundMessage) -> V
             m["button"] =
                 json!({"payload": payload, "text": payload.split('.').nth(2).unwrap_or("")});
         }
-        InboundContent::Interactive { id } => {
+        InboundContent::Interactive { id, list, title } => {
+            let title = title.as_deref().unwrap_or("Reply");
             m["type"] = json!("interactive");
-            m["interactive"] =
-                json!({"type": "button_reply", "button_reply": {"id": id, "title": "Reply"}});
+            m["interactive"] = if *list {
+                json!({"type": "list_reply", "list_reply": {"id": id, "title": title}})
+            } else {
+                json!({"type": "button_reply", "button_reply": {"id": id, "title": title}})
+            };
         }
         InboundContent::Text { body } => {
             m["type"] = json!("text");

@@ -154,7 +154,7 @@ impl Harness {
                         languages: t.languages.clone(),
                         body_parameters: t.body.len(),
                         header_parameters: usize::from(t.header.is_some()),
-                        buttons: t.buttons.iter().map(|b| b.as_str().to_string()).collect(),
+                        buttons: t.buttons.iter().map(|b| b.name()).collect(),
                         ttl_seconds: None,
                         ..Default::default()
                     },
@@ -162,7 +162,7 @@ impl Harness {
             })
             .collect();
         let sim_config: SimulatorConfig = toml::from_str(
-            "reply_mix = { confirm = 0, cancel = 0, reschedule = 0 }\nblocklist = []",
+            "reply_mix = { confirm = 0, cancel = 0, reschedule = 0, good = 0, ok = 0, poor = 0 }\nblocklist = []",
         )
         .expect("simulator config");
         let sim = Arc::new(Simulator::new(
