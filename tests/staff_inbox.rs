@@ -44,8 +44,15 @@ impl Session {
     fn keep(&mut self, r: &reqwest::Response) {
         for v in r.headers().get_all("set-cookie") {
             let v = v.to_str().unwrap();
+            // Only the pending identity-provider sign-in is Lax (it must survive the provider's
+            // cross-site redirect back), and only on /oidc.
+            let same_site = if v.starts_with("medrelay_oidc=") {
+                v.contains("SameSite=Lax") && v.contains("Path=/oidc;")
+            } else {
+                v.contains("SameSite=Strict")
+            };
             assert!(
-                v.contains("HttpOnly") && v.contains("SameSite=Strict") && v.contains("Secure"),
+                v.contains("HttpOnly") && same_site && v.contains("Secure"),
                 "{v}"
             );
             let (name, rest) = v.split_once('=').unwrap();
@@ -140,6 +147,11 @@ fn assert_clean(what: &str, text: &str) {
 
 /// The demo configuration with the console, opening hours and a re-engagement template.
 pub fn inbox_config(dir: &std::path::Path) -> medrelay::config::Loaded {
+    inbox_config_with(dir, "")
+}
+
+/// [`inbox_config`] with `console` appended to the `[console]` table (a `[console.oidc]`...).
+pub fn inbox_config_with(dir: &std::path::Path, console: &str) -> medrelay::config::Loaded {
     common::demo_config(dir, &[]);
     let path = dir.join("medrelay.toml");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -151,7 +163,7 @@ pub fn inbox_config(dir: &std::path::Path) -> medrelay::config::Loaded {
     let text = format!(
         "{text}\n[templates.reply_waiting]\nname = \"reply_waiting\"\nlanguages = [\"en_US\"]\nbody = []\n\n\
          [console]\nlisten = \"127.0.0.1:0\"\nsession_hours = 48\nreengage_template = \"reply_waiting\"\n\n\
-         [[console.canned]]\nname = \"Calling you\"\ntext = \"We are calling you now.\"\nlanguage = \"en\"\n"
+         [[console.canned]]\nname = \"Calling you\"\ntext = \"We are calling you now.\"\nlanguage = \"en\"\n{console}"
     );
     std::fs::write(&path, text).unwrap();
     medrelay::config::load(&path).unwrap()
@@ -957,5 +969,334 @@ async fn the_console_in_a_browser_answers_and_closes_an_emergency_conversation()
     .await;
     halt_tx.send_replace(true);
     task.await.unwrap().unwrap();
+    store.close().await;
+}
+
+/// A local OpenID Connect provider, strict the way a real one is: the code is single-use and
+/// bound to the redirect URI and the PKCE challenge, the client authenticates, and the ID token
+/// (RS256, `tests/fixtures/oidc/idp_rs256.pem`) carries the nonce it was given.
+mod idp {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Form, Query, State};
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use jsonwebtoken::jwk::Jwk;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use serde_json::{Value, json};
+    use sha2::{Digest, Sha256};
+
+    pub const CLIENT_ID: &str = "medrelay-console";
+    pub const CLIENT_SECRET: &str = "idp-client-secret-for-tests";
+
+    #[derive(Default)]
+    pub struct Idp {
+        pub issuer: String,
+        /// Who signs in at the provider next.
+        pub user: String,
+        /// Misbehaviours: sign with another key, put another nonce in the token.
+        pub rogue_key: bool,
+        pub wrong_nonce: bool,
+        /// The clock the tokens are issued on (the console's manual clock).
+        pub now: i64,
+        codes: HashMap<String, (String, String, String)>,
+        pub refused: Vec<String>,
+    }
+
+    pub type Shared = Arc<Mutex<Idp>>;
+
+    fn key(path: &str) -> EncodingKey {
+        let pem = std::fs::read(super::common::root().join(path)).unwrap();
+        EncodingKey::from_rsa_pem(&pem).unwrap()
+    }
+
+    async fn discovery(State(idp): State<Shared>) -> Json<Value> {
+        let issuer = idp.lock().unwrap().issuer.clone();
+        Json(json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/authorize"),
+            "token_endpoint": format!("{issuer}/token"),
+            "jwks_uri": format!("{issuer}/jwks"),
+            "response_types_supported": ["code"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "code_challenge_methods_supported": ["S256"],
+        }))
+    }
+
+    async fn jwks() -> Json<Value> {
+        let mut jwk =
+            Jwk::from_encoding_key(&key("tests/fixtures/oidc/idp_rs256.pem"), Algorithm::RS256)
+                .unwrap();
+        jwk.common.key_id = Some("idp-1".into());
+        Json(json!({"keys": [jwk]}))
+    }
+
+    async fn authorize(
+        State(idp): State<Shared>,
+        Query(q): Query<HashMap<String, String>>,
+    ) -> Response {
+        let mut idp = idp.lock().unwrap();
+        let ok = q.get("response_type").map(String::as_str) == Some("code")
+            && q.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+            && q.get("code_challenge_method").map(String::as_str) == Some("S256")
+            && q.get("scope")
+                .is_some_and(|s| s.split(' ').any(|x| x == "openid"));
+        if !ok {
+            idp.refused.push(format!("authorize: {q:?}"));
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+        let code = format!("code-{}", idp.codes.len() + 1);
+        let user = idp.user.clone();
+        idp.codes.insert(
+            code.clone(),
+            (
+                q["redirect_uri"].clone(),
+                q["code_challenge"].clone(),
+                format!("{}|{user}", q["nonce"]),
+            ),
+        );
+        let to = format!("{}?code={code}&state={}", q["redirect_uri"], q["state"]);
+        (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
+    }
+
+    async fn token(
+        State(idp): State<Shared>,
+        headers: HeaderMap,
+        Form(f): Form<HashMap<String, String>>,
+    ) -> Response {
+        let mut idp = idp.lock().unwrap();
+        let basic = format!(
+            "Basic {}",
+            STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
+        );
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(basic.as_str()) {
+            idp.refused.push("token: client authentication".into());
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": "invalid_client"})),
+            )
+                .into_response();
+        }
+        let Some((redirect, challenge, nonce_user)) =
+            f.get("code").and_then(|c| idp.codes.remove(c))
+        else {
+            idp.refused.push("token: unknown or used code".into());
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "invalid_grant"})),
+            )
+                .into_response();
+        };
+        let verifier = f.get("code_verifier").cloned().unwrap_or_default();
+        if f.get("redirect_uri") != Some(&redirect)
+            || URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != challenge
+            || f.get("grant_type").map(String::as_str) != Some("authorization_code")
+        {
+            idp.refused.push("token: redirect_uri or PKCE".into());
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "invalid_grant"})),
+            )
+                .into_response();
+        }
+        let (nonce, user) = nonce_user.split_once('|').unwrap();
+        let claims = json!({
+            "iss": idp.issuer, "aud": CLIENT_ID, "sub": format!("sub-{user}"),
+            "preferred_username": user,
+            "nonce": if idp.wrong_nonce { "another-nonce" } else { nonce },
+            "iat": idp.now, "exp": idp.now + 300,
+        });
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("idp-1".into());
+        let signing = if idp.rogue_key {
+            "tests/fixtures/smart/rs384.pem"
+        } else {
+            "tests/fixtures/oidc/idp_rs256.pem"
+        };
+        let id_token = jsonwebtoken::encode(&header, &claims, &key(signing)).unwrap();
+        Json(json!({"access_token": "at", "token_type": "Bearer", "expires_in": 300, "id_token": id_token})).into_response()
+    }
+
+    /// Serves the provider; returns its issuer URL.
+    pub async fn start(idp: Shared) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        idp.lock().unwrap().issuer = issuer.clone();
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks", get(jwks))
+            .route("/authorize", get(authorize))
+            .route("/token", post(token))
+            .with_state(idp);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        issuer
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_sign_in_with_the_hospitals_identity_provider_as_their_local_account() {
+    static ENV: std::sync::Once = std::sync::Once::new();
+    // SAFETY: set once, before anything reads them; only this binary reads these names.
+    ENV.call_once(|| unsafe {
+        std::env::set_var(STAFF_PASSWORD_ENV, STAFF_PASSWORD);
+        std::env::set_var("MEDRELAY_TEST_OIDC_SECRET", idp::CLIENT_SECRET);
+    });
+    let clock = Arc::new(ManualClock::new("2026-11-30T15:00:00Z".parse().unwrap()));
+    let provider = idp::Shared::default();
+    provider.lock().unwrap().now = clock.now().as_second();
+    let issuer = idp::start(provider.clone()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    inbox_config_with(
+        dir.path(),
+        &format!(
+            "\n[console.oidc]\nissuer = \"{issuer}\"\nclient_id = \"{}\"\nclient_secret_env = \"MEDRELAY_TEST_OIDC_SECRET\"\n\
+             redirect_url = \"http://127.0.0.1:{port}/oidc/callback\"\ndisplay_name = \"Hospital SSO\"\n",
+            idp::CLIENT_ID
+        ),
+    );
+    let path = dir.path().join("medrelay.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "listen = \"127.0.0.1:0\"\nsession_hours",
+        &format!("listen = \"127.0.0.1:{port}\"\nsession_hours"),
+    );
+    std::fs::write(&path, text).unwrap();
+    let loaded = medrelay::config::load(&path).unwrap();
+    let config = path.to_str().unwrap();
+    add_user(config, "frontdesk", "staff").await;
+    add_user(config, "leaver", "staff").await;
+    let (code, out) = common::cli_with_config(
+        config,
+        &[
+            "users",
+            "add",
+            "sso-anna",
+            "--role",
+            "staff",
+            "--sites",
+            "newyork",
+            "--sso-only",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = common::cli_with_config(config, &["users", "disable", "leaver"]).await;
+    assert_eq!(code, 0, "{out}");
+    let store = medrelay::wiring::open_store(&loaded).await.unwrap();
+    let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
+    let (addr, task) = medrelay::commands::run::start_console(
+        &loaded,
+        &store,
+        clock.clone(),
+        service.media_source.clone(),
+        halt_rx,
+    )
+    .await
+    .unwrap()
+    .expect("the console is configured");
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // The browser's trip: console -> provider -> console; returns the callback's status and page.
+    async fn trip(s: &mut Session, browser: &reqwest::Client, tamper_state: bool) -> (u16, String) {
+        let r = s
+            .http
+            .get(format!("{}/oidc/start", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 303);
+        s.keep(&r);
+        let to_provider = r.headers()["location"].to_str().unwrap().to_owned();
+        assert!(
+            to_provider.contains("code_challenge_method=S256"),
+            "{to_provider}"
+        );
+        let r = browser.get(&to_provider).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 303, "the provider takes the request");
+        let back = r.headers()["location"].to_str().unwrap().to_owned();
+        let mut path = back.split_once(&s.base).unwrap().1.to_owned();
+        if tamper_state {
+            path = path.replace("state=", "state=x");
+        }
+        s.get(&path).await
+    }
+
+    // Password users see the second way in; an SSO-only account has no password to guess.
+    let mut anon = Session::new(addr);
+    let (_, page) = anon.get("/login").await;
+    assert!(
+        page.contains("id=\"sso\"") && page.contains("Sign in with Hospital SSO"),
+        "{page}"
+    );
+    assert_eq!(anon.sign_in("sso-anna", "!sso-only").await.0, 401);
+    assert_eq!(anon.sign_in("sso-anna", "any-password-at-all").await.0, 401);
+
+    // Anna signs in at the provider and is the local staff account sso-anna.
+    provider.lock().unwrap().user = "sso-anna".into();
+    let since = clock.now();
+    let mut anna = Session::new(addr);
+    let (status, page) = trip(&mut anna, &browser, false).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Continue to the inbox"), "{page}");
+    assert!(anna.cookies.contains_key("medrelay_session"));
+    assert!(
+        !anna.cookies.contains_key("medrelay_oidc"),
+        "the pending sign-in is over"
+    );
+    let (status, page) = anna.get("/inbox").await;
+    assert_eq!(status, 200, "{page}");
+    let audit = store.audit_since(since).await.unwrap();
+    assert!(
+        audit.iter().any(|r| r.action == "console_sign_in"
+            && r.actor == "sso-anna"
+            && r.detail["method"] == "oidc"),
+        "{audit:?}"
+    );
+
+    // Refused: a state that is not this browser's; a person without an (enabled) local account;
+    // a token signed by another key; a token with another nonce. None gets a session.
+    let refused = |what: &str, status: u16, page: &str, s: &Session| {
+        assert!(matches!(status, 401 | 403), "{what}: {status} {page}");
+        assert!(!s.cookies.contains_key("medrelay_session"), "{what}");
+    };
+    let mut s = Session::new(addr);
+    let (status, page) = trip(&mut s, &browser, true).await;
+    refused("tampered state", status, &page, &s);
+    for user in ["mallory", "leaver"] {
+        provider.lock().unwrap().user = user.into();
+        let mut s = Session::new(addr);
+        let (status, page) = trip(&mut s, &browser, false).await;
+        refused(user, status, &page, &s);
+        assert!(page.contains("no enabled account"), "{page}");
+    }
+    provider.lock().unwrap().user = "frontdesk".into();
+    provider.lock().unwrap().rogue_key = true;
+    let mut s = Session::new(addr);
+    let (status, page) = trip(&mut s, &browser, false).await;
+    refused("another key", status, &page, &s);
+    provider.lock().unwrap().rogue_key = false;
+    provider.lock().unwrap().wrong_nonce = true;
+    let mut s = Session::new(addr);
+    let (status, page) = trip(&mut s, &browser, false).await;
+    refused("another nonce", status, &page, &s);
+    provider.lock().unwrap().wrong_nonce = false;
+    // With everything right, frontdesk (a password account too) gets in the same way.
+    let mut s = Session::new(addr);
+    assert_eq!(trip(&mut s, &browser, false).await.0, 200);
+    assert_eq!(s.get("/inbox").await.0, 200);
+    halt_tx.send(true).unwrap();
+    let _ = task.await;
     store.close().await;
 }

@@ -193,6 +193,48 @@ pub struct ConsoleConfig {
     /// `[[console.canned]]`: prepared answers (`name`, `text`, optional `language`).
     #[serde(default)]
     pub canned: Vec<medrelay_pipeline::http::console::CannedAnswer>,
+    /// `[console.oidc]`: sign-in with the hospital's identity provider as a second way in.
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+}
+
+/// `[console.oidc]`: OpenID Connect sign-in (authorization code with PKCE). The account stays
+/// local: the claim `username_claim` names a console user, whose role and sites apply.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The provider's issuer URL (`https://login.hospital.example/realms/staff`).
+    pub issuer: String,
+    pub client_id: String,
+    /// The environment variable holding the client secret (`client_secret_basic`); unset: a
+    /// public client.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// This console's callback as registered at the provider (`https://console.example/oidc/callback`).
+    pub redirect_url: String,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// The ID token claim naming the local account (default `preferred_username`; `email` works too).
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// What the sign-in button names (default "the hospital's sign-in").
+    #[serde(default = "default_oidc_display_name")]
+    pub display_name: String,
+    #[serde(default = "default_oidc_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into(), "email".into()]
+}
+fn default_username_claim() -> String {
+    "preferred_username".into()
+}
+fn default_oidc_display_name() -> String {
+    "the hospital's sign-in".into()
+}
+fn default_oidc_timeout() -> u64 {
+    10
 }
 
 fn default_session_hours() -> i64 {
@@ -2098,6 +2140,38 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
             errors.push(format!(
                 "console.reengage_template `{t}` is not one of the configured [templates] (its name must be the WhatsApp template's)"
             ));
+        }
+        if let Some(o) = &c.oidc {
+            // The provider and the callback are https, except on this machine (a test provider).
+            let https_or_loopback = |u: &str| {
+                reqwest::Url::parse(u).is_ok_and(|u| {
+                    u.scheme() == "https"
+                        || (u.scheme() == "http"
+                            && matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")))
+                })
+            };
+            if !https_or_loopback(&o.issuer) {
+                errors.push(format!(
+                    "console.oidc.issuer `{}` must be an https URL",
+                    o.issuer
+                ));
+            }
+            if !https_or_loopback(&o.redirect_url) || !o.redirect_url.ends_with("/oidc/callback") {
+                errors.push(format!(
+                    "console.oidc.redirect_url `{}` must be this console's https URL ending in /oidc/callback",
+                    o.redirect_url
+                ));
+            }
+            if let Some(v) = &o.client_secret_env
+                && !is_env_name(v)
+            {
+                errors.push(format!(
+                    "console.oidc.client_secret_env `{v}` must be an environment variable name (secrets never go in this file)"
+                ));
+            }
+            if o.client_id.trim().is_empty() || o.username_claim.trim().is_empty() {
+                errors.push("console.oidc: client_id and username_claim must not be empty".into());
+            }
         }
         match c.listen.parse::<std::net::SocketAddr>() {
             Ok(a) => Some(a),

@@ -13,6 +13,8 @@ pub struct Keys {
     /// HMAC states already keyed (cloned per hash: bulk imports hash two values per row).
     contact: Hmac<Sha256>,
     button: Vec<u8>,
+    /// Seals what a browser carries through a sign-in at the identity provider.
+    sign_in: Vec<u8>,
     content: Hmac<Sha256>,
     /// Chains and seals the audit trail (records, head, checkpoints).
     audit: Hmac<Sha256>,
@@ -47,6 +49,7 @@ impl Keys {
         Keys {
             contact: mac(&derive(secret, "medrelay/contact-hash/v1")),
             button: derive(secret, "medrelay/button-payload/v1"),
+            sign_in: derive(secret, "medrelay/oidc-pending/v1"),
             content: mac(&derive(secret, "medrelay/content-hash/v1")),
             audit: mac(&derive(secret, "medrelay/audit-chain/v1")),
         }
@@ -62,6 +65,11 @@ impl Keys {
     /// Key for signing quick-reply payloads.
     pub fn button_key(&self) -> &[u8] {
         &self.button
+    }
+
+    /// Key for sealing a pending OpenID Connect sign-in (the console's cookie).
+    pub fn sign_in_key(&self) -> &[u8] {
+        &self.sign_in
     }
 
     /// Keyed hash of an appointment's content, to tell a real change from a repeat.

@@ -24,6 +24,7 @@ pub mod ingest;
 pub mod instruments;
 pub mod keys;
 pub mod metrics;
+pub mod oidc;
 pub mod schedule;
 pub mod send;
 pub mod service;

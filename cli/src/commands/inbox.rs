@@ -110,7 +110,15 @@ pub struct UserAddArgs {
     /// Read the password from this environment variable instead of stdin.
     #[arg(long)]
     pub password_env: Option<String>,
+    /// No password: the person signs in only through the hospital's identity provider
+    /// (`[console.oidc]`), as the account of this name.
+    #[arg(long, conflicts_with = "password_env")]
+    pub sso_only: bool,
 }
+
+/// What an account that signs in only through the identity provider stores as its password
+/// hash: not a PHC string, so no password ever matches it.
+pub const NO_PASSWORD: &str = "!sso-only";
 
 /// Arguments of `users passwd`.
 #[derive(Debug, Args)]
@@ -380,8 +388,12 @@ pub async fn run_users(
                     "unknown site(s) {unknown:?}: --sites names [sites] of the configuration"
                 )));
             }
-            let hash = hash_password(&read_password(a.password_env.as_deref())?)
-                .map_err(|e| Failure::usage(e.to_string()))?;
+            let hash = if a.sso_only {
+                NO_PASSWORD.to_owned()
+            } else {
+                hash_password(&read_password(a.password_env.as_deref())?)
+                    .map_err(|e| Failure::usage(e.to_string()))?
+            };
             let sites = (!a.sites.is_empty()).then_some(a.sites.as_slice());
             if let Err(e) = store
                 .add_console_user(&a.name, role, sites, &hash, &who, now)

@@ -446,6 +446,27 @@ pub async fn start_console(
     state.secure_cookies = c.secure_cookies;
     state.canned = c.canned.clone();
     state.media = Some(media);
+    if let Some(o) = &c.oidc {
+        let client_secret = match &o.client_secret_env {
+            Some(var) => Some(secret_from_env(
+                var,
+                "the OIDC client secret (console.oidc.client_secret_env)",
+            )?),
+            None => None,
+        };
+        let oidc = medrelay_pipeline::oidc::Oidc::new(medrelay_pipeline::oidc::OidcSettings {
+            issuer: o.issuer.clone(),
+            client_id: o.client_id.clone(),
+            client_secret,
+            redirect_url: o.redirect_url.clone(),
+            scopes: o.scopes.clone(),
+            username_claim: o.username_claim.clone(),
+            display_name: o.display_name.clone(),
+            timeout: std::time::Duration::from_secs(o.timeout_secs.max(1)),
+        })
+        .map_err(|e| anyhow::anyhow!("console.oidc: {e}"))?;
+        state.oidc = Some(Arc::new(oidc));
+    }
     let tls = match &c.tls {
         Some(files) => Some(loaded.server_tls(files).context("console.tls")?),
         None => None,

@@ -37,6 +37,10 @@ use crate::store::users::{ConsoleUser, Role};
 pub const SESSION_COOKIE: &str = "medrelay_session";
 /// The sign-in form's double-submit cookie.
 pub const LOGIN_COOKIE: &str = "medrelay_login";
+/// The pending sign-in at the identity provider (sealed state, nonce and PKCE verifier).
+/// `SameSite=Lax`: the provider's redirect back is a cross-site navigation, on which a Strict
+/// cookie would not be sent; it is only good for one callback within ten minutes.
+pub const OIDC_COOKIE: &str = "medrelay_oidc";
 /// Wrong passwords in a row after which an account is locked for [`LOCK_FOR`].
 pub const LOCK_AFTER: i64 = 5;
 /// How long a locked account stays locked.
@@ -75,6 +79,8 @@ pub struct ConsoleState {
     /// Where a patient's media is fetched from when staff open it (the WhatsApp transport);
     /// `None`: media is listed but cannot be opened here.
     pub media: Option<Arc<dyn crate::whatsapp::WhatsAppTransport>>,
+    /// Sign-in with the hospital's identity provider, besides local passwords.
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
     /// Sign-in attempts per source address.
     limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
 }
@@ -88,6 +94,7 @@ impl ConsoleState {
             session_ttl,
             reengage: None,
             media: None,
+            oidc: None,
             zones: BTreeMap::new(),
             canned: Vec::new(),
             secure_cookies: true,
@@ -111,6 +118,8 @@ pub fn console_router(state: ConsoleState) -> Router {
         .route("/", get(|| async { Redirect::to("/inbox") }))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
+        .route("/oidc/start", get(oidc_start))
+        .route("/oidc/callback", get(oidc_callback))
         .route("/inbox", get(inbox_page))
         .route("/inbox/{id}", get(conversation_page))
         .route("/inbox/{id}/media/{message}", get(media))
@@ -281,6 +290,9 @@ fn login_form(state: &ConsoleState, error: Option<&str>) -> Response {
                 p { label { "Password " input type="password" name="password" id="password" autocomplete="current-password" required; } }
                 p { button type="submit" id="sign-in" { "Sign in" } }
             }
+            @if let Some(o) = &state.oidc {
+                p { a href="/oidc/start" id="sso" { "Sign in with " (o.settings().display_name) } }
+            }
         },
     );
     r.headers_mut().append(
@@ -365,27 +377,207 @@ async fn login(
         }
         return login_form(&state, Some("Wrong user name or password."));
     }
+    let mut r = secure_headers(Redirect::to("/inbox").into_response());
+    // 303 See Other after a POST.
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    start_session(&state, &record.user.name, "password", now, r).await
+}
+
+/// Stores a new session for `user` (audited with `method`) and sets its cookie on `r`.
+async fn start_session(
+    state: &ConsoleState,
+    user: &str,
+    method: &str,
+    now: Timestamp,
+    mut r: Response,
+) -> Response {
     let token = new_token();
     let csrf = new_token();
     let expires = now + state.session_ttl;
     if let Err(e) = state
         .store
-        .start_console_session(&record.user.name, &token_hash(&token), &csrf, expires, now)
+        .start_console_session(user, &token_hash(&token), &csrf, expires, now, method)
         .await
     {
         return unavailable(&e, "console session could not be stored");
     }
-    info!(user = %record.user.name, "console sign-in");
-    let mut r = secure_headers(Redirect::to("/inbox").into_response());
-    // 303 See Other after a POST.
-    *r.status_mut() = StatusCode::SEE_OTHER;
+    info!(user = %user, method, "console sign-in");
     r.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(&state, SESSION_COOKIE, &token, state.session_ttl.as_secs()),
+        set_cookie(state, SESSION_COOKIE, &token, state.session_ttl.as_secs()),
     );
     r.headers_mut()
-        .append(header::SET_COOKIE, set_cookie(&state, LOGIN_COOKIE, "", 0));
+        .append(header::SET_COOKIE, set_cookie(state, LOGIN_COOKIE, "", 0));
     r
+}
+
+fn oidc_cookie(state: &ConsoleState, value: &str, max_age: i64) -> HeaderValue {
+    let secure = if state.secure_cookies { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{OIDC_COOKIE}={value}; Path=/oidc; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    ))
+    .expect("a sealed value of URL-safe characters")
+}
+
+/// `GET /oidc/start`: to the identity provider, with a fresh state, nonce and PKCE challenge
+/// whose secrets the browser keeps in a sealed cookie.
+async fn oidc_start(
+    State(state): State<ConsoleState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let Some(oidc) = state.oidc.clone() else {
+        return secure_headers(
+            (
+                StatusCode::NOT_FOUND,
+                "no identity provider is configured\n",
+            )
+                .into_response(),
+        );
+    };
+    if state.limiter.check_key(&peer.ip()).is_err() {
+        return secure_headers(
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "60")],
+                "too many sign-in attempts; try again in a minute\n",
+            )
+                .into_response(),
+        );
+    }
+    let pending = crate::oidc::PendingLogin::new(state.clock.now());
+    match oidc.authorization_url(&pending).await {
+        Ok(url) => {
+            let mut r = secure_headers(Redirect::to(&url).into_response());
+            r.headers_mut().append(
+                header::SET_COOKIE,
+                oidc_cookie(
+                    &state,
+                    &pending.seal(state.store.keys().sign_in_key()),
+                    crate::oidc::PENDING_FOR.as_secs(),
+                ),
+            );
+            r
+        }
+        Err(e) => {
+            warn!(error = %e, "sign-in with the identity provider could not start");
+            let mut r = login_form(
+                &state,
+                Some(
+                    "The hospital's sign-in cannot be reached now; try again, or sign in with a password.",
+                ),
+            );
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct OidcCallback {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// `GET /oidc/callback`: the provider sends the browser back with a code; the ID token it is
+/// exchanged for names a local account, which gets a session.
+async fn oidc_callback(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<OidcCallback>,
+) -> Response {
+    let Some(oidc) = state.oidc.clone() else {
+        return secure_headers(
+            (
+                StatusCode::NOT_FOUND,
+                "no identity provider is configured\n",
+            )
+                .into_response(),
+        );
+    };
+    // Not rate limited here: each callback needs the sealed cookie of a sign-in that
+    // `/oidc/start` (which is limited) began, and is good once.
+    let refuse = |status: StatusCode, why: &str| {
+        let mut r = login_form(&state, Some(why));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .append(header::SET_COOKIE, oidc_cookie(&state, "", 0));
+        r
+    };
+    let now = state.clock.now();
+    let pending = cookie(&headers, OIDC_COOKIE)
+        .and_then(|c| crate::oidc::PendingLogin::open(&c, state.store.keys().sign_in_key(), now));
+    let Some(pending) = pending else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "This sign-in was not started here or took too long; start again.",
+        );
+    };
+    if !q
+        .state
+        .as_deref()
+        .is_some_and(|s| medrelay_listener::same(s.as_bytes(), pending.state.as_bytes()))
+    {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "This sign-in was not started here; start again.",
+        );
+    }
+    if q.error.is_some() {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "The hospital's sign-in did not sign you in.",
+        );
+    }
+    let Some(code) = q.code.as_deref().filter(|c| !c.is_empty()) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "The hospital's sign-in sent no code.",
+        );
+    };
+    let name = match oidc.finish(code, &pending, now).await {
+        Ok(name) => name,
+        Err(e) => {
+            warn!(error = %e, "sign-in with the identity provider refused");
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "The hospital's sign-in could not be verified.",
+            );
+        }
+    };
+    let record = match state.store.login_record(&name).await {
+        Ok(r) => r,
+        Err(e) => return unavailable(&e, "console sign-in could not read the account"),
+    };
+    match record {
+        Some(r) if !r.user.disabled => {
+            // A same-site page leads on to the inbox: after the provider's cross-site redirect,
+            // browsers would not send the Strict session cookie on a redirect.
+            let page = page(
+                "Signed in",
+                None,
+                None,
+                html! {
+                    meta http-equiv="refresh" content="0; url=/inbox";
+                    p { "Signed in. " a href="/inbox" id="continue" { "Continue to the inbox" } }
+                },
+            );
+            let mut r2 = start_session(&state, &r.user.name, "oidc", now, page).await;
+            r2.headers_mut()
+                .append(header::SET_COOKIE, oidc_cookie(&state, "", 0));
+            r2
+        }
+        _ => {
+            warn!(user = %name, "identity provider sign-in without an enabled local account");
+            refuse(
+                StatusCode::FORBIDDEN,
+                "You are signed in at the hospital, but have no enabled account in this console; ask an admin to add you (medrelay users add).",
+            )
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -1194,7 +1194,7 @@ mod tests {
                 .is_err()
         );
         store
-            .start_console_session("ann", "t1", "csrf1", at(1000), at(10))
+            .start_console_session("ann", "t1", "csrf1", at(1000), at(10), "password")
             .await
             .unwrap();
         let (u, csrf) = store.console_session("t1", at(11)).await.unwrap().unwrap();
@@ -1211,7 +1211,7 @@ mod tests {
             "expired"
         );
         store
-            .start_console_session("ann", "t2", "csrf2", at(1000), at(10))
+            .start_console_session("ann", "t2", "csrf2", at(1000), at(10), "password")
             .await
             .unwrap();
         assert!(

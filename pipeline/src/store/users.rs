@@ -225,6 +225,7 @@ impl Store {
         csrf: &str,
         expires_at: Timestamp,
         now: Timestamp,
+        method: &str,
     ) -> StoreResult<()> {
         let mut tx = self.write_tx().await?;
         on_tx!(tx, |c| {
@@ -257,7 +258,7 @@ impl Store {
             name,
             "console_sign_in",
             &format!("user:{name}"),
-            json!({}),
+            json!({"method": method}),
         )
         .await?;
         tx.commit().await?;
