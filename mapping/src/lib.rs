@@ -12,6 +12,7 @@
 //! - [`policy`]: the sensitive-services deny-list.
 //! - [`plan`]: reminder steps, quiet hours and time-to-live in the site's time zone.
 //! - [`reply`]: signed quick-reply payloads and the actions a patient can take.
+//! - [`slots`]: open slots, and which of them may replace an appointment.
 //! - [`ports`]: the traits adapters implement (write-back).
 
 pub mod consent;
@@ -22,6 +23,7 @@ pub mod plan;
 pub mod policy;
 pub mod ports;
 pub mod reply;
+pub mod slots;
 pub mod template;
 
 pub use model::{

@@ -11,6 +11,8 @@
 //!   change for a row that is not booked and has no start.
 //! - [`report`]: the `<file>.report.csv` listing bad rows and warnings by line, column and reason,
 //!   then a summary per column and reason (naming the unknown values of code columns).
+//! - [`slots`]: the "open slots" export (the free times offered to a patient who asks for another
+//!   time), read with a [`slots::SlotProfile`].
 //! - [`write_back`]: [`CsvReturnFile`], the write-back target that drops one CSV per batch.
 //!
 //! No error, reason or report produced here contains a cell value: they name the line, the column
@@ -20,6 +22,7 @@
 pub mod config;
 mod map;
 pub mod report;
+pub mod slots;
 pub mod source;
 pub mod write_back;
 

@@ -37,6 +37,7 @@ pub mod quarantine;
 pub mod report;
 pub mod retention;
 pub mod schema;
+pub mod slots;
 pub mod status;
 pub mod subscriptions;
 pub mod survey;
