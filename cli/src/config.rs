@@ -794,6 +794,19 @@ pub struct CsvConnectorConfig {
     /// Where confirmations go back to the EHR.
     #[serde(default)]
     pub return_file: Option<ReturnFileConfig>,
+    /// `[connectors.open_slots]`: the EHR's "open slots" export (`medrelay slots import`).
+    #[serde(default)]
+    pub open_slots: Option<OpenSlotsConfig>,
+}
+
+/// `[connectors.open_slots]`: how the system's "open slots" export is read.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OpenSlotsConfig {
+    /// `[connectors.open_slots.profile]`: delimiter, `datetime_format` and `[...profile.columns]`
+    /// (`slot_id`, `start`, `end` or `duration_minutes`, `site`, `practitioner`, `service_type`,
+    /// `location`).
+    pub profile: medrelay_connector_csv::slots::SlotProfile,
 }
 
 fn default_max_message_bytes() -> usize {
@@ -2037,6 +2050,14 @@ pub fn load_str(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
                 "connector `{}`: snapshot_horizon `{h}` is not a duration",
                 c.name
             ));
+        }
+        if let Some(o) = &c.open_slots
+            && let Err(e) = o.profile.validate()
+        {
+            errors.extend(
+                e.into_iter()
+                    .map(|e| format!("connector `{}`: open_slots.profile: {e}", c.name)),
+            );
         }
     }
     let poll_interval = parse_duration(&config.service.poll_interval)

@@ -120,6 +120,9 @@ pub enum Command {
     /// Console accounts: add, change a password, disable, list.
     #[command(subcommand)]
     Users(commands::inbox::UsersCommand),
+    /// The EHR's open slots (free times for self-service rescheduling): import an export, list.
+    #[command(subcommand)]
+    Slots(commands::slots::SlotsCommand),
     /// Apply the retention policy now: prune raw inputs and old patient data (the audit chain stays).
     Prune,
     /// The database: schema version and pending migrations, or apply them now.
@@ -204,6 +207,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
         Command::Users(c) => {
             commands::inbox::run_users(&cli.config, clock.clone(), c, &mut o).await
         }
+        Command::Slots(c) => commands::slots::run(&cli.config, clock.clone(), c, &mut o).await,
         Command::Prune => commands::prune::run(&cli.config, clock.clone(), &mut o).await,
         Command::Db(c) => commands::db::run(&cli.config, c, &mut o).await,
         Command::Simulate(a) => commands::simulate::run(&cli.config, a, &mut o).await,

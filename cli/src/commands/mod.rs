@@ -17,6 +17,7 @@ pub mod prune;
 pub mod report;
 pub mod run;
 pub mod simulate;
+pub mod slots;
 pub mod status;
 pub mod templates;
 pub mod writeback;

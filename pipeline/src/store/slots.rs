@@ -152,9 +152,8 @@ impl Store {
                 report.added += 1;
             }
         }
-        report.gone =
-            on_tx!(tx, |c| {
-                sqlx::query(
+        report.gone = on_tx!(tx, |c| {
+            sqlx::query(
             "UPDATE slots SET state = 'gone', updated_at = $1 WHERE source = $2 AND seen_gen < $3 \
              AND (state = 'free' OR (state = 'held' AND held_until < $1))"
         )
@@ -164,7 +163,7 @@ impl Store {
         .execute(&mut *c)
         .await
         .map(|r| r.rows_affected())
-            })?;
+        })?;
         tx.commit().await?;
         Ok(report)
     }
@@ -265,9 +264,8 @@ impl Store {
         now: Timestamp,
     ) -> StoreResult<bool> {
         let mut tx = self.write_tx().await?;
-        let done =
-            on_tx!(tx, |c| {
-                sqlx::query(
+        let done = on_tx!(tx, |c| {
+            sqlx::query(
             "UPDATE slots SET state = 'free', held_for = NULL, held_until = NULL, updated_at = $1 \
              WHERE id = $2 AND held_for = $3 AND state = 'held'"
         )
@@ -277,7 +275,7 @@ impl Store {
         .execute(&mut *c)
         .await
         .map(|r| r.rows_affected())
-            })? == 1;
+        })? == 1;
         tx.commit().await?;
         Ok(done)
     }
