@@ -169,6 +169,32 @@ pub fn inbox_config_with(dir: &std::path::Path, console: &str) -> medrelay::conf
     medrelay::config::load(&path).unwrap()
 }
 
+/// Serves the console of `loaded` on its store, clock and WhatsApp transport; `true` on the
+/// sender stops it.
+async fn console(
+    loaded: &medrelay::config::Loaded,
+    store: &medrelay_pipeline::store::Store,
+    clock: &Arc<ManualClock>,
+    service: &medrelay_pipeline::service::Service,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
+    let (addr, task) = medrelay::commands::run::start_console(
+        loaded,
+        store,
+        clock.clone(),
+        service.media_source.clone(),
+        halt_rx,
+    )
+    .await
+    .unwrap()
+    .expect("the console is configured");
+    (addr, halt_tx, task)
+}
+
 /// Adds a console user through the command line.
 pub async fn add_user(config: &str, name: &str, role: &str) {
     let (code, out) = common::cli_with_config(
@@ -295,17 +321,7 @@ async fn staff_answer_patients_in_the_console_inside_the_window_and_only_by_temp
     add_user(config, "frontdesk", "staff").await;
     add_user(config, "manager", "viewer").await;
     add_user(config, "temp", "staff").await;
-    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
-    let (addr, task) = medrelay::commands::run::start_console(
-        &loaded,
-        &store,
-        clock.clone(),
-        service.media_source.clone(),
-        halt_rx,
-    )
-    .await
-    .unwrap()
-    .expect("the console is configured");
+    let (addr, halt_tx, task) = console(&loaded, &store, &clock, &service).await;
 
     // Nothing without a session; the sign-in form refuses a post without its CSRF token.
     let mut anon = Session::new(addr);
@@ -687,17 +703,7 @@ async fn a_patients_image_is_fetched_from_whatsapp_only_when_staff_open_it_and_i
         .expect("the image opened a conversation");
     add_user(config, "frontdesk", "staff").await;
     add_user(config, "manager", "viewer").await;
-    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
-    let (addr, task) = medrelay::commands::run::start_console(
-        &loaded,
-        &store,
-        clock.clone(),
-        service.media_source.clone(),
-        halt_rx,
-    )
-    .await
-    .unwrap()
-    .expect("the console is configured");
+    let (addr, halt_tx, task) = console(&loaded, &store, &clock, &service).await;
     let mut staff = Session::new(addr);
     staff.sign_in("frontdesk", STAFF_PASSWORD).await;
     let (status, page) = staff.get(&format!("/inbox/{}", media.id)).await;
@@ -905,17 +911,7 @@ async fn the_console_in_a_browser_answers_and_closes_an_emergency_conversation()
     let emergency = store.conversations(&InboxFilter::default()).await.unwrap()[0].id;
     add_user(config, "frontdesk", "staff").await;
     add_user(config, "manager", "viewer").await;
-    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
-    let (addr, task) = medrelay::commands::run::start_console(
-        &loaded,
-        &store,
-        clock.clone(),
-        service.media_source.clone(),
-        halt_rx,
-    )
-    .await
-    .unwrap()
-    .expect("the console is configured");
+    let (addr, halt_tx, task) = console(&loaded, &store, &clock, &service).await;
     // `localhost`: browsers keep Secure cookies for it over plain HTTP (a secure context).
     let base = format!("http://localhost:{}", addr.port());
 
@@ -1193,17 +1189,7 @@ async fn staff_sign_in_with_the_hospitals_identity_provider_as_their_local_accou
     assert_eq!(code, 0, "{out}");
     let store = medrelay::wiring::open_store(&loaded).await.unwrap();
     let service = medrelay::wiring::build_service(&loaded, store.clone(), clock.clone()).unwrap();
-    let (halt_tx, halt_rx) = tokio::sync::watch::channel(false);
-    let (addr, task) = medrelay::commands::run::start_console(
-        &loaded,
-        &store,
-        clock.clone(),
-        service.media_source.clone(),
-        halt_rx,
-    )
-    .await
-    .unwrap()
-    .expect("the console is configured");
+    let (addr, halt_tx, task) = console(&loaded, &store, &clock, &service).await;
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -320,14 +320,7 @@ async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     if state.limiter.check_key(&peer.ip()).is_err() {
-        return secure_headers(
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, "60")],
-                "too many sign-in attempts; try again in a minute\n",
-            )
-                .into_response(),
-        );
+        return too_many_attempts();
     }
     let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if !csrf_ok(&form.csrf, &expected) {
@@ -411,6 +404,29 @@ async fn start_session(
     r
 }
 
+/// The console has no `[console.oidc]`.
+fn no_provider() -> Response {
+    secure_headers(
+        (
+            StatusCode::NOT_FOUND,
+            "no identity provider is configured\n",
+        )
+            .into_response(),
+    )
+}
+
+/// One address tried to sign in too often (the per-address limiter).
+fn too_many_attempts() -> Response {
+    secure_headers(
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "60")],
+            "too many sign-in attempts; try again in a minute\n",
+        )
+            .into_response(),
+    )
+}
+
 fn oidc_cookie(state: &ConsoleState, value: &str, max_age: i64) -> HeaderValue {
     let secure = if state.secure_cookies { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
@@ -426,23 +442,10 @@ async fn oidc_start(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
     let Some(oidc) = state.oidc.clone() else {
-        return secure_headers(
-            (
-                StatusCode::NOT_FOUND,
-                "no identity provider is configured\n",
-            )
-                .into_response(),
-        );
+        return no_provider();
     };
     if state.limiter.check_key(&peer.ip()).is_err() {
-        return secure_headers(
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, "60")],
-                "too many sign-in attempts; try again in a minute\n",
-            )
-                .into_response(),
-        );
+        return too_many_attempts();
     }
     let pending = crate::oidc::PendingLogin::new(state.clock.now());
     match oidc.authorization_url(&pending).await {
@@ -490,13 +493,7 @@ async fn oidc_callback(
     axum::extract::Query(q): axum::extract::Query<OidcCallback>,
 ) -> Response {
     let Some(oidc) = state.oidc.clone() else {
-        return secure_headers(
-            (
-                StatusCode::NOT_FOUND,
-                "no identity provider is configured\n",
-            )
-                .into_response(),
-        );
+        return no_provider();
     };
     // Not rate limited here: each callback needs the sealed cookie of a sign-in that
     // `/oidc/start` (which is limited) began, and is good once.
