@@ -1,7 +1,7 @@
 //! `medrelay slots import|list`: the EHR's open slots (the free times a patient who asks for
-//! another time may be offered, issue 14), from a CSV connector's "open slots" export. Each
-//! import is a snapshot: what it no longer lists is taken. Run it after the EHR writes the export
-//! (the same job that drops the nightly appointment export).
+//! another time may be offered, issue 14), from a CSV connector's "open slots" export or a FHIR
+//! connector's server (`Slot?status=free`). Each import is a snapshot: what it no longer lists is
+//! taken. Run it after the EHR writes the export, or as often as slots should be fresh.
 
 use std::path::Path;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use medrelay_connector_csv::slots::read_slots;
+use medrelay_connector_fhir::slots::map_slots;
 use medrelay_pipeline::clock::Clock;
 
 use super::load_config;
@@ -18,7 +19,8 @@ use crate::{Failure, Output, exit};
 /// `medrelay slots ...`
 #[derive(Debug, Subcommand)]
 pub enum SlotsCommand {
-    /// Apply an open-slots export of a CSV connector (`[connectors.open_slots]`) as a snapshot.
+    /// Apply an open-slots export of a CSV connector (`[connectors.open_slots]`), or without a
+    /// file search a FHIR connector's server for free Slots, as a snapshot.
     Import(SlotsImportArgs),
     /// The open slots of a site from now, earliest first (times and practitioners; no patient data).
     List(SlotsListArgs),
@@ -27,11 +29,15 @@ pub enum SlotsCommand {
 /// Arguments of `slots import`.
 #[derive(Debug, Args)]
 pub struct SlotsImportArgs {
-    /// The export file.
-    pub file: PathBuf,
-    /// The CSV connector whose `[connectors.open_slots]` profile reads it (when there are several).
+    /// The export file (a CSV connector); none: search the FHIR connector's server.
+    pub file: Option<PathBuf>,
+    /// The connector: a CSV one whose `[connectors.open_slots]` profile reads the file, or a FHIR
+    /// one with `[connectors.server]` (needed when there are several).
     #[arg(long)]
     pub connector: Option<String>,
+    /// With a FHIR server: how many days ahead to search.
+    #[arg(long, default_value_t = 14)]
+    pub days: i64,
 }
 
 /// Arguments of `slots list`.
@@ -55,47 +61,78 @@ pub async fn run(
     let now = clock.now();
     match command {
         SlotsCommand::Import(a) => {
-            let c = loaded
-                .csv_connector(a.connector.as_deref())
-                .map_err(Failure::usage)?;
-            let Some(open_slots) = &c.open_slots else {
-                return Err(Failure::usage(format!(
-                    "connector `{}` has no [connectors.open_slots] profile",
-                    c.name
-                )));
+            let (source, slots, bad): (String, _, Vec<String>) = match &a.file {
+                Some(path) => {
+                    let c = loaded
+                        .csv_connector(a.connector.as_deref())
+                        .map_err(Failure::usage)?;
+                    let Some(open_slots) = &c.open_slots else {
+                        return Err(Failure::usage(format!(
+                            "connector `{}` has no [connectors.open_slots] profile",
+                            c.name
+                        )));
+                    };
+                    let zone = &loaded.compiled.sites[&c.site].zone;
+                    let file = read_slots(path, &open_slots.profile, c.system(), &c.site, zone)
+                        .map_err(|e| {
+                            anyhow::anyhow!("{}: {e}; nothing was applied", path.display())
+                        })?;
+                    let bad = file
+                        .bad
+                        .iter()
+                        .map(|b| format!("line {}: {}", b.line, b.reason))
+                        .collect();
+                    (c.system().to_owned(), file.slots, bad)
+                }
+                None => {
+                    let f = loaded
+                        .fhir_connector(a.connector.as_deref())
+                        .map_err(Failure::usage)?;
+                    let Some(server) = crate::fhir::server(&loaded, f)? else {
+                        return Err(Failure::usage(format!(
+                            "connector `{}` has no [connectors.server] to search (or give an export file)",
+                            f.name
+                        )));
+                    };
+                    let until = now + jiff::SignedDuration::from_hours(24 * a.days.clamp(1, 366));
+                    let entries = server.free_slots(now, until).await.map_err(|e| {
+                        anyhow::anyhow!("connector `{}`: {e}; nothing was applied", f.name)
+                    })?;
+                    let (slots, issues) = map_slots(&entries, f.system(), &f.site);
+                    let bad = issues
+                        .iter()
+                        .map(|i| format!("{}: {}", i.slot, i.reason))
+                        .collect();
+                    (f.system().to_owned(), slots, bad)
+                }
             };
-            let zone = &loaded.compiled.sites[&c.site].zone;
-            let file = read_slots(&a.file, &open_slots.profile, c.system(), &c.site, zone)
-                .map_err(|e| anyhow::anyhow!("{}: {e}; nothing was applied", a.file.display()))?;
-            for b in &file.bad {
-                o.line(format!("line {}: {}", b.line, b.reason));
+            for b in &bad {
+                o.line(b);
             }
-            // A file with rows but no readable slot is a broken export, not "no free time left":
+            // An answer with entries but no usable slot is broken, not "no free time left":
             // applied, it would retire every open slot.
-            if file.slots.is_empty() && !file.bad.is_empty() {
-                o.line("no row could be read: the snapshot was not applied");
+            if slots.is_empty() && !bad.is_empty() {
+                o.line("nothing could be read: the snapshot was not applied");
                 return Ok(exit::PARTIAL);
             }
             let store = open_store(&loaded).await?;
-            let report = store.replace_open_slots(c.system(), &file.slots, now).await;
+            let report = store.replace_open_slots(&source, &slots, now).await;
             store.close().await;
             let report = report?;
             if o.json {
                 o.json(&serde_json::json!({
-                    "connector": c.name, "report": report, "bad_rows": file.bad.len(),
+                    "source": source, "report": report, "bad": bad.len(),
                 }));
             } else {
                 o.line(format!(
-                    "open slots of {} ({}): {} new, {} listed again, {} no longer open; {} bad row(s)",
-                    c.name,
-                    c.system(),
+                    "open slots of {source}: {} new, {} listed again, {} no longer open; {} bad row(s)",
                     report.added,
                     report.updated,
                     report.gone,
-                    file.bad.len()
+                    bad.len()
                 ));
             }
-            Ok(if file.bad.is_empty() {
+            Ok(if bad.is_empty() {
                 exit::OK
             } else {
                 exit::PARTIAL

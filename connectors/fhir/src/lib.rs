@@ -14,6 +14,7 @@ pub mod outcome;
 mod r4b;
 mod r5;
 pub mod server;
+pub mod slots;
 pub mod smart;
 pub mod subscription;
 mod time;

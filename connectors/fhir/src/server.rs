@@ -266,6 +266,60 @@ impl FhirServer {
         Ok(pages)
     }
 
+    /// Free Slots starting in `[from, until)` with their Schedules (`_include=Slot:schedule`;
+    /// a Schedule the page did not include is read), every page's entries together. The open
+    /// slots of the window, for [`crate::slots::map_slots`].
+    pub async fn free_slots(
+        &self,
+        from: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<Value>, String> {
+        let mut next = Some(format!(
+            "{}/Slot?status=free&start=ge{}&start=lt{}&_include=Slot:schedule&_count=100",
+            self.base,
+            from.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        ));
+        let mut entries = Vec::new();
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > 1000 {
+                return Err("more than 1000 search pages; narrow the window".into());
+            }
+            let page = self.get_json(&url).await?;
+            next = next_link(&page)
+                .map(|l| pin_to_base(&self.base, &l))
+                .transpose()?;
+            if let Value::Object(mut o) = page
+                && let Some(Value::Array(a)) = o.remove("entry")
+            {
+                entries.extend(a);
+            }
+        }
+        let have: BTreeSet<String> = entries
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Schedule")
+            .filter_map(|e| {
+                e["resource"]["id"]
+                    .as_str()
+                    .map(|id| format!("Schedule/{id}"))
+            })
+            .collect();
+        let wanted: BTreeSet<String> = entries
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Slot")
+            .filter_map(|e| e["resource"]["schedule"]["reference"].as_str())
+            .map(normalize_reference)
+            .filter(|r| r.starts_with("Schedule/"))
+            .collect();
+        for r in wanted.difference(&have) {
+            let schedule = self.get_json(r).await?;
+            entries.push(json!({"fullUrl": self.absolute(r), "resource": schedule}));
+        }
+        Ok(entries)
+    }
+
     /// Reads Patients the Appointments reference but the search did not include.
     async fn add_missing_patients(&self, entries: &mut Vec<Value>) -> Result<(), String> {
         let have = patients_in(entries);
