@@ -310,3 +310,94 @@ async fn a_reschedule_request_is_an_appointment_response_medplum_validates_not_t
         "the Appointment is not touched (never tentative): {appointment}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node with Medplum's FHIR router: run .ci/interop"]
+async fn free_slots_on_medplum_are_imported_with_their_schedules() {
+    let (_server, base) = start_medplum();
+    let client = reqwest::Client::new();
+    let schedule = serde_json::json!({
+        "resourceType": "Schedule", "id": "sch-ana", "active": true,
+        "serviceType": [{"text": "Consulta"}],
+        "actor": [{"reference": "Practitioner/pr-ana", "display": "Dra. Ana Lima"}]
+    });
+    assert!(matches!(put(&client, &base, &schedule).await, 200 | 201));
+    for (id, status, start, end) in [
+        (
+            "sl-1",
+            "free",
+            "2026-12-09T09:00:00-03:00",
+            "2026-12-09T09:20:00-03:00",
+        ),
+        (
+            "sl-2",
+            "busy",
+            "2026-12-09T09:20:00-03:00",
+            "2026-12-09T09:40:00-03:00",
+        ),
+        (
+            "sl-3",
+            "free",
+            "2026-12-10T14:00:00-03:00",
+            "2026-12-10T14:20:00-03:00",
+        ),
+        (
+            "sl-4",
+            "free",
+            "2027-02-10T14:00:00-03:00",
+            "2027-02-10T14:20:00-03:00",
+        ),
+    ] {
+        let slot = serde_json::json!({
+            "resourceType": "Slot", "id": id, "status": status,
+            "schedule": {"reference": "Schedule/sch-ana"}, "start": start, "end": end
+        });
+        assert!(
+            matches!(put(&client, &base, &slot).await, 200 | 201),
+            "{id}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    common::demo_config(dir.path(), &[]);
+    let path = dir.path().join("medrelay.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "# [connectors.server]\n# base_url = \"https://ehr.clinica.example/fhir/R4\"",
+        &format!("[connectors.server]\nbase_url = \"{base}\""),
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = path.to_str().unwrap();
+    let now = "2026-12-07T12:00:00Z";
+    let (code, out) = cli(
+        config,
+        &[
+            "--now",
+            now,
+            "slots",
+            "import",
+            "--connector",
+            "clinica-fhir",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("open slots of clinica: 2 new"),
+        "free ones in the window: {out}"
+    );
+    let (_, out) = cli(
+        config,
+        &[
+            "--now", now, "--json", "slots", "list", "--site", "saopaulo",
+        ],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = v["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["slot_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["sl-1", "sl-3"]);
+    assert_eq!(v["slots"][0]["practitioner"], "Dra. Ana Lima");
+}
