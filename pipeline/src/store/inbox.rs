@@ -801,9 +801,15 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let failed = status == "failed";
         let detail = error_code.map(|c| format!("WhatsApp reported the message failed (code {c})"));
+        // Statuses only move forward (webhooks arrive out of order: a late `delivered` must not
+        // hide a `read`); an unknown status changes nothing of it.
+        let rank = super::inbound::status_rank(status).unwrap_or(-1);
         on_tx!(tx, |c| {
             sqlx::query(
-            "UPDATE conversation_messages SET status = $1, wamid = COALESCE(wamid, $2), \
+            "UPDATE conversation_messages SET \
+             status = CASE WHEN $6 > (CASE status WHEN 'accepted' THEN 0 WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 \
+               WHEN 'read' THEN 3 WHEN 'failed' THEN 4 ELSE -1 END) THEN $1 ELSE status END, \
+             wamid = COALESCE(wamid, $2), \
              state = CASE WHEN $3 = 1 THEN 'failed' WHEN state IN ('unknown', 'sending') THEN 'sent' ELSE state END, \
              state_detail = CASE WHEN $3 = 1 THEN $4 ELSE state_detail END \
              WHERE id = $5 AND direction = 'out'",
@@ -813,6 +819,7 @@ impl Store {
         .bind(i64::from(failed))
         .bind(detail)
         .bind(id)
+        .bind(rank)
         .execute(&mut *c)
         .await
         .map(|r| r.rows_affected())
@@ -1137,6 +1144,24 @@ mod tests {
             .apply_staff_reply_status(r2, "wamid.2", "sent", None)
             .await
             .unwrap();
+        // Statuses only move forward: `read`, then a late `delivered`, stays `read`.
+        for status in ["read", "delivered", "sent"] {
+            store
+                .apply_staff_reply_status(r1, "wamid.1", status, None)
+                .await
+                .unwrap();
+        }
+        let d = store
+            .open_conversation(a, "ann", "test", at(701))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            d.messages[2].status.as_deref(),
+            Some("read"),
+            "a late delivered does not hide read"
+        );
+        assert_eq!(d.messages[3].status.as_deref(), Some("sent"));
 
         // A patient who writes again reopens it; once closed, the next message opens another.
         store
