@@ -87,11 +87,7 @@ async fn medplum_serves_what_medrelay_searches_and_validates_its_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     common::demo_config(dir.path(), &[]);
     let path = dir.path().join("medrelay.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "# [connectors.server]\n# base_url = \"https://ehr.clinica.example/fhir/R4\"",
-        &format!("[connectors.server]\nbase_url = \"{base}\""),
-    );
-    std::fs::write(&path, text).unwrap();
+    common::with_fhir_server(&path, &base);
     let config = path.to_str().unwrap();
     let csv = common::copy_sample(dir.path(), "samples/csv/clinica_export_win1252.csv");
     // The CSV is older than Medplum's lastUpdated (the real time of this run).
@@ -360,11 +356,7 @@ async fn free_slots_on_medplum_are_imported_with_their_schedules() {
     let dir = tempfile::tempdir().unwrap();
     common::demo_config(dir.path(), &[]);
     let path = dir.path().join("medrelay.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "# [connectors.server]\n# base_url = \"https://ehr.clinica.example/fhir/R4\"",
-        &format!("[connectors.server]\nbase_url = \"{base}\""),
-    );
-    std::fs::write(&path, text).unwrap();
+    common::with_fhir_server(&path, &base);
     let config = path.to_str().unwrap();
     let now = "2026-12-07T12:00:00Z";
     let (code, out) = cli(

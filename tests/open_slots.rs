@@ -188,11 +188,7 @@ async fn free_fhir_slots_are_searched_on_the_server_and_applied_as_a_snapshot() 
     let dir = tempfile::tempdir().unwrap();
     common::demo_config(dir.path(), &[]);
     let path = dir.path().join("medrelay.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "# [connectors.server]\n# base_url = \"https://ehr.clinica.example/fhir/R4\"",
-        &format!("[connectors.server]\nbase_url = \"{base}\""),
-    );
-    std::fs::write(&path, text).unwrap();
+    common::with_fhir_server(&path, &base);
     let config = path.to_str().unwrap();
     let (code, out) = cli(
         config,

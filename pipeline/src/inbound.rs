@@ -18,8 +18,9 @@ use tracing::{info, warn};
 use crate::clock::Clock;
 use crate::config::Compiled;
 use crate::config::RecategorisedPolicy;
-use crate::store::inbound::NewReply;
+use crate::store::inbound::{JobRef, NewReply};
 use crate::store::inbox::{ConversationReason, PatientMessage};
+use crate::store::outbox::AppointmentRecord;
 use crate::store::survey::{NewRating, SurveyQuestion, SurveyRecord};
 use crate::store::{Store, StoreResult};
 use crate::whatsapp::webhook::{
@@ -713,16 +714,11 @@ impl Inbound {
         now: Timestamp,
         next: &mut SurveyNext,
     ) -> StoreResult<(&'static str, Option<i64>)> {
-        let Some(job) = self.store.job_ref(job_id).await? else {
-            return Ok(("invalid", None));
+        let (job, rec) = match self.tapped(job_id, contact_hash).await? {
+            Ok(found) => found,
+            Err(appointment) => return Ok(("invalid", appointment)),
         };
         if job.kind != Some(StepKind::Survey) {
-            return Ok(("invalid", Some(job.appointment_id)));
-        }
-        let Some(rec) = self.store.load_appointment(job.appointment_id).await? else {
-            return Ok(("invalid", None));
-        };
-        if rec.contact_hash.as_deref() != Some(contact_hash) {
             return Ok(("invalid", Some(rec.id)));
         }
         let cfg = &self.config.survey;
@@ -854,13 +850,7 @@ impl Inbound {
                 Some(a) => self.config.sites.get(&a.appointment.site),
                 None => None,
             };
-            let sla = site.map_or(jiff::SignedDuration::from_mins(60), |s| s.reply_sla);
-            let due = match site {
-                Some(s) => {
-                    crate::inbox::reply_due(received_at, sla, s.opening_hours.as_ref(), &s.zone)
-                }
-                None => received_at + sla,
-            };
+            let (_, due) = reply_clock(site, received_at);
             let (conversation, _) = self
                 .store
                 .file_patient_message(
@@ -959,11 +949,7 @@ impl Inbound {
             }
             _ => return Ok(None),
         };
-        let sla = site.map_or(jiff::SignedDuration::from_mins(60), |s| s.reply_sla);
-        let due = match site {
-            Some(s) => crate::inbox::reply_due(received_at, sla, s.opening_hours.as_ref(), &s.zone),
-            None => received_at + sla,
-        };
+        let (sla, due) = reply_clock(site, received_at);
         let (id, new) = self
             .store
             .file_patient_message(
@@ -1010,6 +996,25 @@ impl Inbound {
         Ok(Some(id))
     }
 
+    /// The job a verified payload names and its appointment, when that appointment is this
+    /// contact's; else `Err` with the appointment, when known (the tap is `invalid`).
+    async fn tapped(
+        &self,
+        job_id: i64,
+        contact_hash: &str,
+    ) -> StoreResult<Result<(JobRef, AppointmentRecord), Option<i64>>> {
+        let Some(job) = self.store.job_ref(job_id).await? else {
+            return Ok(Err(None));
+        };
+        let Some(rec) = self.store.load_appointment(job.appointment_id).await? else {
+            return Ok(Err(None));
+        };
+        if rec.contact_hash.as_deref() != Some(contact_hash) {
+            return Ok(Err(Some(rec.id)));
+        }
+        Ok(Ok((job, rec)))
+    }
+
     /// Decides whether a verified tap still refers to the appointment as it is now.
     async fn judge_tap(
         &self,
@@ -1018,15 +1023,10 @@ impl Inbound {
         contact_hash: &str,
         now: Timestamp,
     ) -> StoreResult<(&'static str, Option<i64>)> {
-        let Some(job) = self.store.job_ref(job_id).await? else {
-            return Ok(("invalid", None));
+        let (job, rec) = match self.tapped(job_id, contact_hash).await? {
+            Ok(found) => found,
+            Err(appointment) => return Ok(("invalid", appointment)),
         };
-        let Some(rec) = self.store.load_appointment(job.appointment_id).await? else {
-            return Ok(("invalid", None));
-        };
-        if rec.contact_hash.as_deref() != Some(contact_hash) {
-            return Ok(("invalid", Some(rec.id)));
-        }
         let a = &rec.appointment;
         let stale = a.start != job.slot_start
             || a.status != AppointmentStatus::Booked
@@ -1046,6 +1046,20 @@ impl Inbound {
         }
         Ok(("accepted", Some(rec.id)))
     }
+}
+
+/// The reply SLA of `site` (60 minutes without one) and when a staff answer to a message
+/// received at `received_at` is due, counted in the site's opening hours.
+fn reply_clock(
+    site: Option<&crate::config::CompiledSite>,
+    received_at: Timestamp,
+) -> (jiff::SignedDuration, Timestamp) {
+    let sla = site.map_or(jiff::SignedDuration::from_mins(60), |s| s.reply_sla);
+    let due = match site {
+        Some(s) => crate::inbox::reply_due(received_at, sla, s.opening_hours.as_ref(), &s.zone),
+        None => received_at + sla,
+    };
+    (sla, due)
 }
 
 /// A rating as the inbox note says it.

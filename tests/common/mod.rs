@@ -39,6 +39,16 @@ pub fn demo_config(dir: &Path, blocklist: &[&str]) -> Loaded {
     load(&dir.join("medrelay.toml")).unwrap()
 }
 
+/// Points the sample FHIR connector `clinica-fhir` of the configuration at `path` to the server
+/// at `base` (uncommenting its `[connectors.server]`).
+pub fn with_fhir_server(path: &Path, base: &str) {
+    let text = std::fs::read_to_string(path).unwrap().replace(
+        "# [connectors.server]\n# base_url = \"https://ehr.clinica.example/fhir/R4\"",
+        &format!("[connectors.server]\nbase_url = \"{base}\""),
+    );
+    std::fs::write(path, text).unwrap();
+}
+
 /// The data rows (header skipped) of every return file written for `connector`, oldest file first.
 pub fn return_rows(dir: &Path, connector: &str) -> Vec<String> {
     let mut rows = Vec::new();

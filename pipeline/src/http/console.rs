@@ -710,6 +710,27 @@ async fn open_for(
     user: &ConsoleUser,
     id: i64,
 ) -> Result<ConversationDetail, Response> {
+    may_open(state, user, id).await?;
+    match state
+        .store
+        .open_conversation(id, &user.name, "console", state.clock.now())
+        .await
+    {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => Err(secure_headers(
+            (StatusCode::NOT_FOUND, "no such conversation\n").into_response(),
+        )),
+        Err(e) => Err(unavailable(&e, "conversation could not be opened")),
+    }
+}
+
+/// Whether `user` may open conversation `id` (a role that sees PHI, a site they work): its list
+/// line, or the refusal. Reads no content, so writes no audit record.
+async fn may_open(
+    state: &ConsoleState,
+    user: &ConsoleUser,
+    id: i64,
+) -> Result<crate::store::inbox::ConversationLine, Response> {
     if !user.role.sees_phi() {
         return Err(forbidden(
             "your role (viewer) does not show patient conversations",
@@ -731,17 +752,7 @@ async fn open_for(
             "this conversation belongs to a site you do not work",
         ));
     }
-    match state
-        .store
-        .open_conversation(id, &user.name, "console", state.clock.now())
-        .await
-    {
-        Ok(Some(d)) => Ok(d),
-        Ok(None) => Err(secure_headers(
-            (StatusCode::NOT_FOUND, "no such conversation\n").into_response(),
-        )),
-        Err(e) => Err(unavailable(&e, "conversation could not be opened")),
-    }
+    Ok(line)
 }
 
 /// Types a browser may show inline; anything else is downloaded, never rendered.
@@ -769,20 +780,8 @@ async fn media(
         Ok(s) => s,
         Err(r) => return r,
     };
-    if !user.role.sees_phi() {
-        return forbidden("your role (viewer) does not show patient conversations");
-    }
-    let line = match state.store.conversation_line(id).await {
-        Ok(Some(l)) => l,
-        Ok(None) => {
-            return secure_headers(
-                (StatusCode::NOT_FOUND, "no such conversation\n").into_response(),
-            );
-        }
-        Err(e) => return unavailable(&e, "conversation could not be read"),
-    };
-    if !user.works_site(line.site.as_deref()) {
-        return forbidden("this conversation belongs to a site you do not work");
+    if let Err(refused) = may_open(&state, &user, id).await {
+        return refused;
     }
     let Some(source) = &state.media else {
         return secure_headers(
