@@ -448,6 +448,185 @@ async fn no_canary_escapes_through_any_path() {
     assert_logs_clean(logs, "message accepted by WhatsApp");
 }
 
+/// A post-visit survey: the rating, the 0-10 list and a comment full of canaries, which a low
+/// answer files in the inbox. Nothing of the comment or the patient reaches a log line, the
+/// status, the audit trail, the KPI report or `medrelay inbox list`.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_canary_escapes_through_a_survey_and_the_inbox_it_opens() {
+    use medrelay_pipeline::whatsapp::webhook::{InboundContent, InboundMessage, message_webhook};
+    let logs = logs();
+    let dir = tempfile::tempdir().unwrap();
+    common::demo_config(dir.path(), &[]);
+    let path = dir.path().join("medrelay.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{text}\n[[plan.steps]]\nname = \"survey_2h\"\nkind = \"survey\"\noffset = \"2h\"\ntemplate = \"visit_survey\"\n\n\
+             [templates.visit_survey]\nname = \"visit_survey\"\nlanguages = [\"en_US\"]\nbody = [\"given_name\"]\nbuttons = [\"good\", \"ok\", \"poor\"]\n"
+        ),
+    )
+    .unwrap();
+    let loaded = medrelay::config::load(&path).unwrap();
+    let config = path.to_str().unwrap();
+    let file = dir.path().join("canary_export.csv");
+    std::fs::copy(
+        common::root().join("tests/fixtures/canary_export.csv"),
+        &file,
+    )
+    .unwrap();
+    let (code, out) = cli(&[
+        "medrelay",
+        "--config",
+        config,
+        "--now",
+        "2026-11-29T13:00:00Z",
+        "ingest",
+        "csv",
+        "--connector",
+        "legacy",
+        "--as-of",
+        "2026-11-29T13:00:00Z",
+        file.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, medrelay::exit::PARTIAL, "{out}");
+    let store = open_store(&loaded).await.unwrap();
+    let clock = Arc::new(ManualClock::new("2026-11-29T14:00:00Z".parse().unwrap()));
+    let service = build_service(&loaded, store.clone(), clock.clone()).unwrap();
+    let sim = service.simulator.clone().unwrap();
+    while !service.tick(50).await.unwrap().is_idle() {}
+    // C-2's visit (10:00-10:30 New York) is over; its survey is due 2 h later.
+    clock.set("2026-12-01T18:00:00Z".parse().unwrap());
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let to = "12127369918";
+    let survey = sim
+        .sent()
+        .into_iter()
+        .find(|b| b["to"] == to && b["template"]["name"] == "visit_survey")
+        .expect("the survey was sent");
+    let poor = survey["template"]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "button" && c["index"] == "2")
+        .unwrap()["parameters"][0]["payload"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let business = sim.business().clone();
+    let tap = |id: &str, content: InboundContent| InboundMessage {
+        id: id.into(),
+        from: to.into(),
+        timestamp: clock.now().as_second(),
+        context_id: None,
+        content,
+    };
+    service
+        .inbound
+        .deliver(
+            message_webhook(
+                &business,
+                &tap(
+                    "wamid.CANARY-RATE",
+                    InboundContent::Button { payload: poor },
+                ),
+            )
+            .to_string()
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    sim.take_webhooks();
+    let list = sim
+        .sent()
+        .into_iter()
+        .find(|b| b["to"] == to && b["type"] == "interactive")
+        .expect("the 0-10 list was sent");
+    let row = list["interactive"]["action"]["sections"][0]["rows"][2]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    service
+        .inbound
+        .deliver(
+            message_webhook(
+                &business,
+                &tap(
+                    "wamid.CANARY-SCORE",
+                    InboundContent::Interactive {
+                        id: row,
+                        list: true,
+                        title: Some("3".into()),
+                    },
+                ),
+            )
+            .to_string()
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    sim.patient_texts(
+        "+12127369918",
+        "CANARYTEXT Yolandaqx Pentacanary waited for hours",
+    );
+    while !service.tick(50).await.unwrap().is_idle() {}
+    let lines = store
+        .conversations(&medrelay_pipeline::store::inbox::InboxFilter::default())
+        .await
+        .unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.reason == medrelay_pipeline::store::inbox::ConversationReason::Survey),
+        "the low answer is in the inbox: {lines:?}"
+    );
+    assert_bodies_clean(&sim.sent());
+    let status = store.status_summary(clock.now()).await.unwrap();
+    assert_clean("status", &serde_json::to_string(&status).unwrap());
+    let audit = store
+        .audit_since(jiff::Timestamp::UNIX_EPOCH)
+        .await
+        .unwrap();
+    assert_clean("the audit trail", &serde_json::to_string(&audit).unwrap());
+    store.close().await;
+    for args in [
+        vec![
+            "report",
+            "--from",
+            "2026-12-01T00:00:00Z",
+            "--to",
+            "2026-12-02T00:00:00Z",
+            "--by",
+            "site",
+        ],
+        vec![
+            "report",
+            "--from",
+            "2026-12-01T00:00:00Z",
+            "--to",
+            "2026-12-02T00:00:00Z",
+            "--format",
+            "csv",
+        ],
+        vec!["inbox", "list"],
+        vec!["status", "--json"],
+    ] {
+        let mut full = vec![
+            "medrelay",
+            "--config",
+            config,
+            "--now",
+            "2026-12-01T18:30:00Z",
+        ];
+        full.extend(args.iter().copied());
+        let (code, out) = cli(&full).await;
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert_clean(&format!("`medrelay {}`", args.join(" ")), &out);
+    }
+    assert_logs_clean(logs, "low survey answer filed for follow-up");
+}
+
 /// rlibphonenumber logs the numbers it parses at trace level (issue 11: 201 lines with 22 numbers
 /// in one demo run). Unfiltered, it does, which is what makes the check below meaningful; through
 /// medrelay's filter at `MEDRELAY_LOG=trace` (and even `rlibphonenumber=trace`), nothing of it is
